@@ -1,0 +1,1 @@
+"""infer-bench workloads package."""
