@@ -1,0 +1,274 @@
+"""Deployments: where a run's requests go, launched and torn down around each measurement.
+
+A deployment is either the reference engine started as real server processes on loopback
+(`EngineDeployment`: `python -m infer_bench.backends.engine.serve ...`, one process per worker),
+or an external OpenAI-compatible server given by URL (`ExternalDeployment`: vLLM, SGLang, Dynamo,
+llama.cpp...). Both expose the same small interface to the runner: `start()` (returns once the
+server answers its health check, or raises `DeploymentError` with a one-line reason), `base_url`,
+`describe()` for the results dir, `fetch_steps()` (engine step traces, empty for external
+servers), `pids()` (for telemetry), and `stop()`.
+
+This module launches the engine as a subprocess and talks to it over HTTP only: it does not import
+`backends.engine` (the engine is measured like any other server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+class DeploymentError(RuntimeError):
+    """A deployment could not be started or reached; the message is one clear line."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def http_get_json(url: str, timeout: float = 5.0, headers: dict | None = None):
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (loopback / user URL)
+        return json.loads(resp.read().decode("utf-8"))
+
+
+@dataclass
+class EngineDeploymentSpec:
+    """How to launch the reference engine for one deployment of a run."""
+
+    name: str = "mono"
+    model: str = "smollm2-135m"
+    mode: str = "mono"  # "mono" or "disagg"
+    num_threads: int = 2
+    prefill_workers: int = 1
+    decode_workers: int = 1
+    device: str = "cpu"
+    dtype: str = "auto"
+    kv_cache_gb: float | None = None
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    extra_args: list[str] = field(default_factory=list)
+
+    kind: str = "engine"
+
+    def chips(self) -> int:
+        """CPU workers (or GPUs) this deployment occupies, for per-chip goodput."""
+        if self.mode == "disagg":
+            return self.prefill_workers + self.decode_workers
+        return 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["chips"] = self.chips()
+        return d
+
+
+@dataclass
+class ExternalDeploymentSpec:
+    """An OpenAI-compatible server that is already running somewhere."""
+
+    name: str
+    url: str
+    model: str | None = None  # model name to send; discovered from /v1/models when None
+    api_key: str | None = None
+    chips: int = 1
+    kind: str = "url"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d.get("api_key"):
+            d["api_key"] = "***"
+        return d
+
+
+class EngineDeployment:
+    """The reference engine as a real server process on 127.0.0.1 (a free port)."""
+
+    def __init__(self, spec: EngineDeploymentSpec, log_dir: Path, startup_timeout_s: float = 300.0):
+        self.spec = spec
+        self.log_dir = Path(log_dir)
+        self.startup_timeout_s = startup_timeout_s
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.log_dir / f"server-{spec.name}.log"
+        self.model_name: str = spec.model
+        self.api_key: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        s = self.spec
+        cmd = [
+            sys.executable, "-m", "infer_bench.backends.engine.serve",
+            "--model", s.model, "--host", "127.0.0.1", "--port", str(self.port),
+            "--device", s.device, "--dtype", s.dtype, "--num-threads", str(s.num_threads),
+            "--served-model-name", s.model,
+        ]
+        if s.mode != "mono":
+            cmd += ["--mode", s.mode, "--prefill-workers", str(s.prefill_workers),
+                    "--decode-workers", str(s.decode_workers)]
+        if s.kv_cache_gb is not None:
+            cmd += ["--kv-cache-gb", str(s.kv_cache_gb)]
+        if s.max_num_batched_tokens is not None:
+            cmd += ["--max-num-batched-tokens", str(s.max_num_batched_tokens)]
+        if s.max_num_seqs is not None:
+            cmd += ["--max-num-seqs", str(s.max_num_seqs)]
+        if not s.enable_prefix_caching:
+            cmd.append("--no-prefix-caching")
+        if not s.enable_chunked_prefill:
+            cmd.append("--no-chunked-prefill")
+        return cmd + list(s.extra_args)
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        threads = str(self.spec.num_threads)
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false")
+        log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        self._log = log
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,  # our own process group: stop() reaps every worker
+        )
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise DeploymentError(
+                    f"engine '{self.spec.name}' exited with code {self.proc.returncode} during "
+                    f"start-up: {self._last_log_line()}")
+            try:
+                http_get_json(self.base_url + "/health", timeout=2.0)
+                return
+            except (urllib.error.URLError, OSError, ValueError):
+                time.sleep(0.25)
+        self.stop()
+        raise DeploymentError(
+            f"engine '{self.spec.name}' not healthy after {self.startup_timeout_s:.0f} s "
+            f"(log: {self.log_path})")
+
+    def _last_log_line(self) -> str:
+        try:
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return "(no log)"
+        return lines[-1].strip() if lines else "(empty log)"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def pids(self) -> list[int]:
+        """The server process and its children (workers), for telemetry."""
+        if not self.alive():
+            return []
+        pids = [self.proc.pid]
+        try:
+            import psutil
+            pids += [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        except Exception:  # noqa: BLE001 (telemetry is best effort)
+            pass
+        return pids
+
+    def fetch_steps(self) -> list[dict]:
+        try:
+            data = http_get_json(self.base_url + "/debug/steps", timeout=10.0)
+        except (urllib.error.URLError, OSError, ValueError):
+            return []
+        return data.get("steps", data) if isinstance(data, dict) else data
+
+    def describe(self) -> dict:
+        d = self.spec.to_dict()
+        d["url"] = self.base_url
+        d["command"] = self.command()
+        return d
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=5)
+        # Reap anything left in the group (workers of a disaggregated deployment).
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None
+
+
+class ExternalDeployment:
+    """An already-running OpenAI-compatible server; start() only checks it is reachable."""
+
+    def __init__(self, spec: ExternalDeploymentSpec):
+        self.spec = spec
+        self.api_key = spec.api_key
+        self.model_name: str | None = spec.model
+
+    @property
+    def base_url(self) -> str:
+        url = self.spec.url.rstrip("/")
+        return url[: -len("/v1")] if url.endswith("/v1") else url
+
+    def start(self) -> None:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            data = http_get_json(self.base_url + "/v1/models", timeout=10.0, headers=headers)
+        except urllib.error.HTTPError as e:
+            raise DeploymentError(f"server at {self.spec.url} answered HTTP {e.code} on /v1/models") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise DeploymentError(f"cannot reach {self.spec.url}: {reason}") from None
+        except ValueError:
+            raise DeploymentError(f"{self.spec.url}/v1/models did not return JSON; is it an "
+                                  "OpenAI-compatible server?") from None
+        if self.model_name is None:
+            models = [m.get("id") for m in (data.get("data") or []) if isinstance(m, dict)]
+            if not models:
+                raise DeploymentError(f"{self.spec.url} lists no models; pass --served-model")
+            self.model_name = models[0]
+
+    def pids(self) -> list[int]:
+        return []
+
+    def fetch_steps(self) -> list[dict]:
+        return []
+
+    def describe(self) -> dict:
+        d = self.spec.to_dict()
+        d["model"] = self.model_name
+        return d
+
+    def stop(self) -> None:
+        return None
+
+
+def make_deployment(spec, log_dir: Path):
+    if isinstance(spec, ExternalDeploymentSpec):
+        return ExternalDeployment(spec)
+    return EngineDeployment(spec, log_dir)

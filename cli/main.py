@@ -1,0 +1,200 @@
+"""The `infer-bench` command line: parse flags, call library code, print with rich.
+
+Commands: `run` (deployments x load points -> results dir -> report.html), `serve` (the reference
+engine's OpenAI-compatible server), `report` (re-render a results dir), `models` (the model
+cache). Heavy imports happen inside the commands so `--help` is instant. Every expected failure
+(unknown model, unreachable URL, bad flag, missing results dir) prints one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from . import errors
+
+app = typer.Typer(
+    name="infer-bench",
+    help="Measure how to serve an LLM: monolithic vs disaggregated prefill/decode, one HTML report.\n\n"
+         "Example: infer-bench run",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise errors.UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise errors.UserError(f"{flag} needs positive numbers, got {text!r}")
+    return vals
+
+
+@app.command()
+def run(
+    model: str = typer.Option("smollm2-135m", help="Engine model: registry name, HF dir, .gguf file or hub id."),
+    url: Optional[str] = typer.Option(None, help="Benchmark an external OpenAI-compatible server instead of the engine."),
+    served_model: Optional[str] = typer.Option(None, help="Model name to send to --url (default: first of /v1/models)."),
+    api_key: Optional[str] = typer.Option(None, envvar="INFER_BENCH_API_KEY", help="Bearer token for --url."),
+    deployments: str = typer.Option("mono", help="Engine deployments to compare, comma-separated: mono, disagg (1P1D)."),
+    threads: int = typer.Option(2, min=1, help="Total CPU threads per deployment (split across workers)."),
+    rates: Optional[str] = typer.Option(None, help="Poisson request rates (req/s), comma-separated, one load point each."),
+    concurrency: Optional[str] = typer.Option(None, help="Closed-loop concurrency levels instead of rates, comma-separated."),
+    num_requests: int = typer.Option(16, min=1, help="Requests per load point."),
+    input_len: int = typer.Option(128, min=1, help="Prompt length in tokens."),
+    output_len: int = typer.Option(32, min=1, help="Output length in tokens (ignore_eos is sent)."),
+    endpoint: str = typer.Option("completions", help="completions or chat."),
+    seed: int = typer.Option(0, help="Seed for the workload and arrivals."),
+    slo_ttft: float = typer.Option(2.0, help="TTFT SLO in seconds."),
+    slo_tpot: float = typer.Option(0.2, help="TPOT SLO in seconds."),
+    warmup: int = typer.Option(2, min=0, help="Warm-up requests per deployment (not measured)."),
+    timeout: float = typer.Option(300.0, help="Per-request timeout in seconds."),
+    out: Optional[Path] = typer.Option(None, help="Results dir (default: results/run-<time>)."),
+):
+    """Run the same workload against each deployment and write a results dir with report.html.
+
+    Example: infer-bench run --rates 0.5,1 --num-requests 16
+    Example: infer-bench run --url http://127.0.0.1:8000 --rates 2,4
+    """
+    from . import run_cmd
+
+    if endpoint not in ("completions", "chat"):
+        raise errors.UserError(f"--endpoint must be 'completions' or 'chat', got {endpoint!r}")
+    if rates and concurrency:
+        raise errors.UserError("give --rates or --concurrency, not both")
+    rate_list = _floats(rates, "--rates") if rates else None
+    conc_list = [int(c) for c in _floats(concurrency, "--concurrency")] if concurrency else None
+    modes = [d.strip() for d in deployments.split(",") if d.strip()]
+    for m in modes:
+        if m not in ("mono", "disagg"):
+            raise errors.UserError(f"unknown deployment {m!r}: use mono or disagg")
+    run_cmd.run(
+        console=console, model=model, url=url, served_model=served_model, api_key=api_key,
+        modes=modes, threads=threads, rates=rate_list, concurrency=conc_list,
+        num_requests=num_requests, input_len=input_len, output_len=output_len, endpoint=endpoint,
+        seed=seed, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out,
+    )
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("smollm2-135m", help="Registry name, HF dir, .gguf file or hub id."),
+    host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless told otherwise)."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    dtype: str = typer.Option("auto", help="auto, float32, bfloat16 or float16."),
+    num_threads: int = typer.Option(2, min=1, help="torch CPU threads."),
+    kv_cache_gb: Optional[float] = typer.Option(None, help="KV cache pool size in GB."),
+    max_num_batched_tokens: Optional[int] = typer.Option(None, help="Per-step token budget."),
+    max_num_seqs: Optional[int] = typer.Option(None, help="Max running sequences."),
+    prefix_caching: bool = typer.Option(True, help="Prefix caching on/off."),
+    chunked_prefill: bool = typer.Option(True, help="Chunked prefill on/off."),
+    served_model_name: Optional[str] = typer.Option(None, help="Model name in the API (default: --model)."),
+):
+    """Serve the reference engine over an OpenAI-compatible HTTP API.
+
+    Example: infer-bench serve --model smollm2-135m --port 8000
+    """
+    from infer_bench.backends.engine import serve as engine_serve
+
+    fields = dict(
+        model=model, host=host, port=port, device=device, dtype=dtype, num_threads=num_threads,
+        kv_cache_gb=kv_cache_gb, max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs, enable_prefix_caching=prefix_caching,
+        enable_chunked_prefill=chunked_prefill, served_model_name=served_model_name,
+    )
+    known = set(engine_serve.ServerConfig.__dataclass_fields__)
+    cfg = engine_serve.ServerConfig(**{k: v for k, v in fields.items() if k in known and v is not None})
+    raise typer.Exit(engine_serve.run_server(cfg) or 0)
+
+
+@app.command()
+def report(
+    results_dir: Path = typer.Argument(..., help="A results dir written by `infer-bench run`."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the HTML (default: DIR/report.html)."),
+):
+    """Re-render report.html from a results dir.
+
+    Example: infer-bench report results/run-20261129-120000
+    """
+    from infer_bench.reports.html import render_report
+
+    if not results_dir.is_dir():
+        raise errors.UserError(f"no results dir at {results_dir}")
+    path = render_report(results_dir, out)
+    console.print(f"report: [bold]{path}[/bold]")
+
+
+@app.command()
+def models(
+    fetch: Optional[str] = typer.Option(None, help="Download and cache this registry model now."),
+):
+    """List known and cached models (and where the cache is).
+
+    Example: infer-bench models --fetch smollm2-135m
+    """
+    from rich.table import Table
+
+    from infer_bench.backends.engine import model_store
+
+    if fetch:
+        path = model_store.ensure_model(fetch, progress=True)
+        console.print(f"cached {fetch} at {path}")
+    table = Table(title=f"models (cache: {model_store.cache_root()})")
+    for col in ("name", "cached", "size", "path", "description"):
+        table.add_column(col)
+    for m in model_store.list_models():
+        size = m.get("size_bytes") or 0
+        table.add_row(m["name"], "yes" if m.get("cached") else "no",
+                      f"{size / 1e6:.0f} MB" if size else "-", str(m.get("path") or "-"),
+                      m.get("description", ""))
+    console.print(table)
+
+
+def _mro_names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: one clear line on expected errors, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=False)
+        return 0
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except Exception as e:  # noqa: BLE001
+        names = _mro_names(e)
+        if "Exit" in names:  # typer.Exit / click Exit
+            return int(getattr(e, "exit_code", 0) or 0)
+        if "Abort" in names:
+            err_console.print("aborted")
+            return 130
+        if "NoArgsIsHelpError" in names:  # bare `infer-bench`: show the help
+            console.print(e.format_message(), highlight=False, markup=False)
+            return 0
+        if "UsageError" in names:  # bad flag, bad value, missing argument
+            ctx = getattr(e, "ctx", None)
+            cmd = ctx.command_path if ctx is not None else "infer-bench"
+            err_console.print(f"error: {e.format_message()} (see: {cmd} --help)",
+                              highlight=False, soft_wrap=True)
+            return 2
+        msg = errors.one_line(e)
+        if msg is None:
+            raise
+        err_console.print(f"error: {msg}", highlight=False, soft_wrap=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
