@@ -60,6 +60,7 @@ def run(
     warmup: int = typer.Option(2, min=0, help="Warm-up requests per deployment (not measured)."),
     timeout: float = typer.Option(300.0, help="Per-request timeout in seconds."),
     out: Optional[Path] = typer.Option(None, help="Results dir (default: results/run-<time>)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Local tokenizer/model dir for exact prompt lengths (default: the engine model's)."),
 ):
     """Run the same workload against each deployment and write a results dir with report.html.
 
@@ -82,7 +83,7 @@ def run(
         console=console, model=model, url=url, served_model=served_model, api_key=api_key,
         modes=modes, threads=threads, rates=rate_list, concurrency=conc_list,
         num_requests=num_requests, input_len=input_len, output_len=output_len, endpoint=endpoint,
-        seed=seed, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out,
+        seed=seed, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out, tokenizer=tokenizer,
     )
 
 

@@ -1,0 +1,202 @@
+"""The Llama-family decoder (Llama, Qwen2, Mistral, SmolLM) that the reference engine runs.
+
+Data flow: `loader.load_model` builds `LlamaForCausalLM(cfg)` and fills it with
+`load_hf_state_dict` (Hugging Face parameter names). The engine calls
+`hidden = model(input_ids, positions, attn)` on a flattened batch (many sequences concatenated,
+`attn` knows the boundaries and owns the KV cache) and `model.compute_logits(hidden[rows])` on the
+rows it samples from.
+
+Weight layout (measured, see bench/model_decode.py): a batch-1 decode step is a chain of
+matrix-vector products, and on CPU a weight stored (in, out)-major and multiplied as `x @ W`
+streams about twice as fast as the nn.Linear (out, in) layout. So every projection is stored
+transposed and contiguous, q/k/v are fused into one matrix and gate/up into another (fewer, larger
+matmuls), and the LM head keeps its own (hidden, vocab) copy even when tied to the embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import Attention
+from .config import ModelConfig
+
+
+def rope_inv_freq(cfg: ModelConfig, seq_len: int | None = None) -> torch.Tensor:
+    """Inverse frequencies [head_dim/2] (float32), as transformers computes them per rope type."""
+    dim, base = cfg.head_dim, cfg.rope_theta
+    s = cfg.rope_scaling or {}
+    kind = s.get("rope_type")
+    if kind == "dynamic" and seq_len is not None:
+        orig = s.get("original_max_position_embeddings") or cfg.max_position_embeddings
+        if seq_len > orig:  # dynamic NTK: stretch the base for sequences beyond the trained length
+            base = base * ((s["factor"] * seq_len / orig) - (s["factor"] - 1)) ** (dim / (dim - 2))
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if kind == "linear":
+        inv_freq = inv_freq / s["factor"]
+    elif kind == "llama3":
+        factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old_len = s["original_max_position_embeddings"]
+        lo_wavelen, hi_wavelen = old_len / lo, old_len / hi
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > lo_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = ~(wavelen < hi_wavelen) & ~(wavelen > lo_wavelen)
+        inv_freq = torch.where(is_medium, smoothed, scaled)
+    return inv_freq
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables [max_pos, head_dim/2] in float32, grown lazily (doubling) when needed."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.dynamic = (cfg.rope_scaling or {}).get("rope_type") == "dynamic"
+        self._cos = self._sin = None
+        self._len = 0
+
+    def _build(self, n: int, device: torch.device, seq_len: int | None = None):
+        inv_freq = rope_inv_freq(self.cfg, seq_len).to(device)
+        freqs = torch.outer(torch.arange(n, device=device, dtype=torch.float32), inv_freq)
+        return freqs.cos(), freqs.sin()
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin: [T, 1, head_dim/2] for the given positions, in `dtype`."""
+        max_pos = int(positions.max()) + 1 if positions.numel() else 1
+        orig = (self.cfg.rope_scaling or {}).get("original_max_position_embeddings") \
+            or self.cfg.max_position_embeddings
+        if self.dynamic and max_pos > orig:  # frequencies depend on the length: no shared table
+            cos, sin = self._build(max_pos, positions.device, seq_len=max_pos)
+            return cos[positions, None].to(dtype), sin[positions, None].to(dtype)
+        if (self._cos is None or max_pos > self._len or self._cos.device != positions.device
+                or self._cos.dtype != dtype):
+            n = max(self._len, self.cfg.max_position_embeddings, 64)
+            while n < max_pos:
+                n *= 2
+            cos, sin = self._build(n, positions.device)
+            self._cos, self._sin, self._len = cos.to(dtype), sin.to(dtype), n
+        return self._cos[positions, None], self._sin[positions, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE (the Hugging Face layout) on x: [T, heads, head_dim]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with an optional fused residual add: returns (normed, new_residual)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if residual is not None:
+            x = x + residual
+        residual = x
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype), residual
+
+
+def _empty(*shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape), requires_grad=False)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        h, q, kv, i = cfg.hidden_size, cfg.q_size, cfg.kv_size, cfg.intermediate_size
+        self.input_norm = RMSNorm(h, cfg.rms_norm_eps)
+        self.post_attention_norm = RMSNorm(h, cfg.rms_norm_eps)
+        self.qkv_w = _empty(h, q + 2 * kv)          # (in, out): [q | k | v]
+        self.qkv_b = _empty(q + 2 * kv) if cfg.attention_bias else None
+        self.o_w = _empty(q, h)
+        self.gate_up_w = _empty(h, 2 * i)           # (in, out): [gate | up]
+        self.down_w = _empty(i, h)
+
+    def forward(self, x, residual, cos, sin, attn: Attention):
+        x, residual = self.input_norm(x, residual)
+        T = x.shape[0]
+        qkv = torch.addmm(self.qkv_b, x, self.qkv_w) if self.qkv_b is not None else x @ self.qkv_w
+        qkv = qkv.view(T, self.n_heads + 2 * self.n_kv, self.head_dim)
+        qk = apply_rope(qkv[:, : self.n_heads + self.n_kv], cos, sin)
+        q, k, v = qk[:, : self.n_heads], qk[:, self.n_heads:], qkv[:, self.n_heads + self.n_kv:]
+        o = attn.attend(self.layer_idx, q, k, v)
+        x = o.reshape(T, -1) @ self.o_w
+        x, residual = self.post_attention_norm(x, residual)
+        gate, up = (x @ self.gate_up_w).chunk(2, dim=-1)
+        return (F.silu(gate) * up) @ self.down_w, residual
+
+
+class LlamaForCausalLM(nn.Module):
+    """forward(input_ids[T], positions[T], attn) -> final-normed hidden [T, hidden]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = _empty(cfg.vocab_size, cfg.hidden_size)
+        self.rotary = RotaryEmbedding(cfg)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head_w = _empty(cfg.hidden_size, cfg.vocab_size)  # (in, out), also when tied
+        self.eval()
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention) -> torch.Tensor:
+        x = F.embedding(input_ids, self.embed)
+        cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        residual = None
+        for layer in self.layers:
+            x, residual = layer(x, residual, cos, sin, attn)
+        return self.norm(x, residual)[0]
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] -> logits [N, vocab] in float32."""
+        return (hidden @ self.lm_head_w).float()
+
+    @torch.no_grad()
+    def load_hf_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Fill the weights from Hugging Face names (model.layers.N.self_attn.q_proj.weight, ...).
+
+        Fuses q/k/v and gate/up and stores every projection transposed (in, out). Raises KeyError
+        naming the first missing tensor.
+        """
+        cfg = self.config
+
+        def get(name: str) -> torch.Tensor:
+            if name not in sd:
+                raise KeyError(f"missing tensor {name!r} in checkpoint")
+            return torch.as_tensor(sd[name])
+
+        def put(param: torch.Tensor, value: torch.Tensor) -> None:
+            if tuple(param.shape) != tuple(value.shape):
+                raise ValueError(f"shape mismatch: expected {tuple(param.shape)}, got {tuple(value.shape)}")
+            param.copy_(value)
+
+        put(self.embed, get("model.embed_tokens.weight"))
+        head = get("model.embed_tokens.weight") if cfg.tie_word_embeddings or "lm_head.weight" not in sd \
+            else get("lm_head.weight")
+        put(self.lm_head_w, head.t())
+        put(self.norm.weight, get("model.norm.weight"))
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            a = p + "self_attn."
+            qkv = torch.cat([get(a + f"{n}_proj.weight") for n in "qkv"], dim=0)
+            put(layer.qkv_w, qkv.t())
+            if layer.qkv_b is not None:
+                put(layer.qkv_b, torch.cat([get(a + f"{n}_proj.bias") for n in "qkv"]))
+            put(layer.o_w, get(a + "o_proj.weight").t())
+            m = p + "mlp."
+            put(layer.gate_up_w, torch.cat([get(m + "gate_proj.weight"), get(m + "up_proj.weight")]).t())
+            put(layer.down_w, get(m + "down_proj.weight").t())
+            put(layer.input_norm.weight, get(p + "input_layernorm.weight"))
+            put(layer.post_attention_norm.weight, get(p + "post_attention_layernorm.weight"))

@@ -1,0 +1,255 @@
+"""Server process entry point: one reference-engine worker behind the OpenAI HTTP API.
+
+Role in the data flow:
+
+    backends/deployment.py (or a person, or `infer-bench serve`)
+      -> `python -m infer_bench.backends.engine.serve --model SOURCE --port N ...`
+      -> run_server(ServerConfig): torch threads -> loader.load_model() -> AsyncEngine
+         -> server.build_app() -> listen -> prints "infer-bench engine ready: http://HOST:PORT"
+      -> GET /health answers 200 from then on; SIGTERM/SIGINT: stop accepting, abort in-flight
+         requests, shut the engine down, exit 0.
+
+Exit codes: 0 clean shutdown; 2 the model could not be loaded (one line on stderr) or the port
+could not be bound. Argparse only: the engine must not import the project's cli/ package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import inspect
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("infer_bench.engine.serve")
+
+READY_PREFIX = "infer-bench engine ready:"
+
+
+@dataclass
+class ServerConfig:
+    """Everything `run_server` needs. None means "the engine's default"."""
+
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "cpu"
+    dtype: str = "auto"                      # auto | float32 | float16 | bfloat16
+    num_threads: int | None = None           # torch.set_num_threads before loading
+    kv_cache_gb: float | None = None
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    max_model_len: int | None = None
+    block_size: int | None = None
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    served_model_name: str | None = None     # default: the --model string
+    seed: int | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    log_level: str = "warning"
+
+
+# ServerConfig field -> candidate EngineConfig field names (first one that exists wins).
+_ENGINE_FIELDS = {
+    "device": ("device",),
+    "kv_cache_gb": ("kv_cache_gb", "kv_cache_memory_gb", "kv_cache_size_gb"),
+    "max_num_batched_tokens": ("max_num_batched_tokens",),
+    "max_num_seqs": ("max_num_seqs",),
+    "max_model_len": ("max_model_len",),
+    "block_size": ("block_size",),
+    "enable_prefix_caching": ("enable_prefix_caching", "prefix_caching"),
+    "enable_chunked_prefill": ("enable_chunked_prefill", "chunked_prefill"),
+    "seed": ("seed",),
+    "num_threads": ("num_threads",),
+}
+
+
+def parse_dtype(name: str | None):
+    """"auto"/None -> None (the loader's default for the device); else a torch dtype."""
+    import torch
+
+    if name is None or name == "auto":
+        return None
+    table = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+             "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    try:
+        return table[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of auto, {', '.join(table)}") from None
+
+
+def make_engine_config(cfg: ServerConfig):
+    """ServerConfig -> EngineConfig, passing only what was set and what EngineConfig has."""
+    from .engine import EngineConfig
+
+    if dataclasses.is_dataclass(EngineConfig):
+        known = {f.name for f in dataclasses.fields(EngineConfig)}
+    else:
+        known = set(inspect.signature(EngineConfig).parameters)
+    kwargs = {}
+    for ours, candidates in _ENGINE_FIELDS.items():
+        value = getattr(cfg, ours)
+        if value is None:
+            continue
+        name = next((c for c in candidates if c in known), None)
+        if name is None:
+            default = ServerConfig.__dataclass_fields__[ours].default
+            if value != default:
+                log.warning("engine has no setting for %s; ignoring %s=%r", ours, ours, value)
+            continue
+        kwargs[name] = value
+    return EngineConfig(**kwargs)
+
+
+def default_model_names(cfg: ServerConfig) -> tuple[str, list[str]]:
+    """(served name, extra accepted names): the --model string, also its file/dir name."""
+    name = cfg.served_model_name or cfg.model
+    extra = []
+    if not cfg.served_model_name:
+        base = Path(cfg.model).name
+        if base and base != name:
+            extra.append(base)
+    return name, extra
+
+
+async def _serve(cfg: ServerConfig, loaded) -> int:
+    from aiohttp import web  # noqa: F401  (imported here so --help stays fast)
+
+    from .engine import AsyncEngine
+    from .server import build_app, start_site, stop_site
+
+    engine = AsyncEngine(make_engine_config(cfg), loaded)
+    name, extra = default_model_names(cfg)
+    max_model_len = cfg.max_model_len or getattr(getattr(engine, "config", None),
+                                                 "max_model_len", None)
+    if not isinstance(max_model_len, int):
+        max_model_len = getattr(loaded.config, "max_position_embeddings", None)
+    app = build_app(engine, loaded.tokenizer, name, max_model_len=max_model_len,
+                    vocab_size=getattr(loaded.config, "vocab_size", None),
+                    extra_model_names=extra, model_root=loaded.source_description,
+                    max_body_bytes=cfg.max_body_bytes)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[int] = []
+
+    def _on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) > 1:  # second signal: do not wait any longer
+            os._exit(130 if signum == signal.SIGINT else 143)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, sig)
+
+    try:
+        try:
+            runner, url = await start_site(app, cfg.host, cfg.port)
+        except OSError as e:
+            print(f"infer-bench serve: cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}",
+                  file=sys.stderr, flush=True)
+            await _shutdown_engine(engine)
+            return 2
+        print(f"{READY_PREFIX} {url} (model '{name}': {loaded.source_description})", flush=True)
+        await stop.wait()
+        print("infer-bench serve: shutting down", file=sys.stderr, flush=True)
+        aborted = await stop_site(app, runner)
+        if aborted:
+            print(f"infer-bench serve: aborted {len(aborted)} in-flight request(s)",
+                  file=sys.stderr, flush=True)
+        await _shutdown_engine(engine)
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _shutdown_engine(engine) -> None:
+    shutdown = getattr(engine, "shutdown", None)
+    if shutdown is None:
+        return
+    res = shutdown()
+    if inspect.isawaitable(res):
+        await res
+
+
+def run_server(cfg: ServerConfig) -> int:
+    """Load the model, serve until SIGTERM/SIGINT, return 0. On a model that cannot be loaded
+    (or a port that cannot be bound) print one line to stderr and raise SystemExit(2)."""
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from .loader import ModelLoadError, load_model
+
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    try:
+        dtype = parse_dtype(cfg.dtype)
+    except ValueError as e:
+        print(f"infer-bench serve: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    try:
+        loaded = load_model(cfg.model, cfg.device, dtype)
+    except ModelLoadError as e:
+        print(f"infer-bench serve: cannot load model: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    rc = asyncio.run(_serve(cfg, loaded))
+    if rc:
+        raise SystemExit(rc)
+    return 0
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m infer_bench.backends.engine.serve",
+        description="Serve a model with the infer-bench reference engine (OpenAI-compatible "
+                    "HTTP API: /v1/completions, /v1/chat/completions, /v1/models, /health, "
+                    "/metrics, /debug/steps).")
+    p.add_argument("--model", required=True,
+                   help="HF directory, .gguf file, hub id, or registry name (smollm2-135m)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--num-threads", type=int, default=None, help="torch threads")
+    p.add_argument("--kv-cache-gb", type=float, default=None, help="KV-cache pool size (GB)")
+    p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=None)
+    p.add_argument("--max-model-len", type=int, default=None, help="context window")
+    p.add_argument("--block-size", type=int, default=None, help="tokens per KV block")
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--no-chunked-prefill", action="store_true")
+    p.add_argument("--served-model-name", default=None,
+                   help="name clients send as 'model' (default: the --model string)")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed")
+    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
+    p.add_argument("--log-level", default="warning")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> ServerConfig:
+    a = build_arg_parser().parse_args(argv)
+    return ServerConfig(
+        model=a.model, host=a.host, port=a.port, device=a.device, dtype=a.dtype,
+        num_threads=a.num_threads, kv_cache_gb=a.kv_cache_gb,
+        max_num_batched_tokens=a.max_num_batched_tokens, max_num_seqs=a.max_num_seqs,
+        max_model_len=a.max_model_len, block_size=a.block_size,
+        enable_prefix_caching=not a.no_prefix_caching,
+        enable_chunked_prefill=not a.no_chunked_prefill,
+        served_model_name=a.served_model_name, seed=a.seed, max_body_bytes=a.max_body_bytes,
+        log_level=a.log_level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_server(config_from_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,662 @@
+"""The reference engine's OpenAI-compatible HTTP server (aiohttp).
+
+Role in the data flow:
+
+    client (backends/openai.py, curl, any OpenAI SDK)
+      --HTTP--> this app: read body (size-limited) -> protocol.parse_*_request() -> EngineRequest
+      --> AsyncEngine.generate(request_id, prompt_token_ids, SamplingParams)  (engine thread)
+      --> one RequestOutput per engine step --> one SSE chunk (stream) / one JSON body (not)
+      --> the final chunk / the body carries usage and `"infer_bench": {timing}` (server-side
+          queue / prefill / per-token step info, read by the load generator into its records).
+
+Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
+GET /metrics (Prometheus text from engine.stats() and the server's own counters),
+GET /debug/steps (engine.step_trace() as JSON, saved into the results dir after a run).
+
+Errors are JSON in OpenAI's shape everywhere (400 bad input, 404 unknown path or model, 405 wrong
+method, 413 body too large, 503 draining, 500 our bug); the server keeps serving after any of
+them. A request whose client goes away is aborted in the engine, so its KV blocks are freed:
+either the next SSE write fails, or (non-streaming, or before the first token) aiohttp cancels
+the handler — run the app with `handler_cancellation=True` (`start_site()` does).
+
+`build_app()` is used by serve.py (the process entry point) and by the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import logging
+import time
+import uuid
+from typing import Any, Sequence
+
+from aiohttp import web
+
+from . import protocol
+from .protocol import RequestError
+
+log = logging.getLogger("infer_bench.engine.server")
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+# Typed application keys (aiohttp >= 3.9 warns on string keys).
+STATE_KEY = web.AppKey("infer_bench_state", object)
+
+STEP_TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                     10.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0)
+FINISH_REASONS = ("stop", "length", "abort")
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+class Histogram:
+    """A cumulative Prometheus histogram (le buckets, +Inf, sum, count)."""
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.buckets = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, v)] += 1
+        self.sum += v
+        self.count += 1
+
+    def render(self, name: str, help_: str) -> list[str]:
+        lines = [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+        acc = 0
+        for le, c in zip(self.buckets, self.counts):
+            acc += c
+            lines.append(f'{name}_bucket{{le="{le:g}"}} {acc}')
+        lines.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
+        lines.append(f"{name}_sum {_fmt(self.sum)}")
+        lines.append(f"{name}_count {self.count}")
+        return lines
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    v = float(v)
+    if v != v:
+        return "NaN"
+    if v in (float("inf"), float("-inf")):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
+def _num(v: Any) -> float | int | None:
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (int, float)):
+        return v
+    return None
+
+
+def _first(stats: dict, *names: str) -> float | int | None:
+    for n in names:
+        v = _num(stats.get(n))
+        if v is not None:
+            return v
+    return None
+
+
+# Engine stats -> (metric name, type, help, candidate keys in engine.stats()).
+_ENGINE_GAUGES = [
+    ("infer_bench_num_requests_running", "gauge", "Requests in the running batch.",
+     ("running", "num_running", "num_requests_running")),
+    ("infer_bench_num_requests_waiting", "gauge", "Requests waiting for admission.",
+     ("waiting", "num_waiting", "num_requests_waiting")),
+    ("infer_bench_num_preemptions_total", "counter", "Preemptions (recompute) so far.",
+     ("preemptions_total", "num_preemptions", "preemptions")),
+    ("infer_bench_kv_blocks_used", "gauge", "KV-cache blocks in use by sequences.",
+     ("kv_blocks_used", "blocks_used", "num_used_blocks", "used_blocks")),
+    ("infer_bench_kv_blocks_free", "gauge", "KV-cache blocks free (including evictable cached).",
+     ("kv_blocks_free", "blocks_free", "num_free_blocks", "free_blocks")),
+    ("infer_bench_kv_blocks_total", "gauge", "KV-cache blocks in the pool.",
+     ("kv_blocks_total", "num_blocks", "blocks_total", "total_blocks")),
+    ("infer_bench_kv_cache_usage_ratio", "gauge", "Share of KV-cache blocks in use (0..1).",
+     ("kv_cache_usage", "kv_usage", "kv_cache_usage_ratio")),
+    ("infer_bench_prefix_cache_hit_rate", "gauge",
+     "Prefix cache hit rate: prompt tokens served from cache / prompt tokens looked up.",
+     ("prefix_hit_rate", "prefix_cache_hit_rate", "prefix_cache_hit_ratio")),
+    ("infer_bench_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from cache.",
+     ("prefix_hit_tokens", "prefix_cache_hit_tokens", "cached_tokens")),
+    ("infer_bench_prefix_cache_queried_tokens_total", "counter",
+     "Prompt tokens looked up in the prefix cache.",
+     ("prefix_queried_tokens", "prefix_cache_queried_tokens")),
+    ("infer_bench_engine_steps_total", "counter", "Engine steps (forward passes) so far.",
+     ("steps_total", "num_steps", "steps")),
+    ("infer_bench_kv_blocks_cached", "gauge",
+     "Unreferenced KV blocks kept for prefix reuse (evictable).",
+     ("kv_blocks_cached", "num_cached_blocks")),
+]
+
+
+class ServerMetrics:
+    """Counters the server keeps itself (independent of what the engine reports)."""
+
+    def __init__(self) -> None:
+        self.requests_by_reason = {r: 0 for r in FINISH_REASONS}
+        self.requests_started = 0
+        self.client_disconnects = 0
+        self.http_errors: dict[int, int] = {}
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.e2e = Histogram(LATENCY_BUCKETS)
+        self.ttft = Histogram(LATENCY_BUCKETS)
+        self.step_time = Histogram(STEP_TIME_BUCKETS)
+        self._steps_seen: int = 0          # step-trace entries already folded into step_time
+
+    def fold_step_trace(self, trace: list) -> None:
+        """Fold new step durations (from engine.step_trace()) into the step-time histogram."""
+        if len(trace) < self._steps_seen:  # trace was reset or is a ring buffer that wrapped
+            self._steps_seen = 0
+        for entry in trace[self._steps_seen:]:
+            if isinstance(entry, dict):
+                d = _first(entry, "duration_s", "step_time_s", "dt_s", "elapsed_s", "time_s")
+                if d is not None:
+                    self.step_time.observe(float(d))
+        self._steps_seen = len(trace)
+
+
+def render_metrics(stats: dict, m: ServerMetrics, model_name: str) -> str:
+    """Prometheus text exposition (version 0.0.4) of engine.stats() plus the server's counters.
+
+    The step-time histogram comes from the engine's cumulative buckets (stats keys
+    `step_time_buckets` {le: cumulative count}, `step_time_sum_s`, `step_time_count`) when it
+    reports them, else from the durations in engine.step_trace() (`m.step_time`)."""
+    lines: list[str] = []
+    stats = dict(stats)
+    hist = stats.pop("step_time_buckets", None)
+    h_sum = stats.pop("step_time_sum_s", None)
+    h_count = stats.pop("step_time_count", None)
+    stats = _flatten(stats)
+    seen: set[str] = set()
+    for name, typ, help_, keys in _ENGINE_GAUGES:
+        v = _first(stats, *keys)
+        seen.update(keys)
+        if v is None:
+            continue
+        lines += [f"# HELP {name} {help_}", f"# TYPE {name} {typ}", f"{name} {_fmt(v)}"]
+    # Everything else numeric the engine reports, so new stats show up without a server change.
+    for k in sorted(stats):
+        v = _num(stats[k])
+        if v is None or k in seen:
+            continue
+        safe = "".join(c if c.isalnum() or c == "_" else "_" for c in str(k))
+        name = f"infer_bench_engine_{safe}"
+        typ = "counter" if safe.endswith("_total") else "gauge"
+        lines += [f"# HELP {name} engine.stats()['{k}']", f"# TYPE {name} {typ}",
+                  f"{name} {_fmt(v)}"]
+
+    name = "infer_bench_step_duration_seconds"
+    help_ = "Engine step (one forward pass over the batch) wall time."
+    if isinstance(hist, dict) and hist:
+        lines += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+        items = sorted(((float(le), c) for le, c in hist.items()), key=lambda x: x[0])
+        for le, c in items:
+            label = "+Inf" if le == float("inf") else f"{le:g}"
+            lines.append(f'{name}_bucket{{le="{label}"}} {_fmt(c)}')
+        if not items or items[-1][0] != float("inf"):
+            lines.append(f'{name}_bucket{{le="+Inf"}} {_fmt(h_count or 0)}')
+        lines.append(f"{name}_sum {_fmt(h_sum or 0.0)}")
+        lines.append(f"{name}_count {_fmt(h_count if h_count is not None else items[-1][1])}")
+    else:
+        lines += m.step_time.render(name, help_)
+
+    name = "infer_bench_requests_total"
+    lines += [f"# HELP {name} Finished requests by finish reason.", f"# TYPE {name} counter"]
+    for r, c in m.requests_by_reason.items():
+        lines.append(f'{name}{{finish_reason="{_escape_label(r)}"}} {c}')
+    lines += ["# HELP infer_bench_requests_started_total Requests accepted into the engine.",
+              "# TYPE infer_bench_requests_started_total counter",
+              f"infer_bench_requests_started_total {m.requests_started}"]
+    lines += ["# HELP infer_bench_requests_aborted_by_server_total Requests the server aborted "
+              "(client disconnected, or shutdown).",
+              "# TYPE infer_bench_requests_aborted_by_server_total counter",
+              f"infer_bench_requests_aborted_by_server_total {m.client_disconnects}"]
+    lines += ["# HELP infer_bench_http_errors_total Error responses by HTTP status.",
+              "# TYPE infer_bench_http_errors_total counter"]
+    for status, c in sorted(m.http_errors.items()):
+        lines.append(f'infer_bench_http_errors_total{{status="{status}"}} {c}')
+    lines += ["# HELP infer_bench_prompt_tokens_total Prompt tokens of requests served here.",
+              "# TYPE infer_bench_prompt_tokens_total counter",
+              f"infer_bench_prompt_tokens_total {m.prompt_tokens}",
+              "# HELP infer_bench_generation_tokens_total Output tokens streamed by this server.",
+              "# TYPE infer_bench_generation_tokens_total counter",
+              f"infer_bench_generation_tokens_total {m.generation_tokens}"]
+    lines += m.ttft.render("infer_bench_time_to_first_token_seconds",
+                           "Server-side time from request arrival to the first token.")
+    lines += m.e2e.render("infer_bench_e2e_request_latency_seconds",
+                          "Server-side time from request arrival to the last token.")
+    lines += ["# HELP infer_bench_model_info The served model.",
+              "# TYPE infer_bench_model_info gauge",
+              f'infer_bench_model_info{{model="{_escape_label(model_name)}"}} 1']
+    return "\n".join(lines) + "\n"
+
+
+def _flatten(stats: dict) -> dict:
+    """One level of nesting ({"kv": {"used": 3}} -> kv_used) so nothing is lost."""
+    flat: dict = {}
+    for k, v in stats.items():
+        if isinstance(v, dict):
+            for k2, v2 in v.items():
+                flat.setdefault(f"{k}_{k2}", v2)
+        else:
+            flat[k] = v
+    return flat
+
+
+def _escape_label(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+# --------------------------------------------------------------------------------------------
+# App state
+
+
+class ServerState:
+    def __init__(self, engine: Any, tokenizer: Any, model_names: list[str],
+                 max_model_len: int | None, vocab_size: int | None,
+                 model_root: str | None) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.model_names = model_names
+        self.max_model_len = max_model_len
+        self.vocab_size = vocab_size
+        self.model_root = model_root
+        self.created = int(time.time())
+        self.metrics = ServerMetrics()
+        self.inflight: set[str] = set()
+        self.draining = False
+        self.max_body_bytes = 0
+
+    def abort_all(self) -> list[str]:
+        """Abort every in-flight request (graceful shutdown). Returns their ids."""
+        ids = list(self.inflight)
+        for rid in ids:
+            _safe_abort(self.engine, rid)
+        return ids
+
+
+def _safe_abort(engine: Any, request_id: str) -> None:
+    try:
+        engine.abort(request_id)
+    except Exception:  # already finished / unknown id: nothing to free
+        log.debug("abort(%s) raised", request_id, exc_info=True)
+
+
+def get_state(app: web.Application) -> ServerState:
+    return app[STATE_KEY]  # type: ignore[return-value]
+
+
+def _guess_max_model_len(engine: Any) -> int | None:
+    for path in (("config", "max_model_len"), ("engine_config", "max_model_len"),
+                 ("cfg", "max_model_len"), ("max_model_len",)):
+        obj = engine
+        for attr in path:
+            obj = getattr(obj, attr, None)
+        if isinstance(obj, int) and not isinstance(obj, bool) and obj > 0:
+            return obj
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Middleware and small handlers
+
+
+def json_error(status: int, message: str, *, param: str | None = None, code: str | None = None,
+               type: str | None = None, headers: dict | None = None) -> web.Response:
+    err = RequestError(status, message, param, code=code, type=type)
+    return web.json_response(err.to_body(), status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    state = get_state(request.app)
+    try:
+        resp = await handler(request)
+    except RequestError as e:
+        resp = web.json_response(e.to_body(), status=e.status)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
+        if e.status == 404:
+            msg = f"Not found: {request.method} {request.path}"
+        elif e.status == 405:
+            allowed = getattr(e, "allowed_methods", None) or headers.get("Allow", "")
+            if not isinstance(allowed, str):
+                allowed = ", ".join(sorted(allowed))
+            msg = f"Method {request.method} not allowed on {request.path} (allowed: {allowed})"
+        elif e.status == 413:
+            msg = f"Request body too large (limit {state.max_body_bytes} bytes)"
+        else:
+            msg = e.reason or e.text or "error"
+        resp = json_error(e.status, msg, headers=headers)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as e:  # a bug of ours: say so, keep serving
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        resp = json_error(500, f"internal server error: {type(e).__name__}: {e}",
+                          type="server_error")
+    if isinstance(resp, web.StreamResponse) and resp.status >= 400 and not resp.prepared:
+        state.metrics.http_errors[resp.status] = state.metrics.http_errors.get(resp.status, 0) + 1
+    return resp
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    state = get_state(request.app)
+    if state.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def handle_models(request: web.Request) -> web.Response:
+    state = get_state(request.app)
+    return web.json_response(protocol.models_list(state.model_names, state.created,
+                                                  state.max_model_len, state.model_root))
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    state = get_state(request.app)
+    stats = _engine_stats(state.engine)
+    trace_fn = getattr(state.engine, "step_trace", None)
+    if callable(trace_fn) and "step_time_buckets" not in stats:
+        try:
+            state.metrics.fold_step_trace(trace_fn())
+        except Exception:
+            log.debug("step_trace() failed", exc_info=True)
+    text = render_metrics(stats, state.metrics, state.model_names[0])
+    return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                        headers={"X-Prometheus-Format": "0.0.4"})
+
+
+def _engine_stats(engine: Any) -> dict:
+    try:
+        stats = engine.stats()
+    except Exception:
+        log.warning("engine.stats() failed", exc_info=True)
+        return {}
+    return stats if isinstance(stats, dict) else {}
+
+
+async def handle_debug_steps(request: web.Request) -> web.Response:
+    state = get_state(request.app)
+    fn = getattr(state.engine, "step_trace", None)
+    steps = fn() if callable(fn) else []
+    return web.Response(text=json.dumps(steps, default=_json_default), content_type="application/json")
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+
+
+async def _read_json(request: web.Request) -> Any:
+    raw = await request.read()  # raises HTTPRequestEntityTooLarge over client_max_size
+    return protocol.decode_json_body(raw)
+
+
+async def handle_completions(request: web.Request) -> web.StreamResponse:
+    return await _handle_generate(request, "completion")
+
+
+async def handle_chat(request: web.Request) -> web.StreamResponse:
+    return await _handle_generate(request, "chat")
+
+
+async def _handle_generate(request: web.Request, kind: str) -> web.StreamResponse:
+    state = get_state(request.app)
+    arrival = time.monotonic()
+    if state.draining:
+        raise RequestError(503, "server is shutting down", type="server_error")
+    body = await _read_json(request)
+    parse = protocol.parse_chat_request if kind == "chat" else protocol.parse_completion_request
+    req = parse(body, tokenizer=state.tokenizer, model_names=state.model_names,
+                max_model_len=state.max_model_len, vocab_size=state.vocab_size)
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    state.metrics.requests_started += 1
+    state.metrics.prompt_tokens += len(req.prompt_token_ids)
+    state.inflight.add(request_id)
+    gen = state.engine.generate(request_id, req.prompt_token_ids, req.sampling)
+    finished = False
+    try:
+        # The first output comes before any header: a request the engine refuses (ValueError
+        # from its own validation, e.g. more KV blocks than the pool holds) is still a clean 4xx.
+        try:
+            first = await gen.__anext__()
+        except ValueError as e:
+            finished = True  # never queued
+            raise RequestError(400, str(e))
+        except StopAsyncIteration:
+            finished = True
+            raise RequestError(500, "engine produced no output", type="server_error")
+        except RuntimeError as e:
+            finished = True
+            if state.draining or "shut down" in str(e):
+                raise RequestError(503, f"engine unavailable: {e}", type="server_error")
+            raise RequestError(500, f"engine error: {e}", type="server_error")
+        outputs = _chain(first, gen)
+        if req.stream:
+            resp, finished = await _stream(request, state, req, outputs, request_id, created,
+                                           arrival)
+        else:
+            resp, finished = await _collect(state, req, outputs, request_id, created, arrival)
+        return resp
+    finally:
+        state.inflight.discard(request_id)
+        if not finished:
+            # Client went away (write failed or handler cancelled) or we failed: free the KV.
+            _safe_abort(state.engine, request_id)
+            state.metrics.requests_by_reason["abort"] += 1
+            state.metrics.client_disconnects += 1
+        aclose = getattr(gen, "aclose", None)
+        if aclose is not None:
+            try:
+                await asyncio.shield(aclose())
+            except BaseException:  # noqa: BLE001 - best effort; never mask the real outcome
+                pass
+
+
+async def _chain(first: Any, gen: Any):
+    yield first
+    if not first.finished:
+        async for out in gen:
+            yield out
+
+
+def _record_finish(state: ServerState, out: Any, arrival: float, first_token_t: float | None):
+    reason = out.finish_reason or "stop"
+    state.metrics.requests_by_reason[reason] = state.metrics.requests_by_reason.get(reason, 0) + 1
+    now = time.monotonic()
+    state.metrics.e2e.observe(now - arrival)
+    if first_token_t is not None:
+        state.metrics.ttft.observe(first_token_t - arrival)
+
+
+async def _collect(state: ServerState, req: protocol.EngineRequest, gen, request_id: str,
+                   created: int, arrival: float) -> tuple[web.Response, bool]:
+    parts: list[str] = []
+    final = None
+    first_token_t = None
+    async for out in gen:
+        if out.new_token_ids:
+            state.metrics.generation_tokens += len(out.new_token_ids)
+            if first_token_t is None:
+                first_token_t = time.monotonic()
+        parts.append(out.text_delta or "")
+        if out.finished:
+            final = out
+            break
+    if final is None:
+        raise RequestError(500, "engine stream ended without a final output", type="server_error")
+    _record_finish(state, final, arrival, first_token_t)
+    text = "".join(parts)
+    usage = protocol.usage_dict(final.num_prompt_tokens, final.num_output_tokens)
+    ext = protocol.extension_dict(request_id, getattr(final, "timing", None))
+    build = protocol.chat_response if req.kind == "chat" else protocol.completion_response
+    body = build(request_id, req.model, created, text, final.finish_reason, usage, ext)
+    return web.json_response(body, dumps=_dumps), True
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=_json_default)
+
+
+async def _stream(request: web.Request, state: ServerState, req: protocol.EngineRequest, gen,
+                  request_id: str, created: int, arrival: float
+                  ) -> tuple[web.StreamResponse, bool]:
+    resp = web.StreamResponse(status=200, headers={
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+        "X-Request-Id": request_id,
+    })
+    await resp.prepare(request)
+    done = [False]  # set once the engine reported the request finished
+    try:
+        await _stream_body(resp, state, req, gen, request_id, created, arrival, done)
+    except ConnectionResetError:  # client went away mid-stream; the caller's finally aborts
+        if not done[0]:
+            log.info("client disconnected mid-stream; aborting %s", request_id)
+    except Exception as e:  # headers are sent: report in-band, then end the stream
+        log.exception("error while streaming %s", request_id)
+        try:
+            await resp.write(protocol.sse_event(protocol.error_body(
+                f"internal server error: {type(e).__name__}: {e}", type="server_error")))
+            await resp.write(protocol.SSE_DONE)
+            await resp.write_eof()
+        except Exception:
+            pass
+    return resp, done[0]
+
+
+async def _stream_body(resp: web.StreamResponse, state: ServerState, req: protocol.EngineRequest,
+                       gen, request_id: str, created: int, arrival: float, done: list) -> None:
+    first = True
+    first_token_t = None
+    async for out in gen:
+        if out.new_token_ids:
+            state.metrics.generation_tokens += len(out.new_token_ids)
+            if first_token_t is None:
+                first_token_t = time.monotonic()
+        ext = None
+        if out.finished:
+            ext = protocol.extension_dict(request_id, getattr(out, "timing", None))
+        reason = out.finish_reason if out.finished else None
+        if req.kind == "chat":
+            chunk = protocol.chat_chunk(request_id, req.model, created, out.text_delta or "",
+                                        reason, first=first, include_usage=req.include_usage,
+                                        extension=ext)
+        else:
+            chunk = protocol.completion_chunk(request_id, req.model, created,
+                                              out.text_delta or "", reason,
+                                              include_usage=req.include_usage, extension=ext)
+        first = False
+        # A failed write (client gone) raises ConnectionResetError/ClientConnectionResetError;
+        # the caller's finally aborts the request in the engine.
+        if out.finished:
+            done[0] = True
+            _record_finish(state, out, arrival, first_token_t)
+        await resp.write(protocol.sse_event(chunk))
+        if out.finished:
+            if req.include_usage:
+                usage = protocol.usage_dict(out.num_prompt_tokens, out.num_output_tokens)
+                await resp.write(protocol.sse_event(
+                    protocol.usage_chunk(req.kind, request_id, req.model, created, usage)))
+            await resp.write(protocol.SSE_DONE)
+            await resp.write_eof()
+            return
+    raise RuntimeError("engine stream ended without a final output")
+
+
+# --------------------------------------------------------------------------------------------
+# App
+
+
+def build_app(
+    engine: Any,
+    tokenizer: Any,
+    model_name: str,
+    *,
+    max_model_len: int | None = None,
+    vocab_size: int | None = None,
+    extra_model_names: Sequence[str] = (),
+    model_root: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> web.Application:
+    """The OpenAI-compatible app around a running engine.
+
+    engine: AsyncEngine-like (generate/abort/stats/step_trace); tokenizer: encode /
+    apply_chat_template; model_name: the name clients must send as "model" (also accepted:
+    extra_model_names); max_model_len: the context window (default: engine.config.max_model_len
+    if present); vocab_size: bound for token-id prompts (default: tokenizer.vocab_size).
+    Run it with `handler_cancellation=True` (see start_site) so disconnects abort requests.
+    """
+    if max_model_len is None:
+        max_model_len = _guess_max_model_len(engine)
+    if vocab_size is None:  # the model's (may exceed the tokenizer's), else the tokenizer's
+        for vs in (getattr(getattr(engine, "model_config", None), "vocab_size", None),
+                   getattr(tokenizer, "vocab_size", None)):
+            if isinstance(vs, int) and not isinstance(vs, bool):
+                vocab_size = vs
+                break
+    names = [model_name] + [n for n in extra_model_names if n and n != model_name]
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
+    state = ServerState(engine, tokenizer, names, max_model_len, vocab_size, model_root)
+    state.max_body_bytes = max_body_bytes
+    app[STATE_KEY] = state
+    app.router.add_post("/v1/completions", handle_completions)
+    app.router.add_post("/v1/chat/completions", handle_chat)
+    app.router.add_get("/v1/models", handle_models)
+    app.router.add_get("/health", handle_health)
+    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/debug/steps", handle_debug_steps)
+    return app
+
+
+async def start_site(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
+                     *, shutdown_timeout: float = 5.0) -> tuple[web.AppRunner, str]:
+    """Start serving `app`; returns (runner, base URL with the bound port). Stop with
+    `await stop_site(app, runner)`."""
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = port
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            bound = addr[1]
+            break
+    shown = f"[{host}]" if ":" in host else host
+    return runner, f"http://{shown}:{bound}"
+
+
+async def stop_site(app: web.Application, runner: web.AppRunner) -> list[str]:
+    """Graceful stop: refuse new requests, abort in-flight ones, close the listener and wait for
+    handlers to finish. Does not shut the engine down. Returns the aborted request ids."""
+    state = get_state(app)
+    state.draining = True
+    aborted = state.abort_all()
+    await runner.cleanup()
+    return aborted

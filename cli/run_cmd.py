@@ -1,0 +1,163 @@
+"""`infer-bench run`: turn flags into a RunSpec, run it with rich progress, render the report.
+
+Thin glue: the model is resolved (and fetched once, with pip's progress bar) here so the engine
+subprocess starts from the cache; everything else is library code (workloads.runner,
+reports.html).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import UserError
+
+
+def resolve_model(model: str, console: Console) -> str | None:
+    """Fetch a registry model once; return a local dir holding its tokenizer (or None)."""
+    from infer_bench.backends.engine import model_store
+    from infer_bench.backends.engine.loader import ModelLoadError, _looks_like_hub_id
+
+    if model in model_store.REGISTRY:
+        if not model_store.is_cached(model):
+            console.print(f"fetching default model [bold]{model}[/bold] (once; cached under {model_store.cache_root()})")
+        return str(model_store.ensure_model(model, progress=True))
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path) if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists() else None
+    if path.is_file():
+        return None
+    if _looks_like_hub_id(model):
+        return None
+    raise ModelLoadError(f"model '{model}' not found: not a directory, a .gguf file, a registry name "
+                         f"({', '.join(model_store.REGISTRY)}) or a hub id like org/name")
+
+
+class ProgressObserver:
+    """Draws one progress bar per load point; prints deployment events."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress: Progress | None = None
+        self.task = None
+        self.failed = 0
+
+    def deployment_starting(self, name, description):
+        self.console.print(f"[bold]{name}[/bold]: starting {description}")
+        self._t = time.perf_counter()
+
+    def deployment_ready(self, name, seconds):
+        self.console.print(f"[bold]{name}[/bold]: ready in {seconds:.1f} s")
+
+    def deployment_failed(self, name, message):
+        self.console.print(f"[red]{name}: {message}[/red]")
+
+    def load_point_starting(self, deployment, load_point, n):
+        self.failed = 0
+        self.progress = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                 console=self.console, transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task(f"{deployment} @ {load_point}", total=n, status="")
+
+    def record(self, rec):
+        if rec.error:
+            self.failed += 1
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1,
+                                 status=f"[red]{self.failed} failed[/red]" if self.failed else "")
+
+    def load_point_done(self, deployment, load_point, health):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        if health.get("client_bound"):
+            self.console.print(f"  [yellow]warning: client-bound at {load_point} (send lateness p99 "
+                               f"{(health.get('send_lateness_p99_s') or 0) * 1e3:.1f} ms)[/yellow]")
+
+    def message(self, text):
+        self.console.print(text)
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _ms(v) -> str:
+    return "-" if v is None or v != v else f"{v * 1e3:.0f}"
+
+
+def print_summary(console: Console, results_dir: Path) -> None:
+    from infer_bench.workloads.results import load_results
+
+    res = load_results(results_dir)
+    s = res.summary
+    if s is None or not len(s):
+        return
+    table = Table(title="summary (ms)")
+    for col in ("deployment", "load", "ok/total", "req/s", "tok/s", "TTFT p50", "TTFT p90",
+                "TPOT p50", "TPOT p90", "ITL p99", "SLO"):
+        table.add_column(col, justify="left" if col in ("deployment", "load") else "right")
+    for _, r in s.iterrows():
+        n, nf = int(r["n_requests"]), int(r["n_failed"])
+        att = r.get("slo_attainment")
+        table.add_row(str(r["deployment"]), str(r["load_point"]), f"{n - nf}/{n}",
+                      f"{r['request_throughput_rps']:.2f}", f"{r['output_throughput_tps']:.1f}",
+                      _ms(r.get("ttft_p50_s")), _ms(r.get("ttft_p90_s")), _ms(r.get("tpot_p50_s")),
+                      _ms(r.get("tpot_p90_s")), _ms(r.get("itl_p99_s")),
+                      "-" if att is None or att != att else f"{att:.0%}")
+    console.print(table)
+
+
+def run(*, console: Console, model, url, served_model, api_key, modes, threads, rates, concurrency,
+        num_requests, input_len, output_len, endpoint, seed, slo_ttft, slo_tpot, warmup, timeout,
+        out, tokenizer=None) -> None:
+    from infer_bench.backends.deployment import EngineDeploymentSpec, ExternalDeploymentSpec
+    from infer_bench.reports.html import render_report
+    from infer_bench.workloads import runner
+    from infer_bench.workloads.spec import SLO, WorkloadSpec
+
+    out = Path(out) if out else Path("results") / time.strftime("run-%Y%m%d-%H%M%S")
+    if url:
+        deployments = [ExternalDeploymentSpec(name="external", url=url, model=served_model, api_key=api_key)]
+        tok_path = tokenizer
+    else:
+        tok_path = tokenizer or resolve_model(model, console)
+        deployments = []
+        for mode in modes:
+            if mode == "mono":
+                deployments.append(EngineDeploymentSpec(name="mono", model=model, mode="mono", num_threads=threads))
+            else:
+                per = max(1, threads // 2)
+                deployments.append(EngineDeploymentSpec(name="disagg-1p1d", model=model, mode="disagg",
+                                                        num_threads=per, prefill_workers=1, decode_workers=1))
+    if tok_path is not None and not Path(tok_path).exists():
+        raise UserError(f"tokenizer path {tok_path} does not exist")
+    spec = runner.RunSpec(
+        deployments=deployments,
+        workload=WorkloadSpec(input_len=input_len, output_len=output_len, num_requests=num_requests,
+                              seed=seed, endpoint=endpoint),
+        load_points=runner.default_load_points(rates or ([0.5, 1.0] if not concurrency else None), concurrency, seed),
+        slo=SLO(ttft_s=slo_ttft, tpot_s=slo_tpot), out_dir=out, warmup_requests=warmup,
+        timeout_s=timeout, tokenizer_path=tok_path, name=out.name,
+    )
+    obs = ProgressObserver(console)
+    interrupted = False
+    try:
+        runner.run(spec, obs)
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("[yellow]interrupted: keeping what was measured[/yellow]")
+    finally:
+        obs.close()
+    if (out / "requests.parquet").exists():
+        print_summary(console, out)
+        path = render_report(out)
+        console.print(f"results: {out}")
+        console.print(f"report:  [bold]{path}[/bold]")
+    if interrupted:
+        raise KeyboardInterrupt

@@ -1,0 +1,426 @@
+"""The results dir: written during a run, read by reports (public, schema_version 1).
+
+Role in the data flow: `workloads/runner.py` opens a `ResultsWriter`, writes spec.json and env.json,
+appends each `RequestRecord` to requests.jsonl as it completes (so a run that fails part-way keeps
+what it measured), appends engine step traces to steps.jsonl, and calls `finalize()`, which writes
+requests.parquet, summary.csv and summary.json (metrics from `workloads/metrics.py`) and marks
+run.json complete. `reports/` calls `load_results(dir)`; it reads only these files.
+
+Layout:
+    run.json         {"schema_version": 1, "status": "incomplete"|"complete", "started": ...,
+                      "finished": ..., "tool": "infer-bench", "tool_version": ...}
+    spec.json        the run spec as run (deployments, workload, load points, slo)
+    env.json         collect_env(): versions, hardware, command line
+    requests.jsonl   one RequestRecord per line, appended as requests complete
+    requests.parquet the same rows (written by finalize; columns: records.RECORD_COLUMNS)
+    summary.csv      one row per deployment x load point (metrics.summarize names, plus
+    summary.json     deployment, load_point, arrival_kind, rate_rps, concurrency, offered_rate_rps);
+                     summary.json also has "goodput_rps" per deployment when a rate sweep exists
+    steps.jsonl      optional engine step traces (dicts), one per line
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import metrics
+from .records import RECORD_COLUMNS, RequestRecord, arrow_schema
+
+SCHEMA_VERSION = 1
+
+
+class ResultsError(Exception):
+    """A results dir that is missing or invalid (the message is one line)."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    try:
+        import numpy as np
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(obj, "__dataclass_fields__"):
+        from dataclasses import asdict
+        return asdict(obj)
+    return str(obj)
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, default=_jsonable, indent=2, allow_nan=False)
+
+
+def _clean(v: Any) -> Any:
+    """NaN -> None, recursively (JSON has no NaN)."""
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    return v
+
+
+def _pkg_version(name: str) -> str | None:
+    from importlib import metadata
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpus() -> list[dict]:
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver / no GPU
+        return []
+    out = []
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            out.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name,
+                        "memory_total_bytes": int(mem.total),
+                        "driver": driver.decode() if isinstance(driver, bytes) else driver})
+    except Exception as e:  # noqa: BLE001
+        out.append({"error": f"{type(e).__name__}: {e}"})
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
+    return out
+
+
+def collect_env(extra: dict | None = None) -> dict[str, Any]:
+    """Versions, hardware and command line. Cheap: does not import torch."""
+    try:
+        cores_avail = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        cores_avail = os.cpu_count()
+    mem = None
+    try:
+        import psutil
+        mem = int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemTotal:"):
+                    mem = int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    env = {
+        "collected_at": _now(),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_count_available": cores_avail,
+        "memory_total_bytes": mem,
+        "gpus": _gpus(),
+        "packages": {p: _pkg_version(p) for p in (
+            "infer-bench", "torch", "transformers", "tokenizers", "aiohttp", "numpy", "pandas",
+            "pyarrow", "plotly", "nvidia-ml-py", "safetensors", "gguf")},
+        "command_line": list(sys.argv),
+        "cwd": os.getcwd(),
+    }
+    env["torch"] = env["packages"].get("torch")
+    if extra:
+        env.update(extra)
+    return env
+
+
+class ResultsWriter:
+    """Writes one results dir. Safe to use as a context manager: an exception marks the run
+    incomplete but still writes what was measured."""
+
+    def __init__(self, path: str | Path, *, overwrite: bool = False):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not overwrite and (self.path / "requests.jsonl").exists():
+            raise ResultsError(f"{self.path} already holds results (pass overwrite=True)")
+        for name in ("requests.jsonl", "steps.jsonl", "requests.parquet", "summary.csv",
+                     "summary.json"):
+            (self.path / name).unlink(missing_ok=True)
+        self.records: list[RequestRecord] = []
+        self._spec: dict | None = None
+        self._run = {"schema_version": SCHEMA_VERSION, "tool": "infer-bench",
+                     "tool_version": _pkg_version("infer-bench"), "status": "incomplete",
+                     "started": _now(), "finished": None}
+        self._write_run()
+        self._req_f = open(self.path / "requests.jsonl", "a", encoding="utf-8")
+        self._steps_f = None
+        self.finalized = False
+
+    # -- metadata
+    def _write_run(self) -> None:
+        tmp = self.path / "run.json.tmp"
+        tmp.write_text(_dump(self._run))
+        tmp.replace(self.path / "run.json")
+
+    def write_spec(self, spec: Any) -> None:
+        d = spec.to_dict() if hasattr(spec, "to_dict") else spec
+        self._spec = json.loads(_dump(d))
+        (self.path / "spec.json").write_text(_dump(self._spec))
+
+    def write_env(self, env: dict | None = None) -> None:
+        (self.path / "env.json").write_text(_dump(env if env is not None else collect_env()))
+
+    def set_run_info(self, **info: Any) -> None:
+        """Extra fields for run.json (e.g. errors of a deployment that failed to start)."""
+        self._run.update(info)
+        self._write_run()
+
+    # -- data
+    def append_record(self, record: RequestRecord) -> None:
+        self.records.append(record)
+        self._req_f.write(json.dumps(_clean(record.to_dict()), separators=(",", ":")) + "\n")
+        self._req_f.flush()
+
+    def append_records(self, records: Iterable[RequestRecord]) -> None:
+        for r in records:
+            self.append_record(r)
+
+    def append_steps(self, steps: Iterable[dict], **tags: Any) -> None:
+        """Engine step traces (dicts); `tags` (e.g. deployment="mono") are added to each."""
+        if self._steps_f is None:
+            self._steps_f = open(self.path / "steps.jsonl", "a", encoding="utf-8")
+        for s in steps:
+            row = {**tags, **s}
+            self._steps_f.write(json.dumps(_clean(row), default=_jsonable,
+                                           separators=(",", ":")) + "\n")
+        self._steps_f.flush()
+
+    # -- end
+    def finalize(self, *, status: str = "complete", slo: Any = None,
+                 windows: dict[tuple[str, str], tuple[float, float]] | None = None,
+                 goodput_target: float = 0.9) -> None:
+        """Write requests.parquet, summary.csv/json, close files, mark run.json with `status`.
+        `slo` defaults to spec["slo"]; `windows` maps (deployment, load_point) -> (start, end)."""
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for f in (self._req_f, self._steps_f):
+            if f is not None and not f.closed:
+                f.close()
+        rows = [_clean(r.to_dict()) for r in self.records]
+        table = pa.Table.from_pylist(rows, schema=arrow_schema())
+        pq.write_table(table, self.path / "requests.parquet")
+        if slo is None and self._spec:
+            slo = self._spec.get("slo")
+        df = pd.DataFrame(rows, columns=RECORD_COLUMNS)
+        summary = compute_summary(df, self._spec, slo=slo, windows=windows)
+        summary.to_csv(self.path / "summary.csv", index=False)
+        gp = compute_goodput(summary, goodput_target)
+        (self.path / "summary.json").write_text(_dump({
+            "schema_version": SCHEMA_VERSION, "slo": _jsonable_slo(slo),
+            "goodput_target": goodput_target, "goodput_rps": gp,
+            "rows": _clean(summary.to_dict("records"))}))
+        self._run["status"] = status
+        self._run["finished"] = _now()
+        self._run["n_records"] = len(self.records)
+        self._write_run()
+        self.finalized = True
+
+    def close(self) -> None:
+        if not self.finalized:
+            self.finalize(status="incomplete")
+
+    def __enter__(self) -> "ResultsWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.finalized:
+            self.finalize(status="complete" if exc_type is None else "incomplete")
+
+
+def _jsonable_slo(slo: Any) -> dict | None:
+    if slo is None:
+        return None
+    if isinstance(slo, dict):
+        return slo
+    return {"ttft_s": getattr(slo, "ttft_s", None), "tpot_s": getattr(slo, "tpot_s", None)}
+
+
+def _load_point_info(spec: dict | None) -> dict[str, dict]:
+    """name -> {arrival_kind, rate_rps, concurrency} from spec["load_points"] if present."""
+    out: dict[str, dict] = {}
+    for lp in (spec or {}).get("load_points") or []:
+        if not isinstance(lp, dict) or "name" not in lp:
+            continue
+        arr = lp.get("arrival") or {}
+        out[str(lp["name"])] = {"arrival_kind": arr.get("kind"), "rate_rps": arr.get("rate"),
+                                "concurrency": arr.get("concurrency")}
+    return out
+
+
+def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
+                    windows: dict | None = None):
+    """One row per deployment x load point (in order of first appearance)."""
+    import numpy as np
+    import pandas as pd
+
+    df = records if isinstance(records, pd.DataFrame) else pd.DataFrame(
+        [r.to_dict() if hasattr(r, "to_dict") else r for r in records], columns=RECORD_COLUMNS)
+    if slo is None and spec:
+        slo = spec.get("slo")
+    info = _load_point_info(spec)
+    rows = []
+    if len(df):
+        for (dep, lp), g in df.groupby(["deployment", "load_point"], sort=False):
+            row: dict[str, Any] = {"deployment": dep, "load_point": lp}
+            row.update({"arrival_kind": None, "rate_rps": None, "concurrency": None})
+            row.update(info.get(str(lp), {}))
+            intended = np.sort(g["intended_send_s"].dropna().to_numpy(float))
+            row["offered_rate_rps"] = (float((len(intended) - 1) / (intended[-1] - intended[0]))
+                                       if len(intended) > 1 and intended[-1] > intended[0]
+                                       else None)
+            win = (windows or {}).get((dep, lp))
+            row.update(metrics.summarize(g, slo, win))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compute_goodput(summary, target: float = 0.9) -> dict[str, float | None]:
+    """Goodput per deployment over its load points with a rate (open-loop sweeps)."""
+    out: dict[str, float | None] = {}
+    if summary is None or not len(summary) or "slo_attainment" not in summary:
+        return out
+    for dep, g in summary.groupby("deployment", sort=False):
+        rate = g["rate_rps"].where(g["rate_rps"].notna(), g["offered_rate_rps"])
+        pts = [(float(r), float(a)) for r, a in zip(rate, g["slo_attainment"])
+               if r is not None and a is not None and not (isinstance(r, float) and math.isnan(r))
+               and not (isinstance(a, float) and math.isnan(a))]
+        if len(pts) >= 1:
+            out[str(dep)] = metrics.goodput([p[0] for p in pts], [p[1] for p in pts], target)
+    return out
+
+
+@dataclass
+class Results:
+    path: Path
+    run: dict
+    spec: dict
+    env: dict
+    records: Any           # pandas.DataFrame, columns records.RECORD_COLUMNS
+    summary: Any           # pandas.DataFrame
+    summary_meta: dict     # summary.json without "rows" (slo, goodput_rps, ...)
+    steps: Any | None      # pandas.DataFrame or None
+
+    @property
+    def complete(self) -> bool:
+        return self.run.get("status") == "complete"
+
+
+def _read_json(p: Path, what: str) -> dict:
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ResultsError(f"{p}: invalid {what} ({e})") from None
+
+
+def load_results(path: str | Path) -> Results:
+    """Read a results dir. Falls back to requests.jsonl (and recomputes the summary) when a run
+    was not finalized. Raises ResultsError with a one-line message when it is not a results dir."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_dir():
+        raise ResultsError(f"{p}: no such results directory")
+    run = _read_json(p / "run.json", "run.json")
+    if not run:
+        raise ResultsError(f"{p}: not an infer-bench results directory (no run.json)")
+    sv = run.get("schema_version")
+    if sv != SCHEMA_VERSION:
+        raise ResultsError(f"{p}: unsupported schema_version {sv!r} (this reader: "
+                           f"{SCHEMA_VERSION})")
+    spec = _read_json(p / "spec.json", "spec.json")
+    env = _read_json(p / "env.json", "env.json")
+    pq_path, jl_path = p / "requests.parquet", p / "requests.jsonl"
+    if pq_path.exists():
+        try:
+            records = pd.read_parquet(pq_path)
+        except Exception as e:  # noqa: BLE001
+            raise ResultsError(f"{pq_path}: unreadable parquet ({type(e).__name__}: {e})") from None
+    elif jl_path.exists():
+        rows = []
+        with open(jl_path, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    # a run killed mid-write may leave a truncated last line
+                    continue
+        records = pd.DataFrame(rows, columns=RECORD_COLUMNS)
+    else:
+        raise ResultsError(f"{p}: no requests.parquet or requests.jsonl")
+    for c in RECORD_COLUMNS:
+        if c not in records.columns:
+            records[c] = None
+    for c, conv in (("chunk_times_s", float), ("chunk_tokens", int)):
+        records[c] = [[conv(x) for x in v] if v is not None and not (
+            isinstance(v, float) and math.isnan(v)) else [] for v in records[c]]
+    summary_meta: dict = {}
+    if (p / "summary.csv").exists():
+        summary = pd.read_csv(p / "summary.csv")
+        summary_meta = _read_json(p / "summary.json", "summary.json")
+        summary_meta.pop("rows", None)
+    else:
+        summary = compute_summary(records, spec)
+        summary_meta = {"goodput_rps": compute_goodput(summary), "recomputed": True}
+    steps = None
+    if (p / "steps.jsonl").exists():
+        rows = []
+        with open(p / "steps.jsonl", encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue
+        steps = pd.DataFrame(rows)
+    return Results(path=p, run=run, spec=spec, env=env, records=records, summary=summary,
+                   summary_meta=summary_meta, steps=steps)

@@ -1,0 +1,160 @@
+"""The run orchestrator: RunSpec -> deployments x load points -> one results dir.
+
+For each deployment in turn: launch it (or check an external URL), send warm-up requests, then
+drive every load point with the same precomputed requests and send times, appending each
+RequestRecord to the results dir as it completes; pull the engine's step trace; stop it. A run
+that fails part-way (a deployment that does not start, Ctrl-C, an error) still finalises the
+results dir, marked incomplete, with everything measured so far.
+
+The runner talks to deployments only through `backends.deployment` (HTTP); it never imports the
+engine. Progress goes to a `RunObserver` (the CLI draws rich progress bars with it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infer_bench.backends.deployment import (
+    DeploymentError, EngineDeploymentSpec, ExternalDeploymentSpec, make_deployment,
+)
+from infer_bench.backends.openai import RunClock
+
+from .loadgen import LoadGenerator
+from .records import RequestRecord
+from .results import ResultsWriter, collect_env
+from .spec import SLO, ArrivalSpec, LoadPoint, WorkloadSpec
+from .synthetic import generate_requests, load_tokenizer_for
+
+
+class RunError(RuntimeError):
+    """The run produced no measurements; the message says why in one line."""
+
+
+@dataclass
+class RunSpec:
+    deployments: list[EngineDeploymentSpec | ExternalDeploymentSpec]
+    workload: WorkloadSpec
+    load_points: list[LoadPoint]
+    slo: SLO = field(default_factory=lambda: SLO(ttft_s=2.0, tpot_s=0.2))
+    out_dir: Path = Path("results/run")
+    warmup_requests: int = 2
+    timeout_s: float = 300.0
+    tokenizer_path: str | None = None
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name or Path(self.out_dir).name,
+            "deployments": [d.to_dict() for d in self.deployments],
+            "workload": self.workload.to_dict(),
+            "load_points": [lp.to_dict() for lp in self.load_points],
+            "slo": self.slo.to_dict(),
+            "warmup_requests": self.warmup_requests,
+            "timeout_s": self.timeout_s,
+            "tokenizer_path": self.tokenizer_path,
+        }
+
+
+class RunObserver:
+    """Callbacks for progress; the default does nothing."""
+
+    def deployment_starting(self, name: str, description: str) -> None: ...
+    def deployment_ready(self, name: str, seconds: float) -> None: ...
+    def deployment_failed(self, name: str, message: str) -> None: ...
+    def load_point_starting(self, deployment: str, load_point: str, n_requests: int) -> None: ...
+    def record(self, record: RequestRecord) -> None: ...
+    def load_point_done(self, deployment: str, load_point: str, health: dict) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+def default_load_points(rates: list[float] | None, concurrency: list[int] | None, seed: int) -> list[LoadPoint]:
+    points = []
+    if concurrency:
+        for c in concurrency:
+            points.append(LoadPoint(name=f"c{c}", arrival=ArrivalSpec(kind="concurrency", concurrency=int(c), seed=seed)))
+    else:
+        for r in rates or [1.0]:
+            points.append(LoadPoint(name=f"{r:g}rps", arrival=ArrivalSpec(kind="poisson", rate=float(r), seed=seed)))
+    return points
+
+
+def _run_load(gen: LoadGenerator):
+    return asyncio.run(gen.run())
+
+
+def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
+    """Execute the run; returns the results dir (also when incomplete, unless nothing was measured)."""
+    obs = observer or RunObserver()
+    out = Path(spec.out_dir)
+    writer = ResultsWriter(out, overwrite=True)
+    writer.write_spec(spec.to_dict())
+    writer.write_env(collect_env(extra={"command": sys.argv}))
+    clock = RunClock()
+    tokenizer = load_tokenizer_for(spec.tokenizer_path) if spec.tokenizer_path else None
+    requests = generate_requests(spec.workload, tokenizer)
+    warm = generate_requests(
+        WorkloadSpec(input_len=spec.workload.input_len, output_len=8, num_requests=max(1, spec.warmup_requests),
+                     seed=spec.workload.seed + 10_000, endpoint=spec.workload.endpoint),
+        tokenizer, id_prefix="warmup") if spec.warmup_requests else []
+
+    windows: dict[tuple[str, str], tuple[float, float]] = {}
+    failures: dict[str, str] = {}
+    health: dict[str, dict] = {}
+    status = "complete"
+    try:
+        for dep_spec in spec.deployments:
+            dep = make_deployment(dep_spec, out / "logs")
+            desc = getattr(dep_spec, "url", None) or f"engine {dep_spec.mode} ({dep_spec.model})"
+            obs.deployment_starting(dep_spec.name, desc)
+            t0 = time.perf_counter()
+            try:
+                dep.start()
+            except DeploymentError as e:
+                failures[dep_spec.name] = str(e)
+                status = "incomplete"
+                obs.deployment_failed(dep_spec.name, str(e))
+                continue
+            obs.deployment_ready(dep_spec.name, time.perf_counter() - t0)
+            try:
+                common = dict(deployment=dep_spec.name, clock=clock, model=dep.model_name,
+                              api_key=dep.api_key, timeout_s=spec.timeout_s,
+                              tokenize=tokenizer.tokenize if tokenizer else None)
+                if warm:
+                    _run_load(LoadGenerator(dep.base_url, spec.workload.endpoint, warm,
+                                            ArrivalSpec(kind="concurrency", concurrency=1),
+                                            load_point="warmup", **common))
+                for lp in spec.load_points:
+                    obs.load_point_starting(dep_spec.name, lp.name, len(requests))
+
+                    def on_record(rec: RequestRecord) -> None:
+                        writer.append_record(rec)
+                        obs.record(rec)
+
+                    gen = LoadGenerator(dep.base_url, spec.workload.endpoint, requests, lp.arrival,
+                                        load_point=lp.name, on_record=on_record, **common)
+                    result = _run_load(gen)
+                    windows[(dep_spec.name, lp.name)] = result.window
+                    health[f"{dep_spec.name}/{lp.name}"] = result.health.to_dict()
+                    obs.load_point_done(dep_spec.name, lp.name, result.health.to_dict())
+                    if result.cancelled:
+                        raise KeyboardInterrupt
+                steps = dep.fetch_steps()
+                if steps:
+                    writer.append_steps(steps, deployment=dep_spec.name)
+            finally:
+                dep.stop()
+    except BaseException:
+        status = "incomplete"
+        raise
+    finally:
+        writer.set_run_info(deployment_failures=failures, client_health=health)
+        writer.finalize(status=status, windows=windows)
+    if not writer.records and failures:
+        first = next(iter(failures.values()))
+        raise RunError(first)
+    return out

@@ -1,0 +1,210 @@
+"""Workload and load specifications: what is sent (WorkloadSpec), when (ArrivalSpec / LoadPoint),
+and what counts as good (SLO).
+
+Role in the data flow: the CLI / runner builds these from flags or a TOML file;
+`workloads/synthetic.py` turns a WorkloadSpec into prompts, `workloads/arrivals.py` turns an
+ArrivalSpec into send times, `workloads/metrics.py` judges records against an SLO; `to_dict()` is
+what lands in spec.json (and `from_dict` reads it back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+LENGTH_KINDS = ("fixed", "uniform", "normal", "lognormal")
+ARRIVAL_KINDS = ("poisson", "constant", "gamma", "concurrency")
+ENDPOINTS = ("completions", "chat")
+
+
+@dataclass
+class LengthDist:
+    """A token-length distribution; samples are rounded and clipped to [min, max].
+    fixed: `mean`; uniform: integers in [low, high]; normal: mean, std;
+    lognormal: `mean` of the lengths and `sigma` of the underlying normal."""
+
+    kind: str = "fixed"
+    mean: float | None = None
+    std: float | None = None
+    low: int | None = None
+    high: int | None = None
+    sigma: float | None = None
+    min: int = 1
+    max: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in LENGTH_KINDS:
+            raise ValueError(f"length distribution kind must be one of {LENGTH_KINDS}, "
+                             f"not {self.kind!r}")
+        need = {"fixed": ("mean",), "uniform": ("low", "high"), "normal": ("mean", "std"),
+                "lognormal": ("mean", "sigma")}[self.kind]
+        missing = [n for n in need if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"{self.kind} length distribution needs {', '.join(missing)}")
+        if self.kind == "uniform" and self.low > self.high:
+            raise ValueError(f"uniform length: low {self.low} > high {self.high}")
+
+    @classmethod
+    def fixed(cls, n: int) -> "LengthDist":
+        return cls("fixed", mean=int(n))
+
+    @classmethod
+    def parse(cls, s: "str | int | LengthDist | dict") -> "LengthDist":
+        """`128`, `fixed:128`, `uniform:64,256`, `normal:128,32`, `lognormal:128,0.5`."""
+        if isinstance(s, LengthDist):
+            return s
+        if isinstance(s, dict):
+            return cls.from_dict(s)
+        if isinstance(s, int):
+            return cls.fixed(s)
+        text = str(s).strip()
+        if ":" not in text:
+            return cls.fixed(int(text))
+        kind, args = text.split(":", 1)
+        vals = [float(a) for a in args.split(",") if a.strip()]
+        kind = kind.strip()
+        try:
+            if kind == "fixed":
+                return cls.fixed(int(vals[0]))
+            if kind == "uniform":
+                return cls("uniform", low=int(vals[0]), high=int(vals[1]))
+            if kind == "normal":
+                return cls("normal", mean=vals[0], std=vals[1])
+            if kind == "lognormal":
+                return cls("lognormal", mean=vals[0], sigma=vals[1])
+        except IndexError:
+            raise ValueError(f"length distribution {text!r}: too few parameters") from None
+        raise ValueError(f"unknown length distribution {kind!r} (one of {LENGTH_KINDS})")
+
+    def sample(self, rng, n: int):
+        """n integer lengths from numpy Generator `rng`."""
+        import numpy as np
+
+        if self.kind == "fixed":
+            x = np.full(n, float(self.mean))
+        elif self.kind == "uniform":
+            x = rng.integers(int(self.low), int(self.high) + 1, size=n).astype(float)
+        elif self.kind == "normal":
+            x = rng.normal(float(self.mean), float(self.std), size=n)
+        else:
+            sig = float(self.sigma)
+            mu = np.log(float(self.mean)) - sig * sig / 2.0
+            x = rng.lognormal(mu, sig, size=n)
+        x = np.rint(x)
+        hi = self.max if self.max is not None else np.inf
+        return np.clip(x, self.min, hi).astype(np.int64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LengthDist":
+        return cls(**d)
+
+
+@dataclass
+class WorkloadSpec:
+    kind: str = "synthetic"
+    input_len: LengthDist = field(default_factory=lambda: LengthDist.fixed(128))
+    output_len: LengthDist = field(default_factory=lambda: LengthDist.fixed(64))
+    num_requests: int = 100
+    seed: int = 0
+    endpoint: str = "completions"
+    ignore_eos: bool = True
+    temperature: float | None = 0.0
+    shared_prefix_len: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind != "synthetic":
+            raise ValueError(f"workload kind must be 'synthetic', not {self.kind!r}")
+        if self.endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {ENDPOINTS}, not {self.endpoint!r}")
+        self.input_len = LengthDist.parse(self.input_len)
+        self.output_len = LengthDist.parse(self.output_len)
+        if self.num_requests < 1:
+            raise ValueError("num_requests must be >= 1")
+        if self.shared_prefix_len < 0:
+            raise ValueError("shared_prefix_len must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_len"] = self.input_len.to_dict()
+        d["output_len"] = self.output_len.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WorkloadSpec":
+        d = dict(d)
+        for k in ("input_len", "output_len"):
+            if k in d:
+                d[k] = LengthDist.parse(d[k])
+        return cls(**d)
+
+
+@dataclass
+class ArrivalSpec:
+    """poisson / gamma: `rate` (requests/s), gamma `burstiness` (shape; 1 = poisson, < 1 burstier);
+    constant: `rate`; concurrency: `concurrency` closed-loop workers, no send schedule."""
+
+    kind: str = "poisson"
+    rate: float | None = None
+    concurrency: int | None = None
+    burstiness: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ARRIVAL_KINDS:
+            raise ValueError(f"arrival kind must be one of {ARRIVAL_KINDS}, not {self.kind!r}")
+        if self.kind == "concurrency":
+            if not self.concurrency or self.concurrency < 1:
+                raise ValueError("concurrency arrival needs concurrency >= 1")
+        elif not self.rate or self.rate <= 0:
+            raise ValueError(f"{self.kind} arrival needs rate > 0")
+        if self.burstiness <= 0:
+            raise ValueError("burstiness must be > 0")
+
+    @property
+    def closed_loop(self) -> bool:
+        return self.kind == "concurrency"
+
+    def label(self) -> str:
+        if self.kind == "concurrency":
+            return f"c{self.concurrency}"
+        return f"{self.kind}-{self.rate:g}rps"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ArrivalSpec":
+        return cls(**d)
+
+
+@dataclass
+class LoadPoint:
+    name: str
+    arrival: ArrivalSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "arrival": self.arrival.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoadPoint":
+        arr = d["arrival"]
+        return cls(name=d["name"],
+                   arrival=arr if isinstance(arr, ArrivalSpec) else ArrivalSpec.from_dict(arr))
+
+
+@dataclass
+class SLO:
+    """Latency bounds in seconds; None = not tested."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SLO | None":
+        return None if d is None else cls(**d)
