@@ -7,14 +7,23 @@ token count; usage; the reference engine's server-side timing; or an error). `wo
 turns a `RawResult` into a `RequestRecord` (one row of requests.parquet) with the metric functions.
 
 Measurement rules (docs/design.md, "Metric definitions"):
-- timestamps come from `time.perf_counter_ns()` taken right after a read returned bytes, before any
-  JSON parsing; every `data:` event completed by that read gets that timestamp;
+- timestamps come from `time.perf_counter_ns()` taken when the bytes came off the socket: the
+  connection's protocol `data_received` is wrapped for the duration of the response and notes
+  (time, payload bytes so far) before aiohttp parses anything; each SSE event gets the time of
+  the socket read that delivered its last byte. This is independent of when the coroutine gets
+  scheduled again, so a busy event loop does not inflate TTFT/ITL by its backlog. Where the
+  wrapper cannot be installed, the time the coroutine's read returned is used instead (still
+  before any JSON parsing);
 - a chunk whose delta is empty carries 0 tokens and is not a token arrival (not recorded);
 - tokens per chunk: `token_ids` (vLLM style) or logprobs tokens when the server sends them, else
   `tokenize(chunk_text)` when a tokenizer callback is given, else 1 per content chunk;
 - n_output: `usage.completion_tokens` ("usage"), else tokenizer count of the whole text
   ("tokenizer"), else the sum of chunk counts ("chunks"); per-chunk counts are never inflated to
   match usage;
+- cross-check: `n_output_client` is the client's own count of the output (the tokenizer's count
+  of the whole streamed text when a tokenizer is given, else the sum of per-chunk counts when
+  every chunk carried `token_ids`/logprobs, else None: no independent count); when the server
+  also sent usage and the two differ, `token_count_mismatch` is True (None: nothing to compare);
 - E2E ends at the last content chunk, not at `[DONE]`;
 - failures (never successes): `connect`, `http_4xx`, `http_5xx`, `timeout`, `disconnect`,
   `stream_error` (a streamed {"error": ...} event or unparseable stream), `client_error` (anything
@@ -74,6 +83,13 @@ class PreparedRequest:
     api_key: str | None = None
     timeout_s: float | None = None          # total per-request timeout
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # multi-turn: turns of one conversation_id are sent in `turn` order, each `think_time_s`
+    # after the previous turn's last token (workloads/loadgen.py); None = independent request
+    conversation_id: str | None = None
+    turn: int = 0
+    think_time_s: float = 0.0
+    # trace replay: intended send time (s, trace clock); used with ArrivalSpec(kind="trace")
+    send_at_s: float | None = None
     tokenize: Callable[[str], list[int]] | None = field(default=None, repr=False, compare=False)
 
     def endpoint_url(self) -> str:
@@ -142,6 +158,9 @@ class RawResult:
     error: str | None = None
     error_type: str | None = None
     text: str = ""
+    n_output_client: int | None = None     # client's own count (see module docstring)
+    token_count_mismatch: bool | None = None
+    chunk_counts_exact: bool = True         # every chunk's count came from the server's ids
 
     @property
     def ok(self) -> bool:
@@ -189,6 +208,7 @@ async def send_request(session: aiohttp.ClientSession, req: PreparedRequest,
     texts: list[str] = []
     got_done = False
     started_response = False
+    hook = None
     timeout = aiohttp.ClientTimeout(total=req.timeout_s) if req.timeout_s else None
     payload = json.dumps(req.payload())
     url = req.endpoint_url()
@@ -222,14 +242,23 @@ async def send_request(session: aiohttp.ClientSession, req: PreparedRequest,
                 t = clock.to_s(time.perf_counter_ns())
                 got_done = _handle_event(json.loads(body), t, req, res, texts) or True
             else:
+                marks, hook = _install_marks(resp)
+                mi = 0                      # first mark that may cover the next line
+                off = 0                     # payload offset of buf[0]
                 buf = b""
                 async for data in resp.content.iter_any():
-                    t = clock.to_s(time.perf_counter_ns())
+                    t_read = time.perf_counter_ns()
+                    t = clock.to_s(t_read)
                     buf += data
                     if b"\n" not in data:
                         continue
                     *lines, buf = buf.split(b"\n")
                     for raw in lines:
+                        off += len(raw) + 1
+                        if marks is not None:
+                            while mi < len(marks) and marks[mi][1] < off:
+                                mi += 1
+                            t = clock.to_s(marks[mi][0] if mi < len(marks) else t_read)
                         line = raw.strip()
                         if not line or line.startswith(b":"):
                             continue
@@ -248,6 +277,8 @@ async def send_request(session: aiohttp.ClientSession, req: PreparedRequest,
                         except ValueError as e:
                             raise _StreamError(f"unparseable SSE data: {data_s[:200]!r}") from e
                         _handle_event(obj, t, req, res, texts)
+                _remove_marks(resp, hook)
+                hook = None
                 if buf.strip().startswith(b"data:"):
                     tail = buf.strip()[5:].strip()
                     if tail == b"[DONE]":
@@ -276,12 +307,44 @@ async def send_request(session: aiohttp.ClientSession, req: PreparedRequest,
         res.error = f"{type(e).__name__}: {e}"
     except Exception as e:  # noqa: BLE001 - a benchmark never dies on one request
         res.error_type, res.error = "client_error", f"{type(e).__name__}: {e}"
+    _remove_marks(None, hook)
     if res.end_s is None:
         res.end_s = clock.now()
     if res.error_type is not None and res.error is None:
         res.error = "server sent an error event"
     _finish_counts(req, res, texts)
     return res
+
+
+def _install_marks(resp) -> tuple[list | None, Any]:
+    """Wrap the connection protocol's `data_received` to note (perf_counter_ns, payload bytes
+    received so far) for every socket read of this response. Returns (marks, hook) or
+    (None, None) when the connection cannot be instrumented."""
+    conn = getattr(resp, "connection", None)
+    proto = getattr(conn, "protocol", None) if conn is not None else None
+    content = resp.content
+    if proto is None or not hasattr(proto, "__dict__") or not hasattr(content, "total_bytes"):
+        return None, None
+    orig = type(proto).data_received.__get__(proto)
+    marks: list[tuple[int, int]] = [(time.perf_counter_ns(), content.total_bytes)]
+    perf = time.perf_counter_ns
+    append = marks.append
+
+    def hook(data: bytes) -> None:
+        t = perf()
+        orig(data)
+        append((t, content.total_bytes))
+
+    proto.data_received = hook
+    return marks, (proto, hook)
+
+
+def _remove_marks(resp, hook) -> None:
+    if hook is None:
+        return
+    proto, fn = hook
+    if proto.__dict__.get("data_received") is fn:
+        del proto.__dict__["data_received"]
 
 
 def _handle_event(obj: Any, t: float, req: PreparedRequest, res: RawResult,
@@ -311,6 +374,8 @@ def _handle_event(obj: Any, t: float, req: PreparedRequest, res: RawResult,
         if "message" in choice and isinstance(choice["message"], dict):   # non-streamed body
             text = choice["message"].get("content") or ""
         if n is None:
+            if text:
+                res.chunk_counts_exact = False
             if not text:
                 n = 0
             elif req.tokenize is not None:
@@ -341,3 +406,10 @@ def _finish_counts(req: PreparedRequest, res: RawResult, texts: list[str]) -> No
         res.n_output, res.n_output_source = int(sum(res.chunk_tokens)), "chunks"
     if res.n_output == 0 and res.chunk_tokens:    # usage said 0 but tokens arrived: trust the data
         res.n_output, res.n_output_source = int(sum(res.chunk_tokens)), "chunks"
+    # the client's independent count, compared with the server's usage
+    if req.tokenize is not None:
+        res.n_output_client = len(req.tokenize(res.text)) if res.text else 0
+    elif res.chunk_tokens and res.chunk_counts_exact:
+        res.n_output_client = int(sum(res.chunk_tokens))
+    if isinstance(usage.get("completion_tokens"), int) and res.n_output_client is not None:
+        res.token_count_mismatch = usage["completion_tokens"] != res.n_output_client

@@ -136,11 +136,14 @@ def _ordered_unique(values: Iterable[Any]) -> list[Any]:
 
 
 def _is_missing(v: Any) -> bool:
+    """None, NaN, pd.NA, NaT (scalars only; a list is never missing)."""
     if v is None:
         return True
+    if isinstance(v, (list, tuple, dict, np.ndarray)):
+        return False
     try:
-        return bool(isinstance(v, float) and math.isnan(v))
-    except TypeError:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
         return False
 
 
@@ -331,8 +334,9 @@ def normalize_records(df: pd.DataFrame) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df["chunk_times_s"] = [[float(x) for x in _to_list(v)] for v in df["chunk_times_s"]]
     df["chunk_tokens"] = [[int(x) for x in _to_list(v)] for v in df["chunk_tokens"]]
-    df["error"] = [None if _is_missing(e) or e == "" else str(e) for e in df["error"]]
-    df["error_type"] = [None if _is_missing(e) or e == "" else str(e) for e in df["error_type"]]
+    for col in ("error", "error_type", "n_output_source", "server_timing_json"):
+        vals = [None if _is_missing(e) or e == "" else str(e) for e in df[col]]
+        df[col] = pd.Series(vals, index=df.index, dtype=object)
     # Derive latencies from raw times where the writer left them out.
     ttft = df["first_token_s"] - df["send_s"]
     df["ttft_s"] = df["ttft_s"].fillna(ttft)

@@ -57,12 +57,16 @@ def _colors_for(names: Sequence[str], colors: dict | None) -> dict[str, str]:
     return base
 
 
-def _style(fig: go.Figure, title: str | None = None, height: int = 420) -> go.Figure:
+def _style(fig: go.Figure, title: str | None = None, height: int = 420,
+           top: int | None = None) -> go.Figure:
+    """House style. The legend sits at the top of the figure (container coordinates), above any
+    subplot titles; `top` is the top margin in px that leaves room for it."""
     fig.update_layout(
         template="plotly_white", height=height,
         font=dict(family=FONT, size=12, color="#1f2933"),
-        margin=dict(l=60, r=30, t=70 if title else 40, b=50),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
+        margin=dict(l=60, r=30, t=top or (90 if title else 70), b=50),
+        legend=dict(orientation="h", yref="container", y=0.995 if not title else 0.93,
+                    yanchor="top", xanchor="left", x=0),
         hoverlabel=dict(font_family=FONT),
     )
     if title:
@@ -118,9 +122,16 @@ def _lp_label(lp: Any, labels: dict | None) -> str:
 
 def _add_lp_menu(fig: go.Figure, trace_lps: list, lps: list, labels: dict | None,
                  active: int, relayouts: list[dict] | None = None) -> None:
-    """Dropdown switching which load point's traces are visible (None = always visible)."""
+    """Dropdown switching which load point's traces are visible (None = always visible).
+
+    Legend: within each load point the first trace of each legend entry (legendgroup, else
+    name) shows it, so whichever load point is selected has a complete legend, once."""
+    shown: set = set()
     for tr, lp in zip(fig.data, trace_lps):
         tr.visible = True if lp is None or lp == lps[active] else False
+        key = (repr(lp), tr.legendgroup or tr.name)
+        tr.showlegend = key not in shown
+        shown.add(key)
     if len(lps) <= 1:
         if relayouts:
             fig.update_layout(relayouts[0])
@@ -135,10 +146,20 @@ def _add_lp_menu(fig: go.Figure, trace_lps: list, lps: list, labels: dict | None
                             method="update" if relayouts else "restyle", args=args))
     fig.update_layout(updatemenus=[dict(
         buttons=buttons, active=active, direction="down", showactive=True,
-        x=1.0, xanchor="right", y=1.13, yanchor="bottom", bgcolor="#ffffff",
+        x=1.0, xanchor="right", y=1.0, yanchor="bottom", pad=dict(b=24), bgcolor="#ffffff",
         bordercolor="#cbd2d9", font=dict(size=11))])
     if relayouts:
         fig.update_layout(relayouts[active])
+
+
+def _text(v: Any) -> str:
+    """A string cell as text; None/NaN/pd.NA -> ''."""
+    try:
+        if v is None or pd.isna(v):
+            return ""
+    except (TypeError, ValueError):
+        pass
+    return str(v)
 
 
 def _ok(records: pd.DataFrame) -> pd.DataFrame:
@@ -177,7 +198,7 @@ def latency_cdfs(records: pd.DataFrame, colors: dict | None = None,
                     continue
                 fig.add_trace(go.Scatter(
                     x=_f32(x), y=_f32(y * 100), mode="lines", name=esc(dep),
-                    legendgroup=esc(dep), showlegend=(i == 0 and lp == lps[0]) or False,
+                    legendgroup=esc(dep),
                     line=dict(color=colors[dep], width=2, shape="hv"),
                     hovertemplate=f"{esc(dep)}<br>{name}: %{{x:.4g}} {unit}"
                                   "<br>%{y:.1f}% of requests<extra></extra>"
@@ -188,14 +209,6 @@ def latency_cdfs(records: pd.DataFrame, colors: dict | None = None,
                 trace_lps.append(lp)
     if not fig.data:
         return empty_figure(title)
-    # every deployment appears in the legend whichever load point is shown
-    seen = set()
-    for tr, lp in zip(fig.data, trace_lps):
-        tr.showlegend = False
-    for tr in fig.data:
-        if tr.legendgroup not in seen:
-            seen.add(tr.legendgroup)
-            tr.showlegend = True
     slo = slo or {}
     for key, (r, c) in (("ttft_s", (1, 1)), ("tpot_s", (2, 1))):
         if isinstance(slo.get(key), (int, float)):
@@ -207,7 +220,7 @@ def latency_cdfs(records: pd.DataFrame, colors: dict | None = None,
         fig.update_xaxes(title_text=xt, row=i // 2 + 1, col=i % 2 + 1, rangemode="tozero")
         fig.update_yaxes(title_text="% ≤ x", range=[0, 101], row=i // 2 + 1, col=i % 2 + 1)
     _add_lp_menu(fig, trace_lps, lps, lp_labels, active=len(lps) - 1)
-    return _style(fig, title, height=640)
+    return _style(fig, title, height=680, top=110)
 
 
 # ----------------------------------------------------------------------------- throughput vs latency
@@ -265,7 +278,7 @@ def throughput_latency(summary: pd.DataFrame, colors: dict | None = None,
                           annotation_text="SLO", annotation_font_color="#7b8794", row=1, col=c)
     if not fig.data:
         return empty_figure(title)
-    return _style(fig, title, height=430)
+    return _style(fig, title, height=470, top=110)
 
 
 # ----------------------------------------------------------------------------- SLO attainment
@@ -316,7 +329,7 @@ def slo_attainment(summary: pd.DataFrame, colors: dict | None = None, target: fl
                           "<extra></extra>"))
         fig.add_vline(x=g.rate, line=dict(color=colors[dep], dash="dot", width=1.5))
         fig.add_annotation(x=g.rate, y=1.0 - 0.07 * i, yref="paper", showarrow=False, xanchor="left",
-                           text=f" goodput {esc(dep)}: {'≥ ' if g.lower_bound else ''}{g.rate:.3g}",
+                           text=f" goodput {esc(dep)}: {'≥ ' if g.lower_bound else ''}{g.rate:.3g} req/s",
                            font=dict(color=colors[dep], size=11), bgcolor="rgba(255,255,255,0.8)")
     fig.update_xaxes(title_text=xtitle, rangemode="tozero")
     fig.update_yaxes(title_text="joint SLO attainment (%)", range=[0, 103])
@@ -354,7 +367,8 @@ def request_timeline(records: pd.DataFrame, max_per_deployment: int = 30,
             idx = np.unique(np.linspace(0, len(d) - 1, min(max_per_deployment, len(d))).astype(int))
             for _, r in d.iloc[idx].iterrows():
                 rows.append(r)
-                ticks.append(esc(f"{dep} · {r['request_id']}"))
+                rid = _text(r["request_id"])
+                ticks.append(esc(rid if rid.startswith(dep[:8]) else f"{dep} · {rid}"))
         max_rows = max(max_rows, len(rows))
         seg: dict[str, dict[str, list]] = {p: {"y": [], "base": [], "x": [], "cd": []} for p in phases}
 
@@ -364,11 +378,11 @@ def request_timeline(records: pd.DataFrame, max_per_deployment: int = 30,
                 seg[p]["base"].append(start)
                 seg[p]["x"].append(length)
                 seg[p]["cd"].append([esc(r["deployment"]), esc(r["request_id"]),
-                                     esc(r["error"] or "")])
+                                     esc(_text(r["error"]))])
 
         for y, r in enumerate(rows):
             send, first, last = r["send_s"], r["first_token_s"], r["last_token_s"]
-            if r["error"] is not None:
+            if _text(r["error"]):
                 end = next((v for v in (last, first, send + r["e2e_s"]) if np.isfinite(v)), send)
                 put("failed", y, send, max(end - send, 0.0), r)
                 continue
@@ -386,6 +400,14 @@ def request_timeline(records: pd.DataFrame, max_per_deployment: int = 30,
         for p in phases:
             if not seg[p]["y"]:
                 continue
+            if p == "failed":
+                fig.add_trace(go.Scatter(
+                    x=_f32(seg[p]["base"]), y=seg[p]["y"], mode="markers", name=phase_names[p],
+                    legendgroup=p, marker=dict(symbol="x", size=9, color=PHASE_COLORS[p]),
+                    customdata=seg[p]["cd"],
+                    hovertemplate="%{customdata[0]} · request %{customdata[1]}<br>failed, sent at "
+                                  "%{x:.3f} s<br>%{customdata[2]}<extra></extra>"))
+                trace_lps.append(lp)
             fig.add_trace(go.Bar(
                 orientation="h", y=seg[p]["y"], x=_f32(seg[p]["x"]), base=_f32(seg[p]["base"]),
                 name=phase_names[p], legendgroup=p, marker=dict(color=PHASE_COLORS[p]),
@@ -399,10 +421,6 @@ def request_timeline(records: pd.DataFrame, max_per_deployment: int = 30,
                           "yaxis.range": [len(rows) - 0.5, -0.5]})
     if not fig.data:
         return empty_figure(title)
-    seen = set()
-    for tr in fig.data:
-        tr.showlegend = tr.legendgroup not in seen
-        seen.add(tr.legendgroup)
     fig.update_layout(barmode="overlay", bargap=0.2)
     fig.update_xaxes(title_text="run time (s)")
     fig.update_yaxes(tickfont=dict(size=10), automargin=True)
@@ -462,7 +480,7 @@ def itl_over_time(records: pd.DataFrame, steps: pd.DataFrame | None = None,
                 if m.any():
                     fig.add_trace(go.Scatter(
                         x=_f32(tcol[m]), y=_f32(npf[m]), mode="markers",
-                        name=f"{esc(dep)} step with prefill", legendgroup=esc(dep),
+                        name=f"{esc(dep)} step with prefill", legendgroup=f"{esc(dep)} steps",
                         marker=dict(color=colors[dep], symbol="triangle-up", size=8, opacity=0.9,
                                     line=dict(color="#1f2933", width=0.5)),
                         hovertemplate=f"{esc(dep)} engine step<br>t=%{{x:.3f}} s<br>"
@@ -471,10 +489,6 @@ def itl_over_time(records: pd.DataFrame, steps: pd.DataFrame | None = None,
                     trace_lps.append(lp)
     if not fig.data:
         return empty_figure(title)
-    seen = set()
-    for tr in fig.data:
-        tr.showlegend = tr.name not in seen
-        seen.add(tr.name)
     fig.update_xaxes(title_text="run time (s)")
     if has_steps:
         fig.update_yaxes(title_text="per-chunk gap (ms)", secondary_y=False, rangemode="tozero")

@@ -301,6 +301,8 @@ async def test_streamed_text_equals_nonstreamed_and_tokens(real_server):
     assert text == full["choices"][0]["text"]
     tokens = [t for o in outs for t in o.new_token_ids]
     assert text == tok.decode(tokens)
+    assert [t for c in chunks for t in c["choices"][0]["token_ids"]] == tokens
+    assert full["choices"][0]["token_ids"] == tokens
 
     # without include_usage: no usage chunk, still [DONE] last
     async with s.post("/v1/completions", json={**body, "stream": True}) as r:
@@ -321,6 +323,25 @@ async def test_concurrent_greedy_requests_match_sequential(real_server):
     together = await asyncio.gather(*(one(p) for p in prompts))
     alone = [await one(p) for p in prompts]
     assert together == alone
+
+
+async def test_project_openai_client_reads_our_stream(real_server):
+    """backends/openai.py (the load generator's client) against this server: exact token counts
+    from usage and per-chunk token_ids, and the server timing joined by X-Request-Id."""
+    from infer_bench.backends.openai import PreparedRequest, RunClock, send_request
+
+    s, engine, tok = real_server
+    base = str(s._base_url).rstrip("/")
+    for endpoint in ("completions", "chat"):
+        req = PreparedRequest(request_id=f"r-{endpoint}", prompt="Hello", max_tokens=7,
+                              endpoint=endpoint, url=base, model=MODEL)
+        res = await send_request(s, req, RunClock())
+        assert res.error is None, res.error
+        assert res.n_output == 7 and res.n_output_source == "usage"
+        assert sum(res.chunk_tokens) == 7 and len(res.chunk_times_s) == 7
+        assert res.finish_reason == "length"
+        assert res.server_timing["client_request_id"] == f"r-{endpoint}"
+        assert res.server_timing["queue_s"] >= 0 and res.server_timing["prefill_s"] > 0
 
 
 async def test_chat_applies_the_chat_template(real_server):
@@ -387,6 +408,9 @@ async def test_models_health_metrics(real_server):
     async with s.get("/debug/steps") as r:
         steps = await r.json()
     assert isinstance(steps, list) and steps and "wall_s" in steps[-1]
+    last = steps[-1]["step"]
+    async with s.get(f"/debug/steps?since={last}") as r:
+        assert [e["step"] for e in await r.json()] == [last]
 
 
 async def test_bad_requests_get_json_4xx_and_server_keeps_serving(real_server):

@@ -6,12 +6,23 @@ goes through `backends/openai.send_request` on one shared aiohttp session; each 
 `RequestRecord` handed to `on_record` as it completes (the runner appends it to the results dir,
 the CLI advances its progress bar) and returned at the end with a `ClientHealth` summary.
 
-Open loop (poisson / gamma / constant): send times come from `workloads/arrivals.send_times` and
-are fixed before the first send; one scheduler coroutine sleeps until each time on the monotonic
-clock and starts the request as its own task, so a slow request never delays the next send. The
+Open loop (poisson / gamma / constant / trace): send times come from
+`workloads/arrivals.send_times` (trace: the requests' own `send_at_s`) and are fixed before the
+first send; one scheduler coroutine sleeps until each time on the monotonic clock (a timer set
+0.5 ms early, then yielding to the loop until the time: epoll alone wakes up to 1 ms late) and
+starts the request as its own task, so a slow request never delays the next send. The
 connection pool is unlimited in open loop (a pool limit would queue sends silently in the client)
 and sized to the worker count in closed loop (`concurrency`: N workers, each sends its next
 request when its previous one finished).
+
+Multi-turn: requests sharing a `conversation_id` form a chain, sent in `turn` order by one task;
+turn k+1 is intended at (turn k's last token, or its end if it failed) + its `think_time_s`.
+Open loop schedules the FIRST turn of each chain (the arrival process gives one time per chain;
+for single-turn workloads that is one per request, as before); closed loop gives each worker
+whole chains. `intended_send_s` of a later turn is that derived time.
+
+`start_at_s` (run-clock seconds) fixes the load point's t=0 from the outside: the sharded client
+(`workloads/multiproc.py`) gives every worker process the same origin.
 
 Honesty about the client itself: a monitor coroutine measures event-loop lag (how late a 5 ms
 sleep wakes up) and every send records its lateness (actual - intended send time). `ClientHealth`
@@ -36,11 +47,12 @@ import numpy as np
 
 from infer_bench.backends.openai import PreparedRequest, RawResult, RunClock, send_request
 
-from .arrivals import send_times
+from .arrivals import send_times, trace_send_times
 from .records import RequestRecord
 from .spec import ArrivalSpec
 
-__all__ = ["LoadGenerator", "LoadResult", "ClientHealth", "RunClock"]
+__all__ = ["LoadGenerator", "LoadResult", "ClientHealth", "RunClock", "build_chains",
+           "health_from"]
 
 
 @dataclass
@@ -99,6 +111,7 @@ class LoadGenerator:
         lateness_threshold_s: float = 0.01,
         loop_lag_threshold_s: float = 0.01,
         session: aiohttp.ClientSession | None = None,
+        start_at_s: float | None = None,
     ):
         self.url = url
         self.endpoint = endpoint
@@ -109,24 +122,35 @@ class LoadGenerator:
         self.lateness_threshold_s = lateness_threshold_s
         self.loop_lag_threshold_s = loop_lag_threshold_s
         self._external_session = session
+        self.start_at_s = start_at_s
         self.requests = [self._fill(r, model, headers, api_key, timeout_s, tokenize)
                          for r in requests]
+        self.chains = build_chains(self.requests)
+        n_req, n_chain = len(self.requests), len(self.chains)
+        firsts = [c[0] for c in self.chains]
         if isinstance(arrival, ArrivalSpec):
             self.arrival = arrival
-            times = send_times(arrival, len(self.requests))
             self.concurrency = arrival.concurrency if arrival.closed_loop else None
+            if arrival.kind == "trace" and all(r.send_at_s is not None for r in self.requests):
+                times = trace_send_times(self.requests) / float(arrival.speedup)
+                times = times[firsts] if n_chain != n_req else times
+            else:
+                times = send_times(arrival, n_chain)
         else:
             self.arrival = None
             times = np.asarray(list(arrival), dtype=float)
-            if len(times) != len(self.requests):
-                raise ValueError(f"{len(times)} send times for {len(self.requests)} requests")
+            if len(times) == n_req:
+                times = times[firsts] if n_chain != n_req else times
+            elif len(times) != n_chain:
+                raise ValueError(f"{len(times)} send times for {n_req} requests")
             self.concurrency = None
-        self.times = times
+        self.times = times                  # one intended start per chain (= per request)
         self.records: list[RequestRecord] = []
         self._lateness: list[float] = []
         self._lags: list[float] = []
         self._stop: asyncio.Event | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._sleeper: asyncio.Future | None = None
 
     def _fill(self, r: PreparedRequest, model, headers, api_key, timeout_s, tokenize):
         ch = {}
@@ -151,19 +175,58 @@ class LoadGenerator:
         """Stop sending; in-flight requests are cancelled; run() returns what completed."""
         if self._stop is not None:
             self._stop.set()
+        sl = self._sleeper
+        if sl is not None and not sl.done():
+            sl.set_result(None)
 
-    async def _one(self, session, req: PreparedRequest, intended_s: float) -> None:
+    async def _sleep_until(self, target_s: float, early_s: float = 0.0005,
+                           register: bool = True) -> bool:
+        """Sleep until run-clock time `target_s` (a timer early_s early, then yield to the loop
+        until the time). False when stopped meanwhile."""
+        loop = asyncio.get_running_loop()
+        delay = target_s - self.clock.now() - early_s
+        if delay > 0:
+            fut = loop.create_future()
+            if register:
+                self._sleeper = fut
+            h = loop.call_later(delay, _wake, fut)
+            try:
+                await fut
+            finally:
+                h.cancel()
+                if register:
+                    self._sleeper = None
+        while not self._stop.is_set() and self.clock.now() < target_s:
+            await asyncio.sleep(0)
+        return not self._stop.is_set()
+
+    async def _one(self, session, req: PreparedRequest, intended_s: float) -> RequestRecord:
         raw: RawResult = await send_request(session, req, self.clock)
         if raw.send_s is not None:
             self._lateness.append(raw.send_s - intended_s)
         rec = RequestRecord.from_raw(raw, deployment=self.deployment, load_point=self.load_point,
-                                     intended_send_s=intended_s, max_tokens=req.max_tokens)
+                                     intended_send_s=intended_s, max_tokens=req.max_tokens,
+                                     conversation_id=req.conversation_id,
+                                     turn=req.turn if req.conversation_id is not None else None)
         self.records.append(rec)
         if self.on_record is not None:
             try:
                 self.on_record(rec)
             except Exception:  # noqa: BLE001 - a progress callback must not kill the run
                 pass
+        return rec
+
+    async def _chain(self, session, chain: list[int], intended_s: float) -> None:
+        """Send the turns of one chain in order; turn k+1 after turn k's last token + think."""
+        for k, idx in enumerate(chain):
+            req = self.requests[idx]
+            if k > 0:
+                intended_s += req.think_time_s
+                if not await self._sleep_until(intended_s, early_s=0.0, register=False):
+                    return
+            rec = await self._one(session, req, intended_s)
+            done = rec.last_token_s if rec.last_token_s is not None else rec.end_s
+            intended_s = max(done if done is not None else self.clock.now(), intended_s)
 
     async def _monitor(self, interval: float = 0.005) -> None:
         while True:
@@ -173,35 +236,34 @@ class LoadGenerator:
 
     async def _open_loop(self, session, start_s: float) -> None:
         loop = asyncio.get_running_loop()
-        for req, t in zip(self.requests, self.times):
+        for chain, t in zip(self.chains, self.times):
             if self._stop.is_set():
                 break
             target = start_s + float(t)
-            delay = target - self.clock.now()
-            if delay > 0:
-                # No busy-wait (it would steal CPU from a server on the same host): epoll wakes
-                # up to ~1 ms late; the lateness is measured and reported in ClientHealth.
-                try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                    break
-                except asyncio.TimeoutError:
-                    pass
-            task = loop.create_task(self._one(session, req, target))
+            # No long busy-wait (it would steal CPU from a server on the same host); the
+            # remaining lateness is measured and reported in ClientHealth.
+            if not await self._sleep_until(target):
+                break
+            if len(chain) == 1:
+                coro = self._one(session, self.requests[chain[0]], target)
+            else:
+                coro = self._chain(session, chain, target)
+            task = loop.create_task(coro)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         while self._tasks and not self._stop.is_set():
             await asyncio.wait(list(self._tasks), timeout=0.2)
 
     async def _closed_loop(self, session) -> None:
-        it = iter(self.requests)
+        it = iter(self.chains)
 
         async def worker():
             while not self._stop.is_set():
                 try:
-                    req = next(it)
+                    chain = next(it)
                 except StopIteration:
                     return
-                await self._one(session, req, self.clock.now())
+                await self._chain(session, chain, self.clock.now())
 
         workers = [asyncio.ensure_future(worker()) for _ in range(int(self.concurrency))]
         for w in workers:
@@ -220,7 +282,7 @@ class LoadGenerator:
         cancelled = False
         monitor = asyncio.ensure_future(self._monitor())
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        start_s = self.clock.now()
+        start_s = self.clock.now() if self.start_at_s is None else float(self.start_at_s)
         session = self._external_session
         own = session is None
         if own:
@@ -251,24 +313,58 @@ class LoadGenerator:
         wall = time.perf_counter() - wall0
         health = self._health(cpu_share=(time.process_time() - cpu0) / wall if wall > 0 else None)
         return LoadResult(records=list(self.records), health=health, start_s=start_s,
-                          end_s=end_s, cancelled=cancelled)
+                          end_s=end_s, cancelled=cancelled,
+                          extra={"send_lateness_s": list(self._lateness),
+                                 "loop_lag_s": list(self._lags)})
 
     def _health(self, cpu_share: float | None) -> ClientHealth:
-        h = ClientHealth(n_sent=len(self._lateness), cpu_share=cpu_share,
-                         lateness_threshold_s=self.lateness_threshold_s,
-                         loop_lag_threshold_s=self.loop_lag_threshold_s)
-        if self._lateness:
-            a = np.asarray(self._lateness)
-            h.send_lateness_mean_s = float(a.mean())
-            h.send_lateness_p99_s = float(np.percentile(a, 99))
-            h.send_lateness_max_s = float(a.max())
-        if self._lags:
-            a = np.asarray(self._lags)
-            h.loop_lag_mean_s = float(a.mean())
-            h.loop_lag_p99_s = float(np.percentile(a, 99))
-            h.loop_lag_max_s = float(a.max())
-        h.client_bound = bool(
-            (h.send_lateness_p99_s is not None
-             and h.send_lateness_p99_s > self.lateness_threshold_s)
-            or (h.loop_lag_p99_s is not None and h.loop_lag_p99_s > self.loop_lag_threshold_s))
-        return h
+        return health_from(self._lateness, self._lags, cpu_share,
+                           self.lateness_threshold_s, self.loop_lag_threshold_s)
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def build_chains(requests: Sequence[PreparedRequest]) -> list[list[int]]:
+    """Indices of `requests` grouped into chains: one per conversation_id (sorted by turn), one
+    per request without a conversation; in order of first appearance."""
+    chains: list[list[int]] = []
+    by_conv: dict[str, list[int]] = {}
+    for i, r in enumerate(requests):
+        cid = r.conversation_id
+        if cid is None:
+            chains.append([i])
+        elif cid in by_conv:
+            by_conv[cid].append(i)
+        else:
+            by_conv[cid] = [i]
+            chains.append(by_conv[cid])
+    for c in chains:
+        if len(c) > 1:
+            c.sort(key=lambda i: requests[i].turn)
+    return chains
+
+
+def health_from(lateness: Sequence[float], lags: Sequence[float], cpu_share: float | None,
+                lateness_threshold_s: float = 0.01,
+                loop_lag_threshold_s: float = 0.01) -> ClientHealth:
+    """ClientHealth from raw send-lateness and loop-lag samples (also merges shards)."""
+    h = ClientHealth(n_sent=len(lateness), cpu_share=cpu_share,
+                     lateness_threshold_s=lateness_threshold_s,
+                     loop_lag_threshold_s=loop_lag_threshold_s)
+    if len(lateness):
+        a = np.asarray(lateness, dtype=float)
+        h.send_lateness_mean_s = float(a.mean())
+        h.send_lateness_p99_s = float(np.percentile(a, 99))
+        h.send_lateness_max_s = float(a.max())
+    if len(lags):
+        a = np.asarray(lags, dtype=float)
+        h.loop_lag_mean_s = float(a.mean())
+        h.loop_lag_p99_s = float(np.percentile(a, 99))
+        h.loop_lag_max_s = float(a.max())
+    h.client_bound = bool(
+        (h.send_lateness_p99_s is not None and h.send_lateness_p99_s > lateness_threshold_s)
+        or (h.loop_lag_p99_s is not None and h.loop_lag_p99_s > loop_lag_threshold_s))
+    return h

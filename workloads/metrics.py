@@ -15,6 +15,8 @@ Definitions (shared/DESIGN.md, "Metric definitions"); chunks are the token-beari
   (every token came in the first chunk, or n_output <= 1).
 - E2E = last token - send time.
 - Failed requests are kept and counted, and they are SLO misses.
+- Token accounting: `n_token_mismatch` counts requests whose server usage disagrees with the
+  client's own count (`token_count_mismatch`), out of `n_token_checked` that had both.
 
 SLO attainment (joint, DistServe) = share of ALL requests (failed ones count as misses) with
 TTFT <= S_ttft AND TPOT <= S_tpot. Choice: a successful request whose TPOT is undefined passes the
@@ -41,7 +43,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 PERCENTILES = (50, 90, 95, 99)
-LATENCY_METRICS = ("ttft", "itl", "tpot", "e2e", "chunk_gap", "ttft_from_intended")
+LATENCY_METRICS = ("ttft", "itl", "tpot", "e2e", "chunk_gap", "ttft_from_intended",
+                   "e2e_from_intended")
 
 
 # ---------------------------------------------------------------------------- per request
@@ -221,6 +224,12 @@ def summarize(records, slo=None, window: tuple[float, float] | None = None) -> d
     out.update(_stats("e2e", (_get(r, "e2e_s") for r in ok)))
     out.update(_stats("chunk_gap", gap_samples))
     out.update(_stats("ttft_from_intended", (_get(r, "ttft_from_intended_s") for r in ok)))
+    out.update(_stats("e2e_from_intended", (_get(r, "e2e_from_intended_s") for r in ok)))
+    # server usage vs the client's own count (None where nothing could be compared)
+    flags = [_get(r, "token_count_mismatch") for r in rows]
+    checked = [bool(f) for f in flags if f is not None]
+    out["n_token_checked"] = len(checked)
+    out["n_token_mismatch"] = sum(checked)
     # SLOs
     s_ttft, s_tpot = _slo_bounds(slo)
     out["slo_ttft_s"], out["slo_tpot_s"] = s_ttft, s_tpot

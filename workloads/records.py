@@ -6,7 +6,10 @@ functions of `workloads/metrics.py`; `workloads/results.py` appends records to r
 they complete and writes them to requests.parquet at the end; `reports/` reads them back.
 
 Times are seconds on the run's monotonic clock (t=0 at run start). Chunk lists hold the
-token-bearing chunks only. Server-side timing (the reference engine's `infer_bench` field on the
+token-bearing chunks only. `n_output_client` / `token_count_mismatch`: the client's own output
+token count and whether it disagrees with the server's usage (backends/openai.py says how it is
+counted; None = no independent count). `conversation_id` / `turn`: multi-turn workloads.
+`*_from_intended_s`: latency measured from the scheduled send time. Server-side timing (the reference engine's `infer_bench` field on the
 final SSE chunk) fills the `server_*` columns for the keys in SERVER_KEYS; the whole object is
 kept as JSON text in `server_timing_json`.
 """
@@ -56,6 +59,11 @@ class RequestRecord:
     tpot_s: float | None = None
     e2e_s: float | None = None
     ttft_from_intended_s: float | None = None
+    e2e_from_intended_s: float | None = None
+    n_output_client: int | None = None
+    token_count_mismatch: bool | None = None
+    conversation_id: str | None = None
+    turn: int | None = None
     finish_reason: str | None = None
     http_status: int | None = None
     error: str | None = None
@@ -77,7 +85,8 @@ class RequestRecord:
     @classmethod
     def from_raw(cls, raw, *, deployment: str = "", load_point: str = "",
                  intended_send_s: float | None = None,
-                 max_tokens: int | None = None) -> "RequestRecord":
+                 max_tokens: int | None = None, conversation_id: str | None = None,
+                 turn: int | None = None) -> "RequestRecord":
         """Build from a `backends.openai.RawResult` (any object with its attributes)."""
         times = [float(t) for t in raw.chunk_times_s]
         toks = [int(k) for k in raw.chunk_tokens]
@@ -93,11 +102,15 @@ class RequestRecord:
             chunk_times_s=times, chunk_tokens=toks,
             finish_reason=raw.finish_reason, http_status=raw.http_status,
             error=raw.error, error_type=raw.error_type,
+            n_output_client=getattr(raw, "n_output_client", None),
+            token_count_mismatch=getattr(raw, "token_count_mismatch", None),
+            conversation_id=conversation_id, turn=turn,
         )
         rec.ttft_s = metrics.ttft(raw.send_s, times, toks)
         rec.ttft_from_intended_s = metrics.ttft_from_intended(rec.intended_send_s, times, toks)
         rec.tpot_s = metrics.tpot(first, last, rec.n_output, n_first)
         rec.e2e_s = metrics.e2e(raw.send_s, last)
+        rec.e2e_from_intended_s = metrics.e2e(rec.intended_send_s, last)
         if raw.server_timing:
             rec.set_server_timing(raw.server_timing)
         return rec
@@ -141,6 +154,7 @@ def arrow_schema():
         "max_tokens": pa.int64(), "chunk_times_s": pa.list_(pa.float64()),
         "chunk_tokens": pa.list_(pa.int64()), "finish_reason": pa.string(),
         "http_status": pa.int64(), "error": pa.string(), "error_type": pa.string(),
-        "server_timing_json": pa.string(),
+        "server_timing_json": pa.string(), "n_output_client": pa.int64(),
+        "token_count_mismatch": pa.bool_(), "conversation_id": pa.string(), "turn": pa.int64(),
     }
     return pa.schema([(c, types.get(c, pa.float64())) for c in RECORD_COLUMNS])

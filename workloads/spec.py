@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 LENGTH_KINDS = ("fixed", "uniform", "normal", "lognormal")
-ARRIVAL_KINDS = ("poisson", "constant", "gamma", "concurrency")
+ARRIVAL_KINDS = ("poisson", "constant", "gamma", "concurrency", "trace")
 ENDPOINTS = ("completions", "chat")
+WORKLOAD_KINDS = ("synthetic", "sharegpt", "shared_prefix", "multi_turn", "trace")
 
 
 @dataclass
@@ -104,6 +105,32 @@ class LengthDist:
 
 @dataclass
 class WorkloadSpec:
+    """What is sent. `kind` (one of WORKLOAD_KINDS) selects the builder in
+    `workloads/datasets.build_requests`; the fields each kind reads:
+
+    - synthetic: input_len, output_len, num_requests, shared_prefix_len (every prompt starts
+      with the same prefix of that many tokens);
+    - sharegpt: dataset_path (a ShareGPT JSON/JSONL file; None = the bundled
+      `workloads/data/sample_sharegpt.jsonl`), num_requests (sampled with the seed, cycling when
+      the file has fewer), max_output_len (cap on the gpt reply's token count; None = no cap);
+      with `output_len_from_dataset=False` the output length is drawn from output_len instead;
+    - shared_prefix: num_prefixes (N) groups x prompts_per_prefix (M) prompts; each prompt is
+      one of N prefixes of shared_prefix_len tokens followed by its own suffix of input_len
+      tokens (num_requests becomes N*M; order shuffled with the seed unless shuffle=False);
+    - multi_turn: num_requests conversations of num_turns turns (user turns of input_len tokens,
+      assistant turns of output_len tokens); turn k's prompt holds turns 0..k-1 (user text and
+      a deterministic stand-in for the assistant's answer) then the new user text; turns of a
+      conversation are sent in order, each think_time_s after the previous answer's last
+      token. With dataset_path set the turns come from ShareGPT conversations instead;
+    - trace: dataset_path is a JSONL trace, one `{"timestamp": s, "input_len" | "prompt",
+      "output_len"}` per line (output_len missing: drawn from output_len); every line becomes
+      a request (the first num_requests when the trace is longer) carrying its timestamp as
+      `send_at_s`; a load point with ArrivalSpec(kind="trace", speedup=x) sends them at the
+      trace's times (relative to the first, divided by x).
+
+    All kinds: endpoint ("completions" | "chat"), ignore_eos, temperature, seed. Same spec,
+    seed and tokenizer -> the same requests, bit for bit."""
+
     kind: str = "synthetic"
     input_len: LengthDist = field(default_factory=lambda: LengthDist.fixed(128))
     output_len: LengthDist = field(default_factory=lambda: LengthDist.fixed(64))
@@ -113,18 +140,42 @@ class WorkloadSpec:
     ignore_eos: bool = True
     temperature: float | None = 0.0
     shared_prefix_len: int = 0
+    dataset_path: str | None = None
+    max_output_len: int | None = None
+    output_len_from_dataset: bool = True
+    num_prefixes: int = 4
+    prompts_per_prefix: int = 8
+    shuffle: bool = True
+    num_turns: int = 3
+    think_time_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.kind != "synthetic":
-            raise ValueError(f"workload kind must be 'synthetic', not {self.kind!r}")
+        if self.kind not in WORKLOAD_KINDS:
+            raise ValueError(f"workload kind must be one of {WORKLOAD_KINDS}, not {self.kind!r}")
         if self.endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {ENDPOINTS}, not {self.endpoint!r}")
         self.input_len = LengthDist.parse(self.input_len)
         self.output_len = LengthDist.parse(self.output_len)
+        if self.dataset_path is not None:
+            self.dataset_path = str(self.dataset_path)
+        if self.kind == "shared_prefix":
+            if self.num_prefixes < 1 or self.prompts_per_prefix < 1:
+                raise ValueError("shared_prefix needs num_prefixes >= 1 and prompts_per_prefix >= 1")
+            if self.shared_prefix_len < 1:
+                raise ValueError("shared_prefix needs shared_prefix_len >= 1 (the prefix length)")
+            self.num_requests = self.num_prefixes * self.prompts_per_prefix
+        if self.kind == "trace" and not self.dataset_path:
+            raise ValueError("trace workload needs dataset_path (a JSONL trace file)")
         if self.num_requests < 1:
             raise ValueError("num_requests must be >= 1")
         if self.shared_prefix_len < 0:
             raise ValueError("shared_prefix_len must be >= 0")
+        if self.num_turns < 1:
+            raise ValueError("num_turns must be >= 1")
+        if self.think_time_s < 0:
+            raise ValueError("think_time_s must be >= 0")
+        if self.max_output_len is not None and self.max_output_len < 1:
+            raise ValueError("max_output_len must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -144,13 +195,18 @@ class WorkloadSpec:
 @dataclass
 class ArrivalSpec:
     """poisson / gamma: `rate` (requests/s), gamma `burstiness` (shape; 1 = poisson, < 1 burstier);
-    constant: `rate`; concurrency: `concurrency` closed-loop workers, no send schedule."""
+    constant: `rate`; concurrency: `concurrency` closed-loop workers, no send schedule;
+    trace: the send times are the timestamps of `trace_path` (a JSONL trace; relative to its
+    first line, divided by `speedup`), or of the requests' `send_at_s` when they carry them
+    (a "trace" workload does)."""
 
     kind: str = "poisson"
     rate: float | None = None
     concurrency: int | None = None
     burstiness: float = 1.0
     seed: int = 0
+    trace_path: str | None = None
+    speedup: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in ARRIVAL_KINDS:
@@ -158,6 +214,9 @@ class ArrivalSpec:
         if self.kind == "concurrency":
             if not self.concurrency or self.concurrency < 1:
                 raise ValueError("concurrency arrival needs concurrency >= 1")
+        elif self.kind == "trace":
+            if self.speedup <= 0:
+                raise ValueError("trace arrival needs speedup > 0")
         elif not self.rate or self.rate <= 0:
             raise ValueError(f"{self.kind} arrival needs rate > 0")
         if self.burstiness <= 0:
@@ -170,6 +229,8 @@ class ArrivalSpec:
     def label(self) -> str:
         if self.kind == "concurrency":
             return f"c{self.concurrency}"
+        if self.kind == "trace":
+            return "trace" if self.speedup == 1.0 else f"trace-x{self.speedup:g}"
         return f"{self.kind}-{self.rate:g}rps"
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,6 +13,9 @@ re-encoded, and the cut adjusted until the count matches. Without a tokenizer, p
 `n_input` common English words (about one token each: approximate). With shared_prefix_len > 0
 every prompt starts with the same prefix text (about that many tokens; exact with a tokenizer);
 useful to exercise prefix caching.
+
+`generate_requests(spec, tokenizer)` accepts every WorkloadSpec kind (the other kinds are built
+by `workloads/datasets.py`); `_fit_exact` and `_words` are shared with it.
 """
 
 from __future__ import annotations
@@ -107,7 +110,18 @@ def _fit_exact(head: str, rng: np.random.Generator, target: int, tok: TokenizerF
 
 def generate_requests(spec: WorkloadSpec, tokenizer: TokenizerFns | None = None,
                       id_prefix: str = "req") -> list[PreparedRequest]:
-    """`spec.num_requests` PreparedRequests (url empty: the load generator fills it)."""
+    """PreparedRequests for any WorkloadSpec kind (url empty: the load generator fills it);
+    the same as `workloads.datasets.build_requests`. Synthetic: `spec.num_requests` requests."""
+    if spec.kind != "synthetic":
+        from .datasets import build_requests
+
+        return build_requests(spec, tokenizer, id_prefix=id_prefix)
+    return generate_synthetic(spec, tokenizer, id_prefix)
+
+
+def generate_synthetic(spec: WorkloadSpec, tokenizer: TokenizerFns | None = None,
+                       id_prefix: str = "req") -> list[PreparedRequest]:
+    """The synthetic kind: lengths from spec.input_len / output_len, optional shared prefix."""
     rng = np.random.default_rng(spec.seed)
     n = spec.num_requests
     in_lens = spec.input_len.sample(rng, n)

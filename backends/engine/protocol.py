@@ -22,6 +22,11 @@ the output and are not implemented (n > 1, best_of > 1, echo, logprobs, penaltie
 are rejected rather than silently ignored: a benchmark must not measure something else than it
 asked for. Unknown or neutral fields (user, presence_penalty=0, ...) are ignored.
 
+Every streamed choice carries `token_ids` (the tokens of that chunk, as vLLM's
+`return_token_ids` does), so a client counts tokens exactly even when a chunk's text is empty
+(EOS, a partial UTF-8 character, held-back text that may start a stop string); non-streamed
+choices carry all output token ids.
+
 Server-side timing rides along in an extension field, `"infer_bench": {...}` (the engine's
 `out.timing` plus the request id), on the final chunk of a stream and on non-streamed responses.
 """
@@ -489,9 +494,13 @@ def usage_dict(num_prompt_tokens: int, num_output_tokens: int) -> dict:
             "total_tokens": int(num_prompt_tokens) + int(num_output_tokens)}
 
 
-def extension_dict(request_id: str, timing: dict | None) -> dict:
-    """The `infer_bench` extension: engine timing (queue_s, prefill_s, ...) + the request id."""
+def extension_dict(request_id: str, timing: dict | None, extra: dict | None = None) -> dict:
+    """The `infer_bench` extension: the server's request id (+ the client's X-Request-Id as
+    client_request_id, when sent) and the engine's timing (queue_s, prefill_s, decode_s, e2e_s,
+    token_steps, steps, ...)."""
     ext = {"request_id": request_id}
+    if extra:
+        ext.update(extra)
     if timing:
         ext.update(timing)
     return ext
@@ -499,12 +508,14 @@ def extension_dict(request_id: str, timing: dict | None) -> dict:
 
 def completion_response(
     request_id: str, model: str, created: int, text: str, finish_reason: str | None,
-    usage: dict, extension: dict | None = None,
+    usage: dict, extension: dict | None = None, token_ids: list[int] | None = None,
 ) -> dict:
+    choice: dict = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    if token_ids is not None:
+        choice["token_ids"] = list(token_ids)
     body = {
         "id": request_id, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": usage,
+        "choices": [choice], "usage": usage,
     }
     if extension is not None:
         body[EXTENSION_FIELD] = extension
@@ -513,13 +524,15 @@ def completion_response(
 
 def chat_response(
     request_id: str, model: str, created: int, text: str, finish_reason: str | None,
-    usage: dict, extension: dict | None = None,
+    usage: dict, extension: dict | None = None, token_ids: list[int] | None = None,
 ) -> dict:
+    choice: dict = {"index": 0, "message": {"role": "assistant", "content": text},
+                    "logprobs": None, "finish_reason": finish_reason}
+    if token_ids is not None:
+        choice["token_ids"] = list(token_ids)
     body = {
         "id": request_id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "logprobs": None, "finish_reason": finish_reason}],
-        "usage": usage,
+        "choices": [choice], "usage": usage,
     }
     if extension is not None:
         body[EXTENSION_FIELD] = extension
@@ -529,10 +542,14 @@ def chat_response(
 def completion_chunk(
     request_id: str, model: str, created: int, text: str, finish_reason: str | None = None,
     *, include_usage: bool = False, extension: dict | None = None,
+    token_ids: list[int] | None = None,
 ) -> dict:
+    choice: dict = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    if token_ids is not None:
+        choice["token_ids"] = list(token_ids)
     chunk = {
         "id": request_id, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [choice],
     }
     if include_usage:
         chunk["usage"] = None
@@ -544,14 +561,17 @@ def completion_chunk(
 def chat_chunk(
     request_id: str, model: str, created: int, text: str, finish_reason: str | None = None,
     *, first: bool = False, include_usage: bool = False, extension: dict | None = None,
+    token_ids: list[int] | None = None,
 ) -> dict:
     """A chat delta; the first chunk also carries role "assistant" (no separate role chunk, so
     every chunk of a stream corresponds to one engine output)."""
     delta: dict = {"role": "assistant", "content": text} if first else {"content": text}
+    choice: dict = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    if token_ids is not None:
+        choice["token_ids"] = list(token_ids)
     chunk = {
         "id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                     "finish_reason": finish_reason}],
+        "choices": [choice],
     }
     if include_usage:
         chunk["usage"] = None

@@ -52,6 +52,9 @@ class ServerConfig:
     seed: int | None = None
     max_body_bytes: int = 16 * 1024 * 1024
     log_level: str = "warning"
+    mode: str = "mono"                       # only "mono" is served by this module
+    prefill_workers: int = 1
+    decode_workers: int = 1
 
 
 # ServerConfig field -> candidate EngineConfig field names (first one that exists wins).
@@ -119,8 +122,6 @@ def default_model_names(cfg: ServerConfig) -> tuple[str, list[str]]:
 
 
 async def _serve(cfg: ServerConfig, loaded) -> int:
-    from aiohttp import web  # noqa: F401  (imported here so --help stays fast)
-
     from .engine import AsyncEngine
     from .server import build_app, start_site, stop_site
 
@@ -184,6 +185,10 @@ def run_server(cfg: ServerConfig) -> int:
     (or a port that cannot be bound) print one line to stderr and raise SystemExit(2)."""
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.mode != "mono":
+        print(f"infer-bench serve: --mode {cfg.mode} is not available: this server runs one "
+              f"monolithic engine (--mode mono)", file=sys.stderr, flush=True)
+        raise SystemExit(2)
     import torch
 
     from .loader import ModelLoadError, load_model
@@ -231,6 +236,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="sampler seed")
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--mode", default="mono", choices=["mono", "disagg"],
+                   help="mono: one engine does prefill and decode (disagg: not in this server)")
+    p.add_argument("--prefill-workers", type=int, default=1, help="(disagg only)")
+    p.add_argument("--decode-workers", type=int, default=1, help="(disagg only)")
     return p
 
 
@@ -244,7 +253,8 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         enable_prefix_caching=not a.no_prefix_caching,
         enable_chunked_prefill=not a.no_chunked_prefill,
         served_model_name=a.served_model_name, seed=a.seed, max_body_bytes=a.max_body_bytes,
-        log_level=a.log_level)
+        log_level=a.log_level, mode=a.mode, prefill_workers=a.prefill_workers,
+        decode_workers=a.decode_workers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -371,12 +371,8 @@ async def handle_models(request: web.Request) -> web.Response:
 async def handle_metrics(request: web.Request) -> web.Response:
     state = get_state(request.app)
     stats = _engine_stats(state.engine)
-    trace_fn = getattr(state.engine, "step_trace", None)
-    if callable(trace_fn) and "step_time_buckets" not in stats:
-        try:
-            state.metrics.fold_step_trace(trace_fn())
-        except Exception:
-            log.debug("step_trace() failed", exc_info=True)
+    if "step_time_buckets" not in stats:
+        state.metrics.fold_step_trace(_step_trace(state.engine))
     text = render_metrics(stats, state.metrics, state.model_names[0])
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Prometheus-Format": "0.0.4"})
@@ -392,10 +388,30 @@ def _engine_stats(engine: Any) -> dict:
 
 
 async def handle_debug_steps(request: web.Request) -> web.Response:
+    """engine.step_trace() as a JSON array; `?since=N` keeps steps with "step" >= N."""
     state = get_state(request.app)
-    fn = getattr(state.engine, "step_trace", None)
-    steps = fn() if callable(fn) else []
-    return web.Response(text=json.dumps(steps, default=_json_default), content_type="application/json")
+    since = request.query.get("since")
+    try:
+        since_n = int(since) if since is not None else None
+    except ValueError:
+        raise RequestError(400, f"'since' must be an integer, got {since!r}", "since")
+    steps = _step_trace(state.engine)
+    if since_n is not None:
+        steps = [e for e in steps if isinstance(e, dict) and e.get("step", 0) >= since_n]
+    return web.Response(text=json.dumps(steps, default=_json_default),
+                        content_type="application/json")
+
+
+def _step_trace(engine: Any) -> list:
+    fn = getattr(engine, "step_trace", None)
+    if not callable(fn):
+        return []
+    for _ in range(5):  # the engine thread may append while we copy (deque mutated)
+        try:
+            return list(fn())
+        except RuntimeError:
+            continue
+    return []
 
 
 def _json_default(o: Any) -> Any:
@@ -433,9 +449,10 @@ async def _handle_generate(request: web.Request, kind: str) -> web.StreamRespons
     req = parse(body, tokenizer=state.tokenizer, model_names=state.model_names,
                 max_model_len=state.max_model_len, vocab_size=state.vocab_size)
     request_id = f"cmpl-{uuid.uuid4().hex}"
+    client_id = request.headers.get("X-Request-Id")
+    if client_id:  # echoed in the extension so a client can join server timing to its record
+        req.extra["client_request_id"] = client_id[:256]
     created = int(time.time())
-    state.metrics.requests_started += 1
-    state.metrics.prompt_tokens += len(req.prompt_token_ids)
     state.inflight.add(request_id)
     gen = state.engine.generate(request_id, req.prompt_token_ids, req.sampling)
     finished = False
@@ -455,6 +472,8 @@ async def _handle_generate(request: web.Request, kind: str) -> web.StreamRespons
             if state.draining or "shut down" in str(e):
                 raise RequestError(503, f"engine unavailable: {e}", type="server_error")
             raise RequestError(500, f"engine error: {e}", type="server_error")
+        state.metrics.requests_started += 1
+        state.metrics.prompt_tokens += len(req.prompt_token_ids)
         outputs = _chain(first, gen)
         if req.stream:
             resp, finished = await _stream(request, state, req, outputs, request_id, created,
@@ -496,9 +515,11 @@ def _record_finish(state: ServerState, out: Any, arrival: float, first_token_t: 
 async def _collect(state: ServerState, req: protocol.EngineRequest, gen, request_id: str,
                    created: int, arrival: float) -> tuple[web.Response, bool]:
     parts: list[str] = []
+    token_ids: list[int] = []
     final = None
     first_token_t = None
     async for out in gen:
+        token_ids.extend(out.new_token_ids)
         if out.new_token_ids:
             state.metrics.generation_tokens += len(out.new_token_ids)
             if first_token_t is None:
@@ -512,9 +533,10 @@ async def _collect(state: ServerState, req: protocol.EngineRequest, gen, request
     _record_finish(state, final, arrival, first_token_t)
     text = "".join(parts)
     usage = protocol.usage_dict(final.num_prompt_tokens, final.num_output_tokens)
-    ext = protocol.extension_dict(request_id, getattr(final, "timing", None))
+    ext = protocol.extension_dict(request_id, getattr(final, "timing", None), req.extra)
     build = protocol.chat_response if req.kind == "chat" else protocol.completion_response
-    body = build(request_id, req.model, created, text, final.finish_reason, usage, ext)
+    body = build(request_id, req.model, created, text, final.finish_reason, usage, ext,
+                 token_ids)
     return web.json_response(body, dumps=_dumps), True
 
 
@@ -561,16 +583,17 @@ async def _stream_body(resp: web.StreamResponse, state: ServerState, req: protoc
                 first_token_t = time.monotonic()
         ext = None
         if out.finished:
-            ext = protocol.extension_dict(request_id, getattr(out, "timing", None))
+            ext = protocol.extension_dict(request_id, getattr(out, "timing", None), req.extra)
         reason = out.finish_reason if out.finished else None
         if req.kind == "chat":
             chunk = protocol.chat_chunk(request_id, req.model, created, out.text_delta or "",
                                         reason, first=first, include_usage=req.include_usage,
-                                        extension=ext)
+                                        extension=ext, token_ids=out.new_token_ids)
         else:
             chunk = protocol.completion_chunk(request_id, req.model, created,
                                               out.text_delta or "", reason,
-                                              include_usage=req.include_usage, extension=ext)
+                                              include_usage=req.include_usage, extension=ext,
+                                              token_ids=out.new_token_ids)
         first = False
         # A failed write (client gone) raises ConnectionResetError/ClientConnectionResetError;
         # the caller's finally aborts the request in the engine.

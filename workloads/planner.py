@@ -1,0 +1,445 @@
+"""The planner: goodput sweeps on the simulator, deployment ranking, break-even maps, validation.
+
+Role in the data flow: `infer-bench plan` calls `plan(...)`, which simulates (workloads/simulator.py)
+every candidate deployment of a chip count (mono, and xPyD disaggregation for every P:D split,
+optionally conditional) with a latency model (workloads/latency_model.py), finds each one's goodput
+by bisection on the simulated request rate, ranks them by goodput per chip, and builds a
+break-even map over input length x output length x link bandwidth; `validate(results_dir, model)`
+re-simulates a measured results dir so the report can show predicted vs measured.
+
+Definitions (shared/DESIGN.md): goodput = the highest request rate at which joint SLO attainment
+(TTFT <= S_ttft AND TPOT <= S_tpot, over all requests, failures are misses) is >= target (0.9),
+linearly interpolated between the last passing and first failing simulated rate
+(`workloads.metrics.goodput` over the bisection's points); per-chip goodput divides by ALL chips
+the deployment uses (prefill and decode together). Rate sweeps use common random numbers: one
+Poisson arrival sequence drawn at rate 1 (workloads.arrivals, the workload's seed) is stretched to
+each rate, and the lengths are those workloads/synthetic.py draws, so attainment is close to
+monotone in the rate and the bisection is stable.
+
+Break-even verdict per map cell: diff = (best disagg - mono) / max(both) per-chip goodput;
+"disagg" when diff >= +5%, "mono" when diff <= -5%, "same" in between, "neither" when no
+deployment meets the SLO at any rate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import metrics
+from .arrivals import send_times
+from .latency_model import LatencyModel
+from .simulator import (Deployment, InstanceConfig, Link, SimRequests, simulate, spec_lengths)
+from .spec import SLO, ArrivalSpec, LengthDist, WorkloadSpec
+
+SAME_BAND = 0.05
+
+
+# ---------------------------------------------------------------------------- goodput search
+
+@dataclass
+class GoodputResult:
+    goodput_rps: float
+    points: list[tuple[float, float]]        # (rate, attainment) simulated, sorted by rate
+    n_sims: int
+
+    def attainment_at(self, rate: float) -> float | None:
+        for r, a in self.points:
+            if abs(r - rate) <= 1e-9 * max(1.0, rate):
+                return a
+        return None
+
+
+def _base_requests(workload: WorkloadSpec, n_requests: int | None) -> SimRequests:
+    """Lengths of the workload and a rate-1 Poisson schedule to be stretched per rate."""
+    wl = workload if n_requests is None else replace(workload, num_requests=int(n_requests))
+    n_in, n_out = spec_lengths(wl)
+    t = send_times(ArrivalSpec(kind="poisson", rate=1.0, seed=wl.seed), len(n_in))
+    return SimRequests(np.asarray(t, float), n_in, n_out)
+
+
+def attainment_at_rate(deployment: Deployment, lm: LatencyModel, base: SimRequests,
+                       rate: float, slo) -> float:
+    reqs = replace(base, arrival_s=base.arrival_s / rate)
+    return simulate(deployment, lm, reqs, per_token=False).attainment(slo)
+
+
+def find_goodput(deployment: Deployment, lm: LatencyModel, base: SimRequests, slo,
+                 *, target: float = 0.9, rate_hint: float = 1.0, rel_tol: float = 0.03,
+                 max_sims: int = 24) -> GoodputResult:
+    """Highest rate with attainment >= target: bracket by doubling/halving from `rate_hint`,
+    then bisect (geometric) until hi/lo < 1 + rel_tol; interpolated like metrics.goodput."""
+    pts: dict[float, float] = {}
+
+    def att(r: float) -> float:
+        if r not in pts:
+            pts[r] = attainment_at_rate(deployment, lm, base, r, slo)
+        return pts[r]
+
+    r = max(float(rate_hint), 1e-6)
+    lo, hi = None, None
+    if att(r) >= target:
+        lo = r
+        while len(pts) < max_sims // 2:
+            r *= 2.0
+            if att(r) >= target:
+                lo = r
+            else:
+                hi = r
+                break
+    else:
+        hi = r
+        while len(pts) < max_sims // 2:
+            r /= 2.0
+            if att(r) >= target:
+                lo = r
+                break
+            hi = r
+    if lo is not None and hi is not None:
+        while hi / lo > 1.0 + rel_tol and len(pts) < max_sims:
+            mid = math.sqrt(lo * hi)
+            if att(mid) >= target:
+                lo = mid
+            else:
+                hi = mid
+    points = sorted(pts.items())
+    if lo is None:
+        gp = 0.0
+    elif hi is None:
+        gp = lo                      # never failed within the search: a lower bound
+    else:
+        # interpolate between the bracketing pair only (avoid noise elsewhere)
+        a_lo, a_hi = pts[lo], pts[hi]
+        gp = metrics.goodput([lo, hi], [a_lo, a_hi], target) or lo
+    return GoodputResult(goodput_rps=float(gp), points=points, n_sims=len(pts))
+
+
+# ---------------------------------------------------------------------------- candidates
+
+def candidate_deployments(chips: int, lm: LatencyModel, *, instance: InstanceConfig | None = None,
+                          link: Link | None = None,
+                          conditional_thresholds: Sequence[int] = (),
+                          include_mono: bool = True,
+                          include_disagg: bool = True) -> list[Deployment]:
+    """Every deployment that uses all `chips` (instances of `lm.chips_per_instance` chips):
+    mono with n instances, and xPyD for every P + D = n (optionally also conditional)."""
+    inst = instance or InstanceConfig()
+    per = max(1, lm.chips_per_instance)
+    inst = replace(inst, chips=per)
+    n = chips // per
+    if n < 1:
+        raise ValueError(f"{chips} chips cannot hold one instance of {per} chips")
+    out = []
+    if include_mono:
+        out.append(Deployment("mono", num_instances=n, instance=inst))
+    if include_disagg and n >= 2:
+        for p in range(1, n):
+            for thr in (0, *conditional_thresholds):
+                out.append(Deployment("disagg", num_prefill=p, num_decode=n - p, instance=inst,
+                                      link=link or Link(), conditional_threshold=int(thr)))
+    return out
+
+
+def _eval(dep: Deployment, lm: LatencyModel, base: SimRequests, slo, rate: float,
+          target: float, rel_tol: float) -> dict[str, Any]:
+    gp = find_goodput(dep, lm, base, slo, target=target, rate_hint=rate, rel_tol=rel_tol)
+    res = simulate(dep, lm, replace(base, arrival_s=base.arrival_s / rate), per_token=False)
+    pct = res.percentiles()
+    chips = dep.chips()
+    return {"deployment": dep.name, "mode": dep.mode, "chips": chips,
+            "num_prefill": dep.num_prefill if dep.mode == "disagg" else None,
+            "num_decode": dep.num_decode if dep.mode == "disagg" else None,
+            "conditional_threshold": dep.conditional_threshold or None,
+            "goodput_rps": gp.goodput_rps, "goodput_per_chip_rps": gp.goodput_rps / chips,
+            "attainment_at_rate": res.attainment(slo), "meets_rate": gp.goodput_rps >= rate,
+            "ttft_p90_s_at_rate": pct["ttft_p90_s"], "tpot_p90_s_at_rate": pct["tpot_p90_s"],
+            "n_sims": gp.n_sims + 1}
+
+
+def rank_deployments(candidates: Sequence[Deployment], lm: LatencyModel, workload: WorkloadSpec,
+                     rate: float, slo, *, target: float = 0.9, n_requests: int | None = 1000,
+                     rel_tol: float = 0.03, progress: Callable[[str], None] | None = None):
+    """DataFrame of candidates sorted by goodput per chip (best first)."""
+    import pandas as pd
+
+    base = _base_requests(workload, n_requests)
+    rows = []
+    for dep in candidates:
+        if progress:
+            progress(dep.name)
+        rows.append(_eval(dep, lm, base, slo, rate, target, rel_tol))
+    df = pd.DataFrame(rows)
+    return df.sort_values(["goodput_per_chip_rps", "chips"], ascending=[False, True],
+                          kind="stable").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- break-even map
+
+def _best_disagg(n: int, evaluate: Callable[[int], float]) -> tuple[int, float]:
+    """Hill-climb over prefill count p in [1, n-1] (goodput is close to unimodal in p): a coarse
+    geometric scan, then +-1 steps from the best."""
+    cache: dict[int, float] = {}
+
+    def g(p: int) -> float:
+        if p not in cache:
+            cache[p] = evaluate(p)
+        return cache[p]
+
+    coarse = sorted({1, n - 1, max(1, n // 2)} | {p for p in (2, 4, 8, 16, 32) if p < n})
+    best = max(coarse, key=lambda p: (g(p), -p))
+    improved = True
+    while improved:
+        improved = False
+        for q in (best - 1, best + 1):
+            if 1 <= q <= n - 1 and g(q) > g(best):
+                best, improved = q, True
+    return best, g(best)
+
+
+def verdict(mono: float, disagg: float, band: float = SAME_BAND) -> tuple[str, float | None]:
+    top = max(mono, disagg)
+    if top <= 0:
+        return "neither", None
+    diff = (disagg - mono) / top
+    if diff >= band:
+        return "disagg", diff
+    if diff <= -band:
+        return "mono", diff
+    return "same", diff
+
+
+def break_even_map(lm: LatencyModel, slo, chips: int, *, input_lens: Sequence[int],
+                   output_lens: Sequence[int], bandwidths_gbps: Sequence[float],
+                   link: Link | None = None, instance: InstanceConfig | None = None,
+                   rate_hint: float = 1.0, target: float = 0.9, n_requests: int = 300,
+                   rel_tol: float = 0.05, seed: int = 0,
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Per (input length, output length, link bandwidth): best mono vs best disagg goodput per
+    chip for `chips` chips (fixed lengths, Poisson arrivals) and the verdict. JSON-able dict:
+    {"chips", "slo", "band", "input_lens", "output_lens", "bandwidths_gbps",
+     "cells": [{input_len, output_len, bandwidth_gbps, mono_per_chip, disagg_per_chip,
+                best_split, diff, verdict}]}."""
+    link = link or Link()
+    inst = replace(instance or InstanceConfig(), chips=max(1, lm.chips_per_instance))
+    n = chips // inst.chips
+    cells = []
+    for li in input_lens:
+        for lo in output_lens:
+            wl = WorkloadSpec(input_len=LengthDist.fixed(int(li)),
+                              output_len=LengthDist.fixed(int(lo)), num_requests=n_requests,
+                              seed=seed)
+            base = _base_requests(wl, None)
+            mono = Deployment("mono", num_instances=n, instance=inst)
+            hint = rate_hint
+            gm = find_goodput(mono, lm, base, slo, target=target, rate_hint=hint,
+                              rel_tol=rel_tol).goodput_rps
+            hint = gm if gm > 0 else hint
+            for bw in bandwidths_gbps:
+                if progress:
+                    progress(f"in={li} out={lo} bw={bw:g}")
+                lk = replace(link, bandwidth_gbps=float(bw))
+                if n >= 2:
+                    def ev(p: int) -> float:
+                        dep = Deployment("disagg", num_prefill=p, num_decode=n - p, instance=inst,
+                                         link=lk)
+                        return find_goodput(dep, lm, base, slo, target=target, rate_hint=hint,
+                                            rel_tol=rel_tol).goodput_rps
+                    p_best, gd = _best_disagg(n, ev)
+                else:
+                    p_best, gd = None, 0.0
+                v, diff = verdict(gm / chips, gd / chips)
+                cells.append({"input_len": int(li), "output_len": int(lo),
+                              "bandwidth_gbps": float(bw), "mono_per_chip": gm / chips,
+                              "disagg_per_chip": gd / chips,
+                              "best_split": f"{p_best}P{n - p_best}D" if p_best else None,
+                              "diff": diff, "verdict": v})
+    return {"chips": chips, "slo": _slo_dict(slo), "band": SAME_BAND, "target": target,
+            "input_lens": [int(x) for x in input_lens], "output_lens": [int(x) for x in output_lens],
+            "bandwidths_gbps": [float(b) for b in bandwidths_gbps], "layerwise": link.layerwise,
+            "link_latency_s": link.latency_s, "cells": cells}
+
+
+def break_even_figure(bmap: dict[str, Any]):
+    """A plotly figure: one heatmap per link bandwidth, colour = diff (disagg - mono)/max, text =
+    verdict."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    bws = bmap["bandwidths_gbps"]
+    ins, outs = bmap["input_lens"], bmap["output_lens"]
+    fig = make_subplots(rows=1, cols=len(bws), subplot_titles=[f"{b:g} Gb/s" for b in bws],
+                        shared_yaxes=True)
+    for j, bw in enumerate(bws):
+        z = [[None] * len(ins) for _ in outs]
+        text = [[""] * len(ins) for _ in outs]
+        for c in bmap["cells"]:
+            if c["bandwidth_gbps"] != bw:
+                continue
+            yi, xi = outs.index(c["output_len"]), ins.index(c["input_len"])
+            z[yi][xi] = None if c["diff"] is None else 100.0 * c["diff"]
+            text[yi][xi] = c["verdict"] + (f"<br>{c['best_split']}" if c["verdict"] == "disagg"
+                                           else "")
+        fig.add_trace(go.Heatmap(
+            z=z, x=[str(i) for i in ins], y=[str(o) for o in outs], text=text,
+            texttemplate="%{text}", zmid=0, zmin=-50, zmax=50, colorscale="RdBu",
+            colorbar={"title": "disagg vs mono %"}, showscale=(j == 0),
+            hovertemplate="input %{x}, output %{y}<br>diff %{z:.1f}%<br>%{text}<extra></extra>"),
+            row=1, col=j + 1)
+        fig.update_xaxes(title_text="input tokens", type="category", row=1, col=j + 1)
+    fig.update_yaxes(title_text="output tokens", type="category", row=1, col=1)
+    slo = bmap.get("slo") or {}
+    fig.update_layout(title=f"Where disaggregation wins ({bmap['chips']} chips, SLO TTFT "
+                            f"{slo.get('ttft_s')} s, TPOT {slo.get('tpot_s')} s; "
+                            f"|diff| < {100 * bmap['band']:.0f}% = same)", height=420)
+    return fig
+
+
+# ---------------------------------------------------------------------------- plan
+
+@dataclass
+class Plan:
+    ranking: Any                      # pandas.DataFrame, best first
+    break_even: dict | None
+    inputs: dict = field(default_factory=dict)
+
+    @property
+    def best(self) -> dict:
+        return self.ranking.iloc[0].to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = json.loads(self.ranking.to_json(orient="records"))
+        return {"inputs": self.inputs, "ranking": rows, "break_even": self.break_even}
+
+
+def _slo_dict(slo) -> dict:
+    if slo is None:
+        return {}
+    if isinstance(slo, dict):
+        return dict(slo)
+    return {"ttft_s": getattr(slo, "ttft_s", None), "tpot_s": getattr(slo, "tpot_s", None)}
+
+
+def plan(workload: WorkloadSpec, rate: float, slo, chips: int, latency_model: LatencyModel,
+         link: Link | None = None, *, instance: InstanceConfig | None = None,
+         conditional_thresholds: Sequence[int] = (), target: float = 0.9,
+         n_requests: int | None = 1000, rel_tol: float = 0.03,
+         map_input_lens: Sequence[int] | None = (256, 1024, 4096),
+         map_output_lens: Sequence[int] | None = (64, 256, 1024),
+         map_bandwidths_gbps: Sequence[float] | None = None, map_requests: int = 300,
+         progress: Callable[[str], None] | None = None) -> Plan:
+    """Rank mono vs disagg (every P:D split of `chips`, optional conditional thresholds) by
+    goodput per chip for `workload` under `slo`, and build the break-even map (skip it with
+    map_input_lens=None). `rate` is the offered rate to check ("meets_rate") and the search's
+    starting point."""
+    link = link or Link()
+    cands = candidate_deployments(chips, latency_model, instance=instance, link=link,
+                                  conditional_thresholds=conditional_thresholds)
+    ranking = rank_deployments(cands, latency_model, workload, rate, slo, target=target,
+                               n_requests=n_requests, rel_tol=rel_tol, progress=progress)
+    bmap = None
+    if map_input_lens and map_output_lens:
+        bws = map_bandwidths_gbps or sorted({25.0, float(link.bandwidth_gbps), 400.0})
+        bmap = break_even_map(latency_model, slo, chips, input_lens=map_input_lens,
+                              output_lens=map_output_lens, bandwidths_gbps=bws, link=link,
+                              instance=instance, rate_hint=rate, target=target,
+                              n_requests=map_requests, seed=workload.seed, progress=progress)
+    inputs = {"workload": workload.to_dict(), "rate_rps": rate, "slo": _slo_dict(slo),
+              "chips": chips, "target": target, "link": link.__dict__.copy(),
+              "latency_model": latency_model.to_dict(), "n_requests": n_requests}
+    return Plan(ranking=ranking, break_even=bmap, inputs=inputs)
+
+
+# ---------------------------------------------------------------------------- validation
+
+def deployment_from_spec(d: dict, *, link: Link | None = None,
+                         lm: LatencyModel | None = None) -> Deployment:
+    """A simulator Deployment from a spec.json deployment entry (EngineDeploymentSpec.to_dict();
+    external deployments: mono with `chips` instances)."""
+    kw = {}
+    if d.get("max_num_batched_tokens"):
+        kw["max_num_batched_tokens"] = int(d["max_num_batched_tokens"])
+    if d.get("max_num_seqs"):
+        kw["max_num_seqs"] = int(d["max_num_seqs"])
+    if "enable_chunked_prefill" in d:
+        kw["chunked_prefill"] = bool(d["enable_chunked_prefill"])
+    if "max_num_batched_tokens" not in kw:
+        kw["max_num_batched_tokens"] = 512            # the reference engine's defaults
+    if "max_num_seqs" not in kw:
+        kw["max_num_seqs"] = min(64, kw["max_num_batched_tokens"])
+    kw["max_num_seqs"] = min(kw["max_num_seqs"], kw["max_num_batched_tokens"])
+    inst = InstanceConfig(**kw)
+    name = str(d.get("name", d.get("mode", "mono")))
+    if d.get("mode") == "disagg":
+        return Deployment("disagg", num_prefill=int(d.get("prefill_workers", 1)),
+                          num_decode=int(d.get("decode_workers", 1)), instance=inst,
+                          link=link or Link(), name=name)
+    n = int(d.get("chips", 1) or 1) if d.get("kind") == "external" else 1
+    return Deployment("mono", num_instances=n, instance=inst, name=name)
+
+
+def validate(results_dir: str | Path, latency_model: LatencyModel, *, link: Link | None = None,
+             slo=None) -> Any:
+    """Predicted vs measured, one row per measured (deployment, load point) of a results dir.
+
+    Each point is re-simulated with the measured requests (intended send times, n_input,
+    n_output of requests.parquet; closed-loop load points: the spec's concurrency) on the
+    deployment of spec.json. Columns: deployment, load_point, n_requests, and for each metric m in
+    ttft_p50_s, ttft_p90_s, tpot_p50_s, tpot_p90_s, slo_attainment: `measured_<m>`,
+    `predicted_<m>`, `error_<m>` (predicted - measured) and `rel_error_<m>` (error / measured)."""
+    import pandas as pd
+
+    from .results import load_results
+
+    res = load_results(results_dir)
+    spec = res.spec or {}
+    slo = slo if slo is not None else spec.get("slo")
+    deps = {str(d.get("name")): d for d in spec.get("deployments") or []}
+    lps = {str(lp.get("name")): lp for lp in spec.get("load_points") or []}
+    summary = res.summary
+    metrics_ = ("ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "tpot_p90_s", "slo_attainment")
+    rows = []
+    recs = res.records
+    for (dep_name, lp_name), g in recs.groupby(["deployment", "load_point"], sort=False):
+        if str(lp_name) == "warmup":
+            continue
+        dspec = deps.get(str(dep_name), {"name": dep_name, "mode": "mono"})
+        dep = deployment_from_spec(dspec, link=link, lm=latency_model)
+        arr = (lps.get(str(lp_name)) or {}).get("arrival") or {}
+        g = g.sort_values("intended_send_s", na_position="last")
+        n_in = g["n_input"].fillna(g["n_input"].median()).clip(lower=1).astype(int).to_numpy()
+        n_out = np.where(g["n_output"].fillna(0).to_numpy() > 0, g["n_output"].fillna(0),
+                         g["max_tokens"].fillna(1)).astype(int)
+        n_out = np.maximum(n_out, 1)
+        t = g["intended_send_s"].to_numpy(float)
+        conc = int(arr["concurrency"]) if arr.get("kind") == "concurrency" else None
+        if conc is None:
+            t = t - np.nanmin(t)
+            t = np.nan_to_num(t, nan=float(np.nanmax(t)) if np.isfinite(t).any() else 0.0)
+        else:
+            t = np.zeros(len(g))
+        sim = simulate(dep, latency_model, SimRequests(t, n_in, n_out, concurrency=conc),
+                       per_token=False)
+        pred = sim.percentiles()
+        pred["slo_attainment"] = sim.attainment(slo) if slo else None
+        meas_row = summary[(summary["deployment"] == dep_name) & (summary["load_point"] == lp_name)]
+        if len(meas_row):
+            meas = meas_row.iloc[0].to_dict()
+        else:
+            meas = metrics.summarize(g, slo)
+        row = {"deployment": dep_name, "load_point": lp_name, "n_requests": len(g),
+               "rate_rps": arr.get("rate"), "concurrency": arr.get("concurrency")}
+        for m in metrics_:
+            mv, pv = meas.get(m), pred.get(m)
+            mv = None if mv is None or (isinstance(mv, float) and math.isnan(mv)) else float(mv)
+            row[f"measured_{m}"] = mv
+            row[f"predicted_{m}"] = pv
+            err = None if mv is None or pv is None else pv - mv
+            row[f"error_{m}"] = err
+            row[f"rel_error_{m}"] = (err / mv) if err is not None and mv else None
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,681 @@
+"""Discrete-event simulator of a serving deployment, driven by the same workload specs as real runs.
+
+Role in the data flow: `workloads/planner.py` sweeps rates and deployments with it, `validate`
+(planner) re-simulates measured runs, `infer-bench simulate` writes a results dir from it. Input:
+requests (arrival time, n_input, n_output) — `requests_from_spec(WorkloadSpec, ArrivalSpec)` builds
+them with `workloads.arrivals.send_times` and the spec's length distributions, drawn exactly as
+`workloads/synthetic.py` draws them (same seed -> same lengths). Step times come from a
+`workloads.latency_model.LatencyModel`. Output: a `SimResult` of per-request numpy arrays, turned
+into `workloads.records.RequestRecord`s with `to_records()` so `workloads.results.compute_summary`
+and the report apply unchanged; `attainment(slo)` computes joint SLO attainment with the
+definitions of `workloads/metrics.py` directly on the arrays (fast, for rate sweeps).
+
+Model (a plain event heap; one event per engine step, arrival and KV transfer):
+- An instance runs steps back to back while it has work; each step is one forward pass whose
+  duration is `latency_model.step_time(P, D, C)`. Scheduling (the reference engine's policy):
+  all running decodes first (one token each), then the running chunked prefills FCFS, then FCFS
+  admission of waiting requests (no skipping) while the step's token budget
+  (`max_num_batched_tokens`), `max_num_seqs` and free KV blocks allow; with chunked prefill an
+  admitted prompt takes what budget is left, without it a prompt must fit whole (or run alone).
+  Decodes are never starved: `max_num_seqs` must not exceed the token budget.
+- KV admission control: a request reserves blocks for all its tokens (n_input + n_output, block
+  size from the config) when admitted, so there is no preemption; a request that can never fit
+  fails ("exceeds KV capacity") instead of blocking the queue.
+- Token times: a prompt's last prefill chunk ends with its first token; every later step it runs
+  in yields one more token at the step's end.
+- mono: `num_instances` identical instances behind a router that sends each arrival to the
+  instance with the fewest outstanding requests.
+- disagg (xPyD): prefill instances run prefill only; when a prompt's prefill ends, the router
+  picks the decode instance with the fewest outstanding requests and its KV
+  (n_input * kv_bytes_per_token) crosses that prefill instance's link (FIFO, `bandwidth_gbps`
+  and `latency_s`): whole after prefill (exposed time = bytes/bandwidth + latency), or layer-wise,
+  overlapped with the prefill compute, so only the last layer's share is exposed (exposed =
+  bytes/(L*bandwidth) + latency when the link keeps up; the transfer cannot finish sooner than
+  the first layer's compute + bytes/bandwidth). The prefill instance holds the KV until the
+  transfer ends. The decode instance admits transferred requests FCFS (max_num_seqs, KV blocks)
+  and batches their decodes. The first token reaches the client when the decode instance admits
+  the request (TTFT = queue + prefill + transfer + admission), or, with
+  `first_token_from_prefill=True`, as soon as the prefill ends.
+- conditional disaggregation: `conditional_threshold` > 0 sends prompts with n_input below it
+  straight to a decode instance, which prefills them itself (mixed batches, as mono).
+- Closed-loop (`ArrivalSpec(kind="concurrency")`): C clients, each sends its next request when
+  the previous one finishes.
+
+Per-token chunk times for 100k requests are heavy; `per_token=False` keeps only the first/last
+token times and counts (records get two chunks: 1 token, then n_output-1 tokens), which keeps
+TTFT, TPOT, E2E and throughput exact; ITL then equals each request's TPOT.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from .arrivals import send_times
+from .latency_model import LatencyModel
+from .spec import ArrivalSpec, WorkloadSpec
+
+MODES = ("mono", "disagg")
+
+
+# ---------------------------------------------------------------------------- configuration
+
+@dataclass
+class InstanceConfig:
+    """One engine instance (a group of `chips` accelerators running one model replica)."""
+
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    block_size: int = 16
+    kv_capacity_tokens: int | None = None  # None: the latency model's, else unlimited
+    chunked_prefill: bool = True
+    chips: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1 or self.block_size < 1:
+            raise ValueError("max_num_batched_tokens, max_num_seqs and block_size must be >= 1")
+        if self.max_num_seqs > self.max_num_batched_tokens:
+            raise ValueError(f"max_num_seqs ({self.max_num_seqs}) must not exceed "
+                             f"max_num_batched_tokens ({self.max_num_batched_tokens})")
+
+
+@dataclass
+class Link:
+    """The link that carries KV from a prefill instance to a decode instance."""
+
+    bandwidth_gbps: float = 100.0
+    latency_s: float = 0.0
+    layerwise: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bandwidth_gbps <= 0 or self.latency_s < 0:
+            raise ValueError("link bandwidth must be > 0 and latency >= 0")
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.bandwidth_gbps * 1e9 / 8.0
+
+    def transfer_time(self, nbytes: float) -> float:
+        """Whole-transfer time: bytes / bandwidth + latency."""
+        return nbytes / self.bytes_per_s + self.latency_s
+
+
+@dataclass
+class Deployment:
+    mode: str = "mono"
+    num_instances: int = 1                  # mono
+    num_prefill: int = 1                    # disagg
+    num_decode: int = 1                     # disagg
+    instance: InstanceConfig = field(default_factory=InstanceConfig)
+    prefill_instance: InstanceConfig | None = None   # disagg: default `instance`
+    decode_instance: InstanceConfig | None = None
+    link: Link = field(default_factory=Link)
+    conditional_threshold: int = 0          # disagg: prompts shorter than this prefill on decode
+    first_token_from_prefill: bool = False
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.mode == "mono" and self.num_instances < 1:
+            raise ValueError("mono needs num_instances >= 1")
+        if self.mode == "disagg" and (self.num_prefill < 1 or self.num_decode < 1):
+            raise ValueError("disagg needs num_prefill >= 1 and num_decode >= 1")
+        if not self.name:
+            self.name = self.label()
+
+    def label(self) -> str:
+        if self.mode == "mono":
+            return f"mono x{self.num_instances}"
+        s = f"{self.num_prefill}P{self.num_decode}D"
+        if self.conditional_threshold:
+            s += f" cond<{self.conditional_threshold}"
+        return s
+
+    @property
+    def p_cfg(self) -> InstanceConfig:
+        return self.prefill_instance or self.instance
+
+    @property
+    def d_cfg(self) -> InstanceConfig:
+        return self.decode_instance or self.instance
+
+    def chips(self) -> int:
+        if self.mode == "mono":
+            return self.num_instances * self.instance.chips
+        return self.num_prefill * self.p_cfg.chips + self.num_decode * self.d_cfg.chips
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["chips"] = self.chips()
+        return d
+
+
+# ---------------------------------------------------------------------------- requests
+
+@dataclass
+class SimRequests:
+    """Requests to simulate: arrival time (s; None/NaN for closed-loop), prompt and output
+    lengths. Arrays of equal length."""
+
+    arrival_s: np.ndarray
+    n_input: np.ndarray
+    n_output: np.ndarray
+    concurrency: int | None = None   # closed-loop: arrival_s ignored
+
+    def __len__(self) -> int:
+        return len(self.n_input)
+
+
+def spec_lengths(workload: WorkloadSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(n_input, n_output) exactly as workloads/synthetic.py draws them for `workload`."""
+    rng = np.random.default_rng(workload.seed)
+    n = workload.num_requests
+    n_in = workload.input_len.sample(rng, n)
+    n_out = workload.output_len.sample(rng, n)
+    n_in = np.maximum(np.maximum(n_in, int(workload.shared_prefix_len)), 1)
+    return n_in.astype(np.int64), np.maximum(n_out, 1).astype(np.int64)
+
+
+def requests_from_spec(workload: WorkloadSpec, arrival: ArrivalSpec) -> SimRequests:
+    """The requests of a real run of `workload` at `arrival` (lengths and send times)."""
+    n_in, n_out = spec_lengths(workload)
+    if arrival.kind == "concurrency":
+        return SimRequests(np.zeros(len(n_in)), n_in, n_out, concurrency=int(arrival.concurrency))
+    t = send_times(arrival, len(n_in))
+    return SimRequests(np.asarray(t, dtype=float), n_in, n_out)
+
+
+# ---------------------------------------------------------------------------- results
+
+@dataclass
+class SimResult:
+    deployment: Deployment
+    n_input: np.ndarray
+    n_output: np.ndarray
+    send_s: np.ndarray
+    first_token_s: np.ndarray        # NaN: failed
+    last_token_s: np.ndarray
+    queue_s: np.ndarray
+    prefill_s: np.ndarray
+    transfer_s: np.ndarray           # exposed transfer (disagg), NaN otherwise
+    transfer_bytes: np.ndarray
+    admission_s: np.ndarray
+    failed: np.ndarray               # bool
+    token_times: list | None = None  # per request: list of per-token times (per_token=True)
+    n_steps: int = 0
+    sim_wall_s: float = 0.0
+
+    @property
+    def ttft_s(self) -> np.ndarray:
+        return self.first_token_s - self.send_s
+
+    @property
+    def tpot_s(self) -> np.ndarray:
+        """NaN where undefined (n_output <= 1 or failed)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = (self.last_token_s - self.first_token_s) / (self.n_output - 1)
+        return np.where(self.n_output > 1, t, np.nan)
+
+    @property
+    def e2e_s(self) -> np.ndarray:
+        return self.last_token_s - self.send_s
+
+    def attainment(self, slo) -> float:
+        """Joint SLO attainment (metrics.slo_checks semantics: failed = miss, undefined TPOT
+        passes the TPOT test)."""
+        s_ttft = getattr(slo, "ttft_s", None) if not isinstance(slo, dict) else slo.get("ttft_s")
+        s_tpot = getattr(slo, "tpot_s", None) if not isinstance(slo, dict) else slo.get("tpot_s")
+        ok = ~self.failed & ~np.isnan(self.first_token_s)
+        if s_ttft is not None:
+            ok &= self.ttft_s <= s_ttft + 1e-12
+        if s_tpot is not None:
+            tp = self.tpot_s
+            ok &= np.isnan(tp) | (tp <= s_tpot + 1e-12)
+        return float(ok.mean()) if len(ok) else float("nan")
+
+    def percentiles(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        ok = ~self.failed
+        for name, arr in (("ttft", self.ttft_s), ("tpot", self.tpot_s), ("e2e", self.e2e_s)):
+            a = arr[ok]
+            a = a[~np.isnan(a)]
+            out[f"{name}_mean_s"] = float(a.mean()) if a.size else None
+            for p in (50, 90, 99):
+                out[f"{name}_p{p}_s"] = float(np.percentile(a, p)) if a.size else None
+        return out
+
+    def to_records(self, deployment: str | None = None, load_point: str = "sim",
+                   per_token: bool | None = None) -> list:
+        """`workloads.records.RequestRecord`s (the rows a real run would write)."""
+        from . import metrics
+        from .records import RequestRecord
+
+        dep = deployment or self.deployment.name
+        per_token = self.token_times is not None if per_token is None else per_token
+        if per_token and self.token_times is None:
+            raise ValueError("this result was simulated with per_token=False")
+        recs = []
+        f = lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)  # noqa: E731
+        for i in range(len(self.n_input)):
+            n_out = int(self.n_output[i])
+            send = float(self.send_s[i])
+            rec = RequestRecord(deployment=dep, load_point=load_point, request_id=f"sim-{i:06d}",
+                                intended_send_s=send, send_s=send, n_input=int(self.n_input[i]),
+                                max_tokens=n_out, n_output_source="simulated")
+            if self.failed[i]:
+                rec.error, rec.error_type = "exceeds KV capacity", "rejected"
+                recs.append(rec)
+                continue
+            first, last = float(self.first_token_s[i]), float(self.last_token_s[i])
+            if per_token:
+                times = [float(t) for t in self.token_times[i]]
+                toks = [1] * len(times)
+            elif n_out > 1:
+                times, toks = [first, last], [1, n_out - 1]
+            else:
+                times, toks = [first], [1]
+            rec.first_token_s, rec.last_token_s, rec.end_s = first, last, last
+            rec.n_output = n_out
+            rec.chunk_times_s, rec.chunk_tokens = times, toks
+            rec.finish_reason = "length"
+            rec.ttft_s = first - send
+            rec.ttft_from_intended_s = rec.ttft_s
+            rec.tpot_s = metrics.tpot(first, last, n_out, 1)
+            rec.e2e_s = last - send
+            rec.server_queue_s = f(self.queue_s[i])
+            rec.server_prefill_s = f(self.prefill_s[i])
+            rec.server_transfer_s = f(self.transfer_s[i])
+            rec.server_transfer_bytes = f(self.transfer_bytes[i])
+            rec.server_admission_s = f(self.admission_s[i])
+            rec.server_decode_s = last - first
+            recs.append(rec)
+        return recs
+
+
+# ---------------------------------------------------------------------------- the engine model
+
+_ARRIVE, _STEP, _XFER = 0, 1, 2
+
+
+class _Instance:
+    """One simulated engine instance. `role`: "mono", "prefill" or "decode"."""
+
+    __slots__ = ("sim", "idx", "role", "cfg", "budget", "max_seqs", "bs", "free_blocks",
+                 "waiting", "prefilling", "n_decode", "ctx_sum", "finish_at", "step_no",
+                 "step_ends", "busy", "outstanding", "cur_prefill", "cur_admit_dec",
+                 "cur_start", "link_free")
+
+    def __init__(self, sim: "_Sim", idx: int, role: str, cfg: InstanceConfig, cap_tokens):
+        self.sim, self.idx, self.role, self.cfg = sim, idx, role, cfg
+        self.budget = cfg.max_num_batched_tokens
+        self.max_seqs = cfg.max_num_seqs
+        self.bs = cfg.block_size
+        self.free_blocks = math.inf if cap_tokens is None else cap_tokens // cfg.block_size
+        self.waiting: deque = deque()     # request ids (prefill needed, or transferred)
+        self.prefilling: deque = deque()  # [rid, tokens_left, tokens_done]
+        self.n_decode = 0
+        self.ctx_sum = 0
+        self.finish_at: dict[int, list] = {}
+        self.step_no = 0                  # steps completed
+        self.step_ends: list[float] = []
+        self.busy = False
+        self.outstanding = 0              # requests routed here and not done with it
+        self.cur_prefill: list = []       # (rid, n) chunks of the running step
+        self.cur_admit_dec: list = []     # transferred requests admitted in the running step
+        self.cur_start = 0.0
+        self.link_free = 0.0              # prefill role: when its link is next free
+
+    def blocks_for(self, rid: int) -> int:
+        s = self.sim
+        n = s.n_in[rid] + (0 if self.role == "prefill" else s.n_out[rid])
+        return -(-n // self.bs)
+
+    def kick(self, t: float) -> None:
+        if not self.busy:
+            self.start_step(t)
+
+    def start_step(self, t: float) -> None:
+        s = self.sim
+        n_dec = self.n_decode
+        budget = self.budget - n_dec
+        chunks = []
+        p_tok = 0
+        ctx = self.ctx_sum
+        for item in self.prefilling:
+            if budget < 1:
+                break
+            n = item[1] if item[1] <= budget else budget
+            chunks.append((item, n))
+            ctx += item[2]
+            p_tok += n
+            budget -= n
+        admitted_dec = []
+        running = n_dec + len(self.prefilling)
+        wq = self.waiting
+        while wq and budget > 0 and running < self.max_seqs:
+            rid = wq[0]
+            need = s.blocks[rid]
+            if need > self.free_blocks:
+                break
+            if s.xfer_done[rid] >= 0 and self.role == "decode":
+                # transferred: joins the decodes of this step
+                wq.popleft()
+                self.free_blocks -= need
+                s.admit_s[rid] = t
+                admitted_dec.append(rid)
+                ctx += s.n_in[rid] + 1
+                budget -= 1
+                running += 1
+                continue
+            n_left = s.n_in[rid]
+            if not self.cfg.chunked_prefill and n_left > budget and budget < self.budget:
+                break
+            wq.popleft()
+            self.free_blocks -= need
+            if s.sched_s[rid] != s.sched_s[rid]:   # NaN: first time scheduled
+                s.sched_s[rid] = t
+            n = n_left if (n_left <= budget or not self.cfg.chunked_prefill) else budget
+            item = [rid, n_left, 0]
+            self.prefilling.append(item)
+            chunks.append((item, n))
+            p_tok += n
+            budget -= n
+            running += 1
+        if not chunks and not n_dec and not admitted_dec:
+            self.busy = False
+            return
+        self.busy = True
+        self.cur_prefill = chunks
+        self.cur_admit_dec = admitted_dec
+        self.cur_start = t
+        dur = s.lm_step(p_tok, n_dec + len(admitted_dec), ctx)
+        for rid in admitted_dec:
+            # first token delivered when the decode instance takes the request
+            if not s.ftp and s.first[rid] != s.first[rid]:
+                s.first[rid] = t
+                if s.tok is not None:
+                    s.tok[rid].append(t)
+        s.n_steps += 1
+        s.push(t + dur, _STEP, self)
+
+    def end_step(self, t: float) -> None:
+        s = self.sim
+        k = self.step_no
+        self.step_no += 1
+        if s.tok is not None:
+            self.step_ends.append(t)
+        n_dec_ran = self.n_decode
+        # decodes: every running decode produced a token; admitted transferred ones too
+        self.ctx_sum += n_dec_ran
+        for rid in self.cur_admit_dec:
+            self.n_decode += 1
+            self.ctx_sum += s.n_in[rid] + 2   # context n_in + 1, plus this step's token
+            # tokens 2..n_out come from steps k .. k + n_out - 2
+            self.finish_at.setdefault(k + s.n_out[rid] - 2, []).append(rid)
+            s.dec_start[rid] = k
+        # prefill chunks
+        done_prefill = []
+        for item, n in self.cur_prefill:
+            item[1] -= n
+            item[2] += n
+            if item[1] <= 0:
+                done_prefill.append(item[0])
+        if done_prefill:
+            pf = self.prefilling
+            while pf and pf[0][1] <= 0:
+                pf.popleft()
+            if any(it[1] <= 0 for it in pf):   # out-of-order completion (rare)
+                self.prefilling = deque(it for it in pf if it[1] > 0)
+        for rid in done_prefill:
+            s.prefill_end[rid] = t
+            if self.role == "prefill":
+                s.prefill_done_on_p(self, rid, t)
+                continue
+            s.first[rid] = t
+            if s.tok is not None:
+                s.tok[rid].append(t)
+            if s.n_out[rid] <= 1:
+                self.finish(rid, t)
+            else:
+                self.n_decode += 1
+                self.ctx_sum += s.n_in[rid] + 1
+                self.finish_at.setdefault(k + s.n_out[rid] - 1, []).append(rid)
+                s.dec_start[rid] = k + 1
+        fin = self.finish_at.pop(k, None)
+        if fin:
+            for rid in fin:
+                self.n_decode -= 1
+                self.ctx_sum -= s.n_in[rid] + s.n_out[rid]
+                if s.tok is not None:
+                    s.tok[rid].extend(self.step_ends[s.dec_start[rid]:k + 1])
+                self.finish(rid, t)
+        self.start_step(t)
+
+    def finish(self, rid: int, t: float) -> None:
+        s = self.sim
+        s.last[rid] = t
+        self.free_blocks += s.blocks[rid]
+        self.outstanding -= 1
+        s.request_done(rid, t)
+
+
+class _Sim:
+    def __init__(self, dep: Deployment, lm: LatencyModel, reqs: SimRequests, per_token: bool):
+        self.dep, self.lm = dep, lm
+        n = len(reqs)
+        self.n = n
+        self.n_in = [int(x) for x in reqs.n_input]
+        self.n_out = [int(x) for x in reqs.n_output]
+        nan = float("nan")
+        self.send = [float(x) for x in reqs.arrival_s]
+        self.first = [nan] * n
+        self.last = [nan] * n
+        self.sched_s = [nan] * n
+        self.prefill_end = [nan] * n
+        self.xfer_done = [-1.0] * n
+        self.xfer_exposed = [nan] * n
+        self.xfer_bytes = [nan] * n
+        self.admit_s = [nan] * n
+        self.dec_start = [0] * n
+        self.blocks = [0] * n
+        self.failed = [False] * n
+        self.tok = [[] for _ in range(n)] if per_token else None
+        self.ftp = dep.first_token_from_prefill
+        self.heap: list = []
+        self.seq = 0
+        self.n_steps = 0
+        a, b, c, d, e = lm.a, lm.b, lm.c, lm.d, lm.e
+        self.lm_step = lambda p, dd, cc: a + b * p + c * p * p / 1e3 + d * dd + e * cc
+        cap = lambda cfg: (cfg.kv_capacity_tokens if cfg.kv_capacity_tokens is not None  # noqa: E731
+                           else lm.kv_capacity_tokens)
+        if dep.mode == "mono":
+            self.mono = [_Instance(self, i, "mono", dep.instance, cap(dep.instance))
+                         for i in range(dep.num_instances)]
+            self.pre, self.dec = [], []
+        else:
+            self.mono = []
+            self.pre = [_Instance(self, i, "prefill", dep.p_cfg, cap(dep.p_cfg))
+                        for i in range(dep.num_prefill)]
+            self.dec = [_Instance(self, i, "decode", dep.d_cfg, cap(dep.d_cfg))
+                        for i in range(dep.num_decode)]
+        self.kv_per_tok = lm.kv_bytes_per_token
+        self.link = dep.link
+        self.concurrency = reqs.concurrency
+        self.next_closed = 0
+
+    def push(self, t: float, kind: int, obj) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, kind, obj))
+
+    # -- routing
+    @staticmethod
+    def _least(insts):
+        best = insts[0]
+        for x in insts:
+            if x.outstanding < best.outstanding:
+                best = x
+        return best
+
+    def arrive(self, rid: int, t: float) -> None:
+        self.send[rid] = t
+        dep = self.dep
+        if dep.mode == "mono":
+            inst = self._least(self.mono)
+        elif dep.conditional_threshold and self.n_in[rid] < dep.conditional_threshold:
+            inst = self._least(self.dec)
+        else:
+            inst = self._least(self.pre)
+        self.blocks[rid] = inst.blocks_for(rid)
+        too_big = self.blocks[rid] > self._capacity_blocks(inst)
+        if dep.mode == "disagg" and not too_big:
+            too_big = self._dec_blocks(rid) > self._capacity_blocks(self.dec[0])
+        if too_big:
+            self.failed[rid] = True
+            self.request_done(rid, t)
+            return
+        inst.outstanding += 1
+        inst.waiting.append(rid)
+        inst.kick(t)
+
+    def _capacity_blocks(self, inst) -> float:
+        cfg = inst.cfg
+        cap = cfg.kv_capacity_tokens if cfg.kv_capacity_tokens is not None else self.lm.kv_capacity_tokens
+        return math.inf if cap is None else cap // cfg.block_size
+
+    def _dec_blocks(self, rid: int) -> int:
+        return -(-(self.n_in[rid] + self.n_out[rid]) // self.dep.d_cfg.block_size)
+
+    def prefill_done_on_p(self, p: _Instance, rid: int, t: float) -> None:
+        """Prefill of rid ended on prefill instance p at t: send its KV to a decode instance."""
+        nbytes = self.n_in[rid] * self.kv_per_tok
+        link = self.link
+        full = nbytes / link.bytes_per_s
+        if link.layerwise:
+            L = self.lm.num_layers
+            t0 = self.sched_s[rid] if self.sched_s[rid] == self.sched_s[rid] else t
+            first_layer_ready = t0 + (t - t0) / L
+            done = max(t + full / L, max(first_layer_ready, p.link_free) + full) + link.latency_s
+        else:
+            done = max(t, p.link_free) + full + link.latency_s
+        p.link_free = done - link.latency_s
+        self.xfer_bytes[rid] = nbytes
+        self.xfer_exposed[rid] = done - t
+        if self.ftp:
+            self.first[rid] = t
+            if self.tok is not None:
+                self.tok[rid].append(t)
+        self.push(done, _XFER, (p, rid))
+
+    def xfer_done_ev(self, p: _Instance, rid: int, t: float) -> None:
+        p.free_blocks += p.blocks_for(rid)
+        p.outstanding -= 1
+        p.kick(t)                 # blocks freed: maybe admit more
+        self.xfer_done[rid] = t
+        if self.n_out[rid] <= 1:
+            if self.first[rid] != self.first[rid]:
+                self.first[rid] = t
+                if self.tok is not None:
+                    self.tok[rid].append(t)
+            self.last[rid] = self.first[rid]
+            self.admit_s[rid] = t
+            self.request_done(rid, t)
+            return
+        d = self._least(self.dec)
+        self.blocks[rid] = d.blocks_for(rid)
+        d.outstanding += 1
+        d.waiting.append(rid)
+        d.kick(t)
+
+    def request_done(self, rid: int, t: float) -> None:
+        if self.concurrency is not None and self.next_closed < self.n:
+            nxt = self.next_closed
+            self.next_closed += 1
+            self.push(t, _ARRIVE, nxt)
+
+    def run(self) -> None:
+        heap = self.heap
+        if self.concurrency is not None:
+            c = min(self.concurrency, self.n)
+            self.next_closed = c
+            for rid in range(c):
+                self.push(0.0, _ARRIVE, rid)
+            arr_t, ai, n_arr = [], 0, 0
+        else:
+            order = sorted(range(self.n), key=self.send.__getitem__)
+            arr_t = [self.send[i] for i in order]
+            ai, n_arr = 0, self.n
+        pop = heapq.heappop
+        inf = math.inf
+        while True:
+            ta = arr_t[ai] if ai < n_arr else inf
+            if heap and heap[0][0] <= ta:
+                t, _, kind, obj = pop(heap)
+                if kind == _STEP:
+                    obj.end_step(t)
+                elif kind == _XFER:
+                    self.xfer_done_ev(obj[0], obj[1], t)
+                else:
+                    self.arrive(obj, t)
+            elif ai < n_arr:
+                self.arrive(order[ai], ta)
+                ai += 1
+            else:
+                break
+
+
+def simulate(deployment: Deployment, latency_model: LatencyModel, requests: SimRequests,
+             *, per_token: bool = True) -> SimResult:
+    """Simulate `requests` on `deployment`; see the module docstring for the model."""
+    import time
+
+    t0 = time.perf_counter()
+    sim = _Sim(deployment, latency_model, requests, per_token)
+    sim.run()
+    nan = np.nan
+    f = lambda x: np.asarray(x, dtype=float)  # noqa: E731
+    first, last = f(sim.first), f(sim.last)
+    sched, pend = f(sim.sched_s), f(sim.prefill_end)
+    send = f(sim.send)
+    xdone = f(sim.xfer_done)
+    xdone[xdone < 0] = nan
+    admit = f(sim.admit_s)
+    failed = np.asarray(sim.failed, dtype=bool)
+    if deployment.mode == "disagg":
+        adm = admit - xdone
+    else:
+        adm = np.full(len(send), nan)
+    res = SimResult(
+        deployment=deployment, n_input=np.asarray(requests.n_input, dtype=np.int64),
+        n_output=np.asarray(requests.n_output, dtype=np.int64), send_s=send,
+        first_token_s=first, last_token_s=last, queue_s=sched - send, prefill_s=pend - sched,
+        transfer_s=f(sim.xfer_exposed), transfer_bytes=f(sim.xfer_bytes), admission_s=adm,
+        failed=failed, token_times=sim.tok, n_steps=sim.n_steps)
+    res.sim_wall_s = time.perf_counter() - t0
+    return res
+
+
+def simulate_spec(deployment: Deployment, latency_model: LatencyModel, workload: WorkloadSpec,
+                  arrival: ArrivalSpec, *, per_token: bool = True) -> SimResult:
+    """`simulate` on the requests a real run of (workload, arrival) would send."""
+    return simulate(deployment, latency_model, requests_from_spec(workload, arrival),
+                    per_token=per_token)
+
+
+def with_rate(reqs: SimRequests, base_rate: float, rate: float) -> SimRequests:
+    """The same requests with arrival times rescaled from `base_rate` to `rate` (common random
+    numbers for rate sweeps: the same gaps, stretched)."""
+    return replace(reqs, arrival_s=np.asarray(reqs.arrival_s) * (base_rate / rate))
+
+
+def poisson_requests(n_input: Sequence[int], n_output: Sequence[int], rate: float,
+                     seed: int = 0) -> SimRequests:
+    """Poisson arrivals at `rate` for the given lengths (via workloads.arrivals)."""
+    t = send_times(ArrivalSpec(kind="poisson", rate=rate, seed=seed), len(n_input))
+    return SimRequests(np.asarray(t, float), np.asarray(n_input, np.int64),
+                       np.asarray(n_output, np.int64))
