@@ -12,18 +12,28 @@ did. Behaviour for a streamed request received at t_r:
 - every `fail_every`-th request (1-based count) gets HTTP `fail_status`; with `stream_error_after`
   set, every `stream_error_every`-th request streams that many chunks then an {"error": ...} event;
   `disconnect_after` chunks: the connection is dropped without [DONE];
+- `usage_delta`: usage.completion_tokens is reported that much off the truth (a server that lies
+  about its token counts, for the client's cross-check);
 - the schedule is absolute (no drift), and for every chunk the time it really left (after the
-  write was flushed to the transport, `time.perf_counter()`) is logged: `GET /mock/log` returns
-  [{"request_id", "received_s", "chunk_s": [...], "chunk_tokens": [...], "status"}] (perf_counter
-  seconds; comparable to the client's clock on the same host).
+  write was handed to the transport, `time.perf_counter()`) is logged: `GET /mock/log` returns
+  [{"request_id", "received_s", "chunk_s": [...], "chunk_target_s": [...], "chunk_tokens":
+  [...], "status"}] (perf_counter seconds: CLOCK_MONOTONIC, comparable with the client's clock
+  in any process on the same host); `chunk_s - chunk_target_s` is the mock's own lateness.
+  `POST /mock/reset` clears the log.
 Also `GET /health`, `GET /v1/models`, and non-streamed responses (one JSON body after the whole
 output's time).
+
+Command line (also `infer-bench mock-server`): `python -m infer_bench.backends.mock_server
+--port 8100 --ttft-ms 50 --token-delay-ms 10 --tokens-per-chunk 1`; `main(argv)` prints the URL
+on one line ("mock server listening on http://127.0.0.1:8100") and serves until interrupted.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -46,6 +56,7 @@ class MockConfig:
     disconnect_after: int = 1
     server_timing: dict | None = None
     model: str = "mock-model"
+    usage_delta: int = 0
 
 
 @dataclass
@@ -76,6 +87,10 @@ def _app(cfg: MockConfig, log: list[dict]) -> web.Application:
     async def get_log(_request):
         return web.json_response(log)
 
+    async def reset_log(_request):
+        log.clear()
+        return web.json_response({"status": "ok"})
+
     async def generate(request: web.Request) -> web.StreamResponse:
         t_recv = time.perf_counter()
         state["count"] += 1
@@ -88,7 +103,7 @@ def _app(cfg: MockConfig, log: list[dict]) -> web.Application:
                                      status=400)
         rid = request.headers.get("X-Request-Id", f"mock-{n}")
         entry: dict[str, Any] = {"request_id": rid, "received_s": t_recv, "chunk_s": [],
-                                 "chunk_tokens": [], "status": 200}
+                                 "chunk_target_s": [], "chunk_tokens": [], "status": 200}
         log.append(entry)
         if cfg.fail_every and n % cfg.fail_every == 0:
             entry["status"] = cfg.fail_status
@@ -105,8 +120,9 @@ def _app(cfg: MockConfig, log: list[dict]) -> web.Application:
             body.get("max_tokens") or 16)
         k = max(1, int(cfg.tokens_per_chunk))
         sizes = [min(k, n_out - i) for i in range(0, n_out, k)]
-        usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out,
-                 "total_tokens": n_prompt + n_out}
+        n_claim = max(0, n_out + int(cfg.usage_delta))
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": n_claim,
+                 "total_tokens": n_prompt + n_claim}
         created = int(time.time())
         obj_kind = "chat.completion.chunk" if chat else "text_completion"
 
@@ -133,6 +149,7 @@ def _app(cfg: MockConfig, log: list[dict]) -> web.Application:
                    "created": created, "model": cfg.model, "choices": [ch], "usage": usage}
             if cfg.server_timing is not None:
                 out["infer_bench"] = cfg.server_timing
+            entry["chunk_target_s"].append(t_recv + total)
             entry["chunk_s"].append(time.perf_counter())
             entry["chunk_tokens"].append(n_out)
             return web.json_response(out)
@@ -167,6 +184,7 @@ def _app(cfg: MockConfig, log: list[dict]) -> web.Application:
             await send({"id": rid, "object": obj_kind, "created": created, "model": cfg.model,
                         "choices": [choice(" tok" * size, size, "length" if last else None)]})
             entry["chunk_s"].append(time.perf_counter())
+            entry["chunk_target_s"].append(target)
             entry["chunk_tokens"].append(size)
         opts = body.get("stream_options") or {}
         if opts.get("include_usage") or cfg.server_timing is not None:
@@ -185,6 +203,7 @@ def _app(cfg: MockConfig, log: list[dict]) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/mock/log", get_log)
+    app.router.add_post("/mock/reset", reset_log)
     app.router.add_post("/v1/completions", generate)
     app.router.add_post("/v1/chat/completions", generate)
     return app
@@ -208,3 +227,59 @@ async def start_mock_server(host: str = "127.0.0.1", port: int = 0, **cfg: Any) 
         sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001
         actual = sockets[0].getsockname()[1]
     return MockServer(runner=runner, host=host, port=actual, config=config, log=log)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="infer-bench mock-server",
+        description="Calibrated mock OpenAI-compatible server with known timing.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8100, help="0: a free port")
+    p.add_argument("--ttft-ms", type=float, default=50.0, help="time to first chunk")
+    p.add_argument("--token-delay-ms", type=float, default=10.0, help="delay per token")
+    p.add_argument("--tokens-per-chunk", type=int, default=1)
+    p.add_argument("--output-tokens", type=int, default=None,
+                   help="tokens per response (default: the request's max_tokens)")
+    p.add_argument("--include-token-ids", action="store_true",
+                   help="send token_ids with each chunk (as vLLM does)")
+    p.add_argument("--usage-delta", type=int, default=0,
+                   help="report usage.completion_tokens this far off the truth")
+    p.add_argument("--fail-every", type=int, default=0, help="every N-th request gets HTTP 500")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(ttft_s=args.ttft_ms / 1e3, token_delay_s=args.token_delay_ms / 1e3,
+                tokens_per_chunk=args.tokens_per_chunk, output_tokens=args.output_tokens,
+                include_token_ids=args.include_token_ids, usage_delta=args.usage_delta,
+                fail_every=args.fail_every)
+
+
+async def serve(host: str = "127.0.0.1", port: int = 8100, *, ready=None,
+                stop: asyncio.Event | None = None, **cfg: Any) -> None:
+    """Serve until `stop` is set (forever without one); `ready(url)` is called once listening."""
+    srv = await start_mock_server(host, port, **cfg)
+    try:
+        if ready is not None:
+            ready(srv.url)
+        await (stop.wait() if stop is not None else asyncio.Event().wait())
+    finally:
+        await srv.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: serve the mock until interrupted."""
+    args = _parser().parse_args(argv)
+    try:
+        import gc
+        gc.freeze()
+        asyncio.run(serve(args.host, args.port,
+                          ready=lambda url: print(f"mock server listening on {url}", flush=True),
+                          **config_from_args(args)))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

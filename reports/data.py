@@ -330,7 +330,9 @@ def normalize_records(df: pd.DataFrame) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = None
     df["deployment"] = df["deployment"].map(lambda v: "" if v is None else str(v))
-    for col in FLOAT_RECORD_COLUMNS:
+    extra = [c for c in ("end_s", "server_transfer_s", "server_admission_s", "server_decode_s")
+             if c in df.columns]
+    for col in FLOAT_RECORD_COLUMNS + extra:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df["chunk_times_s"] = [[float(x) for x in _to_list(v)] for v in df["chunk_times_s"]]
     df["chunk_tokens"] = [[int(x) for x in _to_list(v)] for v in df["chunk_tokens"]]

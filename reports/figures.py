@@ -9,7 +9,7 @@ Figures:
   latency_cdfs        TTFT, per-token ITL, TPOT, E2E CDFs overlaid by deployment (per load point)
   throughput_latency  p50/p90 TTFT and TPOT against achieved request throughput
   slo_attainment      joint SLO attainment against offered rate, goodput marked
-  request_timeline    Gantt-like per-request phases (queue, prefill, wait, decode)
+  request_timeline    Gantt-like per-request phases (queue, prefill, KV transfer, admission, decode)
   itl_over_time       per-chunk gaps against time, engine steps with co-batched prefill marked
   telemetry_figure    telemetry metrics against time
   report_figures      all of the above that apply to one RunData, with titles and captions
@@ -32,8 +32,10 @@ from .summary import goodput
 
 PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
            "#ff9da7", "#9c755f", "#bab0ac"]
+SERVER_PHASES = [("server_queue_s", "queue"), ("server_prefill_s", "prefill"),
+                 ("server_transfer_s", "transfer"), ("server_admission_s", "admission")]
 PHASE_COLORS = {
-    "queue": "#bab0ac", "prefill": "#f28e2b", "wait": "#edc948", "ttft": "#edc948",
+    "queue": "#bab0ac", "prefill": "#f28e2b", "transfer": "#b07aa1", "admission": "#76b7b2", "wait": "#edc948", "ttft": "#edc948",
     "decode": "#4e79a7", "failed": "#e15759",
 }
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
@@ -150,6 +152,13 @@ def _add_lp_menu(fig: go.Figure, trace_lps: list, lps: list, labels: dict | None
         bordercolor="#cbd2d9", font=dict(size=11))])
     if relayouts:
         fig.update_layout(relayouts[active])
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _text(v: Any) -> str:
@@ -346,10 +355,14 @@ def request_timeline(records: pd.DataFrame, max_per_deployment: int = 30,
         return empty_figure(title)
     lps = _lp_list(records, load_points)
     deps = list(dict.fromkeys(records["deployment"]))
-    has_server = records["server_queue_s"].notna().any() or records["server_prefill_s"].notna().any()
-    phases = (["queue", "prefill", "wait", "decode", "failed"] if has_server
+    # server-reported phases, in the order they happen (columns absent or empty are skipped)
+    server_cols = [(c, p) for c, p in SERVER_PHASES
+                   if c in records and pd.to_numeric(records[c], errors="coerce").notna().any()]
+    has_server = bool(server_cols)
+    phases = ([p for _, p in server_cols] + ["wait", "decode", "failed"] if has_server
               else ["ttft", "decode", "failed"])
     phase_names = {"queue": "server queue", "prefill": "server prefill",
+                   "transfer": "KV transfer", "admission": "decode admission",
                    "wait": "other (to first token)", "ttft": "send → first token",
                    "decode": "first → last token", "failed": "failed request"}
     fig = go.Figure()
@@ -383,16 +396,19 @@ def request_timeline(records: pd.DataFrame, max_per_deployment: int = 30,
         for y, r in enumerate(rows):
             send, first, last = r["send_s"], r["first_token_s"], r["last_token_s"]
             if _text(r["error"]):
-                end = next((v for v in (last, first, send + r["e2e_s"]) if np.isfinite(v)), send)
+                cands = (r.get("end_s", np.nan), last, first, send + r["e2e_s"])
+                end = next((float(v) for v in cands if _num(v) == _num(v)), send)
                 put("failed", y, send, max(end - send, 0.0), r)
                 continue
             if has_server:
-                q = r["server_queue_s"] if np.isfinite(r["server_queue_s"]) else 0.0
-                pf = r["server_prefill_s"] if np.isfinite(r["server_prefill_s"]) else 0.0
-                put("queue", y, send, q, r)
-                put("prefill", y, send + q, pf, r)
+                t = send
+                for col, p in server_cols:
+                    dur = _num(r.get(col))
+                    if dur == dur and dur > 0:
+                        put(p, y, t, dur, r)
+                        t += dur
                 if np.isfinite(first):
-                    put("wait", y, send + q + pf, max(first - send - q - pf, 0.0), r)
+                    put("wait", y, t, max(first - t, 0.0), r)
             elif np.isfinite(first):
                 put("ttft", y, send, first - send, r)
             if np.isfinite(first) and np.isfinite(last):

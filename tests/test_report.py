@@ -223,3 +223,37 @@ def test_reports_never_import_backends():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
                 assert not any("backends" in n for n in names), p
+
+
+def test_reads_what_results_writer_writes(tmp_path):
+    """Round trip through the real writer (skipped while workloads/results.py is absent)."""
+    results = pytest.importorskip("infer_bench.workloads.results")
+    records = pytest.importorskip("infer_bench.workloads.records")
+    d = tmp_path / "written"
+    w = results.ResultsWriter(d)
+    w.write_spec({"name": "written", "deployments": [{"name": MALICIOUS, "kind": "url"}],
+                  "load_points": [{"name": "poisson-2rps", "arrival": {"kind": "poisson", "rate": 2.0}}],
+                  "slo": {"ttft_s": 0.5, "tpot_s": 0.1}})
+    w.write_env({"versions": {}, "hardware": {"cpu": "x", "cores": 2}})
+    for i in range(12):
+        t0 = 1.0 + i * 0.5
+        rec = records.RequestRecord(
+            deployment=MALICIOUS, load_point="poisson-2rps", request_id=f"r{i}",
+            intended_send_s=t0, send_s=t0, first_token_s=t0 + 0.1, last_token_s=t0 + 0.5,
+            end_s=t0 + 0.5, n_input=10, n_output=5, n_output_source="usage",
+            chunk_times_s=[t0 + 0.1, t0 + 0.2, t0 + 0.5], chunk_tokens=[1, 1, 3],
+            ttft_s=0.1, tpot_s=0.1, e2e_s=0.5, server_queue_s=0.01, server_prefill_s=0.05,
+            server_transfer_s=0.01)
+        if i == 3:
+            rec.error, rec.error_type = "boom", "http_500"
+        w.append_record(rec)
+    w.append_steps([{"step": 0, "t_start": 1.02, "wall_s": 0.05, "n_prefill_tokens": 10,
+                     "n_decode_seqs": 0, "blocks_used": 1}], deployment=MALICIOUS)
+    w.finalize()
+    text = render_report(d).read_text(encoding="utf-8")
+    assert MALICIOUS not in _page_without_plotly(text)
+    run = load_run(d)
+    assert run.notes == [] and len(run.records) == 12 and len(run.summary) == 1
+    figs = {f.key: f.figure for f in F.report_figures(run)}
+    assert any(tr.name == "KV transfer" for tr in figs["timeline"].data)
+    assert "1 of 12 requests failed" in text

@@ -29,6 +29,11 @@ from .records import RequestRecord
 from .results import ResultsWriter, collect_env
 from .spec import SLO, ArrivalSpec, LoadPoint, WorkloadSpec
 from .synthetic import generate_requests, load_tokenizer_for
+from .telemetry import TelemetrySampler
+
+# Engine series worth scraping from /metrics onto the telemetry timeline.
+ENGINE_PROMETHEUS_ALLOW = ["infer_bench_num_requests_*", "infer_bench_kv_*", "infer_bench_prefix_cache_hit_rate",
+                           "infer_bench_num_preemptions_total", "vllm:num_requests_*", "vllm:gpu_cache_usage_perc"]
 
 
 class RunError(RuntimeError):
@@ -92,6 +97,7 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
     obs = observer or RunObserver()
     out = Path(spec.out_dir)
     writer = ResultsWriter(out, overwrite=True)
+    (out / "telemetry.jsonl").unlink(missing_ok=True)
     writer.write_spec(spec.to_dict())
     writer.write_env(collect_env(extra={"command": sys.argv}))
     clock = RunClock()
@@ -105,6 +111,7 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
     windows: dict[tuple[str, str], tuple[float, float]] = {}
     failures: dict[str, str] = {}
     health: dict[str, dict] = {}
+    telemetry: dict[str, dict] = {}
     status = "complete"
     try:
         for dep_spec in spec.deployments:
@@ -120,6 +127,9 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
                 obs.deployment_failed(dep_spec.name, str(e))
                 continue
             obs.deployment_ready(dep_spec.name, time.perf_counter() - t0)
+            sampler = TelemetrySampler(out / "telemetry.jsonl", dep.pids, clock_fn=clock.now,
+                                       deployment=dep_spec.name, prometheus_url=dep.base_url,
+                                       prometheus_allow=ENGINE_PROMETHEUS_ALLOW).start()
             try:
                 common = dict(deployment=dep_spec.name, clock=clock, model=dep.model_name,
                               api_key=dep.api_key, timeout_s=spec.timeout_s,
@@ -147,12 +157,13 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
                 if steps:
                     writer.append_steps(steps, deployment=dep_spec.name)
             finally:
+                telemetry[dep_spec.name] = sampler.stop()
                 dep.stop()
     except BaseException:
         status = "incomplete"
         raise
     finally:
-        writer.set_run_info(deployment_failures=failures, client_health=health)
+        writer.set_run_info(deployment_failures=failures, client_health=health, telemetry=telemetry)
         writer.finalize(status=status, windows=windows)
     if not writer.records and failures:
         first = next(iter(failures.values()))

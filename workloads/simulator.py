@@ -300,7 +300,7 @@ class SimResult:
 
 # ---------------------------------------------------------------------------- the engine model
 
-_ARRIVE, _STEP, _XFER = 0, 1, 2
+_ARRIVE, _STEP, _XFER, _KICK = 0, 1, 2, 3
 
 
 class _Instance:
@@ -337,8 +337,11 @@ class _Instance:
         return -(-n // self.bs)
 
     def kick(self, t: float) -> None:
+        """Start a step at t if idle (as an event, so that everything else happening at t --
+        simultaneous arrivals -- is in the queue when the step is scheduled)."""
         if not self.busy:
-            self.start_step(t)
+            self.busy = True
+            self.sim.push(t, _KICK, self)
 
     def start_step(self, t: float) -> None:
         s = self.sim
@@ -614,12 +617,14 @@ class _Sim:
         inf = math.inf
         while True:
             ta = arr_t[ai] if ai < n_arr else inf
-            if heap and heap[0][0] <= ta:
+            if heap and heap[0][0] < ta:
                 t, _, kind, obj = pop(heap)
                 if kind == _STEP:
                     obj.end_step(t)
                 elif kind == _XFER:
                     self.xfer_done_ev(obj[0], obj[1], t)
+                elif kind == _KICK:
+                    obj.start_step(t)
                 else:
                     self.arrive(obj, t)
             elif ai < n_arr:
