@@ -35,7 +35,7 @@ def _deployment_spec(name: str) -> dict:
 def make_results_dir(path, n_deployments: int = 2, n_load_points: int = 2,
                      n_requests: int = 50, seed: int = 0, status: str = "complete",
                      with_steps: bool = True, with_summary: bool = True,
-                     with_env: bool = True) -> Path:
+                     with_env: bool = True, with_telemetry: bool = False) -> Path:
     """Write a synthetic results dir into `path` (created) and return it.
 
     n_requests is per deployment and load point. Load points are offered Poisson rates
@@ -139,6 +139,19 @@ def make_results_dir(path, n_deployments: int = 2, n_load_points: int = 2,
         rows_json = json.loads(summary.to_json(orient="records"))
         (path / "summary.json").write_text(json.dumps(
             {"schema_version": 1, "slo": SLO, "goodput_target": 0.9, "rows": rows_json}, indent=1))
+    if with_telemetry:
+        t_end = float(records["send_s"].max()) + 2
+        with (path / "telemetry.jsonl").open("w") as fh:
+            for dep in names:
+                for t in np.arange(0.0, t_end, 0.5):
+                    for src, metric, ent, unit, val in (
+                            ("system", "sys_cpu_pct", "system", "%", rng.uniform(20, 90)),
+                            ("process", "proc_cpu_pct", "total", "%", rng.uniform(50, 190)),
+                            ("process", "proc_cpu_pct", "4242", "%", rng.uniform(0, 100)),
+                            ("process", "proc_rss_mib", "total", "MiB", 900 + t)):
+                        fh.write(json.dumps({"deployment": dep, "t_s": float(t), "source": src,
+                                             "metric": metric, "entity": ent, "value": float(val),
+                                             "unit": unit}) + "\n")
     if with_steps and steps:
         with (path / "steps.jsonl").open("w") as fh:
             for s in sorted(steps, key=lambda s: (s["deployment"], s["t_start"])):

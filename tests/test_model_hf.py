@@ -108,3 +108,15 @@ def test_config_from_hf_dict_variants():
     assert ModelConfig.from_hf_dict(old.to_hf_dict()) == old
     with pytest.raises(ValueError, match="unsupported architecture"):
         ModelConfig.from_hf_dict({**base, "architectures": ["GPT2LMHeadModel"]})
+
+
+def test_half_precision_path_runs_and_agrees(tiny_model_dir):
+    """The accelerator code path (bf16 weights, fp32 norms/logits) on CPU, against fp32."""
+    full = load_model(tiny_model_dir)
+    half = load_model(tiny_model_dir, dtype=torch.bfloat16)
+    assert half.model.layers[0].qkv_w.dtype == torch.bfloat16
+    ids = full.tokenizer.encode(PROMPT)
+    ref, got = _our_logits(full.model, ids), _our_logits(half.model, ids)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.8

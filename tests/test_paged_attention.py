@@ -118,6 +118,6 @@ def test_kv_written_at_slots():
     k = torch.arange(6, dtype=torch.float32).view(3, 1, 2)
     attn = PagedAttention(cache, [SeqSlice(3, 3, [2, 0])])
     attn.attend(0, torch.zeros(3, 1, 2), k, -k)
-    assert torch.equal(cache.kv[0, 0, 4:6], k[:2])   # block 2 = slots 4, 5
-    assert torch.equal(cache.kv[0, 0, 0], k[2])       # block 0, offset 0
-    assert torch.equal(cache.kv[0, 1, 4:6], -k[:2])
+    assert torch.equal(cache.kv[0, 0, 0, 4:6], k[:2, 0])   # block 2 = slots 4, 5
+    assert torch.equal(cache.kv[0, 0, 0, 0], k[2, 0])       # block 0, offset 0
+    assert torch.equal(cache.kv[0, 1, 0, 4:6], -k[:2, 0])

@@ -257,3 +257,15 @@ def test_reads_what_results_writer_writes(tmp_path):
     figs = {f.key: f.figure for f in F.report_figures(run)}
     assert any(tr.name == "KV transfer" for tr in figs["timeline"].data)
     assert "1 of 12 requests failed" in text
+
+
+def test_telemetry_figure(tmp_path):
+    d = make_results_dir(tmp_path / "tel", n_deployments=2, n_load_points=1, n_requests=10,
+                         with_telemetry=True)
+    run = load_run(d)
+    figs = {f.key: f.figure for f in F.report_figures(run)}
+    fig = figs["telemetry"]
+    assert _traces_with_data(fig) >= 4
+    names = {tr.name for tr in fig.data}
+    assert not any("4242" in n for n in names)  # per-pid rows dropped where a total exists
+    assert 'id="fig-telemetry"' in render_report(d).read_text(encoding="utf-8")

@@ -170,7 +170,8 @@ def _check_page(driver, tmp_path: Path, shot_name: str) -> None:
 
 
 def test_report_in_headless_chromium(driver, tmp_path):
-    d = make_results_dir(tmp_path / "run", n_deployments=3, n_load_points=3, n_requests=40)
+    d = make_results_dir(tmp_path / "run", n_deployments=3, n_load_points=3, n_requests=40,
+                         with_telemetry=True)
     html = render_report(d)
     _open(driver, html)
     title = driver.title

@@ -14,7 +14,7 @@ from infer_bench.workloads.results import compute_summary
 from infer_bench.workloads.simulator import (Deployment, InstanceConfig, Link, SimRequests,
                                              poisson_requests, requests_from_spec, simulate,
                                              spec_lengths)
-from infer_bench.workloads.spec import ArrivalSpec, LengthDist, WorkloadSpec
+from infer_bench.workloads.spec import ArrivalSpec, WorkloadSpec
 
 
 def test_md1_queueing_wait_matches_pollaczek_khinchine():
@@ -169,3 +169,75 @@ def test_fit_recovers_coefficients():
     assert lm0.fit["context_term"] is False
     with pytest.raises(ProfileError):
         fit_step_rows([])
+
+
+def test_profile_engine_over_http_with_a_fake_engine():
+    """profile_engine drives /v1/completions and fits the rows of /debug/steps."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from infer_bench.workloads.profiler import ProfileGrid, profile_engine
+
+    coef = (0.002, 1e-5, 0.0, 5e-4)
+    steps: list[dict] = []
+    lock = threading.Lock()
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _json(self, obj):
+            body = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path == "/v1/models":
+                self._json({"data": [{"id": "fake"}]})
+            elif self.path == "/debug/steps":
+                with lock:
+                    self._json({"steps": list(steps)})
+            else:
+                self._json({"status": "ok"})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            P, T = len(body["prompt"]), body["max_tokens"]
+            with lock:   # one prefill step, then T-1 decode steps of a batch of D = 1..3
+                for i in range(T):
+                    p = P if i == 0 else 0
+                    d = 0 if i == 0 else 1 + len(steps) % 3
+                    steps.append({"step": len(steps), "t_start": 0.0, "n_prefill_tokens": p,
+                                  "n_decode_seqs": d, "n_seqs": 1, "blocks_used": 0,
+                                  "wall_s": coef[0] + coef[1] * p + coef[3] * d})
+            self._json({"choices": [{"text": "x"}]})
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        lm = profile_engine(f"http://127.0.0.1:{srv.server_port}", grid=ProfileGrid.quick(),
+                            kv_bytes_per_token=1234, num_layers=3)
+    finally:
+        srv.shutdown()
+    assert np.allclose([lm.a, lm.b, lm.d], [coef[0], coef[1], coef[3]], rtol=1e-6)
+    assert lm.kv_bytes_per_token == 1234 and lm.model["name"] == "fake"
+    assert lm.fit["n_rows"] > 10
+
+
+def test_fit_results_dir(tmp_path):
+    from infer_bench.workloads.profiler import fit_results_dir
+
+    coef = (0.004, 2e-5, 3e-6, 1e-4, 2e-8)
+    rows = _synthetic_rows(coef, noise=0.0)
+    (tmp_path / "spec.json").write_text(json.dumps({"deployments": [{"name": "m", "mode": "mono"}]}))
+    with open(tmp_path / "steps.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps({"deployment": "m", **r}) + "\n")
+        f.write(json.dumps({"deployment": "other", "wall_s": 9.0, "n_prefill_tokens": 1,
+                            "n_decode_seqs": 0}) + "\n")
+    lm = fit_results_dir(tmp_path, kv_bytes_per_token=10.0)
+    assert np.allclose([lm.a, lm.b, lm.c, lm.d, lm.e], coef, rtol=1e-6)

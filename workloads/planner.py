@@ -35,7 +35,7 @@ from . import metrics
 from .arrivals import send_times
 from .latency_model import LatencyModel
 from .simulator import (Deployment, InstanceConfig, Link, SimRequests, simulate, spec_lengths)
-from .spec import SLO, ArrivalSpec, LengthDist, WorkloadSpec
+from .spec import ArrivalSpec, LengthDist, WorkloadSpec
 
 SAME_BAND = 0.05
 
@@ -55,30 +55,53 @@ class GoodputResult:
         return None
 
 
-def _base_requests(workload: WorkloadSpec, n_requests: int | None) -> SimRequests:
-    """Lengths of the workload and a rate-1 Poisson schedule to be stretched per rate."""
-    wl = workload if n_requests is None else replace(workload, num_requests=int(n_requests))
+@dataclass
+class SweepSpec:
+    """How much to simulate per rate: requests arriving over `horizon_s` seconds (a real
+    benchmark's duration), at least `min_requests` and at most `max_requests`. A finite burst is
+    not a steady state -- a few hundred requests arriving at once can meet a TTFT SLO at any rate
+    -- so the request count grows with the rate; overload then shows up as growing queues."""
+
+    horizon_s: float = 60.0
+    min_requests: int = 200
+    max_requests: int = 20_000
+
+    def n_at(self, rate: float) -> int:
+        return int(min(self.max_requests, max(self.min_requests, math.ceil(rate * self.horizon_s))))
+
+
+def _base_requests(workload: WorkloadSpec, n_requests: int) -> SimRequests:
+    """`n_requests` lengths of the workload (drawn as workloads/synthetic.py draws them) and a
+    rate-1 Poisson schedule, stretched to each simulated rate."""
+    wl = replace(workload, num_requests=int(n_requests))
     n_in, n_out = spec_lengths(wl)
     t = send_times(ArrivalSpec(kind="poisson", rate=1.0, seed=wl.seed), len(n_in))
     return SimRequests(np.asarray(t, float), n_in, n_out)
 
 
+def requests_at_rate(base: SimRequests, rate: float, sweep: SweepSpec | None = None
+                     ) -> SimRequests:
+    """The first sweep.n_at(rate) requests of `base`, arrivals stretched to `rate`."""
+    n = len(base) if sweep is None else min(len(base), sweep.n_at(rate))
+    return SimRequests(base.arrival_s[:n] / rate, base.n_input[:n], base.n_output[:n])
+
+
 def attainment_at_rate(deployment: Deployment, lm: LatencyModel, base: SimRequests,
-                       rate: float, slo) -> float:
-    reqs = replace(base, arrival_s=base.arrival_s / rate)
+                       rate: float, slo, sweep: SweepSpec | None = None) -> float:
+    reqs = requests_at_rate(base, rate, sweep)
     return simulate(deployment, lm, reqs, per_token=False).attainment(slo)
 
 
 def find_goodput(deployment: Deployment, lm: LatencyModel, base: SimRequests, slo,
                  *, target: float = 0.9, rate_hint: float = 1.0, rel_tol: float = 0.03,
-                 max_sims: int = 24) -> GoodputResult:
+                 max_sims: int = 24, sweep: SweepSpec | None = None) -> GoodputResult:
     """Highest rate with attainment >= target: bracket by doubling/halving from `rate_hint`,
     then bisect (geometric) until hi/lo < 1 + rel_tol; interpolated like metrics.goodput."""
     pts: dict[float, float] = {}
 
     def att(r: float) -> float:
         if r not in pts:
-            pts[r] = attainment_at_rate(deployment, lm, base, r, slo)
+            pts[r] = attainment_at_rate(deployment, lm, base, r, slo, sweep)
         return pts[r]
 
     r = max(float(rate_hint), 1e-6)
@@ -146,9 +169,10 @@ def candidate_deployments(chips: int, lm: LatencyModel, *, instance: InstanceCon
 
 
 def _eval(dep: Deployment, lm: LatencyModel, base: SimRequests, slo, rate: float,
-          target: float, rel_tol: float) -> dict[str, Any]:
-    gp = find_goodput(dep, lm, base, slo, target=target, rate_hint=rate, rel_tol=rel_tol)
-    res = simulate(dep, lm, replace(base, arrival_s=base.arrival_s / rate), per_token=False)
+          target: float, rel_tol: float, sweep: SweepSpec) -> dict[str, Any]:
+    gp = find_goodput(dep, lm, base, slo, target=target, rate_hint=rate, rel_tol=rel_tol,
+                      sweep=sweep)
+    res = simulate(dep, lm, requests_at_rate(base, rate, sweep), per_token=False)
     pct = res.percentiles()
     chips = dep.chips()
     return {"deployment": dep.name, "mode": dep.mode, "chips": chips,
@@ -158,21 +182,25 @@ def _eval(dep: Deployment, lm: LatencyModel, base: SimRequests, slo, rate: float
             "goodput_rps": gp.goodput_rps, "goodput_per_chip_rps": gp.goodput_rps / chips,
             "attainment_at_rate": res.attainment(slo), "meets_rate": gp.goodput_rps >= rate,
             "ttft_p90_s_at_rate": pct["ttft_p90_s"], "tpot_p90_s_at_rate": pct["tpot_p90_s"],
-            "n_sims": gp.n_sims + 1}
+            "n_sims": gp.n_sims + 1,
+            # the sweep simulated fewer requests than horizon_s of arrivals at the goodput rate
+            "horizon_capped": gp.goodput_rps * sweep.horizon_s > sweep.max_requests}
 
 
 def rank_deployments(candidates: Sequence[Deployment], lm: LatencyModel, workload: WorkloadSpec,
-                     rate: float, slo, *, target: float = 0.9, n_requests: int | None = 1000,
+                     rate: float, slo, *, target: float = 0.9, sweep: SweepSpec | None = None,
                      rel_tol: float = 0.03, progress: Callable[[str], None] | None = None):
-    """DataFrame of candidates sorted by goodput per chip (best first)."""
+    """DataFrame of candidates sorted by goodput per chip (best first). The workload's length
+    distributions and seed are used; its num_requests is replaced by the sweep's counts."""
     import pandas as pd
 
-    base = _base_requests(workload, n_requests)
+    sweep = sweep or SweepSpec()
+    base = _base_requests(workload, sweep.max_requests)
     rows = []
     for dep in candidates:
         if progress:
             progress(dep.name)
-        rows.append(_eval(dep, lm, base, slo, rate, target, rel_tol))
+        rows.append(_eval(dep, lm, base, slo, rate, target, rel_tol, sweep))
     df = pd.DataFrame(rows)
     return df.sort_values(["goodput_per_chip_rps", "chips"], ascending=[False, True],
                           kind="stable").reset_index(drop=True)
@@ -216,7 +244,7 @@ def verdict(mono: float, disagg: float, band: float = SAME_BAND) -> tuple[str, f
 def break_even_map(lm: LatencyModel, slo, chips: int, *, input_lens: Sequence[int],
                    output_lens: Sequence[int], bandwidths_gbps: Sequence[float],
                    link: Link | None = None, instance: InstanceConfig | None = None,
-                   rate_hint: float = 1.0, target: float = 0.9, n_requests: int = 300,
+                   rate_hint: float = 1.0, target: float = 0.9, sweep: SweepSpec | None = None,
                    rel_tol: float = 0.05, seed: int = 0,
                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Per (input length, output length, link bandwidth): best mono vs best disagg goodput per
@@ -227,17 +255,18 @@ def break_even_map(lm: LatencyModel, slo, chips: int, *, input_lens: Sequence[in
     link = link or Link()
     inst = replace(instance or InstanceConfig(), chips=max(1, lm.chips_per_instance))
     n = chips // inst.chips
+    sweep = sweep or SweepSpec(horizon_s=30.0, max_requests=5000)
     cells = []
     for li in input_lens:
         for lo in output_lens:
             wl = WorkloadSpec(input_len=LengthDist.fixed(int(li)),
-                              output_len=LengthDist.fixed(int(lo)), num_requests=n_requests,
+                              output_len=LengthDist.fixed(int(lo)), num_requests=1,
                               seed=seed)
-            base = _base_requests(wl, None)
+            base = _base_requests(wl, sweep.max_requests)
             mono = Deployment("mono", num_instances=n, instance=inst)
             hint = rate_hint
             gm = find_goodput(mono, lm, base, slo, target=target, rate_hint=hint,
-                              rel_tol=rel_tol).goodput_rps
+                              rel_tol=rel_tol, sweep=sweep).goodput_rps
             hint = gm if gm > 0 else hint
             for bw in bandwidths_gbps:
                 if progress:
@@ -248,7 +277,7 @@ def break_even_map(lm: LatencyModel, slo, chips: int, *, input_lens: Sequence[in
                         dep = Deployment("disagg", num_prefill=p, num_decode=n - p, instance=inst,
                                          link=lk)
                         return find_goodput(dep, lm, base, slo, target=target, rate_hint=hint,
-                                            rel_tol=rel_tol).goodput_rps
+                                            rel_tol=rel_tol, sweep=sweep).goodput_rps
                     p_best, gd = _best_disagg(n, ev)
                 else:
                     p_best, gd = None, 0.0
@@ -327,10 +356,10 @@ def _slo_dict(slo) -> dict:
 def plan(workload: WorkloadSpec, rate: float, slo, chips: int, latency_model: LatencyModel,
          link: Link | None = None, *, instance: InstanceConfig | None = None,
          conditional_thresholds: Sequence[int] = (), target: float = 0.9,
-         n_requests: int | None = 1000, rel_tol: float = 0.03,
+         sweep: SweepSpec | None = None, rel_tol: float = 0.03,
          map_input_lens: Sequence[int] | None = (256, 1024, 4096),
          map_output_lens: Sequence[int] | None = (64, 256, 1024),
-         map_bandwidths_gbps: Sequence[float] | None = None, map_requests: int = 300,
+         map_bandwidths_gbps: Sequence[float] | None = None, map_sweep: SweepSpec | None = None,
          progress: Callable[[str], None] | None = None) -> Plan:
     """Rank mono vs disagg (every P:D split of `chips`, optional conditional thresholds) by
     goodput per chip for `workload` under `slo`, and build the break-even map (skip it with
@@ -340,17 +369,18 @@ def plan(workload: WorkloadSpec, rate: float, slo, chips: int, latency_model: La
     cands = candidate_deployments(chips, latency_model, instance=instance, link=link,
                                   conditional_thresholds=conditional_thresholds)
     ranking = rank_deployments(cands, latency_model, workload, rate, slo, target=target,
-                               n_requests=n_requests, rel_tol=rel_tol, progress=progress)
+                               sweep=sweep, rel_tol=rel_tol, progress=progress)
     bmap = None
     if map_input_lens and map_output_lens:
         bws = map_bandwidths_gbps or sorted({25.0, float(link.bandwidth_gbps), 400.0})
         bmap = break_even_map(latency_model, slo, chips, input_lens=map_input_lens,
                               output_lens=map_output_lens, bandwidths_gbps=bws, link=link,
                               instance=instance, rate_hint=rate, target=target,
-                              n_requests=map_requests, seed=workload.seed, progress=progress)
+                              sweep=map_sweep, seed=workload.seed, progress=progress)
     inputs = {"workload": workload.to_dict(), "rate_rps": rate, "slo": _slo_dict(slo),
               "chips": chips, "target": target, "link": link.__dict__.copy(),
-              "latency_model": latency_model.to_dict(), "n_requests": n_requests}
+              "latency_model": latency_model.to_dict(),
+              "sweep": (sweep or SweepSpec()).__dict__.copy()}
     return Plan(ranking=ranking, break_even=bmap, inputs=inputs)
 
 

@@ -66,17 +66,24 @@ class RotaryEmbedding(nn.Module):
         return freqs.cos(), freqs.sin()
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin: [T, 1, head_dim/2] for the given positions, in `dtype`."""
-        max_pos = int(positions.max()) + 1 if positions.numel() else 1
-        orig = (self.cfg.rope_scaling or {}).get("original_max_position_embeddings") \
-            or self.cfg.max_position_embeddings
-        if self.dynamic and max_pos > orig:  # frequencies depend on the length: no shared table
-            cos, sin = self._build(max_pos, positions.device, seq_len=max_pos)
-            return cos[positions, None].to(dtype), sin[positions, None].to(dtype)
-        if (self._cos is None or max_pos > self._len or self._cos.device != positions.device
+        """cos, sin: [T, 1, head_dim/2] for the given positions, in `dtype`.
+
+        The table covers max_position_embeddings from the start. On CPU it grows past that when a
+        position needs it; on an accelerator positions are not inspected (no host sync), so the
+        caller must keep them below max_position_embeddings there.
+        """
+        on_cpu = positions.device.type == "cpu"
+        need = int(positions.max()) + 1 if (on_cpu or self.dynamic) and positions.numel() else 0
+        if self.dynamic:
+            s = self.cfg.rope_scaling
+            orig = s.get("original_max_position_embeddings") or self.cfg.max_position_embeddings
+            if need > orig:  # dynamic NTK: frequencies depend on the length, no shared table
+                cos, sin = self._build(need, positions.device, seq_len=need)
+                return cos[positions, None].to(dtype), sin[positions, None].to(dtype)
+        if (self._cos is None or need > self._len or self._cos.device != positions.device
                 or self._cos.dtype != dtype):
             n = max(self._len, self.cfg.max_position_embeddings, 64)
-            while n < max_pos:
+            while n < need:
                 n *= 2
             cos, sin = self._build(n, positions.device)
             self._cos, self._sin, self._len = cos.to(dtype), sin.to(dtype), n
@@ -95,13 +102,15 @@ class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         if residual is not None:
             x = x + residual
         residual = x
-        h = x.float()
+        if x.dtype == torch.float32:  # one fused op; same math as below
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps), residual
+        h = x.float()  # half precision: normalise in fp32 like transformers, then scale
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype), residual
 

@@ -1,7 +1,7 @@
 """The KV pool and the paged attention context the model calls once per layer.
 
-Data flow: `KVCache` is one preallocated tensor [num_layers, 2 (k, v), num_blocks * block_size,
-n_kv_heads, head_dim]; a "slot" is block_id * block_size + offset. Each engine step,
+Data flow: `KVCache` is one preallocated tensor [num_layers, 2 (k, v), n_kv_heads,
+num_blocks * block_size, head_dim]; a "slot" is block_id * block_size + offset. Each engine step,
 `model_runner` builds a `PagedAttention` from the step's sequences (query length, context length
 and block table of each, in the order of the flattened batch) and passes it to the model as `attn`.
 `attend(layer, q, k, v)`:
@@ -9,8 +9,9 @@ and block table of each, in the order of the flattened batch) and passes it to t
   2. prefill rows (a whole prompt, or a chunk after earlier context): per sequence, torch SDPA of
      its query rows against its context (causal; offset by the earlier context when there is
      some; a fresh prompt uses the step's own k/v and no gather);
-  3. decode rows (one query token each): one batched SDPA over all of them, their contexts gathered
-     through the block tables into a padded [B, L] batch with a length mask.
+  3. decode rows (one query token each): batched over all of them: their contexts' blocks gathered
+     (one index_select per k and v, whole blocks) into a padded [n_kv_heads, B, L, head_dim] batch,
+     two batched matmuls and a masked softmax; GQA without repeating k/v.
 Index tensors (slots, masks) are built once per step and shared by all layers.
 """
 
@@ -43,6 +44,12 @@ def default_kv_budget_bytes(device: torch.device | str, fraction: float) -> floa
 
 
 class KVCache:
+    """kv: [num_layers, 2 (k, v), n_kv_heads, num_blocks * block_size, head_dim].
+
+    Head-major, so gathering a sequence's blocks yields [n_kv_heads, tokens, head_dim] directly in
+    the layout attention wants (no transpose copy); a block of one head is contiguous.
+    """
+
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, n_kv_heads: int,
                  head_dim: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
         self.num_layers = num_layers
@@ -50,7 +57,7 @@ class KVCache:
         self.block_size = block_size
         self.n_kv_heads = n_kv_heads
         self.head_dim = head_dim
-        self.kv = torch.zeros(num_layers, 2, num_blocks * block_size, n_kv_heads, head_dim,
+        self.kv = torch.zeros(num_layers, 2, n_kv_heads, num_blocks * block_size, head_dim,
                               dtype=dtype, device=device)
 
     @property
@@ -74,29 +81,32 @@ class PagedAttention:
         dev = cache.kv.device
         bs = cache.block_size
         self.num_tokens = sum(s.query_len for s in seqs)
-        slot_parts = []
+        slots: list[int] = []
         # prefill: (row start, row end, context slots or None, mask or None)
         self.prefills: list[tuple[int, int, torch.Tensor | None, torch.Tensor | None]] = []
         decode_rows, decode_seqs = [], []
         row = 0
         for s in seqs:
             start = s.context_len - s.query_len
-            table = torch.tensor(s.block_table, dtype=torch.long)
-            pos = torch.arange(start, s.context_len)
-            slot_parts.append(table[pos // bs] * bs + pos % bs)
+            table = s.block_table
             if s.query_len == 1:
+                p = start
+                slots.append(table[p // bs] * bs + p % bs)
                 decode_rows.append(row)
                 decode_seqs.append(s)
-            elif start == 0:
-                self.prefills.append((row, row + s.query_len, None, None))
             else:
+                t = torch.tensor(table[:-(-s.context_len // bs)], dtype=torch.long)
                 ctx = torch.arange(s.context_len)
-                ctx_slots = (table[ctx // bs] * bs + ctx % bs).to(dev)
-                # query i (absolute position start + i) sees keys j <= start + i
-                mask = ctx.unsqueeze(0) <= pos.unsqueeze(1)
-                self.prefills.append((row, row + s.query_len, ctx_slots, mask.to(dev)))
+                ctx_slots = t[ctx // bs] * bs + ctx % bs
+                slots.extend(ctx_slots[start:].tolist())
+                if start == 0:
+                    self.prefills.append((row, row + s.query_len, None, None))
+                else:
+                    # query i (absolute position start + i) sees keys j <= start + i
+                    mask = ctx.unsqueeze(0) <= torch.arange(start, s.context_len).unsqueeze(1)
+                    self.prefills.append((row, row + s.query_len, ctx_slots.to(dev), mask.to(dev)))
             row += s.query_len
-        self.slot_mapping = (torch.cat(slot_parts) if slot_parts else torch.empty(0, dtype=torch.long)).to(dev)
+        self.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
 
         self.decode_rows: torch.Tensor | slice | None = None
         if decode_seqs:
@@ -106,21 +116,21 @@ class PagedAttention:
                 self.decode_rows = slice(decode_rows[0], decode_rows[0] + n)
             else:
                 self.decode_rows = torch.tensor(decode_rows, device=dev)
+            max_blocks = max(-(-s.context_len // bs) for s in decode_seqs)
+            tables = [s.block_table[:max_blocks] + [0] * (max_blocks - len(s.block_table[:max_blocks]))
+                      for s in decode_seqs]
+            self.decode_blocks = torch.tensor(tables, dtype=torch.long).view(-1).to(dev)  # [B * max_blocks]
+            self.decode_len = max_blocks * bs
             ctx_lens = torch.tensor([s.context_len for s in decode_seqs])
-            max_len = int(ctx_lens.max())
-            max_blocks = -(-max_len // bs)
-            tables = torch.zeros(n, max_blocks, dtype=torch.long)
-            for i, s in enumerate(decode_seqs):
-                nb = -(-s.context_len // bs)
-                tables[i, :nb] = torch.tensor(s.block_table[:nb], dtype=torch.long)
-            pos = torch.arange(max_len)
-            self.decode_slots = (tables[:, pos // bs] * bs + pos % bs).to(dev)       # [B, L]
-            self.decode_mask = (pos.unsqueeze(0) < ctx_lens.unsqueeze(1)).to(dev)[:, None, None, :]
+            pad = torch.arange(self.decode_len).unsqueeze(0) >= ctx_lens.unsqueeze(1)
+            # additive mask [1, B, 1, L]: 0 for context, -inf for padding
+            self.decode_bias = torch.zeros(n, self.decode_len).masked_fill(pad, float("-inf"))[None, :, None, :]
+            self.decode_bias = self.decode_bias.to(dev)
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        k_pool, v_pool = self.cache.kv[layer_idx, 0], self.cache.kv[layer_idx, 1]
-        k_pool.index_copy_(0, self.slot_mapping, k.to(k_pool.dtype))
-        v_pool.index_copy_(0, self.slot_mapping, v.to(v_pool.dtype))
+        k_pool, v_pool = self.cache.kv[layer_idx, 0], self.cache.kv[layer_idx, 1]   # [Hkv, S, D]
+        k_pool.index_copy_(1, self.slot_mapping, k.transpose(0, 1).to(k_pool.dtype))
+        v_pool.index_copy_(1, self.slot_mapping, v.transpose(0, 1).to(v_pool.dtype))
         gqa = q.shape[1] != k.shape[1]
         out = torch.empty_like(q)
         for r0, r1, ctx_slots, mask in self.prefills:
@@ -129,13 +139,27 @@ class PagedAttention:
                 ks, vs = k[r0:r1].transpose(0, 1), v[r0:r1].transpose(0, 1)
                 o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=gqa)
             else:
-                ks, vs = k_pool[ctx_slots].transpose(0, 1), v_pool[ctx_slots].transpose(0, 1)
-                o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=gqa)
+                ks, vs = k_pool.index_select(1, ctx_slots), v_pool.index_select(1, ctx_slots)
+                o = F.scaled_dot_product_attention(qs, ks.to(q.dtype), vs.to(q.dtype), attn_mask=mask,
+                                                   enable_gqa=gqa)
             out[r0:r1] = o.transpose(0, 1)
         if self.decode_rows is not None:
-            qd = q[self.decode_rows].unsqueeze(2)               # [B, H, 1, D]
-            kd = k_pool[self.decode_slots].transpose(1, 2)      # [B, Hkv, L, D]
-            vd = v_pool[self.decode_slots].transpose(1, 2)
-            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=self.decode_mask, enable_gqa=gqa)
-            out[self.decode_rows] = o.squeeze(2)
+            out[self.decode_rows] = self._decode(q[self.decode_rows], layer_idx)
         return out
+
+    def _decode(self, q: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        """q: [B, H, D], one query token per sequence -> [B, H, D]."""
+        c = self.cache
+        b, h, d = q.shape
+        hkv, bs = c.n_kv_heads, c.block_size
+        g = h // hkv
+        pools = c.kv[layer_idx].view(2, hkv, c.num_blocks, bs, d)
+        # gather whole blocks (contiguous per head): [Hkv, B * max_blocks, bs, D] -> [Hkv, B, L, D]
+        kd = pools[0].index_select(1, self.decode_blocks).view(hkv, b, self.decode_len, d).to(q.dtype)
+        vd = pools[1].index_select(1, self.decode_blocks).view(hkv, b, self.decode_len, d).to(q.dtype)
+        # query head i uses kv head i // g (the repeat_interleave convention)
+        qg = q.view(b, hkv, g, d).transpose(0, 1) * (d ** -0.5)                 # [Hkv, B, g, D]
+        scores = torch.matmul(qg, kd.transpose(-1, -2)).float() + self.decode_bias  # [Hkv, B, g, L]
+        probs = scores.softmax(dim=-1).to(q.dtype)
+        o = torch.matmul(probs, vd)                                              # [Hkv, B, g, D]
+        return o.transpose(0, 1).reshape(b, h, d)

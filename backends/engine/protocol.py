@@ -48,6 +48,7 @@ SSE_DONE = b"data: [DONE]\n\n"
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 MAX_STOP_SEQUENCES = 16
+MIN_TEMPERATURE = 1e-5  # 0 < temperature below this samples greedily (vLLM's _SAMPLING_EPS)
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 # Completions default to 16 new tokens (OpenAI and vLLM); chat defaults to "the rest of the
@@ -70,6 +71,7 @@ class RequestError(Exception):
         *,
         code: str | None = None,
         type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = int(status)
@@ -77,6 +79,7 @@ class RequestError(Exception):
         self.param = param
         self.code = code
         self.type = type or ("invalid_request_error" if self.status < 500 else "server_error")
+        self.headers = dict(headers or {})  # extra response headers (Retry-After, ...)
 
     def to_body(self) -> dict:
         return error_body(self.message, param=self.param, code=self.code, type=self.type)
@@ -127,9 +130,37 @@ def decode_json_body(raw: bytes) -> Any:
         raise ValueError(f"{name} is not valid JSON")
 
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, ValueError, RecursionError) as e:
         raise RequestError(400, f"request body is not valid JSON: {e}")
+    # Raw bytes were checked above, but a JSON escape can still smuggle in a lone surrogate
+    # ("\ud800"), which no tokenizer or UTF-8 encoder accepts. Only \u escapes can.
+    if "\\u" in text:
+        _check_no_surrogates(value)
+    return value
+
+
+def _check_no_surrogates(value: Any) -> None:
+    """400 if any string (key or value) in a decoded JSON value holds a lone surrogate."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            strings: Any = (v,)
+        elif isinstance(v, dict):
+            strings = v.keys()
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+            continue
+        else:
+            continue
+        for s in strings:
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise RequestError(400, "request body is not valid Unicode: lone surrogate "
+                                        f"\\u{ord(s[e.start]):04x} in a JSON string") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,8 +179,12 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)
-            and math.isfinite(float(v)))
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an integer too large for a float (10**400)
+        return False
 
 
 def _opt_int(body: dict, name: str, *, lo: int | None = None, hi: int | None = None) -> int | None:
@@ -280,22 +315,27 @@ def _sampling_params(
     default_max_tokens: int | None,
     n_prompt: int,
     max_model_len: int | None,
+    vocab_size: int | None = None,
 ) -> "SamplingParams":
     from .sampling import SamplingParams
 
     temperature = _opt_number(body, "temperature")
     if temperature is not None and temperature < 0:
         raise RequestError(400, f"'temperature' must be >= 0, got {temperature:g}", "temperature")
+    if temperature is not None and temperature < MIN_TEMPERATURE:
+        temperature = 0.0  # as vLLM: logits / 1e-300 overflow to inf/NaN; this close to 0 = greedy
     top_p = _opt_number(body, "top_p")
     if top_p is not None and not (0.0 < top_p <= 1.0):
         raise RequestError(400, f"'top_p' must be in (0, 1], got {top_p:g}", "top_p")
-    top_k = _opt_int(body, "top_k")
+    top_k = _opt_int(body, "top_k", hi=_INT64_MAX)  # the sampler builds an int64 tensor
     if top_k is not None:
         if top_k == 0:
             top_k = -1  # vLLM: 0 and -1 both mean "no top-k"
         if top_k < -1:
             raise RequestError(400, f"'top_k' must be -1 (disabled) or >= 1, got {top_k}",
                                "top_k")
+        if vocab_size is not None and top_k >= vocab_size:
+            top_k = -1  # keeping the whole vocabulary is no cut
     seed = _opt_int(body, "seed", lo=_INT64_MIN, hi=_INT64_MAX)
     stop = _parse_stop(body)
     ignore_eos = bool(_opt_bool(body, "ignore_eos"))
@@ -405,7 +445,8 @@ def parse_completion_request(
     name, max_tokens = _max_tokens(body, ["max_tokens"])
     sampling = _sampling_params(body, max_tokens_field=name, max_tokens=max_tokens,
                                 default_max_tokens=DEFAULT_COMPLETION_MAX_TOKENS,
-                                n_prompt=len(ids), max_model_len=max_model_len)
+                                n_prompt=len(ids), max_model_len=max_model_len,
+                                vocab_size=vocab_size)
     return EngineRequest("completion", model, ids, sampling, stream, include_usage, prompt_text)
 
 
@@ -481,7 +522,7 @@ def parse_chat_request(
     name, max_tokens = _max_tokens(body, ["max_completion_tokens", "max_tokens"])
     sampling = _sampling_params(body, max_tokens_field=name, max_tokens=max_tokens,
                                 default_max_tokens=None, n_prompt=len(ids),
-                                max_model_len=max_model_len)
+                                max_model_len=max_model_len, vocab_size=vocab_size)
     return EngineRequest("chat", model, ids, sampling, stream, include_usage, text)
 
 

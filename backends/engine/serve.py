@@ -11,6 +11,12 @@ Role in the data flow:
 
 Exit codes: 0 clean shutdown; 2 the model could not be loaded (one line on stderr) or the port
 could not be bound. Argparse only: the engine must not import the project's cli/ package.
+
+Security: binds 127.0.0.1 unless --host says otherwise. `--api-key KEY` (or the environment
+variable INFER_BENCH_API_KEY, preferred: a command line is visible to every local user) makes
+every endpoint but /health require `Authorization: Bearer KEY`; the key is never printed or
+logged (ServerConfig hides it from repr). Overload and faults: --max-waiting-requests (429 past
+it), --request-timeout-s (abort), --body-timeout-s (408); see server.py.
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("infer_bench.engine.serve")
 
 READY_PREFIX = "infer-bench engine ready:"
+API_KEY_ENV = "INFER_BENCH_API_KEY"
+DEFAULT_MAX_WAITING_REQUESTS = 256   # = server.DEFAULT_MAX_WAITING_REQUESTS (no aiohttp import here)
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -55,6 +64,19 @@ class ServerConfig:
     mode: str = "mono"                       # only "mono" is served by this module
     prefill_workers: int = 1
     decode_workers: int = 1
+    # None: read INFER_BENCH_API_KEY; "" or unset: no auth. Hidden from repr (never logged).
+    api_key: str | None = field(default=None, repr=False)
+    max_waiting_requests: int | None = DEFAULT_MAX_WAITING_REQUESTS  # None/0: unbounded
+    request_timeout_s: float | None = None   # None/0: no server-side request timeout
+    body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S
+    access_log: bool = False                 # one line per request (never headers)
+
+
+def resolve_api_key(cfg: ServerConfig) -> str | None:
+    """The key to enforce: cfg.api_key, else $INFER_BENCH_API_KEY; empty means none."""
+    key = cfg.api_key if cfg.api_key is not None else os.environ.get(API_KEY_ENV)
+    key = (key or "").strip()
+    return key or None
 
 
 # ServerConfig field -> candidate EngineConfig field names (first one that exists wins).
@@ -131,10 +153,14 @@ async def _serve(cfg: ServerConfig, loaded) -> int:
                                                  "max_model_len", None)
     if not isinstance(max_model_len, int):
         max_model_len = getattr(loaded.config, "max_position_embeddings", None)
+    api_key = resolve_api_key(cfg)
     app = build_app(engine, loaded.tokenizer, name, max_model_len=max_model_len,
                     vocab_size=getattr(loaded.config, "vocab_size", None),
                     extra_model_names=extra, model_root=loaded.source_description,
-                    max_body_bytes=cfg.max_body_bytes)
+                    max_body_bytes=cfg.max_body_bytes, api_key=api_key,
+                    max_waiting_requests=cfg.max_waiting_requests or None,
+                    request_timeout_s=cfg.request_timeout_s or None,
+                    body_timeout_s=cfg.body_timeout_s or None)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -151,13 +177,20 @@ async def _serve(cfg: ServerConfig, loaded) -> int:
 
     try:
         try:
-            runner, url = await start_site(app, cfg.host, cfg.port)
+            runner, url = await start_site(app, cfg.host, cfg.port,
+                                           access_log=cfg.access_log)
         except OSError as e:
             print(f"infer-bench serve: cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}",
                   file=sys.stderr, flush=True)
             await _shutdown_engine(engine)
             return 2
         print(f"{READY_PREFIX} {url} (model '{name}': {loaded.source_description})", flush=True)
+        if api_key:
+            print("infer-bench serve: API key required (Authorization: Bearer ...) on every "
+                  "endpoint but /health", file=sys.stderr, flush=True)
+        elif cfg.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"infer-bench serve: warning: listening on {cfg.host} without an API key",
+                  file=sys.stderr, flush=True)
         await stop.wait()
         print("infer-bench serve: shutting down", file=sys.stderr, flush=True)
         aborted = await stop_site(app, runner)
@@ -185,6 +218,8 @@ def run_server(cfg: ServerConfig) -> int:
     (or a port that cannot be bound) print one line to stderr and raise SystemExit(2)."""
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.access_log:
+        logging.getLogger("aiohttp.access").setLevel(logging.INFO)
     if cfg.mode != "mono":
         print(f"infer-bench serve: --mode {cfg.mode} is not available: this server runs one "
               f"monolithic engine (--mode mono)", file=sys.stderr, flush=True)
@@ -240,6 +275,18 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="mono: one engine does prefill and decode (disagg: not in this server)")
     p.add_argument("--prefill-workers", type=int, default=1, help="(disagg only)")
     p.add_argument("--decode-workers", type=int, default=1, help="(disagg only)")
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on every endpoint but /health "
+                        f"(default: ${API_KEY_ENV}, which is preferred: argv is visible to all)")
+    p.add_argument("--max-waiting-requests", type=int, default=DEFAULT_MAX_WAITING_REQUESTS,
+                   help="requests allowed to wait for the running batch; more get 429 "
+                        "(0: unbounded)")
+    p.add_argument("--request-timeout-s", type=float, default=None,
+                   help="abort a request still running after this many seconds (default: none)")
+    p.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S,
+                   help="408 if the request body is not received within this (0: no limit)")
+    p.add_argument("--access-log", action="store_true",
+                   help="log one line per request (address, request line, status; no headers)")
     return p
 
 
@@ -254,7 +301,9 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         enable_chunked_prefill=not a.no_chunked_prefill,
         served_model_name=a.served_model_name, seed=a.seed, max_body_bytes=a.max_body_bytes,
         log_level=a.log_level, mode=a.mode, prefill_workers=a.prefill_workers,
-        decode_workers=a.decode_workers)
+        decode_workers=a.decode_workers, api_key=a.api_key,
+        max_waiting_requests=a.max_waiting_requests, request_timeout_s=a.request_timeout_s,
+        body_timeout_s=a.body_timeout_s, access_log=a.access_log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,11 +13,30 @@ Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /he
 GET /metrics (Prometheus text from engine.stats() and the server's own counters),
 GET /debug/steps (engine.step_trace() as JSON, saved into the results dir after a run).
 
-Errors are JSON in OpenAI's shape everywhere (400 bad input, 404 unknown path or model, 405 wrong
-method, 413 body too large, 503 draining, 500 our bug); the server keeps serving after any of
-them. A request whose client goes away is aborted in the engine, so its KV blocks are freed:
-either the next SSE write fails, or (non-streaming, or before the first token) aiohttp cancels
-the handler — run the app with `handler_cancellation=True` (`start_site()` does).
+Errors are JSON in OpenAI's shape everywhere (400 bad input, 401 missing/wrong API key, 404
+unknown path or model, 405 wrong method, 408 body not received in time, 413 body too large, 429
+waiting queue full, 503 draining, 500 our bug); the server keeps serving after any of them. A
+request whose client goes away is aborted in the engine, so its KV blocks are freed: either the
+next SSE write fails, or (non-streaming, or before the first token) aiohttp cancels the handler —
+run the app with `handler_cancellation=True` (`start_site()` does).
+
+Robustness and security (build_app's keyword arguments; serve.py's flags):
+
+- `api_key`: every endpoint but /health needs `Authorization: Bearer KEY` (constant-time compare)
+  else 401. The key is never logged; the optional access log (`start_site(access_log=True)`)
+  prints no headers.
+- `max_waiting_requests`: at most that many requests wait for the engine's running batch
+  (counted as "in flight here" minus the engine's `running`, so also requests queued inside
+  AsyncEngine that the scheduler has not seen yet, and preempted ones); more get 429 with
+  `Retry-After` instead of an unbounded queue. While draining (shutdown): 503 with `Retry-After`.
+- `request_timeout_s`: a request still generating after that long (from arrival) is aborted in
+  the engine; it ends with finish_reason "abort" plus an OpenAI-style error (code
+  "request_timeout"): an `{"error": ...}` SSE event before `[DONE]`, or, not streamed, an `error`
+  member next to the partial choice (HTTP 200 either way: the headers of a stream are sent).
+- `body_timeout_s`: a client that stops sending its body gets 408 and the connection is closed; a
+  Content-Length over `max_body_bytes` gets 413 without reading the body.
+- Large bodies are parsed/tokenized in a worker thread, so one huge prompt does not stall the
+  event loop (and the other streams) while it is tokenized.
 
 `build_app()` is used by serve.py (the process entry point) and by the tests.
 """
@@ -26,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import hmac
 import json
 import logging
 import time
@@ -40,6 +60,11 @@ from .protocol import RequestError
 log = logging.getLogger("infer_bench.engine.server")
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_WAITING_REQUESTS = 256
+DEFAULT_BODY_TIMEOUT_S = 30.0
+RETRY_AFTER_S = 1                      # Retry-After on 429 / 503
+PARSE_IN_THREAD_BYTES = 32 * 1024      # bodies at least this large are parsed off the event loop
+UNAUTHENTICATED_PATHS = frozenset({"/health"})
 
 # Typed application keys (aiohttp >= 3.9 warns on string keys).
 STATE_KEY = web.AppKey("infer_bench_state", object)
@@ -152,6 +177,8 @@ class ServerMetrics:
         self.http_errors: dict[int, int] = {}
         self.prompt_tokens = 0
         self.generation_tokens = 0
+        self.timeouts = 0                  # requests aborted by request_timeout_s
+        self.rejected = {"overloaded": 0, "draining": 0, "unauthorized": 0}
         self.e2e = Histogram(LATENCY_BUCKETS)
         self.ttft = Histogram(LATENCY_BUCKETS)
         self.step_time = Histogram(STEP_TIME_BUCKETS)
@@ -225,6 +252,15 @@ def render_metrics(stats: dict, m: ServerMetrics, model_name: str) -> str:
               "(client disconnected, or shutdown).",
               "# TYPE infer_bench_requests_aborted_by_server_total counter",
               f"infer_bench_requests_aborted_by_server_total {m.client_disconnects}"]
+    lines += ["# HELP infer_bench_requests_timed_out_total Requests aborted by the server's "
+              "request timeout.",
+              "# TYPE infer_bench_requests_timed_out_total counter",
+              f"infer_bench_requests_timed_out_total {m.timeouts}"]
+    lines += ["# HELP infer_bench_requests_rejected_total Requests refused before the engine "
+              "(overloaded: 429, draining: 503, unauthorized: 401).",
+              "# TYPE infer_bench_requests_rejected_total counter"]
+    for reason, c in m.rejected.items():
+        lines.append(f'infer_bench_requests_rejected_total{{reason="{reason}"}} {c}')
     lines += ["# HELP infer_bench_http_errors_total Error responses by HTTP status.",
               "# TYPE infer_bench_http_errors_total counter"]
     for status, c in sorted(m.http_errors.items()):
@@ -280,6 +316,34 @@ class ServerState:
         self.inflight: set[str] = set()
         self.draining = False
         self.max_body_bytes = 0
+        self.api_key: bytes | None = None
+        self.max_waiting_requests: int | None = DEFAULT_MAX_WAITING_REQUESTS
+        self.request_timeout_s: float | None = None
+        self.body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S
+        self.awaiting_first: int = 0   # in flight here, no output from the engine yet
+
+    def num_waiting(self) -> int:
+        """Requests in flight here that are not in the engine's running batch: queued in the
+        engine (or in AsyncEngine's hand-over list, which stats() does not see yet), or
+        preempted. Without a `running` stat: those that have had no output yet."""
+        running = _num(_engine_stats(self.engine).get("running"))
+        if running is None:
+            return self.awaiting_first
+        return max(len(self.inflight) - int(running), 0)
+
+    def check_admission(self) -> None:
+        """Raise 503 (draining) or 429 (waiting queue full), with Retry-After."""
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        if self.draining:
+            self.metrics.rejected["draining"] += 1
+            raise RequestError(503, "server is shutting down", type="server_error",
+                               code="server_shutting_down", headers=retry)
+        limit = self.max_waiting_requests
+        if limit is not None and self.num_waiting() >= limit:
+            self.metrics.rejected["overloaded"] += 1
+            raise RequestError(
+                429, f"server overloaded: {limit} requests are already waiting; retry later",
+                type="rate_limit_error", code="rate_limit_exceeded", headers=retry)
 
     def abort_all(self) -> list[str]:
         """Abort every in-flight request (graceful shutdown). Returns their ids."""
@@ -321,13 +385,32 @@ def json_error(status: int, message: str, *, param: str | None = None, code: str
     return web.json_response(err.to_body(), status=status, headers=headers)
 
 
+def _authorized(request: web.Request, key: bytes) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    # Header values are str decoded with surrogateescape: encode back to the bytes sent.
+    sent = token.strip().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(sent, key)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler):
     state = get_state(request.app)
     try:
+        if state.api_key is not None and request.path not in UNAUTHENTICATED_PATHS \
+                and not _authorized(request, state.api_key):
+            state.metrics.rejected["unauthorized"] += 1
+            # Never echo what was sent: it may be a real key for something else.
+            raise RequestError(401, "Missing or invalid API key: send 'Authorization: Bearer "
+                                    "<key>'", code="invalid_api_key",
+                               headers={"WWW-Authenticate": 'Bearer realm="infer-bench"'})
         resp = await handler(request)
     except RequestError as e:
-        resp = web.json_response(e.to_body(), status=e.status)
+        resp = web.json_response(e.to_body(), status=e.status, headers=e.headers or None)
+        if e.status == 408:  # the rest of the body may never come: do not linger for it
+            resp.force_close()
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -358,7 +441,8 @@ async def error_middleware(request: web.Request, handler):
 async def handle_health(request: web.Request) -> web.Response:
     state = get_state(request.app)
     if state.draining:
-        return web.json_response({"status": "draining"}, status=503)
+        return web.json_response({"status": "draining"}, status=503,
+                                 headers={"Retry-After": str(RETRY_AFTER_S)})
     return web.json_response({"status": "ok"})
 
 
@@ -426,9 +510,26 @@ def _json_default(o: Any) -> Any:
 # Generation
 
 
-async def _read_json(request: web.Request) -> Any:
-    raw = await request.read()  # raises HTTPRequestEntityTooLarge over client_max_size
-    return protocol.decode_json_body(raw)
+async def _read_body(request: web.Request, state: ServerState) -> bytes:
+    """The body, size- and time-limited: 413 over max_body_bytes (at once when Content-Length
+    says so), 408 when the client stops sending before the body is complete."""
+    try:
+        declared = request.content_length
+    except ValueError:  # aiohttp's parser rejects these first; belt and braces
+        raise RequestError(400, "invalid Content-Length header")
+    if declared is not None and state.max_body_bytes and declared > state.max_body_bytes:
+        raise web.HTTPRequestEntityTooLarge(max_size=state.max_body_bytes,
+                                            actual_size=declared)
+    try:
+        if state.body_timeout_s:
+            # raises HTTPRequestEntityTooLarge over client_max_size
+            return await asyncio.wait_for(request.read(), state.body_timeout_s)
+        return await request.read()
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"request body not received within {state.body_timeout_s:g} s",
+                           code="request_body_timeout") from None
+    except ValueError as e:  # e.g. a Content-Encoding that does not decode
+        raise RequestError(400, f"could not read the request body: {e}") from None
 
 
 async def handle_completions(request: web.Request) -> web.StreamResponse:
@@ -439,28 +540,103 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
     return await _handle_generate(request, "chat")
 
 
+def _parse(state: ServerState, kind: str, raw: bytes) -> protocol.EngineRequest:
+    body = protocol.decode_json_body(raw)
+    parse = protocol.parse_chat_request if kind == "chat" else protocol.parse_completion_request
+    return parse(body, tokenizer=state.tokenizer, model_names=state.model_names,
+                 max_model_len=state.max_model_len, vocab_size=state.vocab_size)
+
+
+def _clean_client_id(value: str) -> str:
+    """X-Request-Id as printable ASCII (header bytes >= 0x80 arrive as surrogate escapes)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in value[:256])
+
+
+class _TimedOutput:
+    """The final output the server makes up for a request it aborted at its deadline."""
+
+    def __init__(self, num_prompt_tokens: int, num_output_tokens: int) -> None:
+        self.new_token_ids: list[int] = []
+        self.text_delta = ""
+        self.finished = True
+        self.finish_reason = "abort"
+        self.num_prompt_tokens = num_prompt_tokens
+        self.num_output_tokens = num_output_tokens
+        self.timing = None
+
+
+class _Outputs:
+    """The engine's outputs for one request, cut off at the request deadline (if any): past it
+    the request is aborted in the engine and a final "abort" output ends the iteration."""
+
+    def __init__(self, state: ServerState, gen: Any, request_id: str, n_prompt: int,
+                 deadline: float | None) -> None:
+        self.state = state
+        self.gen = gen
+        self.request_id = request_id
+        self.n_prompt = n_prompt
+        self.deadline = deadline
+        self.n_output = 0
+        self.timed_out = False
+
+    async def next(self) -> Any:
+        if self.deadline is None:
+            out = await self.gen.__anext__()
+        else:
+            try:
+                # Cancelling __anext__ closes the engine's generator, which aborts the request.
+                out = await asyncio.wait_for(self.gen.__anext__(),
+                                             max(self.deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                self.timed_out = True
+                self.state.metrics.timeouts += 1
+                _safe_abort(self.state.engine, self.request_id)
+                log.info("request %s exceeded the request timeout; aborted", self.request_id)
+                return _TimedOutput(self.n_prompt, self.n_output)
+        self.n_output += len(out.new_token_ids or ())
+        return out
+
+    async def iterate(self, first: Any):
+        out = first
+        yield out
+        while not out.finished:
+            out = await self.next()
+            yield out
+
+    def timeout_error(self) -> dict:
+        return protocol.error_body(
+            f"request exceeded the server's request timeout ({self.state.request_timeout_s:g} s)"
+            f" and was aborted after {self.n_output} output tokens",
+            type="timeout_error", code="request_timeout")
+
+
 async def _handle_generate(request: web.Request, kind: str) -> web.StreamResponse:
     state = get_state(request.app)
     arrival = time.monotonic()
-    if state.draining:
-        raise RequestError(503, "server is shutting down", type="server_error")
-    body = await _read_json(request)
-    parse = protocol.parse_chat_request if kind == "chat" else protocol.parse_completion_request
-    req = parse(body, tokenizer=state.tokenizer, model_names=state.model_names,
-                max_model_len=state.max_model_len, vocab_size=state.vocab_size)
+    state.check_admission()  # cheap early refusal, before reading the body
+    raw = await _read_body(request, state)
+    if len(raw) >= PARSE_IN_THREAD_BYTES:  # tokenizing MBs of text takes a while
+        req = await asyncio.to_thread(_parse, state, kind, raw)
+    else:
+        req = _parse(state, kind, raw)
+    state.check_admission()  # authoritative: no await between here and inflight.add
     request_id = f"cmpl-{uuid.uuid4().hex}"
     client_id = request.headers.get("X-Request-Id")
     if client_id:  # echoed in the extension so a client can join server timing to its record
-        req.extra["client_request_id"] = client_id[:256]
+        req.extra["client_request_id"] = _clean_client_id(client_id)
     created = int(time.time())
     state.inflight.add(request_id)
+    state.awaiting_first += 1
+    awaiting = True
     gen = state.engine.generate(request_id, req.prompt_token_ids, req.sampling)
+    deadline = arrival + state.request_timeout_s if state.request_timeout_s else None
+    src = _Outputs(state, gen, request_id, len(req.prompt_token_ids), deadline)
     finished = False
     try:
         # The first output comes before any header: a request the engine refuses (ValueError
         # from its own validation, e.g. more KV blocks than the pool holds) is still a clean 4xx.
         try:
-            first = await gen.__anext__()
+            first = await src.next()
         except ValueError as e:
             finished = True  # never queued
             raise RequestError(400, str(e))
@@ -472,17 +648,24 @@ async def _handle_generate(request: web.Request, kind: str) -> web.StreamRespons
             if state.draining or "shut down" in str(e):
                 raise RequestError(503, f"engine unavailable: {e}", type="server_error")
             raise RequestError(500, f"engine error: {e}", type="server_error")
+        state.awaiting_first -= 1
+        awaiting = False
         state.metrics.requests_started += 1
         state.metrics.prompt_tokens += len(req.prompt_token_ids)
-        outputs = _chain(first, gen)
+        if src.timed_out:
+            finished = True  # aborted by us, on purpose: not a client disconnect
+        outputs = src.iterate(first)
         if req.stream:
             resp, finished = await _stream(request, state, req, outputs, request_id, created,
-                                           arrival)
+                                           arrival, src)
         else:
-            resp, finished = await _collect(state, req, outputs, request_id, created, arrival)
+            resp, finished = await _collect(state, req, outputs, request_id, created, arrival,
+                                            src)
         return resp
     finally:
         state.inflight.discard(request_id)
+        if awaiting:
+            state.awaiting_first -= 1
         if not finished:
             # Client went away (write failed or handler cancelled) or we failed: free the KV.
             _safe_abort(state.engine, request_id)
@@ -496,13 +679,6 @@ async def _handle_generate(request: web.Request, kind: str) -> web.StreamRespons
                 pass
 
 
-async def _chain(first: Any, gen: Any):
-    yield first
-    if not first.finished:
-        async for out in gen:
-            yield out
-
-
 def _record_finish(state: ServerState, out: Any, arrival: float, first_token_t: float | None):
     reason = out.finish_reason or "stop"
     state.metrics.requests_by_reason[reason] = state.metrics.requests_by_reason.get(reason, 0) + 1
@@ -513,7 +689,7 @@ def _record_finish(state: ServerState, out: Any, arrival: float, first_token_t: 
 
 
 async def _collect(state: ServerState, req: protocol.EngineRequest, gen, request_id: str,
-                   created: int, arrival: float) -> tuple[web.Response, bool]:
+                   created: int, arrival: float, src: _Outputs) -> tuple[web.Response, bool]:
     parts: list[str] = []
     token_ids: list[int] = []
     final = None
@@ -537,6 +713,8 @@ async def _collect(state: ServerState, req: protocol.EngineRequest, gen, request
     build = protocol.chat_response if req.kind == "chat" else protocol.completion_response
     body = build(request_id, req.model, created, text, final.finish_reason, usage, ext,
                  token_ids)
+    if src.timed_out:
+        body.update(src.timeout_error())
     return web.json_response(body, dumps=_dumps), True
 
 
@@ -545,7 +723,7 @@ def _dumps(obj: Any) -> str:
 
 
 async def _stream(request: web.Request, state: ServerState, req: protocol.EngineRequest, gen,
-                  request_id: str, created: int, arrival: float
+                  request_id: str, created: int, arrival: float, src: _Outputs
                   ) -> tuple[web.StreamResponse, bool]:
     resp = web.StreamResponse(status=200, headers={
         "Content-Type": "text/event-stream; charset=utf-8",
@@ -556,7 +734,7 @@ async def _stream(request: web.Request, state: ServerState, req: protocol.Engine
     await resp.prepare(request)
     done = [False]  # set once the engine reported the request finished
     try:
-        await _stream_body(resp, state, req, gen, request_id, created, arrival, done)
+        await _stream_body(resp, state, req, gen, request_id, created, arrival, done, src)
     except ConnectionResetError:  # client went away mid-stream; the caller's finally aborts
         if not done[0]:
             log.info("client disconnected mid-stream; aborting %s", request_id)
@@ -573,7 +751,8 @@ async def _stream(request: web.Request, state: ServerState, req: protocol.Engine
 
 
 async def _stream_body(resp: web.StreamResponse, state: ServerState, req: protocol.EngineRequest,
-                       gen, request_id: str, created: int, arrival: float, done: list) -> None:
+                       gen, request_id: str, created: int, arrival: float, done: list,
+                       src: _Outputs) -> None:
     first = True
     first_token_t = None
     async for out in gen:
@@ -606,6 +785,8 @@ async def _stream_body(resp: web.StreamResponse, state: ServerState, req: protoc
                 usage = protocol.usage_dict(out.num_prompt_tokens, out.num_output_tokens)
                 await resp.write(protocol.sse_event(
                     protocol.usage_chunk(req.kind, request_id, req.model, created, usage)))
+            if src.timed_out:
+                await resp.write(protocol.sse_event(src.timeout_error()))
             await resp.write(protocol.SSE_DONE)
             await resp.write_eof()
             return
@@ -626,6 +807,10 @@ def build_app(
     extra_model_names: Sequence[str] = (),
     model_root: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    api_key: str | None = None,
+    max_waiting_requests: int | None = DEFAULT_MAX_WAITING_REQUESTS,
+    request_timeout_s: float | None = None,
+    body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S,
 ) -> web.Application:
     """The OpenAI-compatible app around a running engine.
 
@@ -633,8 +818,14 @@ def build_app(
     apply_chat_template; model_name: the name clients must send as "model" (also accepted:
     extra_model_names); max_model_len: the context window (default: engine.config.max_model_len
     if present); vocab_size: bound for token-id prompts (default: tokenizer.vocab_size).
+    api_key (None/"": no auth), max_waiting_requests (None: unbounded), request_timeout_s (None:
+    none), body_timeout_s (None: none): see the module docstring.
     Run it with `handler_cancellation=True` (see start_site) so disconnects abort requests.
     """
+    if max_waiting_requests is not None and max_waiting_requests < 1:
+        raise ValueError(f"max_waiting_requests must be >= 1 or None, got {max_waiting_requests}")
+    if request_timeout_s is not None and not request_timeout_s > 0:
+        raise ValueError(f"request_timeout_s must be > 0 or None, got {request_timeout_s}")
     if max_model_len is None:
         max_model_len = _guess_max_model_len(engine)
     if vocab_size is None:  # the model's (may exceed the tokenizer's), else the tokenizer's
@@ -647,6 +838,10 @@ def build_app(
     app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
     state = ServerState(engine, tokenizer, names, max_model_len, vocab_size, model_root)
     state.max_body_bytes = max_body_bytes
+    state.api_key = api_key.encode("utf-8") if api_key else None
+    state.max_waiting_requests = max_waiting_requests
+    state.request_timeout_s = request_timeout_s
+    state.body_timeout_s = body_timeout_s
     app[STATE_KEY] = state
     app.router.add_post("/v1/completions", handle_completions)
     app.router.add_post("/v1/chat/completions", handle_chat)
@@ -657,12 +852,23 @@ def build_app(
     return app
 
 
+# Client address, request line (method, path, query; no headers), status, bytes, seconds. Never
+# add %{Authorization}i or any other header here: the API key would end up in the logs.
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf'
+
+
 async def start_site(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
-                     *, shutdown_timeout: float = 5.0) -> tuple[web.AppRunner, str]:
+                     *, shutdown_timeout: float = 5.0, access_log: bool = False
+                     ) -> tuple[web.AppRunner, str]:
     """Start serving `app`; returns (runner, base URL with the bound port). Stop with
-    `await stop_site(app, runner)`."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=shutdown_timeout)
+    `await stop_site(app, runner)`. access_log: one INFO line per request on the
+    "aiohttp.access" logger, in ACCESS_LOG_FORMAT (no headers)."""
+    kwargs: dict[str, Any] = {"access_log": None}
+    if access_log:
+        kwargs = {"access_log": logging.getLogger("aiohttp.access"),
+                  "access_log_format": ACCESS_LOG_FORMAT}
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=shutdown_timeout,
+                           **kwargs)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

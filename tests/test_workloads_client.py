@@ -1,0 +1,131 @@
+"""The client against the mock server on loopback (bounded, a few seconds each): multi-turn
+ordering, token-count cross-check, the sharded client, the self-test, the extra CLI commands."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from conftest import free_port
+from infer_bench.backends.mock_server import start_mock_server
+from infer_bench.backends.openai import PreparedRequest, RunClock
+from infer_bench.workloads.loadgen import LoadGenerator
+from infer_bench.workloads.metrics import summarize
+from infer_bench.workloads.spec import ArrivalSpec, WorkloadSpec
+from infer_bench.workloads.synthetic import generate_requests
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def mock():
+    servers = []
+
+    async def start(**cfg):
+        s = await start_mock_server("127.0.0.1", free_port(), **cfg)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        await s.stop()
+
+
+@pytest.mark.parametrize("arrival", [ArrivalSpec("constant", rate=50.0),
+                                     ArrivalSpec("concurrency", concurrency=2)])
+async def test_multi_turn_ordering(mock, arrival):
+    srv = await mock(ttft_s=0.02, token_delay_s=0.002)
+    spec = WorkloadSpec(kind="multi_turn", num_requests=3, num_turns=3, input_len=4,
+                        output_len=3, think_time_s=0.03, endpoint="chat")
+    reqs = generate_requests(spec)
+    res = await LoadGenerator(srv.url, "chat", reqs, arrival).run()
+    assert len(res.records) == 9 and all(r.ok for r in res.records)
+    by: dict[str, list] = {}
+    for r in res.records:
+        by.setdefault(r.conversation_id, []).append(r)
+    assert len(by) == 3
+    log = {e["request_id"]: e for e in srv.log}
+    for turns in by.values():
+        turns.sort(key=lambda r: r.turn)
+        assert [r.turn for r in turns] == [0, 1, 2]
+        for a, b in zip(turns, turns[1:]):
+            # turn k+1 leaves after turn k's last token plus the think time
+            assert b.send_s >= a.last_token_s + 0.03 - 1e-4
+            assert b.intended_send_s == pytest.approx(a.last_token_s + 0.03, abs=1e-6)
+            assert log[b.request_id]["received_s"] > log[a.request_id]["chunk_s"][-1]
+            assert b.n_input > a.n_input          # prompts grow (mock counts words)
+
+
+async def test_token_count_mismatch_detection(mock):
+    liar = await mock(ttft_s=0.005, token_delay_s=0.001, usage_delta=2)
+    honest = await mock(ttft_s=0.005, token_delay_s=0.001, include_token_ids=True,
+                        tokens_per_chunk=2)
+    reqs = [PreparedRequest(f"r{i}", "a b", max_tokens=5) for i in range(4)]
+    # tokenizer given: the client counts the streamed text itself (" tok" x 5 -> 5 words)
+    res = await LoadGenerator(liar.url, "completions", reqs,
+                              ArrivalSpec("concurrency", concurrency=2), tokenize=str.split).run()
+    for r in res.records:
+        assert r.ok and r.n_output == 7 and r.n_output_source == "usage"
+        assert r.n_output_client == 5 and r.token_count_mismatch is True
+    s = summarize(res.records)
+    assert s["n_token_mismatch"] == 4 and s["n_token_checked"] == 4
+    # server token ids agree with usage: checked, no mismatch
+    res2 = await LoadGenerator(honest.url, "completions", reqs,
+                               ArrivalSpec("concurrency", concurrency=2)).run()
+    assert all(r.n_output_client == 5 and r.token_count_mismatch is False for r in res2.records)
+    # no independent count (no tokenizer, no ids): not checked
+    res3 = await LoadGenerator(liar.url, "completions", reqs,
+                               ArrivalSpec("concurrency", concurrency=2)).run()
+    assert all(r.token_count_mismatch is None for r in res3.records)
+    assert summarize(res3.records)["n_token_mismatch"] == 0
+
+
+def test_sharded_client_matches_ids_and_ttft():
+    from infer_bench.workloads.multiproc import run_sharded
+    from infer_bench.workloads.selftest import MockProcess
+
+    with MockProcess(ttft_s=0.03, token_delay_s=0.002) as m:
+        reqs = [PreparedRequest(f"s{i:03d}", "x y z", max_tokens=4) for i in range(24)]
+        clock = RunClock()
+        res = run_sharded(m.url, "completions", reqs, ArrivalSpec("constant", rate=40.0), 2,
+                          clock=clock, tokenize=str.split, load_point="c40")
+    assert sorted(r.request_id for r in res.records) == [r.request_id for r in reqs]
+    assert all(r.ok and r.n_output == 4 for r in res.records)
+    assert res.extra["workers"] == 2 and res.health.n_sent == 24
+    for r in res.records:
+        assert 0.025 < r.ttft_s < 0.2, r.ttft_s
+        assert r.token_count_mismatch is False
+    # one run clock: intended send times are the constant schedule from the shared start
+    offs = sorted(r.intended_send_s - res.start_s for r in res.records)
+    assert offs == pytest.approx([i / 40.0 for i in range(24)], abs=1e-6)
+    assert all(r.send_s - r.intended_send_s < 0.1 for r in res.records)
+
+
+def test_selftest_small_error_at_low_load():
+    from infer_bench.workloads.selftest import bottleneck_rate, run_selftest
+
+    rows = run_selftest([10, 20], duration_s=0.5, min_requests=8, max_requests=20,
+                        ttft_s=0.01, token_delay_s=0.002, tokens_per_chunk=2, output_tokens=6)
+    assert [r["rate_rps"] for r in rows] == [10.0, 20.0]
+    for r in rows:
+        assert r["n_ok"] == r["n"] >= 8
+        assert abs(r["ttft_err_p50_ms"]) < 5.0            # generous: a shared, noisy host
+        assert abs(r["itl_err_p50_ms"]) < 5.0
+        assert r["bottleneck"] in ("", "client", "mock")
+    assert bottleneck_rate(rows) in (None, 10.0, 20.0)
+
+
+def test_extra_cli_commands_help():
+    import typer
+    from typer.testing import CliRunner
+
+    from infer_bench.cli.extra_cmds import register
+
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    register(app)
+    runner = CliRunner()
+    for cmd in ("mock-server", "selftest"):
+        out = runner.invoke(app, [cmd, "--help"], terminal_width=200)
+        assert out.exit_code == 0 and f"Example: infer-bench {cmd}" in out.output

@@ -1,0 +1,216 @@
+"""The sharded client: one load point driven by N worker processes, for rates one Python event
+loop cannot send and read precisely.
+
+Role in the data flow: a caller with a list of PreparedRequests and their send times (the same
+inputs as `LoadGenerator`) calls `run_sharded(url, endpoint, requests, send_times, workers)`
+instead of `LoadGenerator(...).run()`, and gets one merged `LoadResult`.
+
+How: the send times are computed up front in the parent (from an ArrivalSpec with its seed, or
+given), and the requests are grouped into chains (`loadgen.build_chains`: a multi-turn
+conversation stays in one process). Process w gets chains w, w+N, w+2N, ... (every N-th request
+for single-turn workloads) with their precomputed send times. The workers are started (spawn),
+import everything and report ready; only then does the parent fix the load point's t=0 on the
+shared run clock: an absolute `time.perf_counter_ns()` origin (CLOCK_MONOTONIC, the same in every
+process on the host) plus a start time a little in the future, sent to all workers. Each worker
+runs a `LoadGenerator` with `clock=RunClock(t0_ns)` and `start_at_s`, so every record is on the
+parent's run clock. Records, send-lateness and loop-lag samples come back over a pipe and are
+merged: records sorted by intended send time, ClientHealth recomputed from the pooled samples
+(client-bound if the pooled p99 exceeds a threshold), cpu_share summed over the workers.
+
+Constraints: `tokenize` must be picklable (a top-level function, `str.split`), or pass
+`tokenizer_path` (each worker loads the tokenizer itself). `on_record` is called in the parent
+after the workers finish. Closed loop (`concurrency=C`) splits C workers across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import multiprocessing as mp
+import pickle
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from infer_bench.backends.openai import PreparedRequest, RunClock
+
+from .arrivals import send_times as _send_times
+from .arrivals import trace_send_times
+from .loadgen import LoadResult, build_chains, health_from
+from .records import RequestRecord
+from .spec import ArrivalSpec
+
+__all__ = ["run_sharded"]
+
+
+def _worker(conn, kw: dict) -> None:
+    """Worker process body: wait for the start time, run one LoadGenerator, send results."""
+    try:
+        from infer_bench.workloads.loadgen import LoadGenerator
+
+        tokenize = kw.pop("tokenize")
+        tok_path = kw.pop("tokenizer_path")
+        if tok_path:
+            from infer_bench.workloads.synthetic import load_tokenizer_for
+            tokenize = load_tokenizer_for(tok_path).tokenize
+        clock = RunClock(kw.pop("t0_ns"))
+        conn.send(("ready", None))
+        msg, start_at_s = conn.recv()
+        if msg != "start":
+            return
+        gen = LoadGenerator(kw.pop("url"), kw.pop("endpoint"), kw.pop("requests"),
+                            kw.pop("arrival"), clock=clock, tokenize=tokenize,
+                            start_at_s=start_at_s, **kw)
+        cpu0 = time.process_time()
+        res = asyncio.run(gen.run())
+        conn.send(("done", {
+            "records": [r.to_dict() for r in res.records],
+            "lateness": res.extra.get("send_lateness_s", []),
+            "lags": res.extra.get("loop_lag_s", []),
+            "cpu_s": time.process_time() - cpu0,
+            "start_s": res.start_s, "end_s": res.end_s, "cancelled": res.cancelled,
+        }))
+    except BaseException as e:  # noqa: BLE001 - report anything to the parent
+        try:
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+        except Exception:  # noqa: BLE001
+            pass
+    finally:
+        conn.close()
+
+
+def _resolve_times(requests: Sequence[PreparedRequest], chains: list[list[int]],
+                   send_times, concurrency: int | None) -> np.ndarray | None:
+    """One intended start per chain (None: closed loop)."""
+    if isinstance(send_times, ArrivalSpec):
+        if send_times.closed_loop:
+            return None
+        if send_times.kind == "trace" and all(r.send_at_s is not None for r in requests):
+            t = trace_send_times(requests) / float(send_times.speedup)
+            return t[[c[0] for c in chains]]
+        return _send_times(send_times, len(chains))
+    if send_times is None:
+        if not concurrency:
+            raise ValueError("run_sharded needs send_times (or an ArrivalSpec) or concurrency")
+        return None
+    t = np.asarray(list(send_times), dtype=float)
+    if len(t) == len(requests):
+        return t[[c[0] for c in chains]]
+    if len(t) == len(chains):
+        return t
+    raise ValueError(f"{len(t)} send times for {len(requests)} requests")
+
+
+def run_sharded(
+    url: str,
+    endpoint: str,
+    requests: Sequence[PreparedRequest],
+    send_times: Sequence[float] | ArrivalSpec | None,
+    workers: int,
+    *,
+    concurrency: int | None = None,
+    clock: RunClock | None = None,
+    deployment: str = "",
+    load_point: str = "",
+    model: str | None = None,
+    headers: dict[str, str] | None = None,
+    api_key: str | None = None,
+    timeout_s: float | None = 600.0,
+    tokenize: Callable[[str], list[int]] | None = None,
+    tokenizer_path: str | None = None,
+    lateness_threshold_s: float = 0.01,
+    loop_lag_threshold_s: float = 0.01,
+    start_delay_s: float = 0.1,
+    on_record: Callable[[RequestRecord], None] | None = None,
+    ready_timeout_s: float = 60.0,
+) -> LoadResult:
+    """Drive `requests` over `workers` processes (see the module docstring); returns one merged
+    LoadResult on `clock` (a new RunClock when None). `send_times`: seconds from the load point's
+    start, one per request (or per chain), an ArrivalSpec, or None with `concurrency`."""
+    workers = max(1, int(workers))
+    clock = clock or RunClock()
+    if isinstance(send_times, ArrivalSpec) and send_times.closed_loop:
+        concurrency = send_times.concurrency
+    chains = build_chains(requests)
+    times = _resolve_times(requests, chains, send_times, concurrency)
+    if tokenize is not None:
+        try:
+            pickle.dumps(tokenize)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError("run_sharded: tokenize must be picklable (a top-level function); "
+                             "or pass tokenizer_path") from e
+    workers = min(workers, max(1, len(chains)))
+    ctx = mp.get_context("spawn")
+    procs, conns = [], []
+    try:
+        for w in range(workers):
+            mine = list(range(w, len(chains), workers))
+            reqs = [dataclasses.replace(requests[i], tokenize=None)
+                    for c in mine for i in chains[c]]
+            if times is None:
+                share = concurrency // workers + (1 if w < concurrency % workers else 0)
+                arrival: Any = ArrivalSpec(kind="concurrency", concurrency=max(1, share))
+            else:
+                arrival = [float(times[c]) for c in mine]
+            kw = dict(url=url, endpoint=endpoint, requests=reqs, arrival=arrival,
+                      deployment=deployment, load_point=load_point, model=model,
+                      headers=headers, api_key=api_key, timeout_s=timeout_s,
+                      tokenize=tokenize, tokenizer_path=tokenizer_path, t0_ns=clock.t0_ns,
+                      lateness_threshold_s=lateness_threshold_s,
+                      loop_lag_threshold_s=loop_lag_threshold_s)
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(child, kw), daemon=True,
+                            name=f"infer-bench-shard-{w}")
+            p.start()
+            child.close()
+            procs.append(p)
+            conns.append(parent)
+        for w, c in enumerate(conns):
+            if not c.poll(ready_timeout_s):
+                raise RuntimeError(f"shard {w} did not start within {ready_timeout_s} s")
+            msg, info = c.recv()
+            if msg != "ready":
+                raise RuntimeError(f"shard {w} failed to start: {info}")
+        start_at_s = clock.now() + start_delay_s
+        for c in conns:
+            c.send(("start", start_at_s))
+        results = []
+        for w, c in enumerate(conns):
+            try:
+                msg, info = c.recv()
+            except EOFError:
+                raise RuntimeError(f"shard {w} exited without results "
+                                   f"(exit code {procs[w].exitcode})") from None
+            if msg != "done":
+                raise RuntimeError(f"shard {w} failed: {info}")
+            results.append(info)
+        wall = max(r["end_s"] for r in results) - start_at_s
+    finally:
+        for c in conns:
+            c.close()
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+    records = [RequestRecord.from_dict(d) for r in results for d in r["records"]]
+    records.sort(key=lambda r: (r.intended_send_s if r.intended_send_s is not None
+                                else float("inf"), r.request_id))
+    lateness = [x for r in results for x in r["lateness"]]
+    lags = [x for r in results for x in r["lags"]]
+    cpu = sum(r["cpu_s"] for r in results)
+    health = health_from(lateness, lags, cpu / wall if wall > 0 else None,
+                         lateness_threshold_s, loop_lag_threshold_s)
+    if on_record is not None:
+        for rec in records:
+            try:
+                on_record(rec)
+            except Exception:  # noqa: BLE001
+                pass
+    return LoadResult(records=records, health=health, start_s=start_at_s,
+                      end_s=max(r["end_s"] for r in results),
+                      cancelled=any(r["cancelled"] for r in results),
+                      extra={"workers": workers, "send_lateness_s": lateness,
+                             "loop_lag_s": lags,
+                             "shard_cpu_s": [r["cpu_s"] for r in results]})

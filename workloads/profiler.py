@@ -1,0 +1,238 @@
+"""Profiling: measure an engine's step times and fit a `LatencyModel` (workloads/latency_model.py).
+
+Role in the data flow: `infer-bench profile` calls `profile_engine(url, ...)` against a running
+reference-engine server, or `fit_results_dir(dir)` on a results dir that holds engine step traces
+(steps.jsonl); both end in `latency_model.fit_step_rows`, the pure core. HTTP only: this module
+never imports `backends/engine/`.
+
+`profile_engine` drives a short automatic grid through `POST /v1/completions` (prompts given as
+random token ids, so prompt lengths are exact and the prefix cache never hits; `ignore_eos` so
+outputs have exactly max_tokens tokens):
+  1. prefill-only: one request at a time for each prompt length (max_tokens=1): steps with P
+     prefill tokens and no decodes;
+  2. decode batches: B concurrent short requests for each batch size B: steps with D decodes;
+  3. mixed: B running decodes while one long prompt arrives: steps with both.
+It then reads the steps the grid produced from `GET /debug/steps` (`{"steps": [...]}` or a bare
+list; rows: step, t_start, wall_s, n_prefill_tokens, n_decode_seqs, n_seqs, blocks_used, and a
+context-token count when the engine reports one) and fits them.
+
+Model facts for the profile (KV bytes per token, layers) come from the caller (CLI flags), or
+from any of /v1/models, /health that report them (num_hidden_layers, num_key_value_heads,
+head_dim; dtype bytes default 4 = fp32, the engine's CPU dtype).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .latency_model import LatencyModel, ProfileError, fit_step_rows
+
+
+@dataclass
+class ProfileGrid:
+    prefill_lens: Sequence[int] = (16, 64, 256, 512, 1024)
+    decode_batches: Sequence[int] = (1, 2, 4, 8, 16)
+    decode_tokens: int = 16
+    mixed_prefill_len: int = 256
+    repeats: int = 2
+
+    @classmethod
+    def quick(cls) -> "ProfileGrid":
+        return cls(prefill_lens=(16, 64, 256), decode_batches=(1, 4), decode_tokens=8,
+                   mixed_prefill_len=128, repeats=1)
+
+
+# ---------------------------------------------------------------------------- HTTP
+
+def _get_json(url: str, timeout: float = 10.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (user-given URL)
+        return json.loads(r.read().decode())
+
+
+def _post_json(url: str, body: dict, timeout: float) -> Any:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310
+        return json.loads(r.read().decode())
+
+
+def fetch_steps(base_url: str, timeout: float = 10.0) -> list[dict]:
+    """The engine's step trace from GET /debug/steps."""
+    data = _get_json(base_url.rstrip("/") + "/debug/steps", timeout)
+    rows = data.get("steps", []) if isinstance(data, dict) else data
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def _find_keys(obj: Any, keys: set[str], out: dict) -> dict:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in keys and isinstance(v, (int, float)) and k not in out:
+                out[k] = v
+            else:
+                _find_keys(v, keys, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _find_keys(v, keys, out)
+    return out
+
+
+def discover_model(base_url: str) -> dict:
+    """Best effort: {"name", and when reported: num_layers, kv_bytes_per_token}."""
+    info: dict[str, Any] = {}
+    found: dict[str, Any] = {}
+    for path in ("/v1/models", "/health"):
+        try:
+            data = _get_json(base_url.rstrip("/") + path, 5.0)
+        except (urllib.error.URLError, OSError, ValueError):
+            continue
+        if path == "/v1/models" and isinstance(data, dict) and data.get("data"):
+            info.setdefault("name", data["data"][0].get("id"))
+        _find_keys(data, {"num_hidden_layers", "num_layers", "num_key_value_heads",
+                          "num_kv_heads", "head_dim", "dtype_bytes"}, found)
+    layers = found.get("num_hidden_layers", found.get("num_layers"))
+    kvh = found.get("num_key_value_heads", found.get("num_kv_heads"))
+    if layers:
+        info["num_layers"] = int(layers)
+    if layers and kvh and found.get("head_dim"):
+        info["kv_bytes_per_token"] = (2 * int(layers) * int(kvh) * int(found["head_dim"])
+                                      * int(found.get("dtype_bytes", 4)))
+    return info
+
+
+# ---------------------------------------------------------------------------- probing
+
+def profile_engine(base_url: str, *, grid: ProfileGrid | None = None, model: str | None = None,
+                   kv_bytes_per_token: float | None = None, num_layers: int | None = None,
+                   kv_capacity_tokens: int | None = None, hardware: dict | None = None,
+                   timeout_s: float = 300.0, seed: int = 0,
+                   progress: Callable[[str], None] | None = None) -> LatencyModel:
+    """Run the grid against the engine at `base_url`, fetch the new step rows, fit them."""
+    grid = grid or ProfileGrid()
+    base = base_url.rstrip("/")
+    disc = discover_model(base)
+    model = model or disc.get("name")
+    if model is None:
+        raise ProfileError(f"{base}: no model listed at /v1/models (is it an engine server?)")
+    try:
+        before = max((int(r.get("step", -1)) for r in fetch_steps(base)), default=-1)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise ProfileError(f"{base}/debug/steps: {e} (profile needs the reference engine's "
+                           f"step trace)") from None
+    rng = np.random.default_rng(seed)
+
+    def send(n_prompt: int, max_tokens: int) -> None:
+        ids = rng.integers(100, 1000, size=int(n_prompt)).tolist()
+        _post_json(base + "/v1/completions",
+                   {"model": model, "prompt": ids, "max_tokens": int(max_tokens),
+                    "temperature": 0.0, "ignore_eos": True, "stream": False}, timeout_s)
+
+    for rep in range(grid.repeats):
+        for n in grid.prefill_lens:
+            if progress:
+                progress(f"prefill {n} tokens ({rep + 1}/{grid.repeats})")
+            send(n, 1)
+        for b in grid.decode_batches:
+            if progress:
+                progress(f"decode batch {b} ({rep + 1}/{grid.repeats})")
+            with ThreadPoolExecutor(max_workers=b) as ex:
+                list(ex.map(lambda _: send(8, grid.decode_tokens), range(b)))
+        for b in grid.decode_batches:
+            if progress:
+                progress(f"mixed: batch {b} + prefill {grid.mixed_prefill_len} "
+                         f"({rep + 1}/{grid.repeats})")
+            with ThreadPoolExecutor(max_workers=b + 1) as ex:
+                futs = [ex.submit(send, 8, 2 * grid.decode_tokens) for _ in range(b)]
+                time.sleep(0.05)
+                futs.append(ex.submit(send, grid.mixed_prefill_len, 1))
+                for f in futs:
+                    f.result()
+    rows = [r for r in fetch_steps(base) if int(r.get("step", before + 1)) > before]
+    hw = dict(hardware or describe_this_machine())
+    kvb = kv_bytes_per_token if kv_bytes_per_token is not None else disc.get("kv_bytes_per_token")
+    layers = num_layers if num_layers is not None else disc.get("num_layers")
+    notes = (f"measured by infer-bench profile against {base} "
+             f"({time.strftime('%Y-%m-%d %H:%M:%S')}); {len(rows)} step rows")
+    if kvb is None:
+        notes += "; KV bytes per token unknown (set kv.bytes_per_token by hand)"
+    return fit_step_rows(rows, kv_bytes_per_token=float(kvb or 0.0), num_layers=int(layers or 1),
+                         kv_capacity_tokens=kv_capacity_tokens, hardware=hw,
+                         model={"name": model, "num_layers": int(layers or 1)}, notes=notes)
+
+
+def describe_this_machine() -> dict:
+    """hardware description of this host for a profile (CPU model, cores; GPUs if NVML says)."""
+    from .results import collect_env
+
+    env = collect_env()
+    gpus = [g.get("name") for g in env.get("gpus") or [] if g.get("name")]
+    name = f"{len(gpus)}x {gpus[0]}" if gpus else f"CPU: {env.get('cpu_model')}"
+    return {"name": name, "chips_per_instance": 1, "host": platform.node(),
+            "cpu_model": env.get("cpu_model"), "cpu_count": env.get("cpu_count_available"),
+            "gpus": gpus}
+
+
+# ---------------------------------------------------------------------------- results dirs
+
+def steps_from_results(results_dir: str | Path, deployment: str | None = None) -> list[dict]:
+    """Step rows of a results dir's steps.jsonl (optionally of one deployment)."""
+    p = Path(results_dir) / "steps.jsonl"
+    if not p.exists():
+        raise ProfileError(f"{results_dir}: no steps.jsonl (run with the reference engine)")
+    rows = []
+    with open(p, encoding="utf-8") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if deployment is None or str(r.get("deployment")) == deployment:
+                rows.append(r)
+    return rows
+
+
+def fit_results_dir(results_dir: str | Path, deployment: str | None = None,
+                    **kw: Any) -> LatencyModel:
+    """Fit a LatencyModel to the step rows of a results dir. With no `deployment`, the first
+    mono deployment's rows (step times of a disagg worker are role-specific), else all rows.
+    `kw` goes to fit_step_rows (kv_bytes_per_token, num_layers, hardware, model, ...)."""
+    rows = steps_from_results(results_dir, deployment)
+    if deployment is None:
+        spec_p = Path(results_dir) / "spec.json"
+        monos = []
+        if spec_p.exists():
+            try:
+                spec = json.loads(spec_p.read_text())
+                monos = [d.get("name") for d in spec.get("deployments") or []
+                         if d.get("mode", "mono") == "mono"]
+            except ValueError:
+                pass
+        if monos:
+            sel = [r for r in rows if r.get("deployment") == monos[0]]
+            rows = sel or rows
+    if "hardware" not in kw:
+        env_p = Path(results_dir) / "env.json"
+        try:
+            env = json.loads(env_p.read_text()) if env_p.exists() else {}
+        except ValueError:
+            env = {}
+        gpus = [g.get("name") for g in env.get("gpus") or [] if g.get("name")]
+        kw["hardware"] = {"name": f"{len(gpus)}x {gpus[0]}" if gpus
+                          else f"CPU: {env.get('cpu_model', '?')}", "chips_per_instance": 1,
+                          "host": env.get("hostname")}
+    kw.setdefault("notes", f"fitted from {results_dir}/steps.jsonl ({len(rows)} rows)")
+    return fit_step_rows(rows, **kw)
+
+
+def fit_rows(rows: Iterable[dict], **kw: Any) -> LatencyModel:
+    """Alias of latency_model.fit_step_rows (the pure core)."""
+    return fit_step_rows(rows, **kw)
