@@ -162,6 +162,15 @@ def models(
     console.print(table)
 
 
+def _register_extra_commands() -> None:
+    from . import plan_cmds
+
+    plan_cmds.register(app)
+
+
+_register_extra_commands()
+
+
 def _mro_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 

@@ -19,6 +19,7 @@ class Attention(Protocol):
         """q: [T, n_heads, head_dim]; k, v: [T, n_kv_heads, head_dim] (RoPE applied).
 
         Returns [T, n_heads, head_dim]. T is the flattened batch; the object knows the boundaries.
+        q, k and v are views into the fused qkv projection: not contiguous in dim 0.
         """
         ...
 
