@@ -137,6 +137,26 @@ def report(
 
 
 @app.command()
+def compare(
+    results_dirs: list[Path] = typer.Argument(..., help="Two or more results dirs."),
+    out: Path = typer.Option(Path("compare.html"), help="Where to write the comparison HTML."),
+):
+    """Put several runs side by side in one HTML file.
+
+    Example: infer-bench compare results/run-a results/run-b --out compare.html
+    """
+    from infer_bench.reports import render_compare
+
+    missing = [str(d) for d in results_dirs if not d.is_dir()]
+    if missing:
+        raise errors.UserError(f"no results dir at {', '.join(missing)}")
+    if len(results_dirs) < 2:
+        raise errors.UserError("compare needs at least two results dirs")
+    path = render_compare(results_dirs, out)
+    console.print(f"comparison: [bold]{path}[/bold]")
+
+
+@app.command()
 def models(
     fetch: Optional[str] = typer.Option(None, help="Download and cache this registry model now."),
 ):
