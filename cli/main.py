@@ -183,8 +183,9 @@ def models(
 
 
 def _register_extra_commands() -> None:
-    from . import plan_cmds
+    from . import extra_cmds, plan_cmds
 
+    extra_cmds.register(app)
     plan_cmds.register(app)
 
 

@@ -6,7 +6,6 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from infer_bench.backends.engine.paged_attention import KVCache, PagedAttention, SeqSlice
 

@@ -112,6 +112,8 @@ def test_selftest_small_error_at_low_load():
         assert r["n_ok"] == r["n"] >= 8
         assert abs(r["ttft_err_p50_ms"]) < 5.0            # generous: a shared, noisy host
         assert abs(r["itl_err_p50_ms"]) < 5.0
+        # causality: the socket-read timestamps never precede the mock's send (beyond jitter)
+        assert -1.0 < r["recv_delay_p50_ms"] < 5.0
         assert r["bottleneck"] in ("", "client", "mock")
     assert bottleneck_rate(rows) in (None, 10.0, 20.0)
 

@@ -27,7 +27,7 @@ class SequenceStatus(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass
+@dataclass(eq=False)  # identity: `seq in running` must not compare fields
 class Sequence:
     request_id: str
     token_ids: list[int]
