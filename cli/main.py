@@ -51,8 +51,13 @@ def run(
     rates: Optional[str] = typer.Option(None, help="Poisson request rates (req/s), comma-separated, one load point each."),
     concurrency: Optional[str] = typer.Option(None, help="Closed-loop concurrency levels instead of rates, comma-separated."),
     num_requests: int = typer.Option(16, min=1, help="Requests per load point."),
-    input_len: int = typer.Option(128, min=1, help="Prompt length in tokens."),
-    output_len: int = typer.Option(32, min=1, help="Output length in tokens (ignore_eos is sent)."),
+    input_len: str = typer.Option("128", help="Prompt tokens: N, uniform:LO,HI, normal:MEAN,STD or lognormal:MEDIAN,SIGMA."),
+    output_len: str = typer.Option("32", help="Output tokens (same forms; ignore_eos is sent)."),
+    workload: str = typer.Option("synthetic", help="synthetic, sharegpt, shared_prefix, multi_turn or trace."),
+    dataset: Optional[Path] = typer.Option(None, help="ShareGPT JSON/JSONL (sharegpt, multi_turn; default: bundled sample) or JSONL trace."),
+    shared_prefix_len: int = typer.Option(0, min=0, help="Tokens of a prefix shared by prompts (synthetic, shared_prefix)."),
+    arrival: str = typer.Option("poisson", help="Arrival process for --rates: poisson, gamma or constant."),
+    burstiness: float = typer.Option(1.0, help="Gamma shape for --arrival gamma (<1 burstier)."),
     endpoint: str = typer.Option("completions", help="completions or chat."),
     seed: int = typer.Option(0, help="Seed for the workload and arrivals."),
     slo_ttft: float = typer.Option(2.0, help="TTFT SLO in seconds."),
@@ -75,6 +80,10 @@ def run(
         raise errors.UserError("give --rates or --concurrency, not both")
     rate_list = _floats(rates, "--rates") if rates else None
     conc_list = [int(c) for c in _floats(concurrency, "--concurrency")] if concurrency else None
+    if arrival not in ("poisson", "gamma", "constant"):
+        raise errors.UserError(f"--arrival must be poisson, gamma or constant, got {arrival!r}")
+    if dataset is not None and not dataset.exists():
+        raise errors.UserError(f"--dataset {dataset} does not exist")
     modes = [d.strip() for d in deployments.split(",") if d.strip()]
     for m in modes:
         if m not in ("mono", "disagg"):
@@ -83,7 +92,8 @@ def run(
         console=console, model=model, url=url, served_model=served_model, api_key=api_key,
         modes=modes, threads=threads, rates=rate_list, concurrency=conc_list,
         num_requests=num_requests, input_len=input_len, output_len=output_len, endpoint=endpoint,
-        seed=seed, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out, tokenizer=tokenizer,
+        seed=seed, workload=workload, dataset=dataset, shared_prefix_len=shared_prefix_len,
+        arrival=arrival, burstiness=burstiness, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out, tokenizer=tokenizer,
     )
 
 

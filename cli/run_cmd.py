@@ -114,7 +114,8 @@ def print_summary(console: Console, results_dir: Path) -> None:
 
 
 def run(*, console: Console, model, url, served_model, api_key, modes, threads, rates, concurrency,
-        num_requests, input_len, output_len, endpoint, seed, slo_ttft, slo_tpot, warmup, timeout,
+        num_requests, input_len, output_len, endpoint, seed, slo_ttft,
+        workload="synthetic", dataset=None, shared_prefix_len=0, arrival="poisson", burstiness=1.0, slo_tpot, warmup, timeout,
         out, tokenizer=None) -> None:
     from infer_bench.backends.deployment import EngineDeploymentSpec, ExternalDeploymentSpec
     from infer_bench.reports.html import render_report
@@ -137,11 +138,21 @@ def run(*, console: Console, model, url, served_model, api_key, modes, threads, 
                                                         num_threads=per, prefill_workers=1, decode_workers=1))
     if tok_path is not None and not Path(tok_path).exists():
         raise UserError(f"tokenizer path {tok_path} does not exist")
+    try:
+        wl = WorkloadSpec(kind=workload, input_len=input_len, output_len=output_len, num_requests=num_requests,
+                          seed=seed, endpoint=endpoint, shared_prefix_len=shared_prefix_len,
+                          dataset_path=str(dataset) if dataset else None)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if workload == "trace":
+        load_points = [runner.LoadPoint(name="trace", arrival=runner.ArrivalSpec(kind="trace", seed=seed))]
+    else:
+        load_points = runner.default_load_points(rates or ([0.5, 1.0] if not concurrency else None), concurrency,
+                                                 seed, kind=arrival, burstiness=burstiness)
     spec = runner.RunSpec(
         deployments=deployments,
-        workload=WorkloadSpec(input_len=input_len, output_len=output_len, num_requests=num_requests,
-                              seed=seed, endpoint=endpoint),
-        load_points=runner.default_load_points(rates or ([0.5, 1.0] if not concurrency else None), concurrency, seed),
+        workload=wl,
+        load_points=load_points,
         slo=SLO(ttft_s=slo_ttft, tpot_s=slo_tpot), out_dir=out, warmup_requests=warmup,
         timeout_s=timeout, tokenizer_path=tok_path, name=out.name,
     )

@@ -77,14 +77,16 @@ class RunObserver:
     def message(self, text: str) -> None: ...
 
 
-def default_load_points(rates: list[float] | None, concurrency: list[int] | None, seed: int) -> list[LoadPoint]:
+def default_load_points(rates: list[float] | None, concurrency: list[int] | None, seed: int,
+                        kind: str = "poisson", burstiness: float = 1.0) -> list[LoadPoint]:
     points = []
     if concurrency:
         for c in concurrency:
             points.append(LoadPoint(name=f"c{c}", arrival=ArrivalSpec(kind="concurrency", concurrency=int(c), seed=seed)))
     else:
         for r in rates or [1.0]:
-            points.append(LoadPoint(name=f"{r:g}rps", arrival=ArrivalSpec(kind="poisson", rate=float(r), seed=seed)))
+            points.append(LoadPoint(name=f"{r:g}rps", arrival=ArrivalSpec(kind=kind, rate=float(r), seed=seed,
+                                                                           burstiness=burstiness)))
     return points
 
 
