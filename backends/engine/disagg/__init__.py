@@ -1,0 +1,1 @@
+"""Disaggregated serving: prefill and decode workers in separate processes, a router, KV transfer."""
