@@ -138,6 +138,9 @@ def run(*, console: Console, model, url, served_model, api_key, modes, threads, 
                                                         num_threads=per, prefill_workers=1, decode_workers=1))
     if tok_path is not None and not Path(tok_path).exists():
         raise UserError(f"tokenizer path {tok_path} does not exist")
+    if workload == "shared_prefix" and not shared_prefix_len:
+        shared_prefix_len = 128
+        console.print("shared_prefix workload: using --shared-prefix-len 128")
     try:
         wl = WorkloadSpec(kind=workload, input_len=input_len, output_len=output_len, num_requests=num_requests,
                           seed=seed, endpoint=endpoint, shared_prefix_len=shared_prefix_len,
