@@ -139,6 +139,7 @@ class EngineDeployment:
         env = dict(os.environ)
         threads = str(self.spec.num_threads)
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false")
+        env.pop("INFER_BENCH_API_KEY", None)  # the key of --url runs must not lock our own engine
         log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self._log = log
         self.proc = subprocess.Popen(

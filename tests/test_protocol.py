@@ -193,3 +193,73 @@ def test_builders_and_sse():
     assert u["choices"] == [] and u["usage"] == usage
     assert protocol.SSE_DONE == b"data: [DONE]\n\n"
     assert protocol.models_list(["tiny"])["data"][0]["id"] == "tiny"
+
+
+def test_lone_surrogates_and_overflowing_numbers_are_400_not_crashes():
+    for raw in (b'{"prompt": "a\\ud800b"}', b'{"prompt": "x", "stop": ["\\udfff"]}',
+                b'{"\\ud83d": 1}', b'{"messages": [{"role": "user", "content": "\\udc00"}]}'):
+        with pytest.raises(RequestError, match="lone surrogate") as ei:
+            protocol.decode_json_body(raw)
+        assert ei.value.status == 400
+    # a proper surrogate pair is fine
+    assert protocol.decode_json_body(b'{"prompt": "\\ud83d\\ude00"}') == {"prompt": "\U0001f600"}
+    bad(comp, {"prompt": "x", "temperature": 10**400}, 400, "finite number", "temperature")
+    bad(comp, {"prompt": "x", "top_p": -(10**400)}, 400, "finite number", "top_p")
+    bad(comp, {"prompt": "x", "top_k": 2**63}, 400, "'top_k' must be <=", "top_k")
+    with pytest.raises(RequestError, match="not valid JSON"):  # > 4300 digits
+        protocol.decode_json_body(b'{"max_tokens": ' + b"9" * 5000 + b"}")
+
+
+def test_sampling_values_the_sampler_cannot_take_are_normalized():
+    assert comp({"prompt": "x", "temperature": 1e-300}).sampling.temperature == 0.0  # greedy
+    assert comp({"prompt": "x", "temperature": 1e-5}).sampling.temperature == 1e-5
+    assert comp({"prompt": "x", "top_k": 2**62}).sampling.top_k == -1   # >= vocab: no cut
+    assert comp({"prompt": "x", "top_k": 255}).sampling.top_k == 255
+
+
+def test_request_error_carries_headers_and_close_flag():
+    e = RequestError(429, "slow down", headers={"Retry-After": "1"}, type="rate_limit_error",
+                     code="rate_limit_exceeded")
+    assert e.headers == {"Retry-After": "1"} and not e.close_connection
+    assert e.to_body()["error"]["type"] == "rate_limit_error"
+    assert RequestError(408, "late", close_connection=True).close_connection
+
+
+def test_random_json_never_raises_anything_but_request_error():
+    """Property: any JSON value (and any mutation of a valid body) -> EngineRequest or
+    RequestError(4xx); never another exception (that would be a 500)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = pytest.importorskip("hypothesis.strategies")
+
+    leaves = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+              | st.floats(allow_nan=False) | st.text(max_size=20)
+              | st.sampled_from(["tiny", "user", "text", "hello", "", "\n"]))
+    values = st.recursive(leaves, lambda kids: st.lists(kids, max_size=4)
+                          | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+                          max_leaves=12)
+    fields = st.sampled_from(["model", "prompt", "messages", "max_tokens",
+                              "max_completion_tokens", "temperature", "top_p", "top_k", "seed",
+                              "stop", "stream", "stream_options", "n", "best_of", "echo",
+                              "logprobs", "top_logprobs", "presence_penalty", "ignore_eos",
+                              "min_tokens", "logit_bias", "response_format", "tools", "suffix"])
+    bodies = st.one_of(values, st.fixed_dictionaries(
+        {"prompt": st.just("hi"), "messages": st.just([{"role": "user", "content": "hi"}])},
+        optional={}).flatmap(lambda base: st.dictionaries(fields, values, max_size=5).map(
+            lambda extra: {**base, **extra})))
+
+    @hypothesis.settings(max_examples=400, deadline=None, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(bodies, st.booleans())
+    def check(body, as_chat):
+        fn = chat if as_chat else comp
+        try:
+            fn(body)
+        except RequestError as e:
+            assert 400 <= e.status < 500, e
+        raw = json.dumps(body).encode()
+        try:
+            protocol.decode_json_body(raw)
+        except RequestError as e:
+            assert e.status == 400
+
+    check()

@@ -169,10 +169,11 @@ def make_request(rng: random.Random):
 
 
 def _req(path="/v1/completions", body=b'{"prompt": "hi", "max_tokens": 2}', extra=b"",
-         method=b"POST") -> bytes:
+         method=b"POST", length: bytes | None = None) -> bytes:
+    length = str(len(body)).encode() if length is None else length
     return (method + b" " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/json\r\n" + extra +
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            b"Content-Length: " + length + b"\r\n\r\n" + body)
 
 
 def _deflate_bomb() -> bytes:
@@ -194,7 +195,8 @@ def raw_cases(rng: random.Random) -> list[tuple[str, dict]]:
         ("truncated-headers", {"send": b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-",
                                "expect": {400, None}}),
         ("truncated-body-then-close", {"send": _req(body=ok)[:-10], "expect": {400, 408, None}}),
-        ("http2-preface", {"send": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "expect": {400, 405, None}}),
+        ("http2-preface", {"send": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                           "expect": {400, 405, None}}),
         ("tls-client-hello", {"send": bytes.fromhex("16030100a5010000a10303") + rng.randbytes(80),
                               "expect": {400, None}}),
         ("nul-in-header", {"send": _req(extra=b"X-A: a\x00b\r\n"), "expect": {200, 400}}),
@@ -210,11 +212,9 @@ def raw_cases(rng: random.Random) -> list[tuple[str, dict]]:
                          "expect": {400, 505, 200}}),
         ("http-1.0-no-host", {"send": b"GET /health HTTP/1.0\r\n\r\n", "expect": {200}}),
         ("http-0.9", {"send": b"GET /health\r\n\r\n", "expect": {400, None}}),
-        ("negative-content-length", {"send": _req().replace(b"Content-Length: 34",
-                                                            b"Content-Length: -1"),
+        ("negative-content-length", {"send": _req(length=b"-1"),
                                      "expect": {400}}),
-        ("non-numeric-content-length", {"send": _req().replace(b"Content-Length: 34",
-                                                               b"Content-Length: 3x"),
+        ("non-numeric-content-length", {"send": _req(length=b"3x"),
                                         "expect": {400}}),
         ("duplicate-content-length", {"send": _req(extra=b"Content-Length: 5\r\n"),
                                       "expect": {400}}),
@@ -259,16 +259,15 @@ def raw_cases(rng: random.Random) -> list[tuple[str, dict]]:
                                   "expect": {200}}),
         ("pipelined", {"send": _req(body=ok) + _req(path="/v1/models", body=b"{}",
                                                    method=b"GET"), "expect": {200}}),
-        ("huge-content-length-then-stop", {"send": _req().replace(
-            b"Content-Length: 34", b"Content-Length: 99999999999999"), "expect": {413}}),
-        ("content-length-under-limit-then-stop", {"send": _req().replace(
-            b"Content-Length: 34", b"Content-Length: 60000"), "expect": {408}}),
-        ("slow-body", {"send": [(_req(body=b"")[:-4].replace(b"Content-Length: 0",
-                                                             b"Content-Length: 34"), 0.0)] +
-                       [(b"\r\n\r\n", 0.0)] + [(bytes([c]), 0.1) for c in ok],
+        ("huge-content-length-then-stop", {"send": _req(length=b"99999999999999"),
+                                           "expect": {413}}),
+        ("content-length-under-limit-then-stop", {"send": _req(length=b"60000"), "expect": {408}}),
+        ("slow-body", {"send": [(_req(body=b"", length=b"%d" % len(ok)), 0.0)] +
+                       [(bytes([c]), 0.05) for c in ok],
                        "expect": {408}}),
-        ("dribbled-headers", {"send": [(bytes([c]), 0.01) for c in _req(body=ok)],
-                              "expect": {200}}),
+        ("dribbled-headers", {"send": [(bytes([c]), 0.01)
+                                       for c in _req(body=b"", length=b"%d" % len(ok))] +
+                              [(ok, 0.0)], "expect": {200}}),
         ("open-and-silent", {"send": b"", "close_after": 1.0, "expect": {None}}),
         ("reset-mid-stream", {"send": _req(body=b'{"prompt": "hi", "max_tokens": 100, '
                                                 b'"ignore_eos": true, "stream": true}'),
@@ -374,7 +373,16 @@ async def test_fuzz_http_and_raw_sockets(fuzz_engine, caplog):
                             return
                         if r.status >= 400:
                             if method != "HEAD":
-                                err = json.loads(await r.read())["error"]
+                                body = await r.read()
+                                # aiohttp's HTTP parser answers encodings it cannot decode
+                                # itself (plain text), before any handler runs
+                                parser_level = headers.get("Content-Encoding") in ("br", "zstd",
+                                                                                   "xz")
+                                assert r.content_type == "application/json" or (
+                                    parser_level and r.status == 400), (r.status, body)
+                                if r.content_type != "application/json":
+                                    return
+                                err = json.loads(body)["error"]
                                 assert set(err) == {"message", "type", "param", "code"}, err
                             return
                         if disconnect:
@@ -385,7 +393,7 @@ async def test_fuzz_http_and_raw_sockets(fuzz_engine, caplog):
                         if r.content_type == "text/event-stream":
                             assert payload.endswith(b"data: [DONE]\n\n"), payload[-300:]
                             assert b'"error"' not in payload, payload[-300:]
-                        elif method != "HEAD":
+                        elif r.content_type == "application/json" and method != "HEAD":
                             json.loads(payload)
                 except (aiohttp.ClientError, AssertionError, ValueError) as e:
                     failures.append(f"#{i} {method} {path}: {type(e).__name__}: {e} "
@@ -450,8 +458,14 @@ async def test_fuzz_http_and_raw_sockets(fuzz_engine, caplog):
     assert not any(code >= 500 for code in statuses), summary
     assert not any(code >= 500 for code in state.metrics.http_errors), summary
     assert statuses[200] > FUZZ_REQUESTS // 10 and statuses[400] > FUZZ_REQUESTS // 10, summary
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert not errors, [f"{r.name}: {r.getMessage()}" for r in errors[:10]]
+    # Our own code logged no error. (aiohttp.server logs, at ERROR, the garbage its parser
+    # rejects, and a body it cannot decode while discarding it after our 4xx answered with
+    # "Connection: close"; both are the client's fault and handled.)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and (
+        r.name.startswith("infer_bench") or (
+            "Unhandled exception" in r.getMessage()
+            and "Can not decode content-encoding" not in (r.exc_text or "")))]
+    assert not errors, "\n".join(f"{r.name}: {r.getMessage()} {r.exc_text}" for r in errors[:3])
     assert not state.inflight and state.awaiting_first == 0
     assert st["running"] == 0 and st["waiting"] == 0, st
     assert st["kv_blocks_used"] == 0, st

@@ -269,12 +269,13 @@ async def test_stalled_body_gets_408_and_the_connection_is_closed():
 
 
 async def test_full_waiting_queue_gets_429_with_retry_after(loaded):
-    engine = make_engine(loaded, max_num_seqs=1)
+    # A long context, so the running request surely outlives the checks (it is cut short below).
+    engine = make_engine(loaded, max_num_seqs=1, max_model_len=2048)
     try:
         app = build_app(engine, loaded.tokenizer, MODEL, max_waiting_requests=2)
         state = get_state(app)
         async with served(app) as (s, srv):
-            body = {"prompt": "overload", "max_tokens": 100, "ignore_eos": True,
+            body = {"prompt": "overload", "max_tokens": 2000, "ignore_eos": True,
                     "stream": True}
             first = await s.post("/v1/completions", json=body)  # takes the only running slot
             assert first.status == 200
@@ -531,11 +532,11 @@ async def test_request_timeout_aborts_with_finish_reason_abort_and_an_error():
 
 
 async def test_request_timeout_with_the_real_engine_frees_blocks(loaded):
-    engine = make_engine(loaded)
+    engine = make_engine(loaded, max_model_len=2048)
     try:
         app = build_app(engine, loaded.tokenizer, MODEL, request_timeout_s=0.05)
         async with served(app) as (s, srv):
-            async with s.post("/v1/completions", json={"prompt": "long", "max_tokens": 120,
+            async with s.post("/v1/completions", json={"prompt": "long", "max_tokens": 2000,
                                                        "ignore_eos": True, "stream": True}) as r:
                 events = await read_sse(r)
             assert events[-2]["error"]["code"] == "request_timeout"

@@ -129,16 +129,24 @@ class BlockManager:
             self.prefix_hit_tokens += seq.num_computed_tokens
         return True
 
-    def can_append(self, seq: Sequence) -> bool:
-        """Room for the K/V of all of seq's tokens (a decode needs a new block at a boundary)?"""
-        need = self.blocks_needed(seq.num_tokens) - len(seq.block_table)
+    def can_append(self, seq: Sequence, lookahead: int = 0) -> bool:
+        """Room for the K/V of all of seq's tokens (a decode needs a new block at a boundary)?
+        `lookahead`: also for that many speculative tokens after them."""
+        need = self.blocks_needed(seq.num_tokens + lookahead) - len(seq.block_table)
         return need <= self.num_free_blocks
 
-    def append_slot(self, seq: Sequence) -> None:
-        while len(seq.block_table) < self.blocks_needed(seq.num_tokens):
+    def append_slot(self, seq: Sequence, lookahead: int = 0) -> None:
+        while len(seq.block_table) < self.blocks_needed(seq.num_tokens + lookahead):
             if not self.num_free_blocks:
                 raise RuntimeError("no free KV block (call can_append first)")
             seq.block_table.append(self._take_fresh())
+
+    def trim_slots(self, seq: Sequence) -> None:
+        """Free the blocks past what seq's tokens need (they held only rejected speculative
+        tokens: never computed as final, never registered in the prefix cache)."""
+        keep = self.blocks_needed(seq.num_tokens)
+        while len(seq.block_table) > keep:
+            self._unref(seq.block_table.pop())
 
     def free(self, seq: Sequence) -> None:
         """Drop seq's references (last block first, so a prefix outlives its tails in the LRU)."""

@@ -56,6 +56,12 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     num_threads: int | None = None           # torch intra-op threads (CPU)
     seed: int | None = None                  # sampler seed for requests without their own seed
+    # speculative decoding (spec_decode.py): None | "ngram" | "draft"
+    spec_method: str | None = None
+    spec_draft_model: object | None = None   # "draft": a model source (str) or a LoadedModel
+    spec_k: int = 4                          # proposals per step
+    spec_ngram_min: int = 1
+    spec_ngram_max: int = 4
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -66,6 +72,12 @@ class EngineConfig:
             raise ValueError(f"kv_cache_gb must be > 0, got {self.kv_cache_gb}")
         if not 0 < self.kv_memory_fraction <= 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1], got {self.kv_memory_fraction}")
+        if self.spec_method not in (None, "ngram", "draft"):
+            raise ValueError(f"spec_method must be None, 'ngram' or 'draft', got {self.spec_method!r}")
+        if self.spec_method == "draft" and self.spec_draft_model is None:
+            raise ValueError("spec_method='draft' needs spec_draft_model")
+        if self.spec_k < 1 or not 1 <= self.spec_ngram_min <= self.spec_ngram_max:
+            raise ValueError("spec_k must be >= 1 and 1 <= spec_ngram_min <= spec_ngram_max")
 
 
 @dataclass
@@ -120,6 +132,10 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_batched_tokens, config.max_num_seqs,
                                    config.enable_chunked_prefill)
         self.runner = ModelRunner(self.model, self.cache, device, Sampler(config.seed))
+        self.spec = None
+        if config.spec_method:
+            from .spec_decode import SpecDecoder
+            self.spec = SpecDecoder(config, self)
         eos = set(getattr(self.tokenizer, "eos_token_ids", set()) or set()) if self.tokenizer else set()
         self.eos_token_ids = eos | set(mc.eos_token_ids or [])
         self.seqs: dict[str, Sequence] = {}
@@ -163,12 +179,15 @@ class LLMEngine:
                              f"{self.block_manager.num_blocks}")
 
     def add_request(self, request_id: str, prompt_token_ids: list[int],
-                    params: SamplingParams | None = None, arrival_time: float | None = None) -> None:
+                    params: SamplingParams | None = None, arrival_time: float | None = None,
+                    speculate: bool = True) -> None:
+        """`speculate=False`: no speculative decoding for this request (when the engine has it)."""
         params = params or SamplingParams()
         if request_id in self.seqs:
             raise ValueError(f"request id {request_id!r} is already in use")
         self.validate_request(request_id, prompt_token_ids, params)
         seq = Sequence.create(request_id, prompt_token_ids, params)
+        seq.spec_enabled = speculate
         if arrival_time is not None:
             seq.arrival_time = arrival_time
         if self.tokenizer is not None:
@@ -195,6 +214,8 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         outputs, self._pending = self._pending, []
         t0 = time.perf_counter()
+        if self.spec is not None:   # proposals first: the scheduler sizes decodes by them
+            self.spec.propose(self.scheduler.running)
         sched = self.scheduler.schedule()
         for seq in sched.finished:  # filled the whole KV pool
             self.seqs.pop(seq.request_id, None)
@@ -210,16 +231,47 @@ class LLMEngine:
         n_decode = sched.num_decode_seqs
         sampled = self.runner.run(sched.scheduled)
         for seq, n in sched.scheduled:
+            token = sampled.get(id(seq))
+            if isinstance(token, list):  # a verified speculative decode: several tokens
+                outputs.append(self._append_spec_tokens(seq, token, step_id, n_prefill, n_decode))
+                continue
             seq.num_computed_tokens += n
             self.block_manager.cache_full_blocks(seq)
-            token = sampled.get(id(seq))
             if token is not None:
                 out = self._append_token(seq, token, step_id, n_prefill, n_decode)
                 if out is not None:
                     outputs.append(out)
+        if self.spec is not None:
+            self.spec.release_finished()
         wall = time.perf_counter() - t0
         self._record_step(step_id, t0, wall, n_prefill, n_decode, len(sched.scheduled))
         return outputs
+
+    def _append_spec_tokens(self, seq: Sequence, tokens: list[int], step_id: int, n_prefill: int,
+                            n_decode: int) -> RequestOutput:
+        """A speculative decode ran 1 + k rows; tokens = accepted proposals + the target's token.
+        The last token and the accepted proposals are now computed; the rejected proposals' K/V
+        is dropped (blocks that held only them are freed). One output for all the tokens."""
+        self.spec.record(seq, len(seq.spec_tokens), len(tokens) - 1)
+        seq.trim_spec(0)
+        seq.num_computed_tokens += 1
+        self.block_manager.cache_full_blocks(seq)
+        outs = []
+        for i, t in enumerate(tokens):
+            outs.append(self._append_token(seq, t, step_id, n_prefill, n_decode))
+            if seq.is_finished:
+                break   # a stop: the rest is discarded, as without speculation
+            if i < len(tokens) - 1:   # an accepted proposal: its K/V is final
+                seq.num_computed_tokens += 1
+                self.block_manager.cache_full_blocks(seq)
+        if not seq.is_finished:
+            self.block_manager.trim_slots(seq)
+        last = outs[-1]
+        if len(outs) == 1:
+            return last
+        return RequestOutput(seq.request_id, [t for o in outs for t in o.new_token_ids],
+                             "".join(o.text_delta for o in outs), last.finished, last.finish_reason,
+                             last.num_prompt_tokens, last.num_output_tokens, last.timing)
 
     def _append_token(self, seq: Sequence, token: int, step_id: int, n_prefill: int,
                       n_decode: int) -> RequestOutput | None:
@@ -271,7 +323,14 @@ class LLMEngine:
         finished = seq.status is SequenceStatus.FINISHED
         return RequestOutput(seq.request_id, new_ids, delta, finished, seq.finish_reason if finished else None,
                              seq.num_prompt_tokens, seq.num_output_tokens,
-                             self._timing(seq) if finished else None)
+                             self._timing_with_spec(seq) if finished else None)
+
+    def _timing_with_spec(self, seq: Sequence) -> dict:
+        timing = self._timing(seq)
+        if self.spec is not None:
+            from .spec_decode import timing_fields
+            timing.update(timing_fields(seq))
+        return timing
 
     @staticmethod
     def _timing(seq: Sequence) -> dict:
@@ -342,6 +401,8 @@ class LLMEngine:
             "step_time_buckets": buckets,
             "step_time_sum_s": self.step_time_sum,
             "step_time_count": cum,
+            **(self.spec.stats() if self.spec is not None else
+               {"spec_proposed_total": 0, "spec_accepted_total": 0}),
         }
 
     def step_trace(self) -> list[dict]:

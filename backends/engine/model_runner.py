@@ -35,11 +35,12 @@ class ModelRunner:
         row = 0
         for seq, n in scheduled:
             start = seq.num_computed_tokens
-            ids.extend(seq.token_ids[start:start + n])
+            spec = seq.spec_tokens   # speculative proposals ride after the last token (n = 1 + k)
+            ids.extend(seq.token_ids[start:start + n] if not spec else seq.token_ids[start:] + spec)
             positions.extend(range(start, start + n))
             slices.append(SeqSlice(n, start + n, seq.block_table))
             row += n
-            if start + n == seq.num_tokens:
+            if start + n == seq.num_tokens + len(spec):
                 sample_rows.append(row - 1)
                 sample_seqs.append(seq)
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
@@ -48,13 +49,34 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, scheduled: list[tuple[Sequence, int]]) -> dict[int, int]:
-        """Returns {id(seq): sampled token} for the sequences that produced a token this step."""
+        """Returns {id(seq): sampled token} for the sequences that produced a token this step;
+        for a sequence with speculative proposals (seq.spec_tokens), a list: the accepted
+        proposals and one token from the target (spec_decode.verify)."""
         if not scheduled:
             return {}
         input_ids, positions, attn, rows, seqs = self.prepare(scheduled)
         hidden = self.model(input_ids, positions, attn)
         if not rows:
             return {}
+        if any(s.spec_tokens for s in seqs):
+            return self._run_speculative(hidden, rows, seqs)
         logits = self.model.compute_logits(hidden[torch.tensor(rows, device=hidden.device)])
         tokens = self.sampler(logits, [s.params for s in seqs], [s.generator for s in seqs])
         return {id(s): t for s, t in zip(seqs, tokens)}
+
+    def _run_speculative(self, hidden: torch.Tensor, rows: list[int], seqs: list[Sequence]) -> dict:
+        """Like run()'s tail, but a sequence with k proposals gets {id: [accepted..., token]}
+        from spec_decode.verify over the logits of its last k + 1 rows."""
+        from .spec_decode import verify
+
+        plain = [(r, s) for r, s in zip(rows, seqs) if not s.spec_tokens]
+        spec = [(r, s) for r, s in zip(rows, seqs) if s.spec_tokens]
+        idx = [r for r, _ in plain] + [i for r, s in spec for i in range(r - len(s.spec_tokens), r + 1)]
+        logits = self.model.compute_logits(hidden[torch.tensor(idx, device=hidden.device)])
+        out: dict = {}
+        if plain:
+            ps = [s for _, s in plain]
+            tokens = self.sampler(logits[:len(ps)], [s.params for s in ps], [s.generator for s in ps])
+            out.update((id(s), t) for s, t in zip(ps, tokens))
+        out.update(verify(logits[len(plain):], [s for _, s in spec], self.sampler.generator))
+        return out

@@ -72,6 +72,7 @@ class RequestError(Exception):
         code: str | None = None,
         type: str | None = None,
         headers: dict[str, str] | None = None,
+        close_connection: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = int(status)
@@ -80,6 +81,7 @@ class RequestError(Exception):
         self.code = code
         self.type = type or ("invalid_request_error" if self.status < 500 else "server_error")
         self.headers = dict(headers or {})  # extra response headers (Retry-After, ...)
+        self.close_connection = close_connection  # the server should not reuse the connection
 
     def to_body(self) -> dict:
         return error_body(self.message, param=self.param, code=self.code, type=self.type)

@@ -83,6 +83,7 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.bm.free(seq)
+        seq.trim_spec(0)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1
@@ -99,6 +100,12 @@ class Scheduler:
                 continue
             if budget < 1:
                 break
+            k = len(seq.spec_tokens)   # speculative proposals: only what budget and blocks allow
+            if k and (budget < 1 + k or not self.bm.can_append(seq, k)):
+                k = min(k, budget - 1)
+                while k and not self.bm.can_append(seq, k):
+                    k -= 1
+                seq.trim_spec(k)
             while not self.bm.can_append(seq):
                 if len(self.running) == 1:  # alone, and the whole pool is not enough
                     self.finish(seq, "length")
@@ -111,10 +118,10 @@ class Scheduler:
                     break
             if seq.status is not SequenceStatus.RUNNING:
                 continue
-            self.bm.append_slot(seq)
-            out.scheduled.append((seq, 1))
+            self.bm.append_slot(seq, k)
+            out.scheduled.append((seq, 1 + k))
             scheduled_ids.add(id(seq))
-            budget -= 1
+            budget -= 1 + k
 
         # 2. running sequences part-way through a (chunked) prefill
         for seq in self.running:

@@ -51,6 +51,20 @@ class Sequence:
     output_text: str = ""
     num_text_emitted: int = 0
     detokenizer: object | None = None
+    # speculative decoding (spec_decode.py): this step's proposals, not in token_ids
+    spec_enabled: bool = True
+    spec_tokens: list[int] = field(default_factory=list)
+    spec_probs: torch.Tensor | None = None   # draft q rows [len(spec_tokens), vocab]; None: one-hot
+    spec_proposed: int = 0
+    spec_accepted: int = 0
+    spec_steps: int = 0
+
+    def trim_spec(self, k: int) -> None:
+        """Keep only the first k proposals (the scheduler's budget / free blocks allow no more)."""
+        if len(self.spec_tokens) > k:
+            self.spec_tokens = self.spec_tokens[:k]
+            if self.spec_probs is not None:
+                self.spec_probs = self.spec_probs[:k] if k else None
 
     @classmethod
     def create(cls, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> "Sequence":

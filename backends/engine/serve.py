@@ -36,7 +36,7 @@ log = logging.getLogger("infer_bench.engine.serve")
 
 READY_PREFIX = "infer-bench engine ready:"
 API_KEY_ENV = "INFER_BENCH_API_KEY"
-DEFAULT_MAX_WAITING_REQUESTS = 256   # = server.DEFAULT_MAX_WAITING_REQUESTS (no aiohttp import here)
+DEFAULT_MAX_WAITING_REQUESTS = 256   # = server.DEFAULT_MAX_WAITING_REQUESTS (no aiohttp here)
 DEFAULT_BODY_TIMEOUT_S = 30.0
 
 
@@ -64,12 +64,15 @@ class ServerConfig:
     mode: str = "mono"                       # only "mono" is served by this module
     prefill_workers: int = 1
     decode_workers: int = 1
+    disagg: dict = field(default_factory=dict)  # --mode disagg options (disagg/serve.py)
     # None: read INFER_BENCH_API_KEY; "" or unset: no auth. Hidden from repr (never logged).
     api_key: str | None = field(default=None, repr=False)
     max_waiting_requests: int | None = DEFAULT_MAX_WAITING_REQUESTS  # None/0: unbounded
     request_timeout_s: float | None = None   # None/0: no server-side request timeout
     body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S
     access_log: bool = False                 # one line per request (never headers)
+    spec: str | None = None                  # speculative decoding: "ngram" | "draft:<model>"
+    spec_k: int | None = None                # proposals per step (engine default 4)
 
 
 def resolve_api_key(cfg: ServerConfig) -> str | None:
@@ -91,6 +94,7 @@ _ENGINE_FIELDS = {
     "enable_chunked_prefill": ("enable_chunked_prefill", "chunked_prefill"),
     "seed": ("seed",),
     "num_threads": ("num_threads",),
+    "spec_k": ("spec_k",),
 }
 
 
@@ -129,6 +133,9 @@ def make_engine_config(cfg: ServerConfig):
                 log.warning("engine has no setting for %s; ignoring %s=%r", ours, ours, value)
             continue
         kwargs[name] = value
+    if cfg.spec:
+        from .spec_decode import parse_spec_flag
+        kwargs.update(parse_spec_flag(cfg.spec))
     return EngineConfig(**kwargs)
 
 
@@ -220,6 +227,9 @@ def run_server(cfg: ServerConfig) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if cfg.access_log:
         logging.getLogger("aiohttp.access").setLevel(logging.INFO)
+    if cfg.mode == "disagg":  # router + prefill/decode worker processes
+        from .disagg.serve import run_disagg_server
+        return run_disagg_server(cfg)
     if cfg.mode != "mono":
         print(f"infer-bench serve: --mode {cfg.mode} is not available: this server runs one "
               f"monolithic engine (--mode mono)", file=sys.stderr, flush=True)
@@ -272,9 +282,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
     p.add_argument("--log-level", default="warning")
     p.add_argument("--mode", default="mono", choices=["mono", "disagg"],
-                   help="mono: one engine does prefill and decode (disagg: not in this server)")
+                   help="mono: one engine does prefill and decode; disagg: prefill and decode workers")
     p.add_argument("--prefill-workers", type=int, default=1, help="(disagg only)")
     p.add_argument("--decode-workers", type=int, default=1, help="(disagg only)")
+    from .disagg.serve import add_disagg_arguments
+    add_disagg_arguments(p)
     p.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' on every endpoint but /health "
                         f"(default: ${API_KEY_ENV}, which is preferred: argv is visible to all)")
@@ -287,6 +299,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="408 if the request body is not received within this (0: no limit)")
     p.add_argument("--access-log", action="store_true",
                    help="log one line per request (address, request line, status; no headers)")
+    p.add_argument("--spec", default=None, metavar="ngram|draft:MODEL",
+                   help="speculative decoding: n-gram prompt lookup, or a draft model (same tokenizer)")
+    p.add_argument("--spec-k", type=int, default=None, help="speculative tokens per step (default 4)")
     return p
 
 
@@ -303,11 +318,15 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         log_level=a.log_level, mode=a.mode, prefill_workers=a.prefill_workers,
         decode_workers=a.decode_workers, api_key=a.api_key,
         max_waiting_requests=a.max_waiting_requests, request_timeout_s=a.request_timeout_s,
-        body_timeout_s=a.body_timeout_s, access_log=a.access_log)
+        body_timeout_s=a.body_timeout_s, access_log=a.access_log, spec=a.spec, spec_k=a.spec_k)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_server(config_from_args(argv))
+    cfg = config_from_args(argv)
+    if cfg.mode == "disagg":
+        from .disagg.serve import disagg_options_from_args
+        cfg.disagg = disagg_options_from_args(build_arg_parser().parse_args(argv))
+    return run_server(cfg)
 
 
 if __name__ == "__main__":

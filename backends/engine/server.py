@@ -37,6 +37,10 @@ Robustness and security (build_app's keyword arguments; serve.py's flags):
   Content-Length over `max_body_bytes` gets 413 without reading the body.
 - Large bodies are parsed/tokenized in a worker thread, so one huge prompt does not stall the
   event loop (and the other streams) while it is tokenized.
+- Not covered: aiohttp has no timeout for a client that dribbles its *headers* (it holds one
+  connection, nothing else; lines/fields are capped at 8 KiB), nor for a client that stops
+  *reading* a stream (the handler waits on the socket; the engine finishes the request as usual).
+  HTTP-level garbage is answered by aiohttp's parser itself (plain-text 400, before any handler).
 
 `build_app()` is used by serve.py (the process entry point) and by the tests.
 """
@@ -53,6 +57,8 @@ import uuid
 from typing import Any, Sequence
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from . import protocol
 from .protocol import RequestError
@@ -409,7 +415,7 @@ async def error_middleware(request: web.Request, handler):
         resp = await handler(request)
     except RequestError as e:
         resp = web.json_response(e.to_body(), status=e.status, headers=e.headers or None)
-        if e.status == 408:  # the rest of the body may never come: do not linger for it
+        if e.close_connection:
             resp.force_close()
     except web.HTTPException as e:
         if e.status < 400:
@@ -433,9 +439,26 @@ async def error_middleware(request: web.Request, handler):
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = json_error(500, f"internal server error: {type(e).__name__}: {e}",
                           type="server_error")
-    if isinstance(resp, web.StreamResponse) and resp.status >= 400 and not resp.prepared:
-        state.metrics.http_errors[resp.status] = state.metrics.http_errors.get(resp.status, 0) + 1
+    if isinstance(resp, web.StreamResponse) and not resp.prepared:
+        if resp.status >= 400:
+            state.metrics.http_errors[resp.status] = \
+                state.metrics.http_errors.get(resp.status, 0) + 1
+        if _body_may_break(request):
+            resp.force_close()
     return resp
+
+
+def _body_may_break(request: web.Request) -> bool:
+    """A body that failed to decode, or a compressed one the handler did not read (a 404/405/
+    401 ...): after the response aiohttp would decode it to discard it, may fail, and then drop
+    a connection it had just announced as keep-alive. Such responses say "close" up front."""
+    try:
+        content = request.content
+        if content.exception() is not None:
+            return True
+        return "Content-Encoding" in request.headers and not content.at_eof()
+    except Exception:  # noqa: BLE001 - no payload object: nothing to worry about
+        return False
 
 
 async def handle_health(request: web.Request) -> web.Response:
@@ -526,10 +549,15 @@ async def _read_body(request: web.Request, state: ServerState) -> bytes:
             return await asyncio.wait_for(request.read(), state.body_timeout_s)
         return await request.read()
     except asyncio.TimeoutError:
+        # the rest of the body may never come: do not linger for it
         raise RequestError(408, f"request body not received within {state.body_timeout_s:g} s",
-                           code="request_body_timeout") from None
-    except ValueError as e:  # e.g. a Content-Encoding that does not decode
-        raise RequestError(400, f"could not read the request body: {e}") from None
+                           code="request_body_timeout", close_connection=True) from None
+    except (RequestPayloadError, HttpProcessingError, ValueError) as e:
+        # a Content-Encoding that does not decode, a broken chunked encoding, ...
+        msg = " ".join(str(e).split()) or type(e).__name__
+        # the request stream is broken: answer, then close (no keep-alive on a broken stream)
+        raise RequestError(400, f"could not read the request body: {msg}",
+                           close_connection=True) from None
 
 
 async def handle_completions(request: web.Request) -> web.StreamResponse:
@@ -646,7 +674,8 @@ async def _handle_generate(request: web.Request, kind: str) -> web.StreamRespons
         except RuntimeError as e:
             finished = True
             if state.draining or "shut down" in str(e):
-                raise RequestError(503, f"engine unavailable: {e}", type="server_error")
+                raise RequestError(503, f"engine unavailable: {e}", type="server_error",
+                                   headers={"Retry-After": str(RETRY_AFTER_S)})
             raise RequestError(500, f"engine error: {e}", type="server_error")
         state.awaiting_first -= 1
         awaiting = False

@@ -1,0 +1,288 @@
+"""The reference engine vs Hugging Face transformers `generate()`, side by side in one run.
+
+    .venv/bin/python bench/engine_vs_hf.py                      # all four targets, full config
+    .venv/bin/python bench/engine_vs_hf.py --quick              # scaled-down mixed batch (minutes)
+    .venv/bin/python bench/engine_vs_hf.py --only decode,prefill --rounds 5
+
+Same fp32 weights (HF loads the cached HF directory of the registry model), same torch threads
+(--threads, default 2), greedy, every request runs to its full output length (ignore_eos for the
+engine, min_new_tokens for HF). The machine is shared, so each comparison alternates ours and
+HF round by round (A/B/A/B) and reports the best round of each; the load average is printed with
+every result. Targets (issue 3):
+
+  decode   one request, short prompt: output tokens/s of the decode phase, measured the same way
+           for both: (t(N tokens) - t(1 token)) / (N - 1) from end-to-end generate timings.
+           Target ours >= 1.6x HF. Also the fraction of the memory-bandwidth roofline: weights
+           read per step (every matrix but the embedding table) / the machine's read bandwidth,
+           measured here with a large torch sum.
+  prefill  one 512-token prompt to its first token (engine: add_request -> first output, prefix
+           caching off; HF: generate(max_new_tokens=1)). Target >= 1.15x. Also the fraction of
+           the fp32 GEMM peak, measured here with a large torch.mm.
+  batch    N requests (default 64) with input lengths uniform in [32, 1024] and output lengths
+           uniform in [16, 256] (seeded), all submitted at once to the engine (continuous
+           batching), vs HF with static left-padded batches of 16 in submission order, each
+           generating the batch's longest output. Throughput = requested output tokens / wall
+           time for both. Target >= 3x. `--quick` scales to 16 requests, inputs 32-256,
+           outputs 16-64.
+  prefix   64 requests sharing a 512-token system prompt (+ 16-48 unique tokens each), all
+           submitted at once to LLMEngine, 8 output tokens each; mean TTFT (add_request -> first
+           output token) with prefix caching vs without. Target >= 4x lower. Engine only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import time
+
+import torch
+
+from infer_bench.backends.engine.engine import EngineConfig, LLMEngine
+from infer_bench.backends.engine.loader import load_model
+from infer_bench.backends.engine.sampling import SamplingParams
+
+
+def load() -> str:
+    a, b, c = os.getloadavg()
+    return f"load avg {a:.2f} {b:.2f} {c:.2f}"
+
+
+def best(xs):
+    return min(xs)
+
+
+# ---- machine peaks ------------------------------------------------------------------------
+def read_bandwidth_gbs(n_bytes: int = 1 << 30, reps: int = 5) -> float:
+    x = torch.ones(n_bytes // 4, dtype=torch.float32)
+    x.sum()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        x.sum()
+        ts.append(time.perf_counter() - t0)
+    return n_bytes / best(ts) / 1e9
+
+
+def gemm_gflops(n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        ts.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / best(ts) / 1e9
+
+
+# ---- the two sides ------------------------------------------------------------------------
+def make_engine(lm, prefix_caching: bool, **kw) -> LLMEngine:
+    cfg = EngineConfig(enable_prefix_caching=prefix_caching, **kw)
+    return LLMEngine(cfg, lm)
+
+
+def ours_generate_s(engine: LLMEngine, prompts: list[list[int]], outs: list[int]) -> float:
+    params = [SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True) for o in outs]
+    t0 = time.perf_counter()
+    res = engine.generate(prompts, params)
+    dt = time.perf_counter() - t0
+    assert [len(r) for r in res] == outs, "engine produced the wrong number of tokens"
+    return dt
+
+
+def hf_generate_s(hf, prompts: list[list[int]], max_new: int, pad_id: int) -> float:
+    """One static batch, left-padded, generating exactly max_new tokens per row."""
+    L = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), L), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p):] = torch.tensor(p)
+        mask[i, L - len(p):] = 1
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new,
+                          min_new_tokens=max_new, do_sample=False, pad_token_id=pad_id)
+    dt = time.perf_counter() - t0
+    assert out.shape[1] == L + max_new
+    return dt
+
+
+def weight_bytes(model) -> int:
+    """Bytes a decode step streams: every matrix but the embedding table (rows are indexed)."""
+    return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n != "embed")
+
+
+def rand_prompt(rng: random.Random, n: int, vocab: int) -> list[int]:
+    return [rng.randrange(100, vocab) for _ in range(n)]
+
+
+# ---- targets ------------------------------------------------------------------------------
+def bench_decode(lm, hf, args, bw_gbs: float) -> None:
+    rng = random.Random(1)
+    prompt = lm.tokenizer.encode(lm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Tell me a long story about a robot who learns to paint."}]))
+    n = args.decode_tokens
+    eng = make_engine(lm, prefix_caching=False)
+    pad = 0
+    ours_generate_s(eng, [prompt], [4])
+    hf_generate_s(hf, [prompt], 4, pad)  # warm-up
+    ours, ref = [], []
+    for r in range(args.rounds):
+        o1 = ours_generate_s(eng, [prompt], [1])
+        on = ours_generate_s(eng, [prompt], [n])
+        h1 = hf_generate_s(hf, [prompt], 1, pad)
+        hn = hf_generate_s(hf, [prompt], n, pad)
+        ours.append((n - 1) / (on - o1))
+        ref.append((n - 1) / (hn - h1))
+        print(f"  round {r}: ours {ours[-1]:6.1f} tok/s   HF {ref[-1]:6.1f} tok/s   ({load()})", flush=True)
+    o, h = max(ours), max(ref)
+    roof = bw_gbs * 1e9 / weight_bytes(lm.model)
+    print(f"DECODE  batch 1, prompt {len(prompt)}, {n} tokens: ours {o:.1f} tok/s (median "
+          f"{statistics.median(ours):.1f})  HF {h:.1f} tok/s (median {statistics.median(ref):.1f})  "
+          f"ratio {o / h:.2f}x (median-of-rounds {statistics.median([a / b for a, b in zip(ours, ref)]):.2f}x)"
+          f"  target 1.6x  | roofline {roof:.1f} steps/s ({weight_bytes(lm.model) / 1e6:.0f} MB at "
+          f"{bw_gbs:.1f} GB/s): ours {o / roof:.0%}, HF {h / roof:.0%}  ({load()})", flush=True)
+    del rng
+
+
+def prefill_flops(cfg, T: int) -> float:
+    h, q, kv, i = cfg.hidden_size, cfg.q_size, cfg.kv_size, cfg.intermediate_size
+    per_tok = 2 * cfg.num_layers * (h * (q + 2 * kv) + q * h + h * 2 * i + i * h)
+    attn = cfg.num_layers * 2 * 2 * cfg.num_heads * cfg.head_dim * T * (T + 1) / 2  # causal QK^T + PV
+    return per_tok * T + attn + 2 * h * cfg.vocab_size  # + LM head on the last row
+
+
+def bench_prefill(lm, hf, args, peak_gflops: float) -> None:
+    rng = random.Random(2)
+    T = args.prefill_tokens
+    vocab = lm.config.vocab_size
+    eng = make_engine(lm, prefix_caching=False)
+    ours_generate_s(eng, [rand_prompt(rng, T, vocab)], [1])
+    hf_generate_s(hf, [rand_prompt(rng, T, vocab)], 1, 0)
+    ours, ref = [], []
+    for r in range(args.rounds):
+        p = rand_prompt(rng, T, vocab)
+        ours.append(ours_generate_s(eng, [p], [1]))
+        ref.append(hf_generate_s(hf, [p], 1, 0))
+        print(f"  round {r}: ours {ours[-1] * 1e3:7.1f} ms   HF {ref[-1] * 1e3:7.1f} ms   ({load()})", flush=True)
+    o, h = best(ours), best(ref)
+    fl = prefill_flops(lm.config, T)
+    print(f"PREFILL {T} tokens -> first token: ours {o * 1e3:.0f} ms ({T / o:.0f} tok/s)  HF {h * 1e3:.0f} ms "
+          f"({T / h:.0f} tok/s)  ratio {h / o:.2f}x (median-of-rounds "
+          f"{statistics.median([b / a for a, b in zip(ours, ref)]):.2f}x)  target 1.15x  | GEMM peak "
+          f"{peak_gflops:.0f} GFLOP/s: ours {fl / o / 1e9:.0f} GFLOP/s = {fl / o / 1e9 / peak_gflops:.0%}, "
+          f"HF {fl / h / 1e9 / peak_gflops:.0%}  ({load()})", flush=True)
+
+
+def bench_batch(lm, hf, args) -> None:
+    rng = random.Random(3)
+    vocab = lm.config.vocab_size
+    n = args.batch_requests
+    ins = [rng.randint(args.min_input, args.max_input) for _ in range(n)]
+    outs = [rng.randint(args.min_output, args.max_output) for _ in range(n)]
+    prompts = [rand_prompt(rng, k, vocab) for k in ins]
+    useful = sum(outs)
+    print(f"  {n} requests, inputs {args.min_input}-{args.max_input} (sum {sum(ins)}), outputs "
+          f"{args.min_output}-{args.max_output} (sum {useful}); HF static batches of {args.hf_batch}", flush=True)
+    ours, ref = [], []
+    for r in range(args.batch_rounds):
+        eng = make_engine(lm, prefix_caching=False)  # fresh: no prefix hits between rounds
+        t = ours_generate_s(eng, prompts, outs)
+        ours.append(useful / t)
+        st = eng.stats()
+        print(f"  round {r}: ours {t:7.1f} s = {ours[-1]:6.1f} tok/s  (steps {eng.step_id}, preemptions "
+              f"{eng.scheduler.num_preemptions}, kv blocks {st.get('kv_blocks_total', '?')})  ({load()})", flush=True)
+        del eng
+        t = 0.0
+        for b in range(0, n, args.hf_batch):
+            t += hf_generate_s(hf, prompts[b:b + args.hf_batch], max(outs[b:b + args.hf_batch]), 0)
+        ref.append(useful / t)
+        print(f"  round {r}: HF   {t:7.1f} s = {ref[-1]:6.1f} tok/s  ({load()})", flush=True)
+    o, h = max(ours), max(ref)
+    print(f"BATCH   {n} mixed requests: ours {o:.1f} output tok/s  HF(static x{args.hf_batch}) {h:.1f} tok/s  "
+          f"ratio {o / h:.2f}x  target 3x  ({load()})", flush=True)
+
+
+def bench_prefix(lm, args) -> None:
+    rng = random.Random(4)
+    vocab = lm.config.vocab_size
+    system = rand_prompt(rng, args.prefix_tokens, vocab)
+    prompts = [system + rand_prompt(rng, rng.randint(16, 48), vocab) for _ in range(args.prefix_requests)]
+
+    def run(caching: bool) -> float:
+        eng = make_engine(lm, prefix_caching=caching)
+        params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+        t_add, ttft = {}, {}
+        for i, p in enumerate(prompts):
+            t_add[str(i)] = time.perf_counter()
+            eng.add_request(str(i), p, params)
+        while eng.has_unfinished():
+            for out in eng.step():
+                if out.new_token_ids and out.request_id not in ttft:
+                    ttft[out.request_id] = time.perf_counter() - t_add[out.request_id]
+        assert len(ttft) == len(prompts)
+        return statistics.mean(ttft.values())
+
+    run(True)  # warm-up
+    on, off = [], []
+    for r in range(args.rounds_prefix):
+        on.append(run(True))
+        off.append(run(False))
+        print(f"  round {r}: mean TTFT caching {on[-1] * 1e3:7.1f} ms   no caching {off[-1] * 1e3:7.1f} ms  "
+              f"({load()})", flush=True)
+    a, b = best(on), best(off)
+    print(f"PREFIX  {args.prefix_requests} requests, shared {args.prefix_tokens}-token prefix: mean TTFT "
+          f"caching {a * 1e3:.0f} ms  no caching {b * 1e3:.0f} ms  ratio {b / a:.2f}x  target 4x  ({load()})",
+          flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="decode,prefill,batch,prefix")
+    ap.add_argument("--rounds", type=int, default=3, help="A/B rounds for decode and prefill")
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--prefill-tokens", type=int, default=512)
+    ap.add_argument("--batch-requests", type=int, default=64)
+    ap.add_argument("--min-input", type=int, default=32)
+    ap.add_argument("--max-input", type=int, default=1024)
+    ap.add_argument("--min-output", type=int, default=16)
+    ap.add_argument("--max-output", type=int, default=256)
+    ap.add_argument("--hf-batch", type=int, default=16)
+    ap.add_argument("--batch-rounds", type=int, default=1)
+    ap.add_argument("--prefix-requests", type=int, default=64)
+    ap.add_argument("--prefix-tokens", type=int, default=512)
+    ap.add_argument("--rounds-prefix", type=int, default=2)
+    ap.add_argument("--quick", action="store_true",
+                    help="mixed batch scaled down: 16 requests, inputs 32-256, outputs 16-64")
+    args = ap.parse_args()
+    if args.quick:
+        args.batch_requests, args.max_input, args.max_output = 16, 256, 64
+    only = set(args.only.split(","))
+
+    torch.set_num_threads(args.threads)
+    lm = load_model(args.model)
+    hf = None
+    if only & {"decode", "prefill", "batch"}:
+        from transformers import AutoModelForCausalLM
+        hf = AutoModelForCausalLM.from_pretrained(str(lm.path), torch_dtype=torch.float32).eval()
+    print(f"model {args.model}: {lm.source_description}; torch {torch.__version__}, threads "
+          f"{torch.get_num_threads()}, {os.cpu_count()} CPUs; {load()}", flush=True)
+    bw = read_bandwidth_gbs()
+    peak = gemm_gflops()
+    print(f"machine: read bandwidth (1 GiB torch sum) {bw:.1f} GB/s; fp32 GEMM (2048^3 torch.mm) "
+          f"{peak:.0f} GFLOP/s  ({load()})", flush=True)
+    if "decode" in only:
+        bench_decode(lm, hf, args, bw)
+    if "prefill" in only:
+        bench_prefill(lm, hf, args, peak)
+    if "prefix" in only:
+        bench_prefix(lm, args)
+    if "batch" in only:
+        bench_batch(lm, hf, args)
+
+
+if __name__ == "__main__":
+    main()
