@@ -495,3 +495,102 @@ def recompute_summary(records: pd.DataFrame, slo: dict, spec: dict) -> pd.DataFr
         except Exception:
             pass
     return summarize_records(records, slo, spec)
+
+
+# ----------------------------------------------------------------------------- server timing
+
+def parse_timing(v: Any) -> dict | None:
+    """The `server_timing_json` object of one record as a dict (None if absent or unreadable)."""
+    if isinstance(v, dict):
+        return v
+    if v is None or _is_missing(v):
+        return None
+    try:
+        out = json.loads(str(v))
+    except ValueError:
+        return None
+    return out if isinstance(out, dict) else None
+
+
+def server_timings(records: pd.DataFrame) -> list[dict | None]:
+    """`parse_timing` of every record, in row order."""
+    if records is None or records.empty or "server_timing_json" not in records:
+        return [None] * (0 if records is None else len(records))
+    return [parse_timing(v) for v in records["server_timing_json"]]
+
+
+def token_prefill_flags(timing: dict | None) -> np.ndarray | None:
+    """For each output token (engine order): True if the engine step that produced it also
+    carried prefill tokens (co-batched prefill), False for a decode-only step.
+
+    Reads `token_steps` (step id per token) and `steps` ({step id: {prefill_tokens, ...}}); the
+    disaggregated decode worker keys steps "worker:step" with a parallel `token_workers` list.
+    None when the server did not report them; a token whose step is not described counts as
+    decode-only."""
+    if not timing:
+        return None
+    ts = timing.get("token_steps")
+    steps = timing.get("steps")
+    if not isinstance(ts, list) or not isinstance(steps, dict) or not ts:
+        return None
+    workers = timing.get("token_workers")
+    if not isinstance(workers, list) or len(workers) != len(ts):
+        workers = None
+    out = np.zeros(len(ts), dtype=bool)
+    for i, s in enumerate(ts):
+        info = None
+        if workers is not None:
+            info = steps.get(f"{workers[i]}:{s}")
+        if info is None:
+            info = steps.get(str(s))
+        if isinstance(info, dict):
+            try:
+                out[i] = float(info.get("prefill_tokens") or 0) > 0
+            except (TypeError, ValueError):
+                pass
+    return out
+
+
+def itl_split(times: list[float], tokens: list[int], flags: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-token ITL samples and per-chunk gaps labelled by the kind of engine step.
+
+    Returns (itl, itl_prefill, chunk_t, chunk_gap, chunk_prefill): per-token ITL samples (as
+    `itl_per_token`) with a bool per sample (its token came from a step that co-batched
+    prefill), and per chunk after the first its arrival time, gap and a bool (any of its tokens
+    came from such a step). Tokens beyond the server's `token_steps` count as decode-only."""
+    t, k = token_chunks(times, tokens)
+    if len(t) < 2:
+        e = np.empty(0)
+        return e, e.astype(bool), e, e, e.astype(bool)
+    kk = k.astype(int)
+    gaps = np.diff(t)
+    itl = np.repeat(gaps / kk[1:], kk[1:])
+    idx = np.arange(int(kk[0]), int(kk.sum()))          # token index of each ITL sample
+    if flags is None:
+        f = np.zeros(len(idx), dtype=bool)
+    else:
+        f = np.zeros(len(idx), dtype=bool)
+        inside = idx < len(flags)
+        f[inside] = flags[idx[inside]]
+    chunk_of = np.repeat(np.arange(len(kk) - 1), kk[1:])
+    cf = np.zeros(len(kk) - 1, dtype=bool)
+    np.logical_or.at(cf, chunk_of, f)
+    return itl, f, t[1:], gaps, cf
+
+
+def spec_counters(timing: dict | None) -> tuple[float, float, float] | None:
+    """(proposed, accepted, verify steps) of speculative decoding for one request, or None.
+    Verify steps: `spec_verify_steps` when reported, else NaN."""
+    if not timing or timing.get("spec_proposed") is None or timing.get("spec_accepted") is None:
+        return None
+    try:
+        prop = float(timing["spec_proposed"])
+        acc = float(timing["spec_accepted"])
+    except (TypeError, ValueError):
+        return None
+    try:
+        steps = float(timing.get("spec_verify_steps"))
+    except (TypeError, ValueError):
+        steps = float("nan")
+    return prop, acc, steps

@@ -12,14 +12,21 @@ Figures:
   request_timeline    Gantt-like per-request phases (queue, prefill, KV transfer, admission, decode)
   itl_over_time       per-chunk gaps against time, engine steps with co-batched prefill marked
   telemetry_figure    telemetry metrics against time
+  ttft_breakdown      stacked mean (or slowest-10%) TTFT: queue / prefill / KV transfer / decode
+                      admission / rest; 'unattributed' where the server reports no phases
+  itl_interference    per-token ITL split by engine step kind (decode-only vs co-batched
+                      prefill, from server_timing_json token_steps/steps), CDFs + p50/p99 bars;
+                      itl_interference_table: the same as numbers
+  spec_decoding       draft acceptance-rate histogram and mean accepted tokens per verify step
   report_figures      all of the above that apply to one RunData, with titles and captions
+                      (predicted vs measured comes from predict.py)
 """
 
 from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,7 +34,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .data import RunData, chunk_gaps, itl_per_token, order_load_points
+from .data import (RunData, chunk_gaps, itl_per_token, itl_split, order_load_points, server_timings,
+                   spec_counters, token_prefill_flags)
 from .summary import goodput
 
 PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
@@ -449,8 +457,12 @@ def request_timeline(records: pd.DataFrame, max_per_deployment: int = 30,
 def itl_over_time(records: pd.DataFrame, steps: pd.DataFrame | None = None,
                   colors: dict | None = None, load_points: Sequence | None = None,
                   lp_labels: dict | None = None, max_points: int = 4000, seed: int = 0,
-                  title: str | None = None) -> go.Figure:
-    """Per-chunk gaps (ms) against arrival time; engine steps that co-batched prefill marked."""
+                  title: str | None = None, kinds: dict | None = None) -> go.Figure:
+    """Per-chunk gaps (ms) against arrival time; engine steps that co-batched prefill marked.
+
+    With `kinds` (from `itl_kinds`) a deployment whose server reports per-token engine steps
+    gets two marker traces: chunks from decode-only steps (dots) and chunks whose tokens came
+    from a step that also ran prefill (larger open markers) — the interference itself."""
     if records is None or records.empty:
         return empty_figure(title)
     lps = _lp_list(records, load_points)
@@ -474,16 +486,37 @@ def itl_over_time(records: pd.DataFrame, steps: pd.DataFrame | None = None,
             if not ts or not sum(len(a) for a in ts):
                 continue
             t_all, g_all = np.concatenate(ts), np.concatenate(gs)
+            kd = (kinds or {}).get((dep, lp))
+            split = kd is not None and kd.n_with_steps > 0 and len(kd.chunk_t) == len(t_all)
+            f_all = kd.chunk_prefill if split else np.zeros(len(t_all), dtype=bool)
+            if split:
+                t_all, g_all = kd.chunk_t, kd.chunk_gap
             if len(t_all) > max_points:
-                pick = np.sort(rng.choice(len(t_all), max_points, replace=False))
-                t_all, g_all = t_all[pick], g_all[pick]
+                # keep every chunk from a prefill step (rare, and the point of the figure)
+                pf_idx = np.flatnonzero(f_all)
+                rest = np.flatnonzero(~f_all)
+                n_rest = max(0, max_points - len(pf_idx))
+                if len(rest) > n_rest:
+                    rest = rng.choice(rest, n_rest, replace=False)
+                pick = np.sort(np.concatenate([pf_idx, rest]).astype(int))
+                t_all, g_all, f_all = t_all[pick], g_all[pick], f_all[pick]
             kw = dict(secondary_y=False) if has_steps else {}
-            fig.add_trace(go.Scatter(
-                x=_f32(t_all), y=_f32(g_all * 1e3), mode="markers", name=f"{esc(dep)} chunk gap",
-                legendgroup=esc(dep), marker=dict(color=colors[dep], size=4, opacity=0.55),
-                hovertemplate=f"{esc(dep)}<br>t=%{{x:.3f}} s<br>gap %{{y:.3g}} ms<extra></extra>",
-            ), **kw)
-            trace_lps.append(lp)
+            groups = ([(~f_all, "decode-only step", dict(size=4, opacity=0.55)),
+                       (f_all, "step had prefill", dict(size=8, opacity=0.95, symbol="circle-open",
+                                                        line=dict(width=2)))]
+                      if split else [(np.ones(len(t_all), dtype=bool), "chunk gap",
+                                      dict(size=4, opacity=0.55))])
+            for m, label, mk in groups:
+                if not m.any():
+                    continue
+                fig.add_trace(go.Scatter(
+                    x=_f32(t_all[m]), y=_f32(g_all[m] * 1e3), mode="markers",
+                    name=f"{esc(dep)} · {label}" if split else f"{esc(dep)} chunk gap",
+                    legendgroup=esc(f"{dep} {label}"), marker=dict(color=colors[dep], **mk),
+                    hovertemplate=f"{esc(dep)}<br>t=%{{x:.3f}} s<br>gap %{{y:.3g}} ms"
+                                  + (f"<br>{label}" if split else "") + "<extra></extra>",
+                ), **kw)
+                trace_lps.append(lp)
             if has_steps:
                 st = steps
                 if "deployment" in st:
@@ -584,11 +617,15 @@ class FigureSpec:
     key: str
     title: str
     caption: str
-    figure: go.Figure
+    figure: go.Figure | None          # None: a section with only tables / a note
+    tables: list = field(default_factory=list)   # summary.Table objects shown under the figure
+    note: str = ""                    # a short remark shown under the caption
 
 
-def report_figures(run: RunData, colors: dict | None = None, target: float = 0.9) -> list[FigureSpec]:
-    """The report's figures for one run, in display order."""
+def report_figures(run: RunData, colors: dict | None = None, target: float = 0.9,
+                   predict: bool = True) -> list[FigureSpec]:
+    """The report's figures for one run, in display order (sections without data are left
+    out: TTFT split, ITL interference, speculative decoding, predicted vs measured)."""
     colors = colors or deployment_colors(run.deployments)
     lps = run.load_points
     labels = {lp: run.load_point_label(lp) for lp in lps}
@@ -611,19 +648,398 @@ def report_figures(run: RunData, colors: dict | None = None, target: float = 0.9
             f"against the offered rate. Goodput (★) is the highest rate with attainment ≥ "
             f"{target:.0%}, linearly interpolated; '≥' means the target held at every rate measured.",
             slo_attainment(run.summary, colors, target, labels)))
+    parts = ttft_parts(run.records)
+    if not parts.empty:
+        unattributed = [d for d in dict.fromkeys(parts["deployment"])
+                        if parts.loc[parts["deployment"] == d, "unattributed"].sum() > 0
+                        and parts.loc[parts["deployment"] == d, ["queue", "prefill"]].sum().sum() == 0]
+        out.append(FigureSpec(
+            "ttft_parts", "Where the time to first token goes",
+            "Mean TTFT of successful requests per load point and deployment, split into the "
+            "phases the server reports: queue wait, prefill, KV transfer and decode admission "
+            "(disaggregated deployments), and the rest (network, HTTP/SSE framing, client). The "
+            "menu switches to the same split averaged over the slowest 10% of requests "
+            "(TTFT ≥ p90)."
+            + (f" {', '.join(unattributed)}: the server reports no phase timing (an external "
+               "server), so its TTFT is one unattributed bar." if unattributed else ""),
+            ttft_breakdown(run.records, lps, labels, run.deployments)))
     out.append(FigureSpec(
         "timeline", "Per-request timeline",
         "A sample of requests in send order. Server queue and prefill come from the engine's own "
         "timing where the server reports it; the rest of the time to first token is network, "
         "admission and transfer. Red bars are failed requests.",
         request_timeline(run.records, load_points=lps, lp_labels=labels)))
+    timings = server_timings(run.records)
+    kinds = itl_kinds(run.records, timings)
+    has_kinds = any(k.n_with_steps and len(k.itl) for k in kinds.values())
     out.append(FigureSpec(
         "itl_time", "Inter-token gaps over time",
         "Per-chunk gaps (not per token) against arrival time"
+        + ("; open circles are chunks whose tokens came from an engine step that also ran "
+           "prefill work (the server's per-token step ids), dots are decode-only steps"
+           if has_kinds else "")
         + ("; triangles (right axis) mark engine steps that co-batched prefill tokens, the "
            "interference that disaggregation removes." if run.steps is not None else "."),
-        itl_over_time(run.records, run.steps, colors, lps, labels)))
+        itl_over_time(run.records, run.steps, colors, lps, labels, kinds=kinds)))
+    if has_kinds:
+        out.append(FigureSpec(
+            "itl_interference", "Decode interference from co-batched prefill",
+            "Per-token ITL split by the engine step that produced the token: a decode-only step "
+            "(solid) or a step that also carried prefill tokens of other requests (dashed, "
+            "hatched). The gap between the two is the prefill-decode interference that a "
+            "disaggregated deployment removes; the share of tokens affected grows with load.",
+            itl_interference(kinds, colors, lps, labels),
+            tables=[itl_interference_table(kinds, lps, labels)]))
+    spec = spec_frame(run.records, timings)
+    if not spec.empty:
+        mal = spec.groupby("deployment", sort=False).apply(
+            lambda d: d["accepted"].sum() / d["verify_steps"].sum()
+            if d["verify_steps"].notna().all() and d["verify_steps"].sum() > 0 else float("nan"),
+            include_groups=False)
+        acc = spec.groupby("deployment", sort=False).apply(
+            lambda d: d["accepted"].sum() / d["proposed"].sum(), include_groups=False)
+        desc = "; ".join(f"{d}: {acc[d]:.0%} of draft tokens accepted"
+                         + (f", {mal[d]:.2f} accepted per verify step" if mal[d] == mal[d] else "")
+                         for d in acc.index)
+        out.append(FigureSpec(
+            "spec", "Speculative decoding",
+            "Draft tokens accepted by the target model, from the server's per-request counters "
+            "(spec_proposed, spec_accepted, spec_verify_steps). " + desc + ".",
+            spec_decoding(spec, colors)))
+    if predict and run.steps is not None:
+        from .predict import predicted_vs_measured, prediction_figure, prediction_table
+        pred = predicted_vs_measured(run)
+        out.append(FigureSpec(
+            "predicted", "Predicted vs measured",
+            "A step-time model fitted to this run's own engine steps, replayed on the measured "
+            "requests (workloads.planner.validate): predicted against measured p50/p90 TTFT and "
+            "TPOT and joint SLO attainment for every deployment and load point. Points on the "
+            "dashed y = x line are predicted exactly.",
+            prediction_figure(pred, colors, labels) if pred.ok else None,
+            tables=[prediction_table(pred, labels)] if pred.ok else [],
+            note=pred.note))
     if run.telemetry is not None:
         out.append(FigureSpec("telemetry", "Telemetry", "Hardware and process telemetry sampled "
                               "during the run.", telemetry_figure(run.telemetry, colors)))
     return out
+
+
+# ----------------------------------------------------------------------------- TTFT decomposition
+
+TTFT_PARTS = [("server_queue_s", "queue", "server queue"),
+              ("server_prefill_s", "prefill", "prefill"),
+              ("server_transfer_s", "transfer", "KV transfer"),
+              ("server_admission_s", "admission", "decode admission"),
+              (None, "rest", "rest (network + client)"),
+              (None, "unattributed", "unattributed (server reports no phases)")]
+PART_COLORS = {"queue": "#bab0ac", "prefill": "#f28e2b", "transfer": "#b07aa1",
+               "admission": "#76b7b2", "rest": "#9fb3c8", "unattributed": "#d9dde3"}
+
+
+def ttft_parts(records: pd.DataFrame) -> pd.DataFrame:
+    """Per successful request with a TTFT: its TTFT split into the server-reported phases and
+    the rest. Columns: deployment, load_point, ttft_s, queue, prefill, transfer, admission,
+    rest, unattributed (seconds). A request without any server phase column puts its whole TTFT
+    in `unattributed` (external servers); a missing single phase counts 0; the rest (network,
+    client, SSE framing) is TTFT minus the phases, floored at 0."""
+    cols = ["deployment", "load_point", "ttft_s"] + [p for _, p, _ in TTFT_PARTS]
+    if records is None or records.empty:
+        return pd.DataFrame(columns=cols)
+    ok = _ok(records)
+    ok = ok[pd.to_numeric(ok["ttft_s"], errors="coerce").notna()]
+    out = pd.DataFrame({"deployment": ok["deployment"].to_numpy(),
+                        "load_point": ok["load_point"].to_numpy(),
+                        "ttft_s": ok["ttft_s"].to_numpy(dtype=float)})
+    phase = np.zeros((len(ok), 4))
+    have = np.zeros(len(ok), dtype=bool)
+    for j, (col, _, _) in enumerate(TTFT_PARTS[:4]):
+        if col in ok:
+            v = pd.to_numeric(ok[col], errors="coerce").to_numpy(dtype=float)
+            have |= np.isfinite(v)
+            phase[:, j] = np.nan_to_num(np.clip(v, 0, None), nan=0.0)
+    ttft = out["ttft_s"].to_numpy()
+    phase[~have] = 0.0
+    for j, (_, p, _) in enumerate(TTFT_PARTS[:4]):
+        out[p] = phase[:, j]
+    out["rest"] = np.where(have, np.clip(ttft - phase.sum(axis=1), 0, None), 0.0)
+    out["unattributed"] = np.where(have, 0.0, ttft)
+    return out
+
+
+def ttft_breakdown(records: pd.DataFrame, load_points: Sequence | None = None,
+                   lp_labels: dict | None = None, deployments: Sequence[str] | None = None,
+                   title: str | None = None) -> go.Figure:
+    """Stacked bars per load point x deployment: mean TTFT split into server queue, prefill, KV
+    transfer, decode admission and the rest (network + client); a menu switches to the same
+    split averaged over the slowest 10% of requests (TTFT >= p90), which does add up to a tail
+    TTFT. Deployments whose server reports no phases show one 'unattributed' bar."""
+    parts = ttft_parts(records)
+    if parts.empty:
+        return empty_figure(title)
+    lps = _lp_list(records, load_points)
+    deps = [d for d in (deployments or list(dict.fromkeys(parts["deployment"])))
+            if d in set(parts["deployment"])]
+    xs_lp, xs_dep, vals = [], [], {"mean": [], "tail": []}
+    counts = {"mean": [], "tail": []}
+    for lp in lps:
+        for dep in deps:
+            g = parts[(parts["load_point"] == lp) & (parts["deployment"] == dep)]
+            if g.empty:
+                continue
+            xs_lp.append(esc(_lp_label(lp, lp_labels)))
+            xs_dep.append(esc(dep))
+            p90 = float(np.percentile(g["ttft_s"], 90))
+            tail = g[g["ttft_s"] >= p90]
+            vals["mean"].append(g[[p for _, p, _ in TTFT_PARTS]].mean().to_numpy() * 1e3)
+            vals["tail"].append(tail[[p for _, p, _ in TTFT_PARTS]].mean().to_numpy() * 1e3)
+            counts["mean"].append((len(g), float(g["ttft_s"].mean() * 1e3)))
+            counts["tail"].append((len(tail), float(tail["ttft_s"].mean() * 1e3)))
+    if not xs_lp:
+        return empty_figure(title)
+    fig = go.Figure()
+    x = [xs_lp, xs_dep] if len(set(xs_lp)) > 1 else xs_dep
+    views = [("mean", "mean of all requests"), ("tail", "mean of the slowest 10% (TTFT ≥ p90)")]
+    trace_view = []
+    for vi, (view, vlabel) in enumerate(views):
+        arr = np.asarray(vals[view])
+        for j, (_, p, name) in enumerate(TTFT_PARTS):
+            y = arr[:, j]
+            if not np.any(y > 0):
+                continue
+            cd = [[xd, n, tot] for xd, (n, tot) in zip(xs_dep, counts[view])]
+            fig.add_trace(go.Bar(
+                x=x, y=_f32(y), name=name, legendgroup=p, marker=dict(color=PART_COLORS[p]),
+                visible=(vi == 0), showlegend=True, customdata=cd,
+                hovertemplate=f"%{{customdata[0]}}<br>{name}: %{{y:.4g}} ms<br>TTFT {vlabel}: "
+                              "%{customdata[2]:.4g} ms (%{customdata[1]} requests)<extra></extra>"))
+            trace_view.append(vi)
+    if len(views) > 1:
+        buttons = [dict(label=esc(vlabel), method="restyle",
+                        args=[{"visible": [tv == vi for tv in trace_view]}])
+                   for vi, (_, vlabel) in enumerate(views)]
+        fig.update_layout(updatemenus=[dict(
+            buttons=buttons, active=0, direction="down", showactive=True, x=1.0, xanchor="right",
+            y=1.0, yanchor="bottom", pad=dict(b=24), bgcolor="#ffffff", bordercolor="#cbd2d9",
+            font=dict(size=11))])
+    fig.update_layout(barmode="stack", bargap=0.35)
+    fig.update_yaxes(title_text="time to first token (ms)", rangemode="tozero")
+    fig.update_xaxes(tickfont=dict(size=11), tickangle=0, automargin=True)
+    return _style(fig, title, height=440, top=110)
+
+
+# ----------------------------------------------------------------------------- ITL interference
+
+@dataclass
+class ItlKinds:
+    """Per (deployment, load point): per-token ITL samples and per-chunk gaps, each flagged by
+    whether the engine step that produced it co-batched prefill tokens."""
+    itl: np.ndarray
+    itl_prefill: np.ndarray
+    chunk_t: np.ndarray
+    chunk_gap: np.ndarray
+    chunk_prefill: np.ndarray
+    n_with_steps: int        # requests whose server reported token steps
+    n_requests: int
+
+
+def itl_kinds(records: pd.DataFrame, timings: list | None = None) -> dict[tuple, ItlKinds]:
+    """ItlKinds for every (deployment, load point) of the successful records."""
+    out: dict[tuple, ItlKinds] = {}
+    if records is None or records.empty:
+        return out
+    if timings is None:
+        timings = server_timings(records)
+    ok_mask = records["error"].isna().to_numpy() if "error" in records else np.ones(len(records), bool)
+    acc: dict[tuple, list] = {}
+    for i, (dep, lp, t, k) in enumerate(zip(records["deployment"], records["load_point"],
+                                            records["chunk_times_s"], records["chunk_tokens"])):
+        if not ok_mask[i]:
+            continue
+        flags = token_prefill_flags(timings[i])
+        key = (dep, lp)
+        acc.setdefault(key, []).append((itl_split(t, k, flags), flags is not None))
+    for key, items in acc.items():
+        parts = [it[0] for it in items]
+        cat = [np.concatenate([p[j] for p in parts]) if parts else np.empty(0) for j in range(5)]
+        out[key] = ItlKinds(cat[0], cat[1].astype(bool), cat[2], cat[3], cat[4].astype(bool),
+                            sum(1 for it in items if it[1]), len(items))
+    return out
+
+
+def _pct(v: np.ndarray, q: float) -> float:
+    return float(np.percentile(v, q)) if len(v) else float("nan")
+
+
+def itl_interference(kinds: dict[tuple, ItlKinds], colors: dict | None = None,
+                     load_points: Sequence | None = None, lp_labels: dict | None = None,
+                     title: str | None = None) -> go.Figure:
+    """Per-token ITL split by the kind of engine step that produced the token: CDFs (solid:
+    decode-only step, dashed: step that co-batched prefill) and p50 / p99 bars per deployment;
+    the menu picks the load point. Only deployments whose server reports token steps."""
+    kinds = {k: v for k, v in kinds.items() if v.n_with_steps and len(v.itl)}
+    if not kinds:
+        return empty_figure(title, "no data (the servers report no per-token engine steps)")
+    lps = [lp for lp in (load_points if load_points is not None
+                         else order_load_points([k[1] for k in kinds])) if any(k[1] == lp for k in kinds)]
+    deps = list(dict.fromkeys(k[0] for k in kinds))
+    colors = _colors_for(deps, colors)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.1,
+                        subplot_titles=["per-token ITL CDF", "per-token ITL p50 and p99"])
+    trace_lps: list = []
+    kinds_style = [(False, "decode-only step", "solid", 1.0),
+                   (True, "step had prefill", "dash", 0.55)]
+    for lp in lps:
+        for dep in deps:
+            kd = kinds.get((dep, lp))
+            if kd is None:
+                continue
+            for flag, label, dash, _ in kinds_style:
+                v = kd.itl[kd.itl_prefill == flag] * 1e3
+                x, y = _cdf_points(v)
+                if not len(x):
+                    continue
+                fig.add_trace(go.Scatter(
+                    x=_f32(x), y=_f32(y * 100), mode="lines", name=esc(f"{dep} · {label}"),
+                    legendgroup=esc(f"{dep} {label}"),
+                    line=dict(color=colors[dep], width=2, dash=dash, shape="hv"),
+                    hovertemplate=f"{esc(dep)} · {label}<br>ITL %{{x:.4g}} ms<br>%{{y:.1f}}% of "
+                                  f"these tokens ({len(v):,})<extra></extra>"), row=1, col=1)
+                trace_lps.append(lp)
+        for flag, label, _, opacity in kinds_style:
+            xs_dep, xs_q, ys, cd = [], [], [], []
+            for dep in deps:
+                kd = kinds.get((dep, lp))
+                if kd is None:
+                    continue
+                v = kd.itl[kd.itl_prefill == flag] * 1e3
+                share = float((kd.itl_prefill == flag).mean() * 100) if len(kd.itl) else 0.0
+                for q in (50, 99):
+                    xs_dep.append(esc(dep))
+                    xs_q.append(f"p{q}")
+                    ys.append(_pct(v, q))
+                    cd.append([esc(dep), len(v), share])
+            if not ys or not np.isfinite(ys).any():
+                continue
+            bar_colors = [colors[d] for d in deps for _ in (50, 99) if (d, lp) in kinds]
+            fig.add_trace(go.Bar(
+                x=[xs_dep, xs_q], y=_f32(ys), name=label, legendgroup=label,
+                marker=dict(color=bar_colors, opacity=opacity,
+                            pattern=dict(shape="/" if flag else "", fgcolor="#1f2933", size=6)),
+                customdata=cd,
+                hovertemplate="%{customdata[0]} · " + label + "<br>%{x}: %{y:.4g} ms<br>"
+                              "%{customdata[1]:,} tokens (%{customdata[2]:.1f}%)<extra></extra>"),
+                row=1, col=2)
+            trace_lps.append(lp)
+    if not fig.data:
+        return empty_figure(title, "no data (the servers report no per-token engine steps)")
+    fig.update_layout(barmode="group", bargap=0.25)
+    fig.update_xaxes(title_text="per-token ITL (ms)", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="% ≤ x", range=[0, 101], row=1, col=1)
+    fig.update_yaxes(title_text="per-token ITL (ms)", rangemode="tozero", row=1, col=2)
+    _add_lp_menu(fig, trace_lps, lps, lp_labels, active=len(lps) - 1)
+    return _style(fig, title, height=480, top=120)
+
+
+def itl_interference_table(kinds: dict[tuple, ItlKinds], load_points: Sequence,
+                           lp_labels: dict | None = None) -> "Table":
+    """Per deployment x load point: share of tokens from steps with co-batched prefill, and
+    p50 / p99 per-token ITL of those tokens against decode-only tokens."""
+    from .summary import Cell, Table, format_ms
+    t = Table(headers=["Load point", "Deployment", "Tokens", "From steps with prefill",
+                       "ITL p50 decode-only (ms)", "ITL p50 with prefill (ms)",
+                       "ITL p99 decode-only (ms)", "ITL p99 with prefill (ms)",
+                       "p50 slowdown"],
+              caption="Tokens produced in an engine step that also ran prefill work wait for "
+                      "it: this is the interference a disaggregated deployment removes.")
+    kinds = {k: v for k, v in kinds.items() if v.n_with_steps and len(v.itl)}
+    deps = list(dict.fromkeys(k[0] for k in kinds))
+    for lp in load_points:
+        first = True
+        for dep in deps:
+            kd = kinds.get((dep, lp))
+            if kd is None:
+                continue
+            if first:
+                t.group_starts.append(len(t.rows))
+                first = False
+            dec, pre = kd.itl[~kd.itl_prefill], kd.itl[kd.itl_prefill]
+            slow = _pct(pre, 50) / _pct(dec, 50) if len(pre) and len(dec) and _pct(dec, 50) > 0 else float("nan")
+            t.rows.append([
+                Cell(str((lp_labels or {}).get(lp, lp)), numeric=False),
+                Cell(str(dep), numeric=False),
+                Cell(f"{len(kd.itl):,}"),
+                Cell(f"{len(pre) / len(kd.itl) * 100:.1f}%"),
+                Cell(format_ms(_pct(dec, 50))), Cell(format_ms(_pct(pre, 50))),
+                Cell(format_ms(_pct(dec, 99))), Cell(format_ms(_pct(pre, 99))),
+                Cell("–" if not math.isfinite(slow) else f"×{slow:.2f}",
+                     cls="bad" if math.isfinite(slow) and slow >= 1.5 else ""),
+            ])
+    return t
+
+
+# ----------------------------------------------------------------------------- speculative decoding
+
+def spec_frame(records: pd.DataFrame, timings: list | None = None) -> pd.DataFrame:
+    """Per successful request with speculative-decoding counters: deployment, load_point,
+    proposed, accepted, verify_steps, acceptance (accepted / proposed)."""
+    cols = ["deployment", "load_point", "proposed", "accepted", "verify_steps", "acceptance"]
+    if records is None or records.empty:
+        return pd.DataFrame(columns=cols)
+    if timings is None:
+        timings = server_timings(records)
+    rows = []
+    ok = records["error"].isna().to_numpy() if "error" in records else np.ones(len(records), bool)
+    for i, (dep, lp) in enumerate(zip(records["deployment"], records["load_point"])):
+        c = spec_counters(timings[i]) if ok[i] else None
+        if c is None or c[0] <= 0:
+            continue
+        rows.append((dep, lp, c[0], c[1], c[2], c[1] / c[0]))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def spec_decoding(spec: pd.DataFrame, colors: dict | None = None,
+                  title: str | None = None) -> go.Figure:
+    """Histogram of per-request draft acceptance rate per deployment, and mean accepted tokens
+    per verification step (sum accepted / sum verify steps) per deployment and load point."""
+    if spec is None or spec.empty:
+        return empty_figure(title, "no data (no speculative decoding counters)")
+    deps = list(dict.fromkeys(spec["deployment"]))
+    colors = _colors_for(deps, colors)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.1,
+                        subplot_titles=["acceptance rate per request (accepted / proposed)",
+                                        "mean accepted tokens per verify step"])
+    for dep in deps:
+        d = spec[spec["deployment"] == dep]
+        fig.add_trace(go.Histogram(
+            x=_f32(d["acceptance"] * 100), name=esc(dep), legendgroup=esc(dep),
+            xbins=dict(start=0, end=100.001, size=5), histnorm="percent",
+            marker=dict(color=colors[dep], line=dict(color="#ffffff", width=0.5)), opacity=0.7,
+            hovertemplate=f"{esc(dep)}<br>acceptance %{{x}}%<br>%{{y:.1f}}% of requests"
+                          "<extra></extra>"), row=1, col=1)
+    lps = order_load_points(spec["load_point"])
+    for dep in deps:
+        xs, ys, cd = [], [], []
+        for lp in lps:
+            d = spec[(spec["deployment"] == dep) & (spec["load_point"] == lp)]
+            if d.empty:
+                continue
+            steps = d["verify_steps"].sum() if d["verify_steps"].notna().all() else float("nan")
+            mal = float(d["accepted"].sum() / steps) if steps and steps == steps else float("nan")
+            rate = float(d["accepted"].sum() / d["proposed"].sum())
+            xs.append(esc(str(lp)))
+            ys.append(mal)
+            cd.append([rate * 100, len(d)])
+        if not xs:
+            continue
+        fig.add_trace(go.Bar(
+            x=xs, y=_f32(ys), name=esc(dep), legendgroup=esc(dep), showlegend=False,
+            marker=dict(color=colors[dep]), customdata=cd,
+            hovertemplate=f"{esc(dep)} · %{{x}}<br>mean accepted length %{{y:.3g}} tokens/step"
+                          "<br>acceptance %{customdata[0]:.1f}% (%{customdata[1]} requests)"
+                          "<extra></extra>"), row=1, col=2)
+    fig.update_layout(barmode="group", bargap=0.15)
+    fig.update_xaxes(title_text="acceptance rate (%)", range=[0, 100], row=1, col=1)
+    fig.update_yaxes(title_text="% of requests", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="tokens accepted per verify step", rangemode="tozero", row=1, col=2)
+    fig.update_xaxes(title_text="load point", row=1, col=2)
+    return _style(fig, title, height=420, top=100)

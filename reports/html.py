@@ -26,8 +26,10 @@ import plotly.graph_objects as go
 from markupsafe import Markup
 
 from .data import RunData, load_run, order_load_points
-from .figures import (FigureSpec, deployment_colors, latency_cdfs, report_figures,
-                      throughput_latency)
+from .compare import compare_deltas, default_groups, deltas_table
+from .figures import (FigureSpec, deployment_colors, itl_interference, itl_interference_table,
+                      itl_kinds, latency_cdfs, report_figures, throughput_latency,
+                      ttft_breakdown, ttft_parts)
 from .summary import format_ms, format_pct, summary_table, verdict
 
 TEMPLATE = "report.html.j2"
@@ -260,7 +262,8 @@ def _write(text: str, out: Path) -> Path:
 
 
 def _figs_ctx(figs: Iterable[FigureSpec]) -> list[dict]:
-    return [dict(key=f.key, title=f.title, caption=f.caption, json=figure_json(f.figure))
+    return [dict(key=f.key, title=f.title, caption=f.caption, note=f.note, tables=list(f.tables),
+                 json=figure_json(f.figure) if f.figure is not None else None)
             for f in figs]
 
 
@@ -294,7 +297,7 @@ def build_context(run: RunData, target: float = DEFAULT_TARGET) -> dict:
         slo_text=slo_text,
         summary_note=("This summary was recomputed from requests (the results dir had none)."
                       if run.summary_recomputed else ""),
-        figures=_figs_ctx(report_figures(run, colors, target)),
+        figures=_figs_ctx(report_figures(run, colors, target)), sections=[],
         warnings=_warnings(run),
         plotly_js=Markup(_plotly_js()), version=_version(),
         generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -310,12 +313,21 @@ def render_report(results_dir: str | Path, out_path: str | Path | None = None,
 
 
 def render_compare(dirs: Sequence[str | Path], out_path: str | Path,
-                   target: float = DEFAULT_TARGET) -> Path:
-    """Several runs side by side: summary rows of each (deployment shown as 'run / deployment')
-    and latency CDFs / throughput-latency overlaid. Returns the path written."""
+                   target: float = DEFAULT_TARGET, groups: Sequence[str] | None = None) -> Path:
+    """Several runs side by side: summary rows of each (deployment shown as 'run / deployment'),
+    latency CDFs / throughput-latency / TTFT split / ITL interference overlaid, and the deltas of
+    the headline metrics against the first run (group) with 95% confidence intervals
+    (`compare.compare_deltas`). `groups`: one label per dir; dirs sharing a label are repeats
+    of one configuration (default: each run's name, so repeats of one named spec group
+    together). Returns the path written."""
     if not dirs:
         raise ValueError("render_compare needs at least one results dir")
     runs = [load_run(d) for d in dirs]
+    if groups is None:
+        groups = default_groups(runs)
+    groups = [str(g) for g in groups]
+    if len(groups) != len(runs):
+        raise ValueError("groups must give one label per results dir")
     names: list[str] = []
     for r in runs:
         n = r.name
@@ -353,13 +365,50 @@ def render_compare(dirs: Sequence[str | Path], out_path: str | Path,
         figs.append(FigureSpec("throughput", "Latency vs throughput",
                                "p50 (solid) and p90 (dashed) TTFT and TPOT against achieved "
                                "request throughput.", throughput_latency(summary, colors, slo=slo)))
+    if not records.empty and not ttft_parts(records).empty:
+        figs.append(FigureSpec("ttft_parts", "Where the time to first token goes",
+                               "Mean TTFT split into the phases each server reports (queue, "
+                               "prefill, KV transfer, decode admission) and the rest; servers "
+                               "that report none show one unattributed bar.",
+                               ttft_breakdown(records, lps)))
+    kinds = itl_kinds(records) if not records.empty else {}
+    if any(k.n_with_steps and len(k.itl) for k in kinds.values()):
+        figs.append(FigureSpec("itl_interference", "Decode interference from co-batched prefill",
+                               "Per-token ITL split by the engine step that produced the token: "
+                               "decode-only (solid) or co-batched with prefill (dashed, hatched).",
+                               itl_interference(kinds, colors, lps),
+                               tables=[itl_interference_table(kinds, lps)]))
+    sections = []
+    order = list(dict.fromkeys(groups))
+    if len(order) > 1:
+        try:
+            deltas = compare_deltas(runs, groups)
+            table = deltas_table(deltas)
+            note = ("" if not deltas.empty else
+                    "No deployment and load point was measured by both the baseline and another "
+                    "run, so there is nothing to difference.")
+        except Exception as exc:  # never lose the comparison page over the statistics
+            table, note = None, f"Deltas could not be computed ({type(exc).__name__}: {exc})."
+        reps = {g: groups.count(g) for g in order}
+        sections.append(dict(
+            key="deltas", title=f"Differences vs {order[0]}",
+            caption=("Headline metrics of every run against the baseline "
+                     f"“{order[0]}” for each deployment and load point both measured. "
+                     + ("Repeats (runs with the same label): "
+                        + ", ".join(f"{g} ×{n}" for g, n in reps.items()) + ". "
+                        if any(n > 1 for n in reps.values()) else "")
+                     + "With repeats on both sides the 95% interval is a Welch t-interval of the "
+                       "per-run values; with one run each it is a bootstrap of the per-request "
+                       "samples."),
+            note=note, tables=[table] if table is not None and table.rows else []))
     meta = [("runs", str(len(runs))), ("requests", f"{len(records):,}")]
     ctx = dict(
         title="Comparison: " + " vs ".join(names), compare=True, runs=views, header_meta=meta,
         verdict=[f.text for f in verdict(summary, target)] if not summary.empty else [],
         table=summary_table(summary), text_cols=2, dep_col=2, colors=colors,
         slo_text=_slo_text(slo), summary_note="Deployments are named 'run / deployment'.",
-        figures=_figs_ctx(figs), warnings=warns, plotly_js=Markup(_plotly_js()),
+        figures=_figs_ctx(figs), sections=sections, warnings=warns,
+        plotly_js=Markup(_plotly_js()),
         version=_version(), generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
     return _write(_render(ctx), Path(out_path))

@@ -89,6 +89,19 @@ class Cell:
     best: bool = False
     numeric: bool = True
     warn: bool = False
+    cls: str = ""        # extra CSS classes ("good", "bad", "muted", "sub" ...)
+    sub: str = ""        # a second, smaller line (e.g. a confidence interval)
+    sub2: str = ""       # a third, smaller line
+
+
+@dataclass
+class Table:
+    """A small formatted table for a report section (headers, rows of Cells, caption)."""
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[Cell]] = field(default_factory=list)
+    caption: str = ""
+    text_cols: int = 2   # leading columns that are text (left aligned)
+    group_starts: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
@@ -37,7 +38,7 @@ def _traces_with_data(fig: go.Figure) -> int:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     return make_results_dir(tmp_path_factory.mktemp("results") / "run-a", n_deployments=3,
-                            n_load_points=3, n_requests=40)
+                            n_load_points=3, n_requests=30)
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +97,22 @@ def test_sections_present(report_text):
 
 
 def test_report_size_1000_requests(tmp_path):
-    d = make_results_dir(tmp_path / "big", n_deployments=2, n_load_points=2, n_requests=250)
+    from infer_bench.reports.predict import predicted_vs_measured
+    d = make_results_dir(tmp_path / "big", n_deployments=4, n_load_points=2, n_requests=125)
     assert len(pd.read_parquet(d / "requests.parquet")) == 1000
     size = render_report(d).stat().st_size
     assert size < 15 * 1024 * 1024, size
+    # predicted vs measured (fit + validate re-simulation) stays cheap: < 5 s for 1000 requests
+    pred = predicted_vs_measured(load_run(d))
+    assert pred.ok, pred.note
+    assert pred.seconds < 5.0, pred.seconds
 
 
 def test_figures_have_data(run_dir):
     run = load_run(run_dir)
     colors = F.deployment_colors(run.deployments)
-    figs = F.report_figures(run, colors)
+    _fig(run, "cdf")
+    figs = list(_FIGS[run.path].values())
     assert {f.key for f in figs} >= {"cdf", "throughput", "slo", "timeline", "itl_time"}
     for f in figs:
         assert _traces_with_data(f.figure) >= 1, f.key
@@ -203,7 +210,7 @@ def test_itl_per_token_spreads_multi_token_chunks():
 
 
 def test_render_compare(tmp_path, run_dir):
-    b = make_results_dir(tmp_path / "run-b", n_deployments=2, n_load_points=3, n_requests=20, seed=1)
+    b = make_results_dir(tmp_path / "run-b", n_deployments=2, n_load_points=3, n_requests=10, seed=1)
     out = render_compare([run_dir, b], tmp_path / "cmp.html")
     text = out.read_text(encoding="utf-8")
     assert text.count('<script id="plotly-js">') == 1
@@ -269,3 +276,187 @@ def test_telemetry_figure(tmp_path):
     names = {tr.name for tr in fig.data}
     assert not any("4242" in n for n in names)  # per-pid rows dropped where a total exists
     assert 'id="fig-telemetry"' in render_report(d).read_text(encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- issue 6 (rest)
+
+_FIGS: dict = {}
+
+
+def _fig(run, key):
+    """report_figures of a run, computed once per results dir (they are not cheap)."""
+    if run.path not in _FIGS:
+        _FIGS[run.path] = {f.key: f for f in F.report_figures(run)}
+    return _FIGS[run.path][key]
+
+
+def test_ttft_breakdown(run_dir):
+    run = load_run(run_dir)
+    parts = F.ttft_parts(run.records)
+    by_dep = parts.groupby("deployment")[["queue", "prefill", "transfer", "admission", "rest",
+                                          "unattributed"]].sum()
+    # the external server reports no phases: everything unattributed; engines: nothing is
+    assert by_dep.loc[MALICIOUS, ["queue", "prefill", "rest"]].sum() == 0
+    assert by_dep.loc[MALICIOUS, "unattributed"] > 0
+    assert by_dep.loc["mono-2w", "unattributed"] == 0 and by_dep.loc["mono-2w", "transfer"] == 0
+    assert by_dep.loc["disagg-1p1d", "transfer"] > 0 and by_dep.loc["disagg-1p1d", "admission"] > 0
+    # the stack adds up to the TTFT wherever the server phases fit inside it
+    phases = parts[["queue", "prefill", "transfer", "admission"]].sum(axis=1)
+    total = phases + parts["rest"] + parts["unattributed"]
+    fits = phases <= parts["ttft_s"]
+    assert fits.mean() > 0.8
+    assert (total[fits] - parts["ttft_s"][fits]).abs().max() < 1e-9
+    assert (total >= parts["ttft_s"] - 1e-9).all()
+    spec = _fig(run, "ttft_parts")
+    names = {tr.name for tr in spec.figure.data}
+    assert {"server queue", "prefill", "KV transfer", "decode admission",
+            "rest (network + client)"} <= names
+    assert any(n.startswith("unattributed") for n in names)
+    assert "unattributed bar" in spec.caption
+    # two views (mean / slowest 10%), switched by a menu
+    assert len(spec.figure.layout.updatemenus[0].buttons) == 2
+
+
+def test_token_prefill_flags_and_itl_split():
+    from infer_bench.reports.data import itl_split, token_prefill_flags
+    mono = {"token_steps": [5, 7, 7, 9], "steps": {"5": {"prefill_tokens": 100, "decode_batch": 0},
+                                                   "7": {"prefill_tokens": 0, "decode_batch": 3},
+                                                   "9": {"prefill_tokens": 12, "decode_batch": 3}}}
+    assert token_prefill_flags(mono).tolist() == [True, False, False, True]
+    disagg = {"token_steps": [3, 3, 4], "token_workers": ["p0", "d0", "d0"],
+              "steps": {"p0:3": {"prefill_tokens": 50}, "d0:3": {"prefill_tokens": 0},
+                        "d0:4": {"prefill_tokens": 8}}}
+    assert token_prefill_flags(disagg).tolist() == [True, False, True]
+    assert token_prefill_flags({"queue_s": 1}) is None and token_prefill_flags(None) is None
+    # chunks [1, 2, 1] tokens: ITL samples are tokens 1, 2 (chunk 1) and 3 (chunk 2)
+    itl, f, ct, cg, cf = itl_split([1.0, 1.2, 1.5], [1, 2, 1], token_prefill_flags(mono))
+    assert itl.tolist() == pytest.approx([0.1, 0.1, 0.3])
+    assert f.tolist() == [False, False, True] and cf.tolist() == [False, True]
+    assert cg.tolist() == pytest.approx([0.2, 0.3])
+
+
+def test_itl_interference(run_dir):
+    run = load_run(run_dir)
+    kinds = F.itl_kinds(run.records)
+    mono = [v for (d, _), v in kinds.items() if d == "mono-2w"]
+    assert mono and all(k.n_with_steps == k.n_requests for k in mono)
+    itl = np.concatenate([k.itl for k in mono])
+    pf = np.concatenate([k.itl_prefill for k in mono])
+    assert 0.02 < pf.mean() < 0.4
+    assert np.median(itl[pf]) > 1.3 * np.median(itl[~pf])  # the interference is visible
+    assert all(k.n_with_steps == 0 for (d, _), k in kinds.items() if d == MALICIOUS)
+    spec = _fig(run, "itl_interference")
+    assert _traces_with_data(spec.figure) >= 4
+    names = {tr.name for tr in spec.figure.data}
+    assert "mono-2w · step had prefill" in names and "mono-2w · decode-only step" in names
+    t = spec.tables[0]
+    assert "From steps with prefill" in t.headers and len(t.rows) == 6  # 2 engines x 3 lps
+    itl_time = _fig(run, "itl_time").figure
+    assert any((tr.name or "").endswith("step had prefill") for tr in itl_time.data)
+
+
+def test_spec_panel_only_with_data(run_dir, tmp_path):
+    run = load_run(run_dir)
+    spec = _fig(run, "spec")
+    assert _traces_with_data(spec.figure) >= 2
+    assert "accepted per verify step" in spec.caption
+    sf = F.spec_frame(run.records)
+    assert set(sf["deployment"]) == {"mono-2w", "disagg-1p1d"}
+    assert ((sf["acceptance"] >= 0) & (sf["acceptance"] <= 1)).all()
+    d = make_results_dir(tmp_path / "nospec", n_deployments=2, n_load_points=1, n_requests=10,
+                         spec_deployments=(), with_token_steps=False, with_steps=False)
+    keys = {f.key for f in F.report_figures(load_run(d))}
+    assert "spec" not in keys and "itl_interference" not in keys and "predicted" not in keys
+    text = render_report(d).read_text(encoding="utf-8")
+    assert 'id="fig-spec"' not in text and 'id="fig-predicted"' not in text
+
+
+def test_predicted_vs_measured_section(run_dir, report_text):
+    from infer_bench.reports.predict import predicted_vs_measured
+    pred = predicted_vs_measured(load_run(run_dir))
+    assert pred.ok, pred.note
+    assert len(pred.rows) == 9
+    for m in ("ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "tpot_p90_s", "slo_attainment"):
+        assert {f"measured_{m}", f"predicted_{m}", f"error_{m}"} <= set(pred.rows.columns)
+    assert 'id="fig-predicted"' in report_text and "re-simulated every load point" in report_text
+    spec = _fig(load_run(run_dir), "predicted")  # cached figures of the same dir
+    assert any(tr.name == "y = x (perfect)" for tr in spec.figure.data)
+    assert len(spec.tables[0].rows) == 9 and "→" in spec.tables[0].rows[0][2].text
+
+
+def test_prediction_failure_is_only_a_note(tmp_path, monkeypatch):
+    import infer_bench.workloads.planner as planner
+
+    def boom(*a, **k):
+        raise RuntimeError("simulator exploded <script>x</script>")
+    monkeypatch.setattr(planner, "validate", boom)
+    d = make_results_dir(tmp_path / "pf", n_deployments=2, n_load_points=1, n_requests=10)
+    text = render_report(d).read_text(encoding="utf-8")
+    assert "could not be computed (RuntimeError: simulator exploded" in text
+    assert "<script>x</script>" not in _page_without_plotly(text)
+    assert 'id="fig-cdf"' in text and 'data-target="plot-predicted"' not in text
+
+
+def test_record_strings_escaped(report_text, run_dir):
+    from report_fixtures import MALICIOUS_ERROR, MALICIOUS_ID
+    page = _page_without_plotly(report_text)
+    for bad in (MALICIOUS_ID, MALICIOUS_ERROR, "<script>alert('id')</script>",
+                "<script>alert('err')</script>", "<img src=x"):
+        assert bad not in page, bad
+    # the request id does reach the page (timeline hover / ticks), escaped twice over
+    assert "alert(&#x27;id&#x27;)" in report_text or "alert('id')" in report_text
+    assert load_run(run_dir).records["request_id"].eq(MALICIOUS_ID).any()
+
+
+def test_compare_deltas_repeats_and_pairs(tmp_path):
+    from infer_bench.reports.compare import (bootstrap_interval, compare_deltas, t975,
+                                             welch_interval)
+    assert t975(1) == pytest.approx(12.706) and t975(1e9) == pytest.approx(1.96, abs=1e-3)
+    lo, hi = welch_interval([1.0, 1.2, 0.9], [2.0, 2.1, 1.8])
+    assert 0 < lo < 0.9 < hi
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 0.1, 400), rng.normal(1.05, 0.1, 400)
+    lo, hi = bootstrap_interval(a, b, 50, n_boot=400)
+    assert lo < 0.05 < hi and hi - lo < 0.1
+    # repeats: 2 runs of A, 2 of B (same spec names -> grouped by name by default)
+    dirs = [make_results_dir(tmp_path / f"{g}{i}", n_deployments=2, n_load_points=1,
+                             n_requests=12, seed=7 * i + (g == "B"), name=g)
+            for g in "AB" for i in range(2)]
+    runs = [load_run(d) for d in dirs]
+    deltas = compare_deltas(runs)
+    assert set(deltas["ci_method"]) <= {"t-runs"} and len(deltas)
+    assert (deltas["n_runs"] == 2).all() and (deltas["baseline"] == "A").all()
+    assert {"ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "itl_p99_s", "request_throughput_rps",
+            "slo_attainment"} <= set(deltas["metric"])
+    ok = deltas.dropna(subset=["ci_low"])
+    assert ((ok["ci_low"] <= ok["delta"] + 1e-12) & (ok["delta"] <= ok["ci_high"] + 1e-12)).all()
+    # one run each: bootstrap of per-request samples (throughput has no CI)
+    pair = compare_deltas(runs[:1] + runs[2:3])
+    meth = dict(zip(pair["metric"], pair["ci_method"]))
+    assert meth["ttft_p90_s"] == "bootstrap-requests" and meth["request_throughput_rps"] == "none"
+    out = render_compare(dirs, tmp_path / "rep.html").read_text(encoding="utf-8")
+    assert 'id="deltas"' in out and "Differences vs A" in out and "A ×2, B ×2" in out
+    assert "CI [" in out and MALICIOUS not in _page_without_plotly(out)
+
+
+def test_export_summary(tmp_path, run_dir):
+    import infer_bench.reports as R
+    from infer_bench.reports.export import SUMMARY_COLUMNS
+    paths = R.export_summary(run_dir, tmp_path / "x")
+    assert [p.name for p in paths] == ["report-summary.csv", "report-summary.json"]
+    csv = pd.read_csv(paths[0])
+    assert list(csv.columns) == SUMMARY_COLUMNS and len(csv) == 9
+    js = json.loads(paths[1].read_text())
+    assert js["columns"] == SUMMARY_COLUMNS and js["version"] == 1 and len(js["rows"]) == 9
+    row = next(r for r in js["rows"] if r["deployment"] == MALICIOUS)
+    assert row["ttft_queue_mean_s"] == 0 and row["ttft_unattributed_mean_s"] > 0
+    assert row["itl_prefill_step_share"] is None            # NaN -> null
+    mono = next(r for r in js["rows"] if r["deployment"] == "mono-2w")
+    assert 0 < mono["spec_acceptance_rate"] <= 1 and mono["itl_p99_prefill_step_s"] > 0
+    b = make_results_dir(tmp_path / "b", n_deployments=2, n_load_points=3, n_requests=10, seed=5)
+    paths = R.export_summary([run_dir, b], tmp_path / "y", formats="json")
+    assert [p.name for p in paths] == ["compare-summary.json", "compare-deltas.json"]
+    deltas = json.loads(paths[1].read_text())
+    assert deltas["rows"] and deltas["rows"][0]["baseline"] == "run-a"
+    with pytest.raises(ValueError):
+        R.export_summary(run_dir, tmp_path / "z", formats=("xlsx",))

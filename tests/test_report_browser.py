@@ -44,7 +44,7 @@ def _skip_reason() -> str | None:
     return None
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def driver():
     reason = _skip_reason()
     if reason:
@@ -66,6 +66,11 @@ def driver():
         pytest.skip(f"headless chromium did not start: {type(exc).__name__}: {exc}")
     drv.set_page_load_timeout(120)
     drv.set_script_timeout(60)
+    # record any alert() instead of blocking on it; runs before each page's own scripts
+    drv.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
+        "window.__alerts = [];"
+        "window.alert = function (m) { window.__alerts.push(String(m)); };"
+        "window.confirm = window.alert; window.prompt = window.alert;")})
     try:
         yield drv
     finally:
@@ -74,11 +79,8 @@ def driver():
 
 
 def _open(driver, html: Path) -> None:
-    # record any alert() instead of blocking on it; runs before the page's own scripts
-    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
-        "window.__alerts = [];"
-        "window.alert = function (m) { window.__alerts.push(String(m)); };"
-        "window.confirm = window.alert; window.prompt = window.alert;")})
+    driver.set_window_size(1400, 1000)
+    driver.get_log("browser")  # drop what an earlier page logged
     driver.get(html.resolve().as_uri())
     n_blocks = driver.execute_script(
         "return document.querySelectorAll('script.fig-data').length;")
@@ -170,12 +172,23 @@ def _check_page(driver, tmp_path: Path, shot_name: str) -> None:
 
 
 def test_report_in_headless_chromium(driver, tmp_path):
-    d = make_results_dir(tmp_path / "run", n_deployments=3, n_load_points=3, n_requests=40,
+    # engine (mono, with speculative decoding), external (<script> name, no server timing) and
+    # disagg (transfer / admission timing) deployments; token steps with co-batched prefill;
+    # steps.jsonl (predicted vs measured); a <script> request id and error message
+    d = make_results_dir(tmp_path / "run", n_deployments=3, n_load_points=2, n_requests=20,
                          with_telemetry=True)
     html = render_report(d)
     _open(driver, html)
     title = driver.title
     assert "<script>" not in title and "infer-bench report" in title
+    ids = set(driver.execute_script(
+        "return Array.prototype.map.call(document.querySelectorAll('.js-plotly-plot'),"
+        " function (g) { return g.id; });"))
+    assert {"plot-cdf", "plot-ttft_parts", "plot-itl_time", "plot-itl_interference", "plot-spec",
+            "plot-predicted", "plot-telemetry"} <= ids, ids
+    # only our own scripts exist: no injected element from a record string
+    assert driver.execute_script("return document.querySelectorAll('img').length;") == 0
+    assert driver.execute_script("return document.scripts.length;") == 2 + len(ids)
     _check_page(driver, tmp_path, "report.png")
     # switching the load-point menu redraws without errors
     driver.execute_script("""
@@ -194,7 +207,11 @@ def test_incomplete_single_load_point_in_browser(driver, tmp_path):
 
 
 def test_compare_in_headless_chromium(driver, tmp_path):
-    a = make_results_dir(tmp_path / "a", n_deployments=2, n_load_points=2, n_requests=15)
-    b = make_results_dir(tmp_path / "b", n_deployments=2, n_load_points=2, n_requests=15, seed=3)
-    _open(driver, render_compare([a, b], tmp_path / "cmp.html"))
+    # two repeats of each configuration: deltas with t-intervals
+    dirs = [make_results_dir(tmp_path / f"{g}{i}", n_deployments=2, n_load_points=2,
+                             n_requests=10, seed=3 * i + (g == "b"), name=g)
+            for g in "ab" for i in range(2)]
+    _open(driver, render_compare(dirs, tmp_path / "cmp.html"))
+    assert driver.find_element("id", "deltas").is_displayed()
+    assert "CI [" in driver.find_element("id", "deltas").text
     _check_page(driver, tmp_path, "compare.png")

@@ -1,0 +1,271 @@
+"""Differences between runs: deltas of the headline metrics with 95% confidence intervals.
+
+    compare_deltas(runs, groups=None) -> DataFrame       # one row per (run group, deployment,
+                                                         # load point, metric) vs the baseline
+    deltas_table(deltas) -> summary.Table                # the same, formatted for the report
+
+Runs are grouped by label (`groups`, default: each run's name); runs sharing a label are repeats
+of one configuration. The first group is the baseline; every other group is compared with it on
+each (deployment, load point) that both measured (matched by name / label).
+
+Confidence interval of a delta (95%):
+  * both sides have >= 2 repeats: Welch t-interval of the difference of the per-run means
+    (`ci_method` "t-runs"); one side with a single run: that side's variance taken as 0;
+  * one run on each side: percentile bootstrap of the difference of the statistic, resampling
+    the per-request samples of both runs independently (`ci_method` "bootstrap-requests";
+    per-token samples for ITL; attainment resamples requests, failed ones count as misses);
+  * otherwise (throughput of a single pair: one number per run) no interval ("none").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data import RunData, itl_per_token, order_load_points
+from .summary import Cell, Table, format_ms, format_pct, format_value
+
+# key, label, unit, better ("lower"/"higher"), per-request sample kind, percentile
+HEADLINE: list[tuple[str, str, str, str, str | None, float | None]] = [
+    ("ttft_p50_s", "TTFT p50", "ms", "lower", "ttft", 50),
+    ("ttft_p90_s", "TTFT p90", "ms", "lower", "ttft", 90),
+    ("tpot_p50_s", "TPOT p50", "ms", "lower", "tpot", 50),
+    ("tpot_p90_s", "TPOT p90", "ms", "lower", "tpot", 90),
+    ("itl_p99_s", "ITL p99", "ms", "lower", "itl", 99),
+    ("request_throughput_rps", "Throughput", "req/s", "higher", None, None),
+    ("slo_attainment", "SLO attained", "%", "higher", "met", None),
+]
+DELTA_COLUMNS = ["baseline", "group", "deployment", "load_point", "metric", "baseline_value",
+                 "value", "delta", "delta_rel", "ci_low", "ci_high", "ci_method",
+                 "n_runs_baseline", "n_runs", "significant", "better"]
+# 0.975 quantiles of Student's t for df = 1..30
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def t975(df: float) -> float:
+    """0.975 quantile of Student's t (interpolated in df; 1.96 + 2.4/df beyond 30)."""
+    if not math.isfinite(df) or df <= 0:
+        return float("nan")
+    if df >= 30:
+        return 1.959964 + 2.4 / df if df < 1e6 else 1.959964
+    lo = max(1, int(math.floor(df)))
+    hi = min(30, lo + 1)
+    f = df - lo
+    return _T975[lo - 1] * (1 - f) + _T975[hi - 1] * f
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """95% interval of mean(b) - mean(a) (Welch); a side with one value has variance 0."""
+    a = np.asarray([x for x in a if math.isfinite(x)], dtype=float)
+    b = np.asarray([x for x in b if math.isfinite(x)], dtype=float)
+    if not len(a) or not len(b) or len(a) + len(b) < 3:
+        return float("nan"), float("nan")
+    va = a.var(ddof=1) / len(a) if len(a) > 1 else 0.0
+    vb = b.var(ddof=1) / len(b) if len(b) > 1 else 0.0
+    d = b.mean() - a.mean()
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return d, d
+    num = (va + vb) ** 2
+    den = ((va ** 2) / (len(a) - 1) if len(a) > 1 else 0.0) + ((vb ** 2) / (len(b) - 1) if len(b) > 1 else 0.0)
+    df = num / den if den > 0 else float("inf")
+    t = t975(df)
+    return d - t * se, d + t * se
+
+
+def _boot_stat(x: np.ndarray, q: float | None, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """n_boot bootstrap replicates of the q-th percentile (None: the mean) of x."""
+    n = len(x)
+    out = np.empty(n_boot)
+    per = max(1, int(4_000_000 // max(n, 1)))
+    for s in range(0, n_boot, per):
+        m = min(per, n_boot - s)
+        samp = x[rng.integers(0, n, size=(m, n))]
+        out[s:s + m] = samp.mean(axis=1) if q is None else np.percentile(samp, q, axis=1)
+    return out
+
+
+def bootstrap_interval(a: np.ndarray, b: np.ndarray, q: float | None, n_boot: int = 1000,
+                       seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of stat(b) - stat(a), stat = q-th percentile or mean."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan")
+    n_boot = int(min(n_boot, max(200, 2e7 / max(len(a), len(b)))))  # bounded work
+    rng = np.random.default_rng(seed)
+    diff = _boot_stat(b, q, n_boot, rng) - _boot_stat(a, q, n_boot, rng)
+    return float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))
+
+
+def request_samples(run: RunData, dep: str, lp: Any, kind: str) -> np.ndarray:
+    """Per-request (ITL: per-token) samples of one deployment x load point."""
+    r = run.records
+    if r.empty:
+        return np.empty(0)
+    g = r[(r["deployment"] == dep) & (r["load_point"].astype(str) == str(lp))]
+    ok = g[g["error"].isna()]
+    if kind == "ttft":
+        return ok["ttft_s"].to_numpy(dtype=float)
+    if kind == "tpot":
+        return ok["tpot_s"].to_numpy(dtype=float)
+    if kind == "itl":
+        parts = [itl_per_token(t, k) for t, k in zip(ok["chunk_times_s"], ok["chunk_tokens"])]
+        return np.concatenate(parts) if parts else np.empty(0)
+    if kind == "met":
+        slo = run.slo
+        met = g["error"].isna().to_numpy() & g["ttft_s"].notna().to_numpy()
+        if isinstance(slo.get("ttft_s"), (int, float)):
+            met &= (g["ttft_s"] <= float(slo["ttft_s"])).to_numpy()
+        if isinstance(slo.get("tpot_s"), (int, float)):
+            met &= (g["tpot_s"].isna() | (g["tpot_s"] <= float(slo["tpot_s"]))).to_numpy()
+        return met.astype(float)
+    return np.empty(0)
+
+
+def _value(run: RunData, dep: str, lp: Any, key: str) -> float:
+    s = run.summary
+    if s.empty or key not in s:
+        return float("nan")
+    row = s[(s["deployment"] == dep) & (s["load_point"].astype(str) == str(lp))]
+    if row.empty:
+        return float("nan")
+    v = pd.to_numeric(row[key], errors="coerce").iloc[0]
+    return float(v) if pd.notna(v) else float("nan")
+
+
+def default_groups(runs: Sequence[RunData]) -> list[str]:
+    return [r.name for r in runs]
+
+
+def compare_deltas(runs: Sequence[RunData], groups: Sequence[str] | None = None,
+                   n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Deltas of the headline metrics of every group against the first group (see module doc).
+    `delta` = value - baseline_value (values: mean over the group's runs); `delta_rel` =
+    delta / baseline_value; `significant`: the interval excludes 0; `better`: the change is an
+    improvement (lower latency, higher throughput / attainment), None when not significant."""
+    groups = list(groups) if groups is not None else default_groups(runs)
+    if len(groups) != len(runs):
+        raise ValueError("groups must name one group per run")
+    order = list(dict.fromkeys(groups))
+    rows: list[dict] = []
+    if len(order) < 2:
+        return pd.DataFrame(columns=DELTA_COLUMNS)
+    members = {g: [r for r, gg in zip(runs, groups) if gg == g] for g in order}
+
+    def keys(rs: list[RunData]) -> list[tuple[str, Any]]:
+        out: list = []
+        for r in rs:
+            s = r.summary
+            if s.empty:
+                continue
+            for d, lp in zip(s["deployment"], s["load_point"]):
+                if (d, str(lp)) not in [(x, str(y)) for x, y in out]:
+                    out.append((d, lp))
+        return out
+
+    base = order[0]
+    base_keys = keys(members[base])
+    for g in order[1:]:
+        for dep, lp in keys(members[g]):
+            if (dep, str(lp)) not in [(d, str(l)) for d, l in base_keys]:
+                continue
+            for key, _, _, better, kind, q in HEADLINE:
+                va = [_value(r, dep, lp, key) for r in members[base]]
+                vb = [_value(r, dep, lp, key) for r in members[g]]
+                va = [v for v in va if math.isfinite(v)]
+                vb = [v for v in vb if math.isfinite(v)]
+                if not va or not vb:
+                    continue
+                a_mean, b_mean = float(np.mean(va)), float(np.mean(vb))
+                delta = b_mean - a_mean
+                lo = hi = float("nan")
+                method = "none"
+                if len(va) + len(vb) >= 3:
+                    lo, hi = welch_interval(va, vb)
+                    method = "t-runs"
+                elif kind is not None:
+                    sa = request_samples(members[base][0], dep, lp, kind)
+                    sb = request_samples(members[g][0], dep, lp, kind)
+                    lo, hi = bootstrap_interval(sa, sb, q, n_boot, seed)
+                    if math.isfinite(lo):
+                        method = "bootstrap-requests"
+                sig = bool(math.isfinite(lo) and (lo > 0 or hi < 0))
+                improved = None
+                if sig:
+                    improved = (delta < 0) if better == "lower" else (delta > 0)
+                rows.append(dict(
+                    baseline=base, group=g, deployment=dep, load_point=lp, metric=key,
+                    baseline_value=a_mean, value=b_mean, delta=delta,
+                    delta_rel=delta / a_mean if a_mean else float("nan"),
+                    ci_low=lo, ci_high=hi, ci_method=method, n_runs_baseline=len(va),
+                    n_runs=len(vb), significant=sig, better=improved))
+    return pd.DataFrame(rows, columns=DELTA_COLUMNS)
+
+
+def _fmt_delta(key: str, unit: str, v: float) -> str:
+    if not math.isfinite(v):
+        return "–"
+    if unit == "ms":
+        return ("+" if v >= 0 else "−") + format_ms(abs(v))
+    if unit == "%":
+        return f"{v * 100:+.1f} pp".replace("-", "−")
+    return ("+" if v >= 0 else "−") + format_value(abs(v))
+
+
+def deltas_table(deltas: pd.DataFrame, lp_labels: dict | None = None) -> Table:
+    """One row per compared group x load point x deployment; one column per headline metric:
+    baseline → value, the delta (relative for latency and throughput) and its 95% CI."""
+    metrics = [h for h in HEADLINE if h[0] in set(deltas.get("metric", []))]
+    t = Table(headers=["Load point", "Deployment"] + [f"{h[1]} ({h[2] if h[2] != '%' else 'pp'})"
+                                                      for h in metrics],
+              caption="Each cell: the difference (this run − baseline, relative in brackets), "
+                      "then baseline → this run (means over repeats) and the 95% confidence "
+                      "interval of the difference. Green / red: a significant improvement / "
+                      "regression (the interval excludes 0).")
+    if deltas is None or deltas.empty:
+        return t
+    lps = order_load_points(deltas["load_point"])
+    multi = deltas["group"].nunique() > 1
+    if multi:
+        t.headers[0] = "Run · load point"
+    prev = object()
+    for g in dict.fromkeys(deltas["group"]):
+        for lp in lps:
+            d_lp = deltas[(deltas["group"] == g) & (deltas["load_point"] == lp)]
+            for dep in dict.fromkeys(d_lp["deployment"]):
+                d = d_lp[d_lp["deployment"] == dep]
+                if (g, lp) != prev:
+                    t.group_starts.append(len(t.rows))
+                    prev = (g, lp)
+                lp_text = str((lp_labels or {}).get(lp, lp))
+                row = [Cell(f"{g} · {lp_text}" if multi else lp_text, numeric=False),
+                       Cell(f"{dep}", numeric=False)]
+                for key, _, unit, _, _, _ in metrics:
+                    r = d[d["metric"] == key]
+                    if r.empty:
+                        row.append(Cell("–", cls="muted"))
+                        continue
+                    r = r.iloc[0]
+                    fmt = {"ms": format_ms, "%": format_pct}.get(unit, format_value)
+                    rel = r["delta_rel"]
+                    text = _fmt_delta(key, unit, r["delta"])
+                    if unit != "%" and math.isfinite(rel):
+                        text += f" ({rel * 100:+.0f}%)".replace("-", "−")
+                    sub = f"{fmt(r['baseline_value'])} → {fmt(r['value'])}"
+                    if math.isfinite(r["ci_low"]):
+                        sub2 = (f"CI [{_fmt_delta(key, unit, r['ci_low'])}, "
+                                f"{_fmt_delta(key, unit, r['ci_high'])}]")
+                    else:
+                        sub2 = "no CI (one value per run)"
+                    cls = "" if r["better"] is None or r["better"] != r["better"] else (
+                        "good" if r["better"] else "bad")
+                    row.append(Cell(text, sub=sub, sub2=sub2, cls=cls))
+                t.rows.append(row)
+    return t
