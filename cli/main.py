@@ -133,29 +133,34 @@ def serve(
 def report(
     results_dir: Path = typer.Argument(..., help="A results dir written by `infer-bench run`."),
     out: Optional[Path] = typer.Option(None, help="Where to write the HTML (default: DIR/report.html)."),
+    format: Optional[str] = typer.Option(None, "--format", help="Also export the summary: csv, json or csv,json (into DIR)."),
 ):
     """Re-render report.html from a results dir.
 
-    Example: infer-bench report results/run-20261129-120000
+    Example: infer-bench report results/run-20261129-120000 --format csv,json
     """
-    from infer_bench.reports.html import render_report
+    from infer_bench.reports import export_summary, render_report
 
     if not results_dir.is_dir():
         raise errors.UserError(f"no results dir at {results_dir}")
     path = render_report(results_dir, out)
     console.print(f"report: [bold]{path}[/bold]")
+    if format:
+        for p in export_summary(results_dir, results_dir, formats=format):
+            console.print(f"export: {p}")
 
 
 @app.command()
 def compare(
     results_dirs: list[Path] = typer.Argument(..., help="Two or more results dirs."),
     out: Path = typer.Option(Path("compare.html"), help="Where to write the comparison HTML."),
+    format: Optional[str] = typer.Option(None, "--format", help="Also export summaries and deltas: csv, json or csv,json (next to --out)."),
 ):
     """Put several runs side by side in one HTML file.
 
     Example: infer-bench compare results/run-a results/run-b --out compare.html
     """
-    from infer_bench.reports import render_compare
+    from infer_bench.reports import export_summary, render_compare
 
     missing = [str(d) for d in results_dirs if not d.is_dir()]
     if missing:
@@ -164,6 +169,9 @@ def compare(
         raise errors.UserError("compare needs at least two results dirs")
     path = render_compare(results_dirs, out)
     console.print(f"comparison: [bold]{path}[/bold]")
+    if format:
+        for p in export_summary(results_dirs, out.parent, formats=format):
+            console.print(f"export: {p}")
 
 
 @app.command()
