@@ -97,36 +97,35 @@ def run(
     )
 
 
-@app.command()
-def serve(
-    model: str = typer.Option("smollm2-135m", help="Registry name, HF dir, .gguf file or hub id."),
-    host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless told otherwise)."),
-    port: int = typer.Option(8000, min=1, max=65535),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    dtype: str = typer.Option("auto", help="auto, float32, bfloat16 or float16."),
-    num_threads: int = typer.Option(2, min=1, help="torch CPU threads."),
-    kv_cache_gb: Optional[float] = typer.Option(None, help="KV cache pool size in GB."),
-    max_num_batched_tokens: Optional[int] = typer.Option(None, help="Per-step token budget."),
-    max_num_seqs: Optional[int] = typer.Option(None, help="Max running sequences."),
-    prefix_caching: bool = typer.Option(True, help="Prefix caching on/off."),
-    chunked_prefill: bool = typer.Option(True, help="Chunked prefill on/off."),
-    served_model_name: Optional[str] = typer.Option(None, help="Model name in the API (default: --model)."),
-):
-    """Serve the reference engine over an OpenAI-compatible HTTP API.
+SERVE_EXAMPLE = "Example: infer-bench serve --model smollm2-135m --port 8000"
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False)
+def serve(ctx: typer.Context):
+    """Serve the reference engine over an OpenAI-compatible HTTP API (all flags: --help).
 
     Example: infer-bench serve --model smollm2-135m --port 8000
     """
     from infer_bench.backends.engine import serve as engine_serve
 
-    fields = dict(
-        model=model, host=host, port=port, device=device, dtype=dtype, num_threads=num_threads,
-        kv_cache_gb=kv_cache_gb, max_num_batched_tokens=max_num_batched_tokens,
-        max_num_seqs=max_num_seqs, enable_prefix_caching=prefix_caching,
-        enable_chunked_prefill=chunked_prefill, served_model_name=served_model_name,
-    )
-    known = set(engine_serve.ServerConfig.__dataclass_fields__)
-    cfg = engine_serve.ServerConfig(**{k: v for k, v in fields.items() if k in known and v is not None})
-    raise typer.Exit(engine_serve.run_server(cfg) or 0)
+    args = list(ctx.args)
+    parser = engine_serve.build_arg_parser()
+    parser.prog = "infer-bench serve"
+    if "--help" in args or "-h" in args:
+        console.print(parser.format_help(), highlight=False, markup=False)
+        console.print(SERVE_EXAMPLE + "\n         infer-bench serve --mode disagg --prefill-workers 1 "
+                      "--decode-workers 1 --num-threads 2", highlight=False, markup=False)
+        return
+    if not any(a == "--model" or a.startswith("--model=") for a in args):
+        args = ["--model", "smollm2-135m", *args]
+
+    def fail(message: str):
+        raise errors.UserError(f"{message} (see: infer-bench serve --help)")
+
+    parser.error = fail  # one clear line instead of argparse's usage block
+    parser.parse_args(args)
+    raise typer.Exit(engine_serve.main(args) or 0)
 
 
 @app.command()
