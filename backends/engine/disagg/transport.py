@@ -86,10 +86,26 @@ def slot_runs(src_table: list[int], dst_table: list[int] | None, lo: int, hi: in
     return [tuple(r) for r in runs]  # type: ignore[misc]
 
 
-def copy_runs(dst_layer: torch.Tensor, src_layer: torch.Tensor, runs) -> None:
-    """dst_layer/src_layer: [2, Hkv, S, D] (one layer of two pools)."""
-    for s, d, n in runs:
-        dst_layer[:, :, d:d + n].copy_(src_layer[:, :, s:s + n])
+MAX_SLICE_RUNS = 16
+
+
+def run_indices(runs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slot index tensors (src, dst) of the runs' tokens."""
+    src = torch.cat([torch.arange(s, s + n) for s, _, n in runs])
+    dst = torch.cat([torch.arange(d, d + n) for _, d, n in runs])
+    return src, dst
+
+
+def copy_runs(dst_layer: torch.Tensor, src_layer: torch.Tensor, runs, idx=None) -> None:
+    """dst_layer/src_layer: [2, Hkv, S, D] (one layer of two pools). Few runs: one strided copy
+    each, straight into dst; many (a fragmented pool): one gather + one scatter (`idx`: the
+    run_indices, computed once for all layers)."""
+    if len(runs) <= MAX_SLICE_RUNS:
+        for s, d, n in runs:
+            dst_layer[:, :, d:d + n].copy_(src_layer[:, :, s:s + n])
+        return
+    si, di = idx if idx is not None else run_indices(runs)
+    dst_layer.index_copy_(2, di.to(dst_layer.device), src_layer.index_select(2, si.to(src_layer.device)))
 
 
 def gather_runs(src_layer: torch.Tensor, runs) -> torch.Tensor:

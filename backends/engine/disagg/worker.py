@@ -44,7 +44,8 @@ import torch
 
 from ..engine import EngineConfig, LLMEngine
 from ..sequence import Sequence, SequenceStatus
-from .transport import (DistGroup, KVLayout, LinkThrottle, ShmPool, copy_runs, gather_runs,
+from .transport import (MAX_SLICE_RUNS, DistGroup, KVLayout, LinkThrottle, ShmPool, copy_runs,
+                        gather_runs, run_indices,
                         scatter_runs, slot_runs)
 from .wire import MsgSocket, PeerClosed, check_token, params_from_dict, recv_msg
 
@@ -73,7 +74,7 @@ class Export:
     released: bool = False
     nbytes: int = 0
     busy_s: float = 0.0
-    t_last_layer: float | None = None
+    idx_cache: dict = field(default_factory=dict)   # (lo, hi) -> run_indices (fragmented runs)
 
 
 class _LayerHookAttn:
@@ -381,7 +382,12 @@ class Link:
     def send_layer(self, ex: Export, layer: int, lo: int, hi: int, runs) -> int:
         src = self.src_kv[layer]
         if self.pool is not None:
-            copy_runs(self.pool.kv[layer], src, runs)
+            idx = None
+            if len(runs) > MAX_SLICE_RUNS:
+                idx = ex.idx_cache.get((lo, hi))
+                if idx is None:
+                    idx = ex.idx_cache[(lo, hi)] = run_indices(runs)
+            copy_runs(self.pool.kv[layer], src, runs, idx)
             n = hi - lo
             return n * src.shape[0] * src.shape[1] * src.shape[3] * src.element_size()
         buf = gather_runs(src, runs)
@@ -441,6 +447,8 @@ class WorkerRuntime:
         if self.role == "decode":
             if self.transport == "shm":
                 self.shm_pool = ShmPool(cfg["shm_name"], eng.layout, create=True)
+                # fault the pages in now: else the first KV copied into each page pays for it
+                self.shm_pool.kv.zero_()
                 eng.cache.kv = self.shm_pool.kv
                 ready["shm"] = self.shm_pool.name
             lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
