@@ -26,7 +26,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-console = Console(stderr=False)
+# Wide enough for the summary table when output goes to a file or CI log (rich assumes 80).
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 
@@ -46,7 +47,7 @@ def run(
     url: Optional[str] = typer.Option(None, help="Benchmark an external OpenAI-compatible server instead of the engine."),
     served_model: Optional[str] = typer.Option(None, help="Model name to send to --url (default: first of /v1/models)."),
     api_key: Optional[str] = typer.Option(None, envvar="INFER_BENCH_API_KEY", help="Bearer token for --url."),
-    deployments: str = typer.Option("mono", help="Engine deployments to compare, comma-separated: mono, disagg (1P1D)."),
+    deployments: str = typer.Option("mono,disagg", help="Engine deployments to compare, comma-separated: mono, disagg (1P1D, same total threads)."),
     threads: int = typer.Option(2, min=1, help="Total CPU threads per deployment (split across workers)."),
     rates: Optional[str] = typer.Option(None, help="Poisson request rates (req/s), comma-separated, one load point each."),
     concurrency: Optional[str] = typer.Option(None, help="Closed-loop concurrency levels instead of rates, comma-separated."),
