@@ -254,6 +254,9 @@ class ExternalDeployment:
                 raise DeploymentError(f"{self.spec.url} lists no models; pass --served-model")
             self.model_name = models[0]
 
+    def alive(self) -> bool:
+        return True
+
     def pids(self) -> list[int]:
         return []
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 EXPECTED = {
-    "UserError", "ModelLoadError", "DeploymentError", "ResultsError", "RunError",
+    "UserError", "ModelLoadError", "DeploymentError", "ResultsError", "RunError", "RunIncomplete",
     "FileNotFoundError", "NotADirectoryError", "PermissionError", "ValueError",
 }
 

@@ -217,7 +217,12 @@ def _mro_names(exc: BaseException) -> set[str]:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: one clear line on expected errors, never a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
+        # Non-standalone typer returns the exit code of typer.Exit (130 for Ctrl-C) as the value.
+        if isinstance(rv, int) and not isinstance(rv, bool):
+            if rv == 130:
+                err_console.print("interrupted")
+            return rv
         return 0
     except KeyboardInterrupt:
         err_console.print("interrupted")

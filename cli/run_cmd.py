@@ -175,3 +175,20 @@ def run(*, console: Console, model, url, served_model, api_key, modes, threads, 
         console.print(f"report:  [bold]{path}[/bold]")
     if interrupted:
         raise KeyboardInterrupt
+    run_info = _read_run_info(out)
+    if run_info.get("status") == "incomplete":
+        why = "; ".join(f"{k}: {v}" for k, v in (run_info.get("deployment_failures") or {}).items())
+        raise RunIncomplete(f"run incomplete ({why or 'see run.json'}); what was measured is in {out}")
+
+
+class RunIncomplete(Exception):
+    """The run ended early; results and report were kept."""
+
+
+def _read_run_info(out: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}

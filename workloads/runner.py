@@ -13,6 +13,7 @@ engine. Progress goes to a `RunObserver` (the CLI draws rich progress bars with 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ class RunSpec:
     timeout_s: float = 300.0
     tokenizer_path: str | None = None
     name: str = ""
+    max_error_rate: float = 0.5      # stop a load point when this share of recent requests failed
+    error_window: int = 20           # ... over the last this many requests (and at least 10 seen)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +65,8 @@ class RunSpec:
             "warmup_requests": self.warmup_requests,
             "timeout_s": self.timeout_s,
             "tokenizer_path": self.tokenizer_path,
+            "max_error_rate": self.max_error_rate,
+            "error_window": self.error_window,
         }
 
 
@@ -75,6 +80,25 @@ class RunObserver:
     def record(self, record: RequestRecord) -> None: ...
     def load_point_done(self, deployment: str, load_point: str, health: dict) -> None: ...
     def message(self, text: str) -> None: ...
+
+
+class ErrorRateStop:
+    """Trips when more than `max_rate` of the last `window` requests failed (after >= min_seen)."""
+
+    def __init__(self, max_rate: float, window: int, min_seen: int = 10):
+        self.max_rate, self.window, self.min_seen = max_rate, max(1, window), min_seen
+        self.recent: list[bool] = []
+        self.tripped = False
+
+    def observe(self, failed: bool) -> bool:
+        self.recent = (self.recent + [failed])[-self.window:]
+        if (not self.tripped and len(self.recent) >= min(self.min_seen, self.window)
+                and sum(self.recent) / len(self.recent) > self.max_rate):
+            self.tripped = True
+        return self.tripped
+
+    def describe(self) -> str:
+        return f"{sum(self.recent)} of the last {len(self.recent)} requests failed"
 
 
 def default_load_points(rates: list[float] | None, concurrency: list[int] | None, seed: int,
@@ -91,7 +115,34 @@ def default_load_points(rates: list[float] | None, concurrency: list[int] | None
 
 
 def _run_load(gen: LoadGenerator):
-    return asyncio.run(gen.run())
+    """Run one load point; Ctrl-C stops sending, keeps completed records, then raises KeyboardInterrupt."""
+    interrupted = False
+
+    async def main():
+        nonlocal interrupted
+        loop = asyncio.get_running_loop()
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            interrupted = True
+            gen.stop()
+
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / platform
+            pass
+        try:
+            return await gen.run()
+        finally:
+            try:
+                loop.remove_signal_handler(signal.SIGINT)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+    result = asyncio.run(main())
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
 
 
 def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
@@ -141,11 +192,20 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
                                             ArrivalSpec(kind="concurrency", concurrency=1),
                                             load_point="warmup", **common))
                 for lp in spec.load_points:
+                    if not dep.alive():
+                        failures[dep_spec.name] = f"deployment died before load point {lp.name}"
+                        status = "incomplete"
+                        obs.deployment_failed(dep_spec.name, failures[dep_spec.name])
+                        break
                     obs.load_point_starting(dep_spec.name, lp.name, len(requests))
+                    stopper = ErrorRateStop(spec.max_error_rate, spec.error_window)
+                    gen: LoadGenerator | None = None
 
                     def on_record(rec: RequestRecord) -> None:
                         writer.append_record(rec)
                         obs.record(rec)
+                        if stopper.observe(bool(rec.error)) and gen is not None:
+                            gen.stop()
 
                     gen = LoadGenerator(dep.base_url, spec.workload.endpoint, requests, lp.arrival,
                                         load_point=lp.name, on_record=on_record, **common)
@@ -153,8 +213,12 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
                     windows[(dep_spec.name, lp.name)] = result.window
                     health[f"{dep_spec.name}/{lp.name}"] = result.health.to_dict()
                     obs.load_point_done(dep_spec.name, lp.name, result.health.to_dict())
-                    if result.cancelled:
-                        raise KeyboardInterrupt
+                    if stopper.tripped:
+                        failures[dep_spec.name] = (f"stopped at load point {lp.name}: error rate over "
+                                                   f"{spec.max_error_rate:.0%} ({stopper.describe()})")
+                        status = "incomplete"
+                        obs.deployment_failed(dep_spec.name, failures[dep_spec.name])
+                        break
                 steps = dep.fetch_steps()
                 if steps:
                     writer.append_steps(steps, deployment=dep_spec.name)
