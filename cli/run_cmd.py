@@ -133,9 +133,9 @@ def run(*, console: Console, model, url, served_model, api_key, modes, threads, 
             if mode == "mono":
                 deployments.append(EngineDeploymentSpec(name="mono", model=model, mode="mono", num_threads=threads))
             else:
-                per = max(1, threads // 2)
+                # --num-threads is the deployment's total; the router splits it across workers.
                 deployments.append(EngineDeploymentSpec(name="disagg-1p1d", model=model, mode="disagg",
-                                                        num_threads=per, prefill_workers=1, decode_workers=1))
+                                                        num_threads=threads, prefill_workers=1, decode_workers=1))
     if tok_path is not None and not Path(tok_path).exists():
         raise UserError(f"tokenizer path {tok_path} does not exist")
     if workload == "shared_prefix" and not shared_prefix_len:

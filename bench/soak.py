@@ -1,0 +1,117 @@
+"""Soak benchmark: hours-long stability of the engine (mono and disagg) on loopback, in numbers.
+
+Drives each deployment at a sustainable Poisson rate for --minutes, samples the RSS of every
+process of the deployment (server/router and workers) every --sample-s seconds, and prints per
+deployment: requests, failures (must be 0), memory growth of every process after warm-up (the
+first --warmup-frac of the run; must stay within 5%), and p99 TTFT/ITL drift between the first
+and the last fifth of the run.
+
+Exact command (the issue's 30-minute soak, both deployments, default model):
+
+    .venv/bin/python bench/soak.py --minutes 30 --rate 0.5 --deployments mono,disagg
+
+Quick check:  .venv/bin/python bench/soak.py --minutes 3 --rate 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import threading
+import time
+from pathlib import Path
+import tempfile
+
+import numpy as np
+import psutil
+
+from infer_bench.backends.deployment import EngineDeploymentSpec, EngineDeployment
+from infer_bench.backends.openai import RunClock
+from infer_bench.workloads.loadgen import LoadGenerator
+from infer_bench.workloads.spec import ArrivalSpec, WorkloadSpec
+from infer_bench.workloads.synthetic import generate_requests
+
+
+def sample_rss(dep: EngineDeployment, stop: threading.Event, every_s: float, out: dict) -> None:
+    t0 = time.monotonic()
+    while not stop.wait(every_s):
+        for pid in dep.pids():
+            try:
+                p = psutil.Process(pid)
+                name = "server" if pid == dep.proc.pid else f"worker-{pid}"
+                out.setdefault(name, []).append((time.monotonic() - t0, p.memory_info().rss / 2**20))
+            except psutil.Error:
+                pass
+
+
+def soak(spec: EngineDeploymentSpec, minutes: float, rate: float, sample_s: float, warmup_frac: float,
+         input_len: int, output_len: int) -> dict:
+    n = max(10, int(rate * minutes * 60))
+    reqs = generate_requests(WorkloadSpec(input_len=input_len, output_len=output_len, num_requests=n, seed=1))
+    with tempfile.TemporaryDirectory() as logs:
+        dep = EngineDeployment(spec, Path(logs))
+        dep.start()
+        rss: dict[str, list] = {}
+        stop = threading.Event()
+        th = threading.Thread(target=sample_rss, args=(dep, stop, sample_s, rss), daemon=True)
+        th.start()
+        try:
+            gen = LoadGenerator(dep.base_url, "completions", reqs, ArrivalSpec(kind="poisson", rate=rate, seed=1),
+                                deployment=spec.name, clock=RunClock(), model=spec.model, timeout_s=300)
+            result = asyncio.run(gen.run())
+        finally:
+            stop.set()
+            th.join()
+            dep.stop()
+    recs = sorted(result.records, key=lambda r: r.send_s or 0)
+    fails = sum(1 for r in recs if r.error)
+    k = max(1, len(recs) // 5)
+
+    def p99(rs, attr):
+        vals = [getattr(r, attr) for r in rs if getattr(r, attr) is not None]
+        return float(np.percentile(vals, 99)) if vals else float("nan")
+
+    def itl99(rs):
+        gaps = [b - a for r in rs for a, b in zip(r.chunk_times_s, r.chunk_times_s[1:])]
+        return float(np.percentile(gaps, 99)) if gaps else float("nan")
+
+    growth = {}
+    for name, series in rss.items():
+        after = [m for t, m in series if t >= warmup_frac * minutes * 60]
+        if len(after) >= 2:
+            growth[name] = (after[-1] - after[0]) / after[0]
+    return {"deployment": spec.name, "requests": len(recs), "failures": fails,
+            "ttft_p99_first_s": p99(recs[:k], "ttft_s"), "ttft_p99_last_s": p99(recs[-k:], "ttft_s"),
+            "itl_p99_first_s": itl99(recs[:k]), "itl_p99_last_s": itl99(recs[-k:]),
+            "rss_growth": growth, "rss_mib_end": {n: s[-1][1] for n, s in rss.items() if s}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--rate", type=float, default=0.5)
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=32)
+    ap.add_argument("--deployments", default="mono,disagg")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sample-s", type=float, default=10.0)
+    ap.add_argument("--warmup-frac", type=float, default=0.2)
+    a = ap.parse_args()
+    print(f"load average at start: {psutil.getloadavg()}")
+    for mode in a.deployments.split(","):
+        spec = (EngineDeploymentSpec(name="mono", model=a.model, num_threads=a.threads) if mode == "mono" else
+                EngineDeploymentSpec(name="disagg-1p1d", model=a.model, mode="disagg",
+                                     num_threads=a.threads))
+        r = soak(spec, a.minutes, a.rate, a.sample_s, a.warmup_frac, a.input_len, a.output_len)
+        print(f"\n== {r['deployment']}: {r['requests']} requests, {r['failures']} failures")
+        print(f"   p99 TTFT first/last fifth: {r['ttft_p99_first_s']*1e3:.0f} / {r['ttft_p99_last_s']*1e3:.0f} ms"
+              f"   p99 chunk gap: {r['itl_p99_first_s']*1e3:.0f} / {r['itl_p99_last_s']*1e3:.0f} ms")
+        for name, g in sorted(r["rss_growth"].items()):
+            flag = "OK" if abs(g) <= 0.05 else "GROWING"
+            print(f"   {name:>16}: RSS {r['rss_mib_end'][name]:.0f} MiB, growth after warm-up {g:+.1%} {flag}")
+    print(f"load average at end: {psutil.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
