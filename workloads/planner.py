@@ -412,15 +412,17 @@ def deployment_from_spec(d: dict, *, link: Link | None = None,
     return Deployment("mono", num_instances=n, instance=inst, name=name)
 
 
-def validate(results_dir: str | Path, latency_model: LatencyModel, *, link: Link | None = None,
-             slo=None) -> Any:
+def validate(results_dir: str | Path, latency_model: "LatencyModel | dict[str, LatencyModel]", *,
+             link: Link | None = None, slo=None) -> Any:
     """Predicted vs measured, one row per measured (deployment, load point) of a results dir.
 
     Each point is re-simulated with the measured requests (intended send times, n_input,
     n_output of requests.parquet; closed-loop load points: the spec's concurrency) on the
     deployment of spec.json. Columns: deployment, load_point, n_requests, and for each metric m in
     ttft_p50_s, ttft_p90_s, tpot_p50_s, tpot_p90_s, slo_attainment: `measured_<m>`,
-    `predicted_<m>`, `error_<m>` (predicted - measured) and `rel_error_<m>` (error / measured)."""
+    `predicted_<m>`, `error_<m>` (predicted - measured) and `rel_error_<m>` (error / measured).
+    `latency_model` may map deployment name -> model (e.g. mono at 2 threads, disagg workers at 1);
+    deployments missing from the map are skipped."""
     import pandas as pd
 
     from .results import load_results
@@ -437,8 +439,11 @@ def validate(results_dir: str | Path, latency_model: LatencyModel, *, link: Link
     for (dep_name, lp_name), g in recs.groupby(["deployment", "load_point"], sort=False):
         if str(lp_name) == "warmup":
             continue
+        lm = latency_model.get(str(dep_name)) if isinstance(latency_model, dict) else latency_model
+        if lm is None:
+            continue
         dspec = deps.get(str(dep_name), {"name": dep_name, "mode": "mono"})
-        dep = deployment_from_spec(dspec, link=link, lm=latency_model)
+        dep = deployment_from_spec(dspec, link=link, lm=lm)
         arr = (lps.get(str(lp_name)) or {}).get("arrival") or {}
         g = g.sort_values("intended_send_s", na_position="last")
         n_in = g["n_input"].fillna(g["n_input"].median()).clip(lower=1).astype(int).to_numpy()
@@ -452,7 +457,7 @@ def validate(results_dir: str | Path, latency_model: LatencyModel, *, link: Link
             t = np.nan_to_num(t, nan=float(np.nanmax(t)) if np.isfinite(t).any() else 0.0)
         else:
             t = np.zeros(len(g))
-        sim = simulate(dep, latency_model, SimRequests(t, n_in, n_out, concurrency=conc),
+        sim = simulate(dep, lm, SimRequests(t, n_in, n_out, concurrency=conc),
                        per_token=False)
         pred = sim.percentiles()
         pred["slo_attainment"] = sim.attainment(slo) if slo else None
