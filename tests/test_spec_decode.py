@@ -318,3 +318,31 @@ def test_off_by_default(loaded, prompts):
     engine, _ = run(loaded, prompts[:2], [greedy(5)] * 2)
     assert engine.spec is None
     assert engine.stats()["spec_proposed_total"] == 0
+
+
+def test_disaggregated_decode_workers_speculate(tiny_model_dir, loaded, prompts, reference):
+    """Decode workers of a 1P1D deployment get spec_* through the per-worker EngineConfig kwargs."""
+    router = pytest.importorskip("infer_bench.backends.engine.disagg.router")
+    engine_kw = {"num_kv_blocks": 400, "block_size": 4, "max_num_batched_tokens": 64,
+                 "spec_method": "ngram", "spec_k": 4}
+
+    async def main():
+        eng = router.DisaggEngine(router.DisaggOptions(model=str(tiny_model_dir), num_threads=2,
+                                                       engine=engine_kw))
+        await eng.start()
+        try:
+            async def one(i):
+                toks, timing = [], None
+                async for out in eng.generate(f"d{i}", prompts[i], greedy(10 + 2 * i)):
+                    toks += out.new_token_ids
+                    if out.finished:
+                        timing = out.timing
+                return toks, timing
+            return await asyncio.gather(*(one(i) for i in range(len(prompts))))
+        finally:
+            await eng.shutdown()
+
+    results = asyncio.run(main())
+    assert [r[0] for r in results] == reference
+    assert not all(t["disagg"]["local_prefill"] for _, t in results)   # KV came from a prefill worker
+    assert sum(t["spec_accepted"] for _, t in results) > 0

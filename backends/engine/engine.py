@@ -6,6 +6,8 @@ Data flow:
              KV pool, sampling) -> per sequence: advance num_computed_tokens, register full blocks
              in the prefix cache, append the sampled token, detokenize, check stop conditions,
              free finished sequences -> list[RequestOutput]
+    With EngineConfig(spec_method="ngram"|"draft"), step() first asks spec_decode.SpecDecoder
+    for proposals; a speculating decode runs 1 + k rows and gets back several verified tokens.
     AsyncEngine runs step() in a background thread and feeds each request's outputs to the
     asyncio generator that asked for it (`async for out in engine.generate(...)`).
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .model import single_thread_small_steps
 from .paged_attention import KVCache, PagedAttention, SeqSlice
 from .sampling import Sampler
 from .sequence import Sequence
@@ -48,6 +49,7 @@ class ModelRunner:
         return input_ids, pos, PagedAttention(self.cache, slices), sample_rows, sample_seqs
 
     @torch.inference_mode()
+    @single_thread_small_steps  # one thread for tiny steps: see model.py
     def run(self, scheduled: list[tuple[Sequence, int]]) -> dict[int, int]:
         """Returns {id(seq): sampled token} for the sequences that produced a token this step;
         for a sequence with speculative proposals (seq.spec_tokens), a list: the accepted

@@ -5,7 +5,8 @@ Data flow: `engine.step()` calls `schedule()` -> `SchedulerOutput` (an ordered l
 engine updates the sequences and calls `finish()` for the ones that are done.
 
 Policy (vLLM's, simplified):
-  1. Running decodes first, FCFS, one token each. A decode that needs a new KV block when none is
+  1. Running decodes first, FCFS, one token each (1 + k with k speculative proposals in
+     seq.spec_tokens, trimmed to the budget and the free blocks: see spec_decode.py). A decode that needs a new KV block when none is
      free preempts the most recently admitted running sequence (possibly itself) by recompute:
      its blocks are freed (its computed full blocks stay in the prefix cache) and it goes back to
      the front of the waiting queue, to be re-prefilled from prompt + output tokens. A sequence

@@ -28,18 +28,22 @@ the output distribution equals the non-speculative one. n-gram proposals are det
 (q one-hot): accept with probability p_i(d_i), on rejection draw from p_i with d_i removed.
 
 Draft model: any model the engine can load with the same tokenizer (vocabularies of equal size).
-It has its own small paged KV pool (`KVCache` + a `BlockManager` without prefix caching) and one
-block table per target sequence; its cache catches up lazily (first proposal: the whole context,
+It has its own paged KV pool (`KVCache` + a `BlockManager` without prefix caching; as many blocks
+as the target's pool, in the draft's layer/head shape, so a draft as big as the target doubles the
+KV memory) and one block table per target sequence; when that pool is full a sequence simply does
+not speculate; its cache catches up lazily (first proposal: the whole context,
 also for a sequence whose target KV came from elsewhere, e.g. a disaggregated prefill), and after
 verification it keeps only the positions whose tokens were accepted.
 
-When to turn it off (see bench/spec_decode.py for the numbers on this machine): speculation trades
-extra FLOPs (k + 1 query rows per sequence, and k draft passes for the draft proposer) for fewer
-memory-bound target passes. It pays at small batches on text that repeats its context (extraction,
-quoting, code edits, RAG answers) where acceptance is high; at large batches (tens of sequences on
-CPU) a step is already compute-bound and the extra rows cost more than they save, and on free-form
-text n-gram proposals are rarely accepted. Turn it off for large-batch throughput runs, or lower
-spec_k.
+When to turn it off (bench/spec_decode.py, smollm2-135m on this shared 2-core CPU, n-gram k=4,
+greedy, two runs, load average 2-7): extractive prompts (repeat a passage) 1.80-1.86x decode
+tokens/s at batch 1 (97% accepted, 3.6 accepted per step), 1.50-1.62x at batch 8 (79%), 1.26x at
+batch 32; free-form prompts ("write a story") 0.73x at batch 1 and 0.56x at batch 32 (6%). A verification step with k + 1 rows costs
+~2.5x a one-row decode step here (CPU fp32 GEMM is not free per row), so speculation pays only
+when ~1.5+ proposals per step are accepted (acceptance above ~40% at k=4), and less so as the
+batch grows (the step becomes compute-bound). Turn it off for free-form chat and for
+large-batch throughput runs; keep it for extraction, quoting, code editing and RAG answers at
+small batches, or lower spec_k.
 """
 
 from __future__ import annotations
@@ -130,6 +134,11 @@ class DraftProposer:
         for key in [k for k, d in self.states.items() if d.seq.status is SequenceStatus.FINISHED]:
             self.bm.free(self.states.pop(key))
 
+    def _release_waiting(self) -> None:
+        """Draft pool full: drop the draft caches of preempted (waiting) sequences."""
+        for key in [k for k, d in self.states.items() if d.seq.status is not SequenceStatus.RUNNING]:
+            self.bm.free(self.states.pop(key))
+
     def _sync(self, d: _DraftSeq) -> None:
         """Keep the draft KV only for positions whose tokens are still the target's, and leave at
         least the last token to feed (its logits give the first proposal; a sequence proposed for
@@ -169,6 +178,8 @@ class DraftProposer:
             self._sync(d)
             d.base = len(seq.token_ids)
             d.reserve = d.base + k - 1     # fed: everything up to proposal k-1
+            if k >= 1 and not self.bm.can_append(d):
+                self._release_waiting()
             if k < 1 or not self.bm.can_append(d):
                 d.reserve = len(d.block_table) * self.bm.block_size
                 continue
