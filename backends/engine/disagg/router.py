@@ -538,6 +538,9 @@ class DisaggEngine:
         q = total.get("prefix_queried_tokens")
         if q:
             total["prefix_hit_rate"] = total.get("prefix_hit_tokens", 0) / q
+        if "spec_acceptance_rate" in total:  # a ratio: recompute from the summed counts
+            proposed = total.get("spec_proposed_total", 0)
+            total["spec_acceptance_rate"] = total.get("spec_accepted_total", 0) / proposed if proposed else 0.0
         for role in ("prefill", "decode"):
             total[f"workers_alive_{role}"] = sum(1 for w in self.workers if w.role == role and w.alive)
         return total
