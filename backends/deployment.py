@@ -65,10 +65,13 @@ class EngineDeploymentSpec:
     kind: str = "engine"
 
     def chips(self) -> int:
-        """CPU workers (or GPUs) this deployment occupies, for per-chip goodput."""
-        if self.mode == "disagg":
-            return self.prefill_workers + self.decode_workers
-        return 1
+        """Chips this deployment occupies, for per-chip goodput: GPUs = one per worker (prefill and
+        decode together); on CPU, the cores it is given (its total threads), so mono with 2 threads
+        and 1P1D with 1 thread per worker both count 2 — the same hardware."""
+        workers = self.prefill_workers + self.decode_workers if self.mode == "disagg" else 1
+        if self.device == "cpu":
+            return max(self.num_threads, workers)
+        return workers
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -67,6 +67,7 @@ def run(
     timeout: float = typer.Option(300.0, help="Per-request timeout in seconds."),
     out: Optional[Path] = typer.Option(None, help="Results dir (default: results/run-<time>)."),
     tokenizer: Optional[str] = typer.Option(None, help="Local tokenizer/model dir for exact prompt lengths (default: the engine model's)."),
+    bisect: Optional[str] = typer.Option(None, help="Goodput search instead of --rates: LO:HI[:ITERATIONS] req/s (see `sweep`)."),
 ):
     """Run the same workload against each deployment and write a results dir with report.html.
 
@@ -77,8 +78,21 @@ def run(
 
     if endpoint not in ("completions", "chat"):
         raise errors.UserError(f"--endpoint must be 'completions' or 'chat', got {endpoint!r}")
-    if rates and concurrency:
-        raise errors.UserError("give --rates or --concurrency, not both")
+    if sum(bool(x) for x in (rates, concurrency, bisect)) > 1:
+        raise errors.UserError("give one of --rates, --concurrency or --bisect")
+    bisect_spec = None
+    if bisect:
+        parts = bisect.split(":")
+        try:
+            lo, hi = float(parts[0]), float(parts[1])
+            iters = int(parts[2]) if len(parts) > 2 else 3
+        except (ValueError, IndexError):
+            raise errors.UserError(f"--bisect takes LO:HI[:ITERATIONS], got {bisect!r}") from None
+        if not 0 < lo < hi or iters < 0:
+            raise errors.UserError(f"--bisect needs 0 < LO < HI and ITERATIONS >= 0, got {bisect!r}")
+        from infer_bench.workloads.runner import BisectSpec
+        bisect_spec = BisectSpec(rate_lo=lo, rate_hi=hi, iterations=iters, kind=arrival,
+                                 burstiness=burstiness, seed=seed)
     rate_list = _floats(rates, "--rates") if rates else None
     conc_list = [int(c) for c in _floats(concurrency, "--concurrency")] if concurrency else None
     if arrival not in ("poisson", "gamma", "constant"):
@@ -94,8 +108,29 @@ def run(
         modes=modes, threads=threads, rates=rate_list, concurrency=conc_list,
         num_requests=num_requests, input_len=input_len, output_len=output_len, endpoint=endpoint,
         seed=seed, workload=workload, dataset=dataset, shared_prefix_len=shared_prefix_len,
-        arrival=arrival, burstiness=burstiness, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out, tokenizer=tokenizer,
+        arrival=arrival, burstiness=burstiness, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out, tokenizer=tokenizer, bisect=bisect_spec,
     )
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep(
+    ctx: typer.Context,
+    rate_min: float = typer.Option(0.25, help="Lowest request rate (req/s)."),
+    rate_max: float = typer.Option(4.0, help="Highest request rate (req/s)."),
+    iterations: int = typer.Option(3, min=0, help="Bisection steps after measuring both ends."),
+):
+    """Find each deployment's goodput: the highest rate with >= 90% joint SLO attainment.
+
+    Measures --rate-min and --rate-max, then bisects (geometric midpoints) for every deployment;
+    goodput, and goodput per chip, are interpolated and shown in the report. Every other option
+    is `infer-bench run`'s (--deployments, --slo-ttft, --slo-tpot, --num-requests, ...).
+
+    Example: infer-bench sweep --rate-min 0.25 --rate-max 2 --slo-ttft 2 --slo-tpot 0.3
+    """
+    rv = app(args=["run", *ctx.args, "--bisect", f"{rate_min}:{rate_max}:{iterations}"],
+             standalone_mode=False)
+    if isinstance(rv, int) and rv:
+        raise typer.Exit(rv)
 
 
 SERVE_EXAMPLE = "Example: infer-bench serve --model smollm2-135m --port 8000"

@@ -248,8 +248,11 @@ def _margin(best: float, other: float, lower_better: bool) -> float | None:
     return (best - other) / other * 100 if other else None
 
 
-def verdict(summary: pd.DataFrame, target: float = 0.9, lp_labels: dict | None = None) -> list[Finding]:
-    """Who wins on goodput and on p90 TTFT / TPOT at each load point, with the margin in %."""
+def verdict(summary: pd.DataFrame, target: float = 0.9, lp_labels: dict | None = None,
+            chips: dict | None = None) -> list[Finding]:
+    """Who wins on goodput and on p90 TTFT / TPOT at each load point, with the margin in %.
+    With `chips` (deployment -> chips or CPU workers it occupies, prefill and decode together),
+    goodput is ranked per chip, as DistServe compares deployments."""
     out: list[Finding] = []
     if summary is None or summary.empty or "deployment" not in summary:
         return out
@@ -267,16 +270,19 @@ def verdict(summary: pd.DataFrame, target: float = 0.9, lp_labels: dict | None =
             out.append(Finding(f"Goodput: no deployment reached {target:.0%} SLO attainment at any "
                                "measured rate.", metric="goodput"))
         else:
-            ranked = sorted(known.items(), key=lambda kv: kv[1].rate, reverse=True)
+            per = {d: max(1, int((chips or {}).get(d) or 1)) for d in known}
+            ranked = sorted(known.items(), key=lambda kv: kv[1].rate / per[kv[0]], reverse=True)
             (w, gw) = ranked[0]
-            listing = ", ".join(f"{d} {'≥ ' if g.lower_bound else ''}{format_value(g.rate)}"
-                                for d, g in ranked)
+            listing = ", ".join(
+                f"{d} {'≥ ' if g.lower_bound else ''}{format_value(g.rate)}"
+                + (f" ({format_value(g.rate / per[d])} per chip on {per[d]})" if chips else "")
+                for d, g in ranked)
             txt = (f"Goodput at {target:.0%} joint SLO attainment (req/s): {listing}. "
-                   f"Best: {w}")
+                   f"Best{' per chip' if chips else ''}: {w}")
             m = None
             if len(ranked) > 1:
                 (r2, g2) = ranked[1]
-                m = _margin(gw.rate, g2.rate, lower_better=False)
+                m = _margin(gw.rate / per[w], g2.rate / per[r2], lower_better=False)
                 tie = gw.lower_bound and g2.lower_bound
                 if tie:
                     txt += (f"; {r2} also met the target at every rate measured, so the sweep does "

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import free_port
 
-COMMANDS = ["run", "serve", "report", "compare", "models", "profile", "simulate", "plan", "mock-server", "selftest"]
+COMMANDS = ["run", "sweep", "serve", "report", "compare", "models", "profile", "simulate", "plan", "mock-server", "selftest"]
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -26,6 +26,7 @@ from infer_bench.backends.deployment import (
 from infer_bench.backends.openai import RunClock
 
 from .loadgen import LoadGenerator
+from .metrics import summarize
 from .records import RequestRecord
 from .results import ResultsWriter, collect_env
 from .spec import SLO, ArrivalSpec, LoadPoint, WorkloadSpec
@@ -42,6 +43,23 @@ class RunError(RuntimeError):
 
 
 @dataclass
+class BisectSpec:
+    """Goodput search (DistServe): measure rate_lo and rate_hi, then bisect (geometric midpoints)
+    toward the highest rate whose joint SLO attainment is >= target."""
+
+    rate_lo: float
+    rate_hi: float
+    iterations: int = 3
+    target: float = 0.9
+    kind: str = "poisson"
+    burstiness: float = 1.0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
 class RunSpec:
     deployments: list[EngineDeploymentSpec | ExternalDeploymentSpec]
     workload: WorkloadSpec
@@ -52,6 +70,7 @@ class RunSpec:
     timeout_s: float = 300.0
     tokenizer_path: str | None = None
     name: str = ""
+    bisect: BisectSpec | None = None  # adaptive load points (goodput search) instead of load_points
     max_error_rate: float = 0.5      # stop a load point when this share of recent requests failed
     error_window: int = 20           # ... over the last this many requests (and at least 10 seen)
 
@@ -65,6 +84,7 @@ class RunSpec:
             "warmup_requests": self.warmup_requests,
             "timeout_s": self.timeout_s,
             "tokenizer_path": self.tokenizer_path,
+            "bisect": self.bisect.to_dict() if self.bisect else None,
             "max_error_rate": self.max_error_rate,
             "error_window": self.error_window,
         }
@@ -99,6 +119,38 @@ class ErrorRateStop:
 
     def describe(self) -> str:
         return f"{sum(self.recent)} of the last {len(self.recent)} requests failed"
+
+
+def _rate_point(rate: float, kind: str, burstiness: float, seed: int) -> LoadPoint:
+    return LoadPoint(name=f"{rate:.3g}rps", arrival=ArrivalSpec(kind=kind, rate=float(rate), seed=seed,
+                                                                  burstiness=burstiness))
+
+
+def plan_load_points(spec: RunSpec, measured: dict[float, float]):
+    """The load points of one deployment, lazily: the fixed list, or a bisection that reads the
+    joint attainment of each measured rate from `measured` (filled in by the caller)."""
+    if spec.bisect is None:
+        yield from spec.load_points
+        return
+    b = spec.bisect
+    lo, hi = float(b.rate_lo), float(b.rate_hi)
+    for r in (lo, hi):
+        yield _rate_point(r, b.kind, b.burstiness, b.seed)
+    if r not in measured:
+        return
+    for _ in range(b.iterations):
+        if measured.get(lo, 0.0) < b.target or measured.get(hi, 0.0) >= b.target:
+            return  # even the lowest rate misses, or the highest passes: nothing to bisect
+        mid = float(f"{(lo * hi) ** 0.5:.3g}")
+        if mid in (lo, hi):
+            return
+        yield _rate_point(mid, b.kind, b.burstiness, b.seed)
+        if mid not in measured:
+            return
+        if measured[mid] >= b.target:
+            lo = mid
+        else:
+            hi = mid
 
 
 def default_load_points(rates: list[float] | None, concurrency: list[int] | None, seed: int,
@@ -166,6 +218,7 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
     health: dict[str, dict] = {}
     telemetry: dict[str, dict] = {}
     status = "complete"
+    seen_lps: dict[str, LoadPoint] = {}
     try:
         for dep_spec in spec.deployments:
             dep = make_deployment(dep_spec, out / "logs")
@@ -191,7 +244,10 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
                     _run_load(LoadGenerator(dep.base_url, spec.workload.endpoint, warm,
                                             ArrivalSpec(kind="concurrency", concurrency=1),
                                             load_point="warmup", **common))
-                for lp in spec.load_points:
+                measured: dict[float, float] = {}
+                for lp in plan_load_points(spec, measured):
+                    if lp.name not in seen_lps:
+                        seen_lps[lp.name] = lp
                     if not dep.alive():
                         failures[dep_spec.name] = f"deployment died before load point {lp.name}"
                         status = "incomplete"
@@ -211,6 +267,9 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
                                         load_point=lp.name, on_record=on_record, **common)
                     result = _run_load(gen)
                     windows[(dep_spec.name, lp.name)] = result.window
+                    if lp.arrival.rate is not None:
+                        att = summarize(result.records, spec.slo, result.window).get("slo_attainment")
+                        measured[float(lp.arrival.rate)] = float(att) if att is not None else 0.0
                     health[f"{dep_spec.name}/{lp.name}"] = result.health.to_dict()
                     obs.load_point_done(dep_spec.name, lp.name, result.health.to_dict())
                     if stopper.tripped:
@@ -229,6 +288,8 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
         status = "incomplete"
         raise
     finally:
+        if spec.bisect is not None and seen_lps:  # record the load points the search chose
+            writer.write_spec({**spec.to_dict(), "load_points": [lp.to_dict() for lp in seen_lps.values()]})
         writer.set_run_info(deployment_failures=failures, client_health=health, telemetry=telemetry)
         writer.finalize(status=status, windows=windows)
     if not writer.records and failures:
