@@ -8,12 +8,14 @@ the commands so `--help` stays instant.
 
 from __future__ import annotations
 
+import sys
+
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs
 
 
 def mock_server(

@@ -7,6 +7,8 @@ call the library, print rich tables. `register(app)` adds the three commands to 
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +17,7 @@ from rich.console import Console
 
 from .errors import UserError
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs
 
 
 def _ints(text: str, flag: str) -> list[int]:
