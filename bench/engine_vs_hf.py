@@ -34,6 +34,18 @@ runs): decode 20.7 vs HF 17.1 tok/s (1.21x; 1.45x at load ~3.5, where HF's 2-thr
 collapses); prefill 882 vs 913 ms (1.04x, both ~75% of the measured GEMM peak); prefix 64 requests
 3.98 s vs 39.7 s mean TTFT (9.97x); batch, 32 requests (`--batch-requests 32`, full lengths) 43.2
 vs 20.0 tok/s (2.16x). The full 64-request batch was not run (HF alone needs ~8 min).
+
+Re-measured later the same day (load average 1.1-2.0), after decode attention moved to per-sequence
+flash attention read in place on the KV pool and the batch-1 LM head to a 2-thread split bmm
+(model.py, paged_attention.py): decode 26.7 vs HF 19.2 tok/s (1.39x; median of per-round ratios
+1.40x; ours 42% of the 2-thread read roofline, HF 30%); prefill 885 vs 879 ms (0.99x, both 72% of
+GEMM peak: unchanged, both sides are GEMM-bound); batch, 32 requests, 46.0 vs 19.1 tok/s
+(2.41x, load rising to 2.4 during the HF half); an earlier run of the same code measured 45.5 vs
+23.3 tok/s (1.95x, load ~1.9): ours is stable at ~46, HF swings with the load, so read the batch
+ratio as ~2-2.4x. Decode attention at 32 sequences (contexts 48-1280) went from 12.5 to 5.3 ms per
+layer (contiguous tables; 13.1 -> 8.4 with 8 stray blocks each), but a 32-sequence decode step is
+still ~350 ms: ~150 ms in that attention (per-sequence kernel calls, ~6 GB/s) and the rest in the
+M = 32 matmuls, the LM head (~45 ms) among them. Prefix not re-run (its path is unchanged).
 """
 
 from __future__ import annotations

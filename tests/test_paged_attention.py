@@ -120,3 +120,28 @@ def test_kv_written_at_slots():
     assert torch.equal(cache.kv[0, 0, 0, 4:6], k[:2, 0])   # block 2 = slots 4, 5
     assert torch.equal(cache.kv[0, 0, 0, 0], k[2, 0])       # block 0, offset 0
     assert torch.equal(cache.kv[0, 1, 0, 4:6], -k[:2, 0])
+
+
+@pytest.mark.parametrize("n_heads,n_kv", [(4, 4), (6, 2)])
+def test_decode_mixed_runs_and_stray_blocks(n_heads, n_kv):
+    """Decode over block tables mixing long runs of consecutive blocks (read in place as views)
+    with stray blocks (gathered), whose partial attentions are merged by log-sum-exp."""
+    g = torch.Generator().manual_seed(3)
+    d, bs = 8, 4
+    cache = KVCache(1, 64, bs, n_kv, d)
+    tables = [list(range(0, 6)) + [40, 50] + list(range(10, 15)) + [41],   # run, strays, run, stray
+              [51, 52, 53, 54, 55],                                       # one run
+              [60, 30, 61, 20, 21, 22, 23],                               # strays, then a run
+              [42]]                                                       # one block
+    lens = [len(tables[0]) * bs - 1, len(tables[1]) * bs, len(tables[2]) * bs - 2, 3]
+    data = [(torch.randn(n, n_heads, d, generator=g), torch.randn(n, n_kv, d, generator=g),
+             torch.randn(n, n_kv, d, generator=g)) for n in lens]
+    refs = [dense_causal(*x) for x in data]
+    prompt = [n - 1 for n in lens]
+    attn = PagedAttention(cache, [SeqSlice(p, p, t) for p, t in zip(prompt, tables)])
+    attn.attend(0, *(torch.cat([x[j][:p] for x, p in zip(data, prompt)]) for j in range(3)))
+    attn = PagedAttention(cache, [SeqSlice(1, n, t) for n, t in zip(lens, tables)])
+    assert any(len(runs) > 1 or (runs and idx is not None) for runs, idx in attn.decode_parts)
+    out = attn.attend(0, *(torch.stack([x[j][n - 1] for x, n in zip(data, lens)]) for j in range(3)))
+    for i, (ref, n) in enumerate(zip(refs, lens)):
+        torch.testing.assert_close(out[i].double(), ref[n - 1], atol=1e-5, rtol=1e-5)

@@ -9,9 +9,10 @@ and block table of each, in the order of the flattened batch) and passes it to t
   2. prefill rows (a whole prompt, or a chunk after earlier context): per sequence, torch SDPA of
      its query rows against its context (causal; offset by the earlier context when there is
      some; a fresh prompt uses the step's own k/v and no gather);
-  3. decode rows (one query token each): batched over all of them: their contexts' blocks gathered
-     (one index_select per k and v, whole blocks) into a padded [n_kv_heads, B, L, head_dim] batch,
-     two batched matmuls and a masked softmax; GQA without repeating k/v.
+  3. decode rows (one query token each): per sequence, the CPU flash-attention kernel read in
+     place on the pool (runs of consecutive blocks are strided views, no copy; stray blocks are
+     gathered, a small copy), partial results merged by log-sum-exp; GQA without repeating k/v
+     (a kv head's g query heads are g query rows). No padding to the longest context.
 Index tensors (slots, masks) are built once per step and shared by all layers.
 """
 
@@ -22,6 +23,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+MIN_VIEW_RUN_BLOCKS = 4  # shorter runs of consecutive blocks are gathered (one small copy)
 
 
 def kv_bytes_per_block(num_layers: int, block_size: int, n_kv_heads: int, head_dim: int,
@@ -132,17 +136,29 @@ class PagedAttention:
                 self.decode_rows = slice(decode_rows[0], decode_rows[0] + n)
             else:
                 self.decode_rows = torch.tensor(decode_rows, device=dev)
-            max_blocks = max(-(-s.context_len // bs) for s in decode_seqs)
-            tables = [s.block_table[:max_blocks] + [0] * (max_blocks - len(s.block_table[:max_blocks]))
-                      for s in decode_seqs]
-            self.decode_blocks = torch.tensor(tables, dtype=torch.long).view(-1).to(dev)  # [B * max_blocks]
-            self.decode_len = max_blocks * bs
-            self.decode_ctx_len = decode_seqs[0].context_len
-            ctx_lens = torch.tensor([s.context_len for s in decode_seqs])
-            pad = torch.arange(self.decode_len).unsqueeze(0) >= ctx_lens.unsqueeze(1)
-            # additive mask [1, B, 1, L]: 0 for context, -inf for padding
-            self.decode_bias = torch.zeros(n, self.decode_len).masked_fill(pad, float("-inf"))[None, :, None, :]
-            self.decode_bias = self.decode_bias.to(dev)
+            # per sequence: its context as (start slot, length) runs of consecutive blocks, read
+            # in place from the pool as views; the blocks outside long runs (decode blocks
+            # appended one at a time, interleaved with other sequences') as one slot index for a
+            # small gather. See _decode.
+            self.decode_parts: list[tuple[list[tuple[int, int]], torch.Tensor | None]] = []
+            for s in decode_seqs:
+                nblk = -(-s.context_len // bs)
+                table = s.block_table[:nblk]
+                runs, loose = [], []
+                i = 0
+                while i < nblk:
+                    j = i + 1
+                    while j < nblk and table[j] == table[j - 1] + 1:
+                        j += 1
+                    ntok = min(j * bs, s.context_len) - i * bs
+                    if dev.type == "cpu" and (j - i >= MIN_VIEW_RUN_BLOCKS or (i == 0 and j == nblk)):
+                        runs.append((table[i] * bs, ntok))
+                    else:
+                        loose.extend(range(table[i] * bs, table[i] * bs + ntok) if j - i == 1 else
+                                     [table[b_] * bs + o for b_ in range(i, j) for o in range(bs)][:ntok])
+                    i = j
+                idx = torch.tensor(loose, dtype=torch.long, device=dev) if loose else None
+                self.decode_parts.append((runs, idx))
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k_pool, v_pool = self.cache.kv[layer_idx, 0], self.cache.kv[layer_idx, 1]   # [Hkv, S, D]
@@ -175,28 +191,46 @@ class PagedAttention:
         return out
 
     def _decode(self, q: torch.Tensor, layer_idx: int) -> torch.Tensor:
-        """q: [B, H, D], one query token per sequence -> [B, H, D]."""
+        """q: [B, H, D], one query token per sequence -> [B, H, D].
+
+        Per sequence, the CPU flash-attention kernel (out and log-sum-exp) on each long run of
+        consecutive blocks read in place from the pool (a strided view, no copy), and once on the
+        gathered remaining slots; the partial outputs are merged by their log-sum-exps. GQA: the
+        g query heads of a kv head are g query rows of that head. Measured (B = 32, contexts
+        48-1280, 2 threads): 5.4 ms per layer vs 12.5 ms for one padded batch gathered into a
+        scratch buffer (the copy and the padding were most of that step's time).
+        """
         c = self.cache
         b, h, d = q.shape
-        hkv, bs = c.n_kv_heads, c.block_size
+        hkv = c.n_kv_heads
         g = h // hkv
-        if b == 1:
-            # one sequence: gather its blocks (k and v in one index_select; small, so no scratch
-            # buffer) and attend to exactly its context through one 4-D SDPA call (the fused CPU
-            # kernel), no mask: 54 us per layer at 100 tokens vs 85+ for the batched path (measured)
-            pools = c.kv[layer_idx].view(2, hkv, c.num_blocks, bs, d)
-            kv = pools.index_select(2, self.decode_blocks).view(2, hkv, self.decode_len, d)
-            n = self.decode_ctx_len
-            qg = q.view(1, hkv, g, d)
-            o = F.scaled_dot_product_attention(qg, kv[None, 0, :, :n].to(q.dtype), kv[None, 1, :, :n].to(q.dtype))
-            return o.view(1, h, d)
-        kv = c.gather_blocks(layer_idx, self.decode_blocks)            # [2, Hkv, B * max_blocks, bs, D]
-        # gather whole blocks (contiguous per head): [Hkv, B * max_blocks, bs, D] -> [Hkv, B, L, D]
-        kd = kv[0].view(hkv, b, self.decode_len, d).to(q.dtype)
-        vd = kv[1].view(hkv, b, self.decode_len, d).to(q.dtype)
-        # query head i uses kv head i // g (the repeat_interleave convention)
-        qg = q.view(b, hkv, g, d).transpose(0, 1) * (d ** -0.5)                 # [Hkv, B, g, D]
-        scores = torch.matmul(qg, kd.transpose(-1, -2)).float() + self.decode_bias  # [Hkv, B, g, L]
-        probs = scores.softmax(dim=-1).to(q.dtype)
-        o = torch.matmul(probs, vd)                                              # [Hkv, B, g, D]
-        return o.transpose(0, 1).reshape(b, h, d)
+        k_pool, v_pool = c.kv[layer_idx, 0], c.kv[layer_idx, 1]   # [Hkv, S, D]
+        same = k_pool.dtype == q.dtype
+        qg = q.view(b, 1, hkv, g, d)
+        out = torch.empty_like(q)
+        if q.device.type == "cpu":
+            flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        else:  # other devices: every sequence is one gathered part (see __init__), no merge
+            def flash(qs, ks, vs):
+                return F.scaled_dot_product_attention(qs, ks, vs), None
+        for i, (runs, idx) in enumerate(self.decode_parts):
+            o = lse = None
+            for j in range(len(runs) + (idx is not None)):
+                if j < len(runs):
+                    s0, n = runs[j]
+                    ks, vs = k_pool[None, :, s0:s0 + n], v_pool[None, :, s0:s0 + n]
+                else:
+                    ks, vs = k_pool.index_select(1, idx)[None], v_pool.index_select(1, idx)[None]
+                if not same:
+                    ks, vs = ks.to(q.dtype), vs.to(q.dtype)
+                o_j, lse_j = flash(qg[i], ks, vs)[:2]
+                if o is None:
+                    o, lse = o_j, lse_j
+                    continue
+                # merge two softmax-normalised parts: weight of the new one = sigmoid(lse_j - lse)
+                w = torch.sigmoid(lse_j - lse).unsqueeze(-1).to(q.dtype)
+                o = o + (o_j - o) * w
+                if j + 1 < len(runs) + (idx is not None):
+                    lse = torch.logaddexp(lse, lse_j)
+            out[i] = o.view(h, d)
+        return out
