@@ -1,7 +1,9 @@
 """The run orchestrator: RunSpec -> deployments x load points -> one results dir.
 
 For each deployment in turn: launch it (or check an external URL), send warm-up requests, then
-drive every load point with the same precomputed requests and send times, appending each
+drive every load point with precomputed requests and send times (identical for every deployment
+at a given load point; load point i uses workload seed + 7919*i, so no prompt is re-sent to hit a
+warm prefix cache), appending each
 RequestRecord to the results dir as it completes; pull the engine's step trace; stop it. A run
 that fails part-way (a deployment that does not start, Ctrl-C, an error) still finalises the
 results dir, marked incomplete, with everything measured so far.
@@ -16,7 +18,7 @@ import asyncio
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,7 @@ class RunSpec:
             "load_points": [lp.to_dict() for lp in self.load_points],
             "slo": self.slo.to_dict(),
             "warmup_requests": self.warmup_requests,
+            "load_point_seed_stride": 7919,  # load point i (first-seen order) uses workload.seed + 7919*i
             "timeout_s": self.timeout_s,
             "tokenizer_path": self.tokenizer_path,
             "bisect": self.bisect.to_dict() if self.bisect else None,
@@ -207,7 +210,18 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
     writer.write_env(collect_env(extra={"command": sys.argv}))
     clock = RunClock()
     tokenizer = load_tokenizer_for(spec.tokenizer_path) if spec.tokenizer_path else None
-    requests = generate_requests(spec.workload, tokenizer)
+    # Each load point gets its own prompts (same length distribution, a seed of its own): re-sent
+    # prompts would hit the server's prefix cache and make later load points look fast. Every
+    # deployment gets the same prompts at the same load point.
+    lp_requests: dict[str, list] = {}
+
+    def requests_for(lp: LoadPoint) -> list:
+        if lp.name not in lp_requests:
+            seed = spec.workload.seed + 7919 * len(lp_requests)
+            lp_requests[lp.name] = generate_requests(replace(spec.workload, seed=seed), tokenizer,
+                                                     id_prefix=f"req-{len(lp_requests)}")
+        return lp_requests[lp.name]
+
     warm = generate_requests(
         WorkloadSpec(input_len=spec.workload.input_len, output_len=8, num_requests=max(1, spec.warmup_requests),
                      seed=spec.workload.seed + 10_000, endpoint=spec.workload.endpoint),
@@ -253,6 +267,7 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
                         status = "incomplete"
                         obs.deployment_failed(dep_spec.name, failures[dep_spec.name])
                         break
+                    requests = requests_for(lp)
                     obs.load_point_starting(dep_spec.name, lp.name, len(requests))
                     stopper = ErrorRateStop(spec.max_error_rate, spec.error_window)
                     gen: LoadGenerator | None = None
