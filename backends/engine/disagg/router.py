@@ -107,6 +107,8 @@ class WorkerHandle:
     def describe(self) -> dict:
         d = {"name": self.name, "role": self.role, "alive": self.alive,
              "pid": self.proc.pid if self.proc else None, "inflight": len(self.inflight)}
+        if self.shm_name:
+            d["shm"] = self.shm_name.lstrip("/")
         if self.death:
             d["error"] = self.death
         return d
