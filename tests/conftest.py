@@ -38,3 +38,20 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture
+async def mock():
+    """Start calibrated mock servers on loopback: `await mock(ttft_s=..., ...)`; all stopped after."""
+    from infer_bench.backends.mock_server import start_mock_server
+
+    servers = []
+
+    async def start(**cfg):
+        s = await start_mock_server("127.0.0.1", free_port(), **cfg)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        await s.stop()

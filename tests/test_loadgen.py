@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from conftest import free_port
-from infer_bench.backends.mock_server import start_mock_server
 from infer_bench.backends.openai import PreparedRequest, RunClock, send_request
 from infer_bench.workloads.loadgen import LoadGenerator
 from infer_bench.workloads.records import RECORD_COLUMNS
@@ -24,19 +23,6 @@ pytestmark = pytest.mark.timeout(60)
 def reqs(n, max_tokens=6, **kw):
     return [PreparedRequest(f"r{i:03d}", "a b c d", max_tokens=max_tokens, **kw) for i in range(n)]
 
-
-@pytest.fixture
-async def mock(request):
-    servers = []
-
-    async def start(**cfg):
-        s = await start_mock_server("127.0.0.1", free_port(), **cfg)
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        await s.stop()
 
 
 async def test_ttft_and_multi_token_chunks(mock):

@@ -7,8 +7,6 @@ import asyncio
 
 import pytest
 
-from conftest import free_port
-from infer_bench.backends.mock_server import start_mock_server
 from infer_bench.backends.openai import PreparedRequest, RunClock
 from infer_bench.workloads.loadgen import LoadGenerator
 from infer_bench.workloads.metrics import summarize
@@ -17,19 +15,6 @@ from infer_bench.workloads.synthetic import generate_requests
 
 pytestmark = pytest.mark.timeout(60)
 
-
-@pytest.fixture
-async def mock():
-    servers = []
-
-    async def start(**cfg):
-        s = await start_mock_server("127.0.0.1", free_port(), **cfg)
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        await s.stop()
 
 
 @pytest.mark.parametrize("arrival", [ArrivalSpec("constant", rate=50.0),
