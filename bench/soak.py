@@ -10,6 +10,10 @@ Exact command (the issue's 30-minute soak, both deployments, default model):
 
     .venv/bin/python bench/soak.py --minutes 30 --rate 0.5 --deployments mono,disagg
 
+Both at once, sharing the 2 cores (mono 1 thread, disagg 1+1 threads; what the last note reports):
+
+    .venv/bin/python bench/soak.py --minutes 30 --rate 0.4 --parallel --mono-threads 1
+
 Quick check:  .venv/bin/python bench/soak.py --minutes 3 --rate 0.5
 """
 
@@ -97,13 +101,30 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sample-s", type=float, default=10.0)
     ap.add_argument("--warmup-frac", type=float, default=0.2)
+    ap.add_argument("--parallel", action="store_true",
+                    help="soak all deployments at the same time (halves the wall time; they share the cores)")
+    ap.add_argument("--mono-threads", type=int, default=None, help="threads of the mono engine (default --threads)")
     a = ap.parse_args()
     print(f"load average at start: {psutil.getloadavg()}")
-    for mode in a.deployments.split(","):
-        spec = (EngineDeploymentSpec(name="mono", model=a.model, num_threads=a.threads) if mode == "mono" else
-                EngineDeploymentSpec(name="disagg-1p1d", model=a.model, mode="disagg",
-                                     num_threads=a.threads))
-        r = soak(spec, a.minutes, a.rate, a.sample_s, a.warmup_frac, a.input_len, a.output_len)
+    specs = [EngineDeploymentSpec(name="mono", model=a.model, num_threads=a.mono_threads or a.threads)
+             if mode == "mono" else
+             EngineDeploymentSpec(name="disagg-1p1d", model=a.model, mode="disagg", num_threads=a.threads)
+             for mode in a.deployments.split(",")]
+    args = (a.minutes, a.rate, a.sample_s, a.warmup_frac, a.input_len, a.output_len)
+    if a.parallel:  # all deployments soak at the same time (each in its own thread and event loop)
+        results: list = [None] * len(specs)
+
+        def one(i: int) -> None:
+            results[i] = soak(specs[i], *args)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(specs))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    else:
+        results = [soak(spec, *args) for spec in specs]
+    for r in results:
         print(f"\n== {r['deployment']}: {r['requests']} requests, {r['failures']} failures")
         print(f"   p99 TTFT first/last fifth: {r['ttft_p99_first_s']*1e3:.0f} / {r['ttft_p99_last_s']*1e3:.0f} ms"
               f"   p99 chunk gap: {r['itl_p99_first_s']*1e3:.0f} / {r['itl_p99_last_s']*1e3:.0f} ms")

@@ -378,6 +378,7 @@ class Link:
         if transport == "shm":
             layout = KVLayout(**info["layout"])
             self.pool = ShmPool(info["shm"], layout, create=False)
+            self.pool.prefault()
 
     def send_layer(self, ex: Export, layer: int, lo: int, hi: int, runs) -> int:
         src = self.src_kv[layer]
