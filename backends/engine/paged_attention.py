@@ -159,6 +159,11 @@ class PagedAttention:
                     i = j
                 idx = torch.tensor(loose, dtype=torch.long, device=dev) if loose else None
                 self.decode_parts.append((runs, idx))
+            # the in-place runs as per-layer views [1, Hkv, n, D] of k and of v, made once per
+            # step for all layers (two ops per run instead of four per run and layer)
+            kv = cache.kv
+            self.decode_views = [[(kv[:, 0, None, :, s0:s0 + n].unbind(0), kv[:, 1, None, :, s0:s0 + n].unbind(0))
+                                  for s0, n in runs] for runs, _ in self.decode_parts]
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k_pool, v_pool = self.cache.kv[layer_idx, 0], self.cache.kv[layer_idx, 1]   # [Hkv, S, D]
@@ -207,23 +212,30 @@ class PagedAttention:
         k_pool, v_pool = c.kv[layer_idx, 0], c.kv[layer_idx, 1]   # [Hkv, S, D]
         same = k_pool.dtype == q.dtype
         qg = q.view(b, 1, hkv, g, d)
-        out = torch.empty_like(q)
         if q.device.type == "cpu":
             flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
         else:  # other devices: every sequence is one gathered part (see __init__), no merge
             def flash(qs, ks, vs):
                 return F.scaled_dot_product_attention(qs, ks, vs), None
+        qs = qg.unbind(0)
+        outs = []
         for i, (runs, idx) in enumerate(self.decode_parts):
+            views = self.decode_views[i]
+            if idx is None and len(runs) == 1:  # the common case: one run, no merge
+                ks, vs = views[0][0][layer_idx], views[0][1][layer_idx]
+                if not same:
+                    ks, vs = ks.to(q.dtype), vs.to(q.dtype)
+                outs.append(flash(qs[i], ks, vs)[0])
+                continue
             o = lse = None
             for j in range(len(runs) + (idx is not None)):
                 if j < len(runs):
-                    s0, n = runs[j]
-                    ks, vs = k_pool[None, :, s0:s0 + n], v_pool[None, :, s0:s0 + n]
+                    ks, vs = views[j][0][layer_idx], views[j][1][layer_idx]
                 else:
                     ks, vs = k_pool.index_select(1, idx)[None], v_pool.index_select(1, idx)[None]
                 if not same:
                     ks, vs = ks.to(q.dtype), vs.to(q.dtype)
-                o_j, lse_j = flash(qg[i], ks, vs)[:2]
+                o_j, lse_j = flash(qs[i], ks, vs)[:2]
                 if o is None:
                     o, lse = o_j, lse_j
                     continue
@@ -232,5 +244,5 @@ class PagedAttention:
                 o = o + (o_j - o) * w
                 if j + 1 < len(runs) + (idx is not None):
                     lse = torch.logaddexp(lse, lse_j)
-            out[i] = o.view(h, d)
-        return out
+            outs.append(o)
+        return torch.cat(outs).reshape(b, h, d)
