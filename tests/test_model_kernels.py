@@ -96,3 +96,18 @@ def test_small_mm_k_split_is_exact_enough(two_threads):
         torch.testing.assert_close(M.small_mm(x, w), x @ w, rtol=1e-5, atol=1e-4)
     x = torch.randn(1, 575, generator=g)  # odd K: plain product
     torch.testing.assert_close(M.small_mm(x, torch.randn(575, 8, generator=g)).shape, torch.Size([1, 8]))
+
+
+def test_keep_rows_gives_the_same_rows_as_a_full_forward(tmp_path):
+    """forward(keep_rows=...) runs the last layer's MLP on those rows only: same values."""
+    from infer_bench.backends.engine.loader import load_hf_dir
+    from tiny_model import make_tiny_model_dir
+
+    m = load_hf_dir(make_tiny_model_dir(tmp_path / "m", seed=3, num_layers=3)).model
+    ids = torch.tensor([5, 9, 11, 40, 2, 7])
+    with torch.inference_mode():
+        full = m(ids, torch.arange(6), _DenseAttention())
+        some = m(ids, torch.arange(6), _DenseAttention(), keep_rows=torch.tensor([1, 5]))
+        none = m(ids, torch.arange(6), _DenseAttention(), keep_rows=torch.tensor([], dtype=torch.long))
+    assert some.shape == (2, full.shape[1]) and none.shape == (0, full.shape[1])
+    torch.testing.assert_close(some, full[[1, 5]], rtol=1e-5, atol=1e-6)

@@ -250,7 +250,9 @@ class DecoderLayer(nn.Module):
         self.down_w = _empty(i, h)
         self._packed: dict[str, torch.Tensor] = {}  # project()'s oneDNN copies of the weights
 
-    def forward(self, x, residual, cos, sin, attn: Attention):
+    def forward(self, x, residual, cos, sin, attn: Attention, keep_rows: torch.Tensor | None = None):
+        """keep_rows: only these rows go on past attention (the last layer: K/V are written for
+        every row, but only rows that sample a token need the rest)."""
         x, residual = self.input_norm(x, residual)
         T = x.shape[0]
         pk = self._packed
@@ -258,8 +260,12 @@ class DecoderLayer(nn.Module):
         qkv = qkv.view(T, self.n_heads + 2 * self.n_kv, self.head_dim)
         qk = apply_rope(qkv[:, : self.n_heads + self.n_kv], cos, sin)
         q, k, v = qk[:, : self.n_heads], qk[:, self.n_heads:], qkv[:, self.n_heads + self.n_kv:]
-        o = attn.attend(self.layer_idx, q, k, v)
-        x = project(o.reshape(T, -1), self.o_w, pk, "o")
+        o = attn.attend(self.layer_idx, q, k, v).reshape(T, -1)
+        if keep_rows is not None:
+            o, residual = o[keep_rows], residual[keep_rows]
+            if not o.shape[0]:
+                return o, residual
+        x = project(o, self.o_w, pk, "o")
         x, residual = self.post_attention_norm(x, residual)
         gate, up = project(x, self.gate_up_w, pk, "gate_up").chunk(2, dim=-1)
         return project(F.silu(gate) * up, self.down_w, pk, "down"), residual
@@ -279,12 +285,20 @@ class LlamaForCausalLM(nn.Module):
         self._packed: dict[str, torch.Tensor] = {}  # project()'s oneDNN copy of the head
         self.eval()
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
+                keep_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """-> final-normed hidden [T, hidden], or [len(keep_rows), hidden] of just those rows.
+
+        keep_rows (the rows that sample a token): the last layer's output projection and MLP run
+        on those rows only — every other row's last-layer output is never read (its K/V, written
+        inside attention, is all later steps need). A 512-token prompt skips ~3% of its FLOPs.
+        """
         x = F.embedding(input_ids, self.embed)
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
         residual = None
-        for layer in self.layers:
-            x, residual = layer(x, residual, cos, sin, attn)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x, residual = layer(x, residual, cos, sin, attn, keep_rows if i == last else None)
         return self.norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

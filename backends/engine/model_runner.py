@@ -57,12 +57,14 @@ class ModelRunner:
         if not scheduled:
             return {}
         input_ids, positions, attn, rows, seqs = self.prepare(scheduled)
-        hidden = self.model(input_ids, positions, attn)
+        if any(s.spec_tokens for s in seqs):
+            return self._run_speculative(self.model(input_ids, positions, attn), rows, seqs)
+        # only the sampling rows get past the last layer's attention (see LlamaForCausalLM.forward)
+        keep = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
+        hidden = self.model(input_ids, positions, attn, keep_rows=keep)
         if not rows:
             return {}
-        if any(s.spec_tokens for s in seqs):
-            return self._run_speculative(hidden, rows, seqs)
-        logits = self.model.compute_logits(hidden[torch.tensor(rows, device=hidden.device)])
+        logits = self.model.compute_logits(hidden)
         tokens = self.sampler(logits, [s.params for s in seqs], [s.generator for s in seqs])
         return {id(s): t for s, t in zip(seqs, tokens)}
 
