@@ -1,4 +1,4 @@
-"""A calibrated mock OpenAI-compatible server (aiohttp) with known timing.
+"""A calibrated mock OpenAI-compatible server with known timing, lean enough for load tests.
 
 Role in the data flow: tests of `backends/openai.py` and `workloads/loadgen.py` (and the CLI's
 client self-test) point the client at it and compare what the client measured with what the mock
@@ -14,12 +14,17 @@ did. Behaviour for a streamed request received at t_r:
   `disconnect_after` chunks: the connection is dropped without [DONE];
 - `usage_delta`: usage.completion_tokens is reported that much off the truth (a server that lies
   about its token counts, for the client's cross-check);
-- the schedule is absolute (no drift), and for every chunk the time it really left (after the
-  write was handed to the transport, `time.perf_counter()`) is logged: `GET /mock/log` returns
+- the schedule is absolute (no drift); all streams share one timer (`mock_http.Ticker`: chunks
+  due within 0.2 ms go out in one batch, each chunk's bytes prebuilt when the request arrived),
+  so one core emits >60k events/s. `received_s` is the time of the socket read that delivered
+  the request's first byte; for every chunk the time it really left (after the write was
+  handed to the transport, `time.perf_counter()`) is logged: `GET /mock/log` returns
   [{"request_id", "received_s", "chunk_s": [...], "chunk_target_s": [...], "chunk_tokens":
   [...], "status"}] (perf_counter seconds: CLOCK_MONOTONIC, comparable with the client's clock
   in any process on the same host); `chunk_s - chunk_target_s` is the mock's own lateness.
-  `POST /mock/reset` clears the log.
+  `POST /mock/reset` clears the log. The command-line server runs with automatic garbage
+  collection off (a collector pause would delay chunks; its hot path makes no reference
+  cycles) and collects at `/mock/reset` and every 20,000 requests.
 Also `GET /health`, `GET /v1/models`, and non-streamed responses (one JSON body after the whole
 output's time).
 
@@ -32,13 +37,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from aiohttp import web
+from .aioloop import raise_open_files_limit
+from .aioloop import run as _run_loop
+from .mock_http import Request, ServerConn, Ticker, frame, start_server
+
+_perf = time.perf_counter
 
 
 @dataclass
@@ -61,57 +71,104 @@ class MockConfig:
 
 @dataclass
 class MockServer:
-    runner: web.AppRunner
+    server: asyncio.AbstractServer
     host: str
     port: int
     config: MockConfig
     log: list[dict] = field(default_factory=list)
+    conns: set = field(default_factory=set)
+    ticker: Ticker | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     async def stop(self) -> None:
-        await self.runner.cleanup()
+        self.server.close()
+        if self.ticker is not None:
+            self.ticker.cancel()
+        for c in list(self.conns):
+            if c.transport is not None:
+                c.transport.abort()
+        await self.server.wait_closed()
 
 
-def _app(cfg: MockConfig, log: list[dict]) -> web.Application:
-    state = {"count": 0}
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
 
-    async def health(_request):
-        return web.json_response({"status": "ok"})
 
-    async def models(_request):
-        return web.json_response({"object": "list", "data": [{"id": cfg.model, "object": "model"}]})
+class _Stream:
+    """One streamed response in progress: its prebuilt frames and where it is."""
 
-    async def get_log(_request):
-        return web.json_response(log)
+    __slots__ = ("conn", "entry", "frames", "targets", "sizes", "j", "tail", "error_at",
+                 "drop_at")
 
-    async def reset_log(_request):
-        log.clear()
-        return web.json_response({"status": "ok"})
+    def __init__(self, conn: ServerConn, entry: dict, frames: list[bytes], targets: list[float],
+                 sizes: list[int], tail: bytes, error_at: int | None, drop_at: int | None):
+        self.conn, self.entry, self.frames, self.targets = conn, entry, frames, targets
+        self.sizes, self.tail, self.error_at, self.drop_at = sizes, tail, error_at, drop_at
+        self.j = 0
 
-    async def generate(request: web.Request) -> web.StreamResponse:
-        t_recv = time.perf_counter()
-        state["count"] += 1
-        n = state["count"]
-        chat = request.path.endswith("/chat/completions")
+
+class _MockApp:
+    """Routes and the timing behaviour of the module docstring."""
+
+    def __init__(self, cfg: MockConfig, log: list[dict], ticker: Ticker):
+        self.cfg = cfg
+        self.log = log
+        self.ticker = ticker
+        self.count = 0
+
+    def __call__(self, conn: ServerConn, req: Request) -> None:
+        path = req.path
+        if path in ("/v1/completions", "/v1/chat/completions"):
+            if req.method != "POST":
+                conn.respond(405, _json({"error": {"message": "use POST"}}))
+            else:
+                self.generate(conn, req, chat=path.endswith("/chat/completions"))
+        elif path == "/health" and req.method == "GET":
+            conn.respond(200, _json({"status": "ok"}))
+        elif path == "/v1/models" and req.method == "GET":
+            conn.respond(200, _json({"object": "list",
+                                     "data": [{"id": self.cfg.model, "object": "model"}]}))
+        elif path == "/mock/log" and req.method == "GET":
+            conn.respond(200, _json(self.log))
+        elif path == "/mock/reset" and req.method == "POST":
+            self.log.clear()
+            if not gc.isenabled():
+                gc.collect()
+            conn.respond(200, _json({"status": "ok"}))
+        else:
+            conn.respond(404, _json({"error": {"message": f"no route {req.method} {path}",
+                                               "type": "not_found"}}))
+
+    def generate(self, conn: ServerConn, req: Request, chat: bool) -> None:
+        cfg = self.cfg
+        t_recv = req.t_recv
+        self.count += 1
+        n = self.count
+        if n % 20000 == 0 and not gc.isenabled():
+            gc.collect()
         try:
-            body = await request.json()
+            body = json.loads(req.body)
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
         except ValueError:
-            return web.json_response({"error": {"message": "invalid JSON", "type": "invalid_request"}},
-                                     status=400)
-        rid = request.headers.get("X-Request-Id", f"mock-{n}")
+            conn.respond(400, _json({"error": {"message": "invalid JSON",
+                                               "type": "invalid_request"}}))
+            return
+        rid = req.headers.get("x-request-id", f"mock-{n}")
         entry: dict[str, Any] = {"request_id": rid, "received_s": t_recv, "chunk_s": [],
                                  "chunk_target_s": [], "chunk_tokens": [], "status": 200}
-        log.append(entry)
+        self.log.append(entry)
         if cfg.fail_every and n % cfg.fail_every == 0:
             entry["status"] = cfg.fail_status
-            return web.json_response({"error": {"message": f"mock failure for request {n}",
-                                                "type": "server_error"}}, status=cfg.fail_status)
+            conn.respond(cfg.fail_status, _json({"error": {
+                "message": f"mock failure for request {n}", "type": "server_error"}}))
+            return
         if chat:
             msgs = body.get("messages") or []
-            prompt = " ".join(str(m.get("content", "")) for m in msgs)
+            prompt = " ".join(str(m.get("content", "")) for m in msgs if isinstance(m, dict))
         else:
             prompt = body.get("prompt", "")
             prompt = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
@@ -126,19 +183,8 @@ def _app(cfg: MockConfig, log: list[dict]) -> web.Application:
         created = int(time.time())
         obj_kind = "chat.completion.chunk" if chat else "text_completion"
 
-        def choice(text: str, ntok: int, finish: str | None) -> dict:
-            c: dict[str, Any] = {"index": 0, "finish_reason": finish}
-            if chat:
-                c["delta"] = {"content": text} if text else {}
-            else:
-                c["text"] = text
-            if cfg.include_token_ids:
-                c["token_ids"] = [7] * ntok
-            return c
-
         if not body.get("stream"):
             total = cfg.ttft_s + max(0, len(sizes) - 1) * k * cfg.token_delay_s
-            await asyncio.sleep(total)
             text = " tok" * n_out
             ch: dict[str, Any] = {"index": 0, "finish_reason": "length"}
             if chat:
@@ -149,43 +195,42 @@ def _app(cfg: MockConfig, log: list[dict]) -> web.Application:
                    "created": created, "model": cfg.model, "choices": [ch], "usage": usage}
             if cfg.server_timing is not None:
                 out["infer_bench"] = cfg.server_timing
-            entry["chunk_target_s"].append(t_recv + total)
-            entry["chunk_s"].append(time.perf_counter())
-            entry["chunk_tokens"].append(n_out)
-            return web.json_response(out)
+            payload = _json(out)
 
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
-        await resp.prepare(request)
+            def finish(_arg) -> None:
+                conn.respond(200, payload)
+                entry["chunk_target_s"].append(t_recv + total)
+                entry["chunk_s"].append(_perf())
+                entry["chunk_tokens"].append(n_out)
 
-        async def send(obj: Any) -> None:
-            data = obj if isinstance(obj, str) else json.dumps(obj)
-            await resp.write(f"data: {data}\n\n".encode())
+            self.ticker.at(t_recv + total, finish, None)
+            return
 
-        stream_error = cfg.stream_error_every and n % cfg.stream_error_every == 0
-        disconnect = cfg.disconnect_every and n % cfg.disconnect_every == 0
+        def event(obj: Any) -> bytes:
+            return frame(b"data: " + (obj if isinstance(obj, bytes) else _json(obj)) + b"\n\n")
+
+        def choice(size: int, finish: str | None) -> dict:
+            text = " tok" * size
+            c: dict[str, Any] = {"index": 0, "finish_reason": finish}
+            if chat:
+                c["delta"] = {"content": text} if text else {}
+            else:
+                c["text"] = text
+            if cfg.include_token_ids:
+                c["token_ids"] = [7] * size
+            return c
+
+        cache: dict[tuple[int, bool], bytes] = {}
+        frames = []
         for j, size in enumerate(sizes):
-            if stream_error and j == cfg.stream_error_after:
-                await send({"error": {"message": "mock stream error", "type": "server_error",
-                                      "code": 500}})
-                entry["status"] = "stream_error"
-                await resp.write_eof()
-                return resp
-            if disconnect and j == cfg.disconnect_after:
-                entry["status"] = "disconnect"
-                if request.transport is not None:
-                    request.transport.close()
-                return resp
-            target = t_recv + cfg.ttft_s + j * k * cfg.token_delay_s
-            delay = target - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
             last = j == len(sizes) - 1
-            await send({"id": rid, "object": obj_kind, "created": created, "model": cfg.model,
-                        "choices": [choice(" tok" * size, size, "length" if last else None)]})
-            entry["chunk_s"].append(time.perf_counter())
-            entry["chunk_target_s"].append(target)
-            entry["chunk_tokens"].append(size)
+            key = (size, last)
+            if key not in cache:
+                cache[key] = event({"id": rid, "object": obj_kind, "created": created,
+                                    "model": cfg.model,
+                                    "choices": [choice(size, "length" if last else None)]})
+            frames.append(cache[key])
+        tail = b""
         opts = body.get("stream_options") or {}
         if opts.get("include_usage") or cfg.server_timing is not None:
             final: dict[str, Any] = {"id": rid, "object": obj_kind, "created": created,
@@ -194,19 +239,51 @@ def _app(cfg: MockConfig, log: list[dict]) -> web.Application:
                 final["usage"] = usage
             if cfg.server_timing is not None:
                 final["infer_bench"] = cfg.server_timing
-            await send(final)
-        await send("[DONE]")
-        await resp.write_eof()
-        return resp
+            tail = event(final)
+        tail += event(b"[DONE]")
+        targets = [t_recv + cfg.ttft_s + j * k * cfg.token_delay_s for j in range(len(sizes))]
+        error_at = (cfg.stream_error_after if cfg.stream_error_every
+                    and n % cfg.stream_error_every == 0 else None)
+        drop_at = (cfg.disconnect_after if cfg.disconnect_every
+                   and n % cfg.disconnect_every == 0 else None)
+        st = _Stream(conn, entry, frames, targets, sizes, tail, error_at, drop_at)
+        conn.start_stream(200, {"Content-Type": "text/event-stream",
+                                "Cache-Control": "no-cache"})
+        if not self._interrupt(st):
+            self.ticker.at(targets[0], self._tick, st)
 
-    app = web.Application()
-    app.router.add_get("/health", health)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/mock/log", get_log)
-    app.router.add_post("/mock/reset", reset_log)
-    app.router.add_post("/v1/completions", generate)
-    app.router.add_post("/v1/chat/completions", generate)
-    return app
+    def _interrupt(self, st: _Stream) -> bool:
+        """Before chunk st.j: a scheduled stream error or disconnect happens now (True)."""
+        if st.error_at is not None and st.j == st.error_at:
+            st.entry["status"] = "stream_error"
+            st.conn.end_stream(frame(b"data: " + _json({"error": {
+                "message": "mock stream error", "type": "server_error", "code": 500}}) + b"\n\n"))
+            return True
+        if st.drop_at is not None and st.j == st.drop_at:
+            st.entry["status"] = "disconnect"
+            st.conn.close()
+            return True
+        return False
+
+    def _tick(self, st: _Stream) -> None:
+        conn = st.conn
+        if conn.closed:
+            return
+        j = st.j
+        last = j == len(st.frames) - 1
+        if last:
+            conn.end_stream(st.frames[j] + st.tail)
+        else:
+            conn.write(st.frames[j])
+        e = st.entry
+        e["chunk_s"].append(_perf())
+        e["chunk_target_s"].append(st.targets[j])
+        e["chunk_tokens"].append(st.sizes[j])
+        if last:
+            return
+        st.j = j + 1
+        if not self._interrupt(st):
+            self.ticker.at(st.targets[j + 1], self._tick, st)
 
 
 async def start_mock_server(host: str = "127.0.0.1", port: int = 0, **cfg: Any) -> MockServer:
@@ -218,15 +295,11 @@ async def start_mock_server(host: str = "127.0.0.1", port: int = 0, **cfg: Any) 
         raise TypeError(f"unknown mock config {sorted(unknown)}; known: {sorted(names)}")
     config = MockConfig(**cfg)
     log: list[dict] = []
-    runner = web.AppRunner(_app(config, log), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    actual = port
-    if not actual:
-        sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001
-        actual = sockets[0].getsockname()[1]
-    return MockServer(runner=runner, host=host, port=actual, config=config, log=log)
+    ticker = Ticker()
+    server, conns = await start_server(_MockApp(config, log, ticker), host, port)
+    actual = server.sockets[0].getsockname()[1]
+    return MockServer(server=server, host=host, port=actual, config=config, log=log,
+                      conns=conns, ticker=ticker)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -271,9 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: serve the mock until interrupted."""
     args = _parser().parse_args(argv)
     try:
-        import gc
         gc.freeze()
-        asyncio.run(serve(args.host, args.port,
+        gc.disable()            # collected at /mock/reset and every 20k requests (see docstring)
+        raise_open_files_limit()
+        _run_loop(serve(args.host, args.port,
                           ready=lambda url: print(f"mock server listening on {url}", flush=True),
                           **config_from_args(args)))
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ try:
 except ImportError:  # pragma: no cover - run from a checkout without install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from infer_bench.backends.aioloop import run as run_loop
 from infer_bench.backends.openai import PreparedRequest, RunClock
 from infer_bench.workloads.arrivals import send_times
 from infer_bench.workloads.loadgen import LoadGenerator
@@ -111,8 +112,8 @@ def main(argv=None) -> int:
                 _http(mock.url + "/mock/reset", "POST")
                 reqs = [PreparedRequest(f"ours-{tag}-{i}", "hello mock server",
                                         max_tokens=args.output_tokens) for i in range(n)]
-                res = asyncio.run(LoadGenerator(mock.url, "completions", reqs, list(times),
-                                                clock=RunClock()).run())
+                res = run_loop(LoadGenerator(mock.url, "completions", reqs, list(times),
+                                             clock=RunClock()).run())
                 ours.append(overheads_from({r.request_id: r.ttft_s for r in res.records},
                                            _http(mock.url + "/mock/log")))
                 _http(mock.url + "/mock/reset", "POST")

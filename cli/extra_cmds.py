@@ -80,8 +80,11 @@ def selftest(
         raise UserError(f"--rates takes comma-separated numbers, got {rates!r}") from None
     if not rate_list or any(r <= 0 for r in rate_list):
         raise UserError(f"--rates needs positive numbers, got {rates!r}")
+    from infer_bench.backends.aioloop import loop_name
+
     console.print(f"client self-test: mock TTFT {ttft_ms:g} ms, {token_delay_ms:g} ms/token, "
-                  f"{tokens_per_chunk} token(s)/chunk, {workers} client process(es)")
+                  f"{tokens_per_chunk} token(s)/chunk, {workers} client process(es), "
+                  f"event loop {loop_name()}")
     rows = run_selftest(rate_list, duration_s=duration, max_requests=max_requests,
                         workers=workers, ttft_s=ttft_ms / 1e3, token_delay_s=token_delay_ms / 1e3,
                         tokens_per_chunk=tokens_per_chunk, output_tokens=output_tokens, url=url,

@@ -68,6 +68,7 @@ def run(
     out: Optional[Path] = typer.Option(None, help="Results dir (default: results/run-<time>)."),
     tokenizer: Optional[str] = typer.Option(None, help="Local tokenizer/model dir for exact prompt lengths (default: the engine model's)."),
     bisect: Optional[str] = typer.Option(None, help="Goodput search instead of --rates: LO:HI[:ITERATIONS] req/s (see `sweep`)."),
+    workers: int = typer.Option(1, min=1, help="Client processes: shard each load point's client over N processes (send times precomputed) for rates one process cannot drive precisely (see `selftest`)."),
 ):
     """Run the same workload against each deployment and write a results dir with report.html.
 
@@ -109,6 +110,7 @@ def run(
         num_requests=num_requests, input_len=input_len, output_len=output_len, endpoint=endpoint,
         seed=seed, workload=workload, dataset=dataset, shared_prefix_len=shared_prefix_len,
         arrival=arrival, burstiness=burstiness, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out, tokenizer=tokenizer, bisect=bisect_spec,
+        workers=workers,
     )
 
 

@@ -116,7 +116,7 @@ def print_summary(console: Console, results_dir: Path) -> None:
 def run(*, console: Console, model, url, served_model, api_key, modes, threads, rates, concurrency,
         num_requests, input_len, output_len, endpoint, seed, slo_ttft,
         workload="synthetic", dataset=None, shared_prefix_len=0, arrival="poisson", burstiness=1.0, slo_tpot, warmup, timeout,
-        out, tokenizer=None, bisect=None) -> None:
+        out, tokenizer=None, bisect=None, workers: int = 1) -> None:
     from infer_bench.backends.deployment import EngineDeploymentSpec, ExternalDeploymentSpec
     from infer_bench.reports.html import render_report
     from infer_bench.workloads import runner
@@ -158,6 +158,7 @@ def run(*, console: Console, model, url, served_model, api_key, modes, threads, 
         load_points=load_points,
         slo=SLO(ttft_s=slo_ttft, tpot_s=slo_tpot), out_dir=out, warmup_requests=warmup,
         timeout_s=timeout, tokenizer_path=tok_path, name=out.name, bisect=bisect,
+        client_workers=int(workers),
     )
     obs = ProgressObserver(console)
     interrupted = False

@@ -116,3 +116,53 @@ def test_extra_cli_commands_help():
     for cmd in ("mock-server", "selftest"):
         out = runner.invoke(app, [cmd, "--help"], terminal_width=200)
         assert out.exit_code == 0 and f"Example: infer-bench {cmd}" in out.output
+
+
+def test_run_workers_flag_shards_the_client(tmp_path, monkeypatch):
+    """`infer-bench run --workers 2`: the load point goes through run_sharded with 2 processes
+    (spied in-process), every request is measured once, and the spec records the worker count;
+    --workers 0 is refused in one line."""
+    import json as _json
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from infer_bench.workloads import multiproc
+    from infer_bench.workloads.selftest import MockProcess
+
+    calls = []
+    real = multiproc.run_sharded
+
+    def spy(*args, **kw):
+        calls.append(args[4])                      # the worker count
+        return real(*args, **kw)
+
+    monkeypatch.setattr(multiproc, "run_sharded", spy)
+    from infer_bench.cli.main import app
+    from typer.testing import CliRunner
+
+    with MockProcess(ttft_s=0.01, token_delay_s=0.002) as m:
+        out = tmp_path / "run"
+        res = CliRunner().invoke(app, ["run", "--url", m.url, "--rates", "30", "--num-requests",
+                                       "12", "--output-len", "4", "--warmup", "1",
+                                       "--workers", "2", "--out", str(out)],
+                                 catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        assert calls == [2]
+        df = pd.read_parquet(out / "requests.parquet")
+        assert len(df) == 12 and df["request_id"].is_unique and df["error"].isna().all()
+        assert (df["n_output"] == 4).all()
+        spec = _json.loads((out / "spec.json").read_text())
+        assert spec["client_workers"] == 2
+        run = _json.loads((out / "run.json").read_text())
+        assert next(iter(run["client_health"].values()))["n_sent"] == 12
+        # default: one process, no sharding
+        calls.clear()
+        res = CliRunner().invoke(app, ["run", "--url", m.url, "--rates", "30", "--num-requests",
+                                       "4", "--output-len", "2", "--warmup", "0",
+                                       "--out", str(tmp_path / "run1")], catch_exceptions=False)
+        assert res.exit_code == 0 and calls == []
+    proc = subprocess.run([sys.executable, "-m", "infer_bench.cli.main", "run", "--workers", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--workers" in proc.stderr

@@ -2,7 +2,8 @@
 
 Role in the data flow: `workloads/runner.py` builds prompts (`workloads/synthetic.py`), then for
 each load point runs `LoadGenerator(url, endpoint, requests, arrival, ...).run()`; each request
-goes through `backends/openai.send_request` on one shared aiohttp session; each result becomes a
+goes through `backends/openai.send_request` on one shared `HttpPool` (backends/http_client.py:
+keep-alive connections, timestamps at the socket reads); each result becomes a
 `RequestRecord` handed to `on_record` as it completes (the runner appends it to the results dir,
 the CLI advances its progress bar) and returned at the end with a `ClientHealth` summary.
 
@@ -10,10 +11,12 @@ Open loop (poisson / gamma / constant / trace): send times come from
 `workloads/arrivals.send_times` (trace: the requests' own `send_at_s`) and are fixed before the
 first send; one scheduler coroutine sleeps until each time on the monotonic clock (a timer set
 0.5 ms early, then yielding to the loop until the time: epoll alone wakes up to 1 ms late) and
-starts the request as its own task, so a slow request never delays the next send. The
-connection pool is unlimited in open loop (a pool limit would queue sends silently in the client)
-and sized to the worker count in closed loop (`concurrency`: N workers, each sends its next
-request when its previous one finished).
+starts the request as its own task, so a slow request never delays the next send. A request's
+HTTP bytes are built before its send time (`openai.build_wire`), so only the write happens at
+it. The connection pool has no limit (a pool limit would queue sends silently in the client);
+closed loop (`concurrency`: N workers, each sends its next request when its previous one
+finished) holds at most N connections by construction. Callers run `run()` on
+`backends/aioloop.run` (uvloop when installed).
 
 Multi-turn: requests sharing a `conversation_id` form a chain, sent in `turn` order by one task;
 turn k+1 is intended at (turn k's last token, or its end if it failed) + its `think_time_s`.
@@ -29,6 +32,11 @@ sleep wakes up) and every send records its lateness (actual - intended send time
 reports both, the process CPU share, and `client_bound=True` when p99 lateness or p99 loop lag
 exceeds its threshold: then the numbers measure the client as much as the server.
 
+Garbage collection is paused for the load point (`pause_gc`, default on: one collection
+before, automatic collection re-enabled after): a collector pause of several ms (measured up to
+~35 ms for a full collection at 300 req/s) would delay socket reads and sends, i.e. show up as
+TTFT error. The client's hot path creates no reference cycles, so memory stays bounded.
+
 Cancel-safe: if `run()` is cancelled, in-flight requests are cancelled (not recorded) and `run()`
 returns what completed so far with `cancelled=True`; `stop()` does the same gracefully from the
 outside. Records are also available as `self.records` at any time.
@@ -38,14 +46,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import aiohttp
 import numpy as np
 
-from infer_bench.backends.openai import PreparedRequest, RawResult, RunClock, send_request
+from infer_bench.backends.aioloop import raise_open_files_limit
+from infer_bench.backends.http_client import HttpPool
+from infer_bench.backends.openai import (PreparedRequest, RawResult, RunClock, build_wire,
+                                         send_request)
 
 from .arrivals import send_times, trace_send_times
 from .records import RequestRecord
@@ -110,8 +121,9 @@ class LoadGenerator:
         on_record: Callable[[RequestRecord], None] | None = None,
         lateness_threshold_s: float = 0.01,
         loop_lag_threshold_s: float = 0.01,
-        session: aiohttp.ClientSession | None = None,
+        session: HttpPool | None = None,
         start_at_s: float | None = None,
+        pause_gc: bool = True,
     ):
         self.url = url
         self.endpoint = endpoint
@@ -123,6 +135,7 @@ class LoadGenerator:
         self.loop_lag_threshold_s = loop_lag_threshold_s
         self._external_session = session
         self.start_at_s = start_at_s
+        self.pause_gc = pause_gc
         self.requests = [self._fill(r, model, headers, api_key, timeout_s, tokenize)
                          for r in requests]
         self.chains = build_chains(self.requests)
@@ -200,8 +213,9 @@ class LoadGenerator:
             await asyncio.sleep(0)
         return not self._stop.is_set()
 
-    async def _one(self, session, req: PreparedRequest, intended_s: float) -> RequestRecord:
-        raw: RawResult = await send_request(session, req, self.clock)
+    async def _one(self, session, req: PreparedRequest, intended_s: float,
+                   wire=None) -> RequestRecord:
+        raw: RawResult = await send_request(session, req, self.clock, wire=wire)
         if raw.send_s is not None:
             self._lateness.append(raw.send_s - intended_s)
         rec = RequestRecord.from_raw(raw, deployment=self.deployment, load_point=self.load_point,
@@ -216,7 +230,7 @@ class LoadGenerator:
                 pass
         return rec
 
-    async def _chain(self, session, chain: list[int], intended_s: float) -> None:
+    async def _chain(self, session, chain: list[int], intended_s: float, wire=None) -> None:
         """Send the turns of one chain in order; turn k+1 after turn k's last token + think."""
         for k, idx in enumerate(chain):
             req = self.requests[idx]
@@ -224,7 +238,7 @@ class LoadGenerator:
                 intended_s += req.think_time_s
                 if not await self._sleep_until(intended_s, early_s=0.0, register=False):
                     return
-            rec = await self._one(session, req, intended_s)
+            rec = await self._one(session, req, intended_s, wire if k == 0 else None)
             done = rec.last_token_s if rec.last_token_s is not None else rec.end_s
             intended_s = max(done if done is not None else self.clock.now(), intended_s)
 
@@ -240,14 +254,19 @@ class LoadGenerator:
             if self._stop.is_set():
                 break
             target = start_s + float(t)
+            first = self.requests[chain[0]]
+            try:
+                wire = build_wire(first)        # built before the send time, not at it
+            except Exception:  # noqa: BLE001 - send_request reports it as this request's error
+                wire = None
             # No long busy-wait (it would steal CPU from a server on the same host); the
             # remaining lateness is measured and reported in ClientHealth.
             if not await self._sleep_until(target):
                 break
             if len(chain) == 1:
-                coro = self._one(session, self.requests[chain[0]], target)
+                coro = self._one(session, first, target, wire)
             else:
-                coro = self._chain(session, chain, target)
+                coro = self._chain(session, chain, target, wire)
             task = loop.create_task(coro)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -280,17 +299,18 @@ class LoadGenerator:
     async def run(self) -> LoadResult:
         self._stop = asyncio.Event()
         cancelled = False
+        gc_was_enabled = gc.isenabled()
+        if self.pause_gc:
+            gc.collect()
+            gc.disable()
         monitor = asyncio.ensure_future(self._monitor())
         cpu0, wall0 = time.process_time(), time.perf_counter()
         start_s = self.clock.now() if self.start_at_s is None else float(self.start_at_s)
         session = self._external_session
         own = session is None
         if own:
-            limit = int(self.concurrency) if self.concurrency else 0
-            connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit,
-                                             force_close=False, enable_cleanup_closed=True)
-            session = aiohttp.ClientSession(connector=connector,
-                                            timeout=aiohttp.ClientTimeout(total=None))
+            raise_open_files_limit()
+            session = HttpPool()
         try:
             if self.concurrency:
                 await self._closed_loop(session)
@@ -308,7 +328,9 @@ class LoadGenerator:
             monitor.cancel()
             await asyncio.gather(monitor, return_exceptions=True)
             if own:
-                await session.close()
+                session.close()
+            if self.pause_gc and gc_was_enabled:
+                gc.enable()
         end_s = self.clock.now()
         wall = time.perf_counter() - wall0
         health = self._health(cpu_share=(time.process_time() - cpu0) / wall if wall > 0 else None)

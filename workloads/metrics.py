@@ -58,9 +58,12 @@ def ttft(send_s: float | None, chunk_times: Sequence[float],
     """Send -> first chunk carrying >= 1 output token; None when no token arrived."""
     if send_s is None:
         return None
-    toks = chunk_tokens if chunk_tokens is not None else [1] * len(chunk_times)
-    ch = _token_chunks(chunk_times, toks)
-    return ch[0][0] - send_s if ch else None
+    if chunk_tokens is None:
+        return float(chunk_times[0]) - send_s if len(chunk_times) else None
+    for t, k in zip(chunk_times, chunk_tokens):
+        if int(k) > 0:
+            return float(t) - send_s
+    return None
 
 
 def ttft_from_intended(intended_send_s: float | None, chunk_times: Sequence[float],

@@ -20,19 +20,22 @@ merged: records sorted by intended send time, ClientHealth recomputed from the p
 Constraints: `tokenize` must be picklable (a top-level function, `str.split`), or pass
 `tokenizer_path` (each worker loads the tokenizer itself). `on_record` is called in the parent
 after the workers finish. Closed loop (`concurrency=C`) splits C workers across processes.
+Ctrl-C: workers ignore SIGINT; the parent tells them to stop, collects what completed, and
+returns it with `cancelled=True` and `extra["interrupted"]=True`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import multiprocessing as mp
 import pickle
+import signal
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from infer_bench.backends.aioloop import run as run_loop
 from infer_bench.backends.openai import PreparedRequest, RunClock
 
 from .arrivals import send_times as _send_times
@@ -45,8 +48,10 @@ __all__ = ["run_sharded"]
 
 
 def _worker(conn, kw: dict) -> None:
-    """Worker process body: wait for the start time, run one LoadGenerator, send results."""
+    """Worker process body: wait for the start time, run one LoadGenerator, send results. Ctrl-C
+    is the parent's business: the worker ignores SIGINT and stops when the parent says "stop"."""
     try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         from infer_bench.workloads.loadgen import LoadGenerator
 
         tokenize = kw.pop("tokenize")
@@ -63,7 +68,7 @@ def _worker(conn, kw: dict) -> None:
                             kw.pop("arrival"), clock=clock, tokenize=tokenize,
                             start_at_s=start_at_s, **kw)
         cpu0 = time.process_time()
-        res = asyncio.run(gen.run())
+        res = run_loop(_run_until_stopped(gen, conn))
         conn.send(("done", {
             "records": [r.to_dict() for r in res.records],
             "lateness": res.extra.get("send_lateness_s", []),
@@ -78,6 +83,33 @@ def _worker(conn, kw: dict) -> None:
             pass
     finally:
         conn.close()
+
+
+async def _run_until_stopped(gen, conn) -> LoadResult:
+    """gen.run(), stopped early when the parent sends "stop" (or goes away)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    fd = conn.fileno()
+
+    def on_message() -> None:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            msg = ("stop", None)
+        if msg[0] == "stop":
+            loop.remove_reader(fd)
+            gen.stop()
+
+    try:
+        loop.add_reader(fd, on_message)
+    except (NotImplementedError, RuntimeError, ValueError):  # platform without fd readers
+        fd = -1
+    try:
+        return await gen.run()
+    finally:
+        if fd >= 0:
+            loop.remove_reader(fd)
 
 
 def _resolve_times(requests: Sequence[PreparedRequest], chains: list[list[int]],
@@ -143,6 +175,7 @@ def run_sharded(
     workers = min(workers, max(1, len(chains)))
     ctx = mp.get_context("spawn")
     procs, conns = [], []
+    interrupted = False
     try:
         for w in range(workers):
             mine = list(range(w, len(chains), workers))
@@ -177,11 +210,21 @@ def run_sharded(
             c.send(("start", start_at_s))
         results = []
         for w, c in enumerate(conns):
-            try:
-                msg, info = c.recv()
-            except EOFError:
-                raise RuntimeError(f"shard {w} exited without results "
-                                   f"(exit code {procs[w].exitcode})") from None
+            while True:
+                try:
+                    msg, info = c.recv()
+                    break
+                except KeyboardInterrupt:
+                    # Ctrl-C: every shard stops sending and returns what completed
+                    interrupted = True
+                    for c2 in conns:
+                        try:
+                            c2.send(("stop", None))
+                        except OSError:
+                            pass
+                except EOFError:
+                    raise RuntimeError(f"shard {w} exited without results "
+                                       f"(exit code {procs[w].exitcode})") from None
             if msg != "done":
                 raise RuntimeError(f"shard {w} failed: {info}")
             results.append(info)
@@ -210,7 +253,7 @@ def run_sharded(
                 pass
     return LoadResult(records=records, health=health, start_s=start_at_s,
                       end_s=max(r["end_s"] for r in results),
-                      cancelled=any(r["cancelled"] for r in results),
-                      extra={"workers": workers, "send_lateness_s": lateness,
+                      cancelled=interrupted or any(r["cancelled"] for r in results),
+                      extra={"workers": workers, "interrupted": interrupted, "send_lateness_s": lateness,
                              "loop_lag_s": lags,
                              "shard_cpu_s": [r["cpu_s"] for r in results]})

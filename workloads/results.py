@@ -158,7 +158,7 @@ def collect_env(extra: dict | None = None) -> dict[str, Any]:
         "gpus": _gpus(),
         "packages": {p: _pkg_version(p) for p in (
             "infer-bench", "torch", "transformers", "tokenizers", "aiohttp", "numpy", "pandas",
-            "pyarrow", "plotly", "nvidia-ml-py", "safetensors", "gguf")},
+            "pyarrow", "plotly", "nvidia-ml-py", "safetensors", "gguf", "uvloop", "orjson")},
         "command_line": list(sys.argv),
         "cwd": os.getcwd(),
     }

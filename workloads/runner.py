@@ -25,6 +25,7 @@ from typing import Any
 from infer_bench.backends.deployment import (
     DeploymentError, EngineDeploymentSpec, ExternalDeploymentSpec, make_deployment,
 )
+from infer_bench.backends.aioloop import run as run_loop
 from infer_bench.backends.openai import RunClock
 
 from .loadgen import LoadGenerator
@@ -75,6 +76,7 @@ class RunSpec:
     bisect: BisectSpec | None = None  # adaptive load points (goodput search) instead of load_points
     max_error_rate: float = 0.5      # stop a load point when this share of recent requests failed
     error_window: int = 20           # ... over the last this many requests (and at least 10 seen)
+    client_workers: int = 1          # >1: each load point's client is sharded over processes
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class RunSpec:
             "bisect": self.bisect.to_dict() if self.bisect else None,
             "max_error_rate": self.max_error_rate,
             "error_window": self.error_window,
+            "client_workers": self.client_workers,
         }
 
 
@@ -194,8 +197,24 @@ def _run_load(gen: LoadGenerator):
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
 
-    result = asyncio.run(main())
+    result = run_loop(main())
     if interrupted:
+        raise KeyboardInterrupt
+    return result
+
+
+def _run_sharded_load(url: str, spec: RunSpec, requests: list, lp: LoadPoint, on_record,
+                      common: dict):
+    """One load point over `spec.client_workers` processes (workloads/multiproc.py): send times
+    precomputed here, each worker loads the tokenizer itself. Records reach `on_record` when the
+    shards finish; Ctrl-C keeps what completed, then raises KeyboardInterrupt."""
+    from .multiproc import run_sharded
+
+    kw = {k: v for k, v in common.items() if k != "tokenize"}
+    tok_path = spec.tokenizer_path if common.get("tokenize") is not None else None
+    result = run_sharded(url, spec.workload.endpoint, requests, lp.arrival, spec.client_workers,
+                         load_point=lp.name, on_record=on_record, tokenizer_path=tok_path, **kw)
+    if result.extra.get("interrupted"):
         raise KeyboardInterrupt
     return result
 
@@ -278,9 +297,14 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
                         if stopper.observe(bool(rec.error)) and gen is not None:
                             gen.stop()
 
-                    gen = LoadGenerator(dep.base_url, spec.workload.endpoint, requests, lp.arrival,
-                                        load_point=lp.name, on_record=on_record, **common)
-                    result = _run_load(gen)
+                    if spec.client_workers > 1:
+                        result = _run_sharded_load(dep.base_url, spec, requests, lp, on_record,
+                                                   common)
+                    else:
+                        gen = LoadGenerator(dep.base_url, spec.workload.endpoint, requests,
+                                            lp.arrival, load_point=lp.name, on_record=on_record,
+                                            **common)
+                        result = _run_load(gen)
                     windows[(dep_spec.name, lp.name)] = result.window
                     if lp.arrival.rate is not None:
                         att = summarize(result.records, spec.slo, result.window).get("slo_attainment")

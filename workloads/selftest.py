@@ -16,9 +16,11 @@ request:
   (what a perfect client with zero overhead would report). It splits into
   send overhead (mock received - client send timestamp: request building, connection, write,
   loopback, server parse) and receive delay (client's first-chunk time - mock's send time);
-- ITL error, per token: for each chunk after the first, (measured gap - true gap) / tokens.
+- ITL error, per token: for each chunk after the first, measured gap / the client's token count
+  of the chunk - true gap / the mock's token count (a client that miscounts tokens shows here).
 Row columns (ms unless named otherwise): rate_rps, n, n_ok, achieved_rps, ttft_err_p50_ms,
-ttft_err_p99_ms, itl_err_p50_ms, itl_err_p99_ms, send_overhead_p50_ms, recv_delay_p50_ms,
+ttft_err_p99_ms, itl_err_p50_ms, itl_err_p99_ms, itl_p50_ms and itl_true_p50_ms (median
+per-token ITL as measured, and as the mock's log says), send_overhead_p50_ms, recv_delay_p50_ms,
 recv_delay_p99_ms, send_lateness_p99_ms, loop_lag_p99_ms, mock_lateness_p99_ms,
 client_cpu_share, client_bound (the load generator's own flag), bottleneck ("" | "client" |
 "mock"). "client" when client_bound is set or the p50 TTFT error exceeds `err_threshold_s`;
@@ -28,8 +30,8 @@ client was not flagged. `bottleneck_rate(rows)` is the first rate flagged "clien
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -37,6 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from infer_bench.backends.aioloop import run as run_loop
 from infer_bench.backends.openai import PreparedRequest, RunClock
 
 from .spec import ArrivalSpec
@@ -45,7 +48,8 @@ DEFAULT_RATES = (10, 50, 100, 200, 400)
 
 
 class MockProcess:
-    """The mock server in a child process (loopback, free port); a context manager."""
+    """The mock server in a child process (loopback, free port); a context manager. `cpus`: pin
+    it to these CPU cores (Linux)."""
 
     def __init__(self, **cfg: Any):
         args = [sys.executable, "-m", "infer_bench.backends.mock_server", "--port", "0",
@@ -56,8 +60,10 @@ class MockProcess:
             args += ["--usage-delta", str(cfg["usage_delta"])]
         if cfg.get("include_token_ids"):
             args += ["--include-token-ids"]
+        cpus = cfg.get("cpus")
+        pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+                                     text=True, preexec_fn=pin)
         line = self.proc.stdout.readline()
         if "listening on" not in line:
             err = self.proc.stderr.read() if self.proc.poll() is not None else ""
@@ -101,7 +107,8 @@ def compare_with_log(records, log: list[dict], clock: RunClock) -> dict[str, lis
     by_id = {e["request_id"]: e for e in log}
     off = clock.t0_ns / 1e9
     out: dict[str, list[float]] = {k: [] for k in (
-        "ttft_err", "itl_err", "send_overhead", "recv_delay", "mock_lateness")}
+        "ttft_err", "itl_err", "itl_meas", "itl_true", "send_overhead", "recv_delay",
+        "mock_lateness")}
     for r in records:
         e = by_id.get(r.request_id)
         if e is None or not r.ok or not e["chunk_s"] or not r.chunk_times_s:
@@ -115,9 +122,13 @@ def compare_with_log(records, log: list[dict], clock: RunClock) -> dict[str, lis
         m = min(len(mock_chunks), len(r.chunk_times_s))
         cg = np.diff(np.asarray(r.chunk_times_s[:m], dtype=float))
         tg = np.diff(mock_chunks[:m])
+        true_k = e.get("chunk_tokens") or []
         for j, (c, t) in enumerate(zip(cg, tg), start=1):
-            k = max(1, int(r.chunk_tokens[j]))
-            out["itl_err"].extend([(c - t) / k] * k)
+            k = max(1, int(r.chunk_tokens[j]))             # what the client counted
+            kt = max(1, int(true_k[j])) if j < len(true_k) else k   # what the mock sent
+            out["itl_err"].extend([c / k - t / kt] * kt)
+            out["itl_meas"].extend([c / k] * k)
+            out["itl_true"].extend([t / kt] * kt)
         if e.get("chunk_target_s"):
             out["mock_lateness"].extend(
                 (np.asarray(e["chunk_s"]) - np.asarray(e["chunk_target_s"])).tolist())
@@ -169,7 +180,7 @@ def run_selftest(
                 res = run_sharded(base, endpoint, reqs, arrival, workers, clock=clock,
                                   load_point=f"{rate:g}rps")
             else:
-                res = asyncio.run(LoadGenerator(base, endpoint, reqs, arrival, clock=clock,
+                res = run_loop(LoadGenerator(base, endpoint, reqs, arrival, clock=clock,
                                                 load_point=f"{rate:g}rps").run())
             log = _http(base + "/mock/log")
             err = compare_with_log(res.records, log, clock)
@@ -184,6 +195,8 @@ def run_selftest(
                 "ttft_err_p99_ms": _ms(_pct(err["ttft_err"], 99)),
                 "itl_err_p50_ms": _ms(_pct(err["itl_err"], 50)),
                 "itl_err_p99_ms": _ms(_pct(err["itl_err"], 99)),
+                "itl_p50_ms": _ms(_pct(err["itl_meas"], 50)),
+                "itl_true_p50_ms": _ms(_pct(err["itl_true"], 50)),
                 "send_overhead_p50_ms": _ms(_pct(err["send_overhead"], 50)),
                 "recv_delay_p50_ms": _ms(_pct(err["recv_delay"], 50)),
                 "recv_delay_p99_ms": _ms(_pct(err["recv_delay"], 99)),
