@@ -83,8 +83,15 @@ def _profile_table(lm) -> "object":
     t.add_row("a", f"{lm.a * 1e3:.4g} ms", "fixed cost per step")
     t.add_row("b", f"{lm.b * 1e6:.4g} us", "per prefill token")
     t.add_row("c", f"{lm.c * 1e6:.4g} us", "per prefill_tokens^2/1e3 (attention)")
-    t.add_row("d", f"{lm.d * 1e6:.4g} us", "per decode sequence")
+    t.add_row("d", f"{lm.d * 1e6:.4g} us", "per decode sequence"
+              + (f" (up to {lm.decode_knots[0]:g})" if lm.decode_knots else ""))
+    for k, v in zip(lm.decode_knots, lm.decode_slopes):
+        t.add_row("", f"{v * 1e6:.4g} us", f"per decode sequence beyond {k:g}")
     t.add_row("e", f"{lm.e * 1e9:.4g} ns", "per attended context token")
+    t.add_row("f", f"{lm.f * 1e3:.4g} ms", "per prefill chunk")
+    if lm.colocated_slowdown:
+        t.add_row("g", f"x{1 + lm.colocated_slowdown:.3g}",
+                  "step time while another co-located instance steps")
     t.add_row("KV", f"{lm.kv_bytes_per_token:.0f} B/token", f"{lm.num_layers} layers")
     if lm.fit:
         f = lm.fit
@@ -108,7 +115,7 @@ def register(app: typer.Typer) -> None:
         kv_capacity_tokens: Optional[int] = typer.Option(None, help="KV tokens that fit one instance (default: unlimited)."),
         quick: bool = typer.Option(False, help="A smaller grid (a few seconds on a laptop)."),
     ):
-        """Measure step times and fit the latency model (t = a + b*P + c*P^2/1e3 + d*D + e*C).
+        """Measure step times and fit the latency model (t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N).
 
         Example: infer-bench profile --url http://127.0.0.1:8000 --out profile.json
         Example: infer-bench profile --from-results results/run-1 --out profile.json

@@ -386,11 +386,23 @@ def plan(workload: WorkloadSpec, rate: float, slo, chips: int, latency_model: La
 
 # ---------------------------------------------------------------------------- validation
 
+# The reference engine served over loopback HTTP on this kind of host (measured: client TTFT -
+# server TTFT ~5 ms; requests sent ~1 ms apart to an idle engine share a step, ~20 ms apart do not)
+ENGINE_INTAKE_S = 0.005
+ENGINE_WAKE_S = 0.005
+
+
 def deployment_from_spec(d: dict, *, link: Link | None = None,
-                         lm: LatencyModel | None = None) -> Deployment:
+                         lm: LatencyModel | None = None, wake_s: float | None = None,
+                         intake_s: float | None = None) -> Deployment:
     """A simulator Deployment from a spec.json deployment entry (EngineDeploymentSpec.to_dict();
-    external deployments: mono with `chips` instances)."""
-    kw = {}
+    external deployments: mono with `chips` instances). `wake_s` (InstanceConfig) and
+    `intake_s` (Deployment) default to ENGINE_WAKE_S / ENGINE_INTAKE_S for the reference engine
+    (kind "engine") and 0 otherwise (external servers, simulated runs)."""
+    engine = d.get("kind") == "engine"
+    wake_s = (ENGINE_WAKE_S if engine else 0.0) if wake_s is None else float(wake_s)
+    intake_s = (ENGINE_INTAKE_S if engine else 0.0) if intake_s is None else float(intake_s)
+    kw: dict[str, Any] = {"wake_s": wake_s}
     if d.get("max_num_batched_tokens"):
         kw["max_num_batched_tokens"] = int(d["max_num_batched_tokens"])
     if d.get("max_num_seqs"):
@@ -407,22 +419,24 @@ def deployment_from_spec(d: dict, *, link: Link | None = None,
     if d.get("mode") == "disagg":
         return Deployment("disagg", num_prefill=int(d.get("prefill_workers", 1)),
                           num_decode=int(d.get("decode_workers", 1)), instance=inst,
-                          link=link or Link(), name=name)
+                          link=link or Link(), name=name, intake_s=intake_s)
     n = int(d.get("chips", 1) or 1) if d.get("kind") == "external" else 1
-    return Deployment("mono", num_instances=n, instance=inst, name=name)
+    return Deployment("mono", num_instances=n, instance=inst, name=name, intake_s=intake_s)
 
 
 def validate(results_dir: str | Path, latency_model: "LatencyModel | dict[str, LatencyModel]", *,
-             link: Link | None = None, slo=None) -> Any:
+             link: Link | None = None, slo=None, load_points: Sequence[str] | None = None,
+             wake_s: float | None = None, intake_s: float | None = None) -> Any:
     """Predicted vs measured, one row per measured (deployment, load point) of a results dir.
 
-    Each point is re-simulated with the measured requests (intended send times, n_input,
+    Each point is re-simulated with the measured requests (send times, n_input,
     n_output of requests.parquet; closed-loop load points: the spec's concurrency) on the
     deployment of spec.json. Columns: deployment, load_point, n_requests, and for each metric m in
     ttft_p50_s, ttft_p90_s, tpot_p50_s, tpot_p90_s, slo_attainment: `measured_<m>`,
     `predicted_<m>`, `error_<m>` (predicted - measured) and `rel_error_<m>` (error / measured).
     `latency_model` may map deployment name -> model (e.g. mono at 2 threads, disagg workers at 1);
-    deployments missing from the map are skipped."""
+    deployments missing from the map are skipped. `load_points`: only those (e.g. the held-out
+    ones). `wake_s`, `intake_s`: see deployment_from_spec."""
     import pandas as pd
 
     from .results import load_results
@@ -437,13 +451,14 @@ def validate(results_dir: str | Path, latency_model: "LatencyModel | dict[str, L
     rows = []
     recs = res.records
     for (dep_name, lp_name), g in recs.groupby(["deployment", "load_point"], sort=False):
-        if str(lp_name) == "warmup":
+        if str(lp_name) == "warmup" or (load_points is not None
+                                         and str(lp_name) not in load_points):
             continue
         lm = latency_model.get(str(dep_name)) if isinstance(latency_model, dict) else latency_model
         if lm is None:
             continue
         dspec = deps.get(str(dep_name), {"name": dep_name, "mode": "mono"})
-        dep = deployment_from_spec(dspec, link=link, lm=lm)
+        dep = deployment_from_spec(dspec, link=link, lm=lm, wake_s=wake_s, intake_s=intake_s)
         arr = (lps.get(str(lp_name)) or {}).get("arrival") or {}
         g = g.sort_values("intended_send_s", na_position="last")
         n_in = g["n_input"].fillna(g["n_input"].median()).clip(lower=1).astype(int).to_numpy()
@@ -451,6 +466,9 @@ def validate(results_dir: str | Path, latency_model: "LatencyModel | dict[str, L
                          g["max_tokens"].fillna(1)).astype(int)
         n_out = np.maximum(n_out, 1)
         t = g["intended_send_s"].to_numpy(float)
+        if "send_s" in g:             # the actual send times, where measured
+            sent = g["send_s"].to_numpy(float)
+            t = np.where(np.isnan(sent), t, sent)
         conc = int(arr["concurrency"]) if arr.get("kind") == "concurrency" else None
         if conc is None:
             t = t - np.nanmin(t)

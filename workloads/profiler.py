@@ -200,12 +200,71 @@ def steps_from_results(results_dir: str | Path, deployment: str | None = None) -
     return rows
 
 
+def load_point_windows(results_dir: str | Path, deployment: str
+                       ) -> dict[str, tuple[float, float]]:
+    """{load point: (start, end)} of one deployment on the ENGINE's clock (the clock of the step
+    rows' t_start): from the first send to the last response of the load point's requests,
+    shifted by the median of (server arrival - client send) of its requests (both clocks are
+    CLOCK_MONOTONIC of this host, so the shift is the run clock's origin plus the intake latency).
+    Load points without server timing are left out."""
+    import pandas as pd
+
+    p = Path(results_dir)
+    pq, jl = p / "requests.parquet", p / "requests.jsonl"
+    if pq.exists():
+        df = pd.read_parquet(pq)
+    elif jl.exists():
+        df = pd.read_json(jl, lines=True)
+    else:
+        raise ProfileError(f"{results_dir}: no requests.parquet / requests.jsonl")
+    df = df[df["deployment"].astype(str) == deployment]
+    out: dict[str, tuple[float, float]] = {}
+    if "server_timing_json" not in df:
+        return out
+    for lp, g in df.groupby("load_point", sort=False):
+        shifts = []
+        for sent, tj in zip(g["send_s"], g["server_timing_json"]):
+            try:
+                arrival = json.loads(tj).get("arrival") if isinstance(tj, str) else None
+            except ValueError:
+                arrival = None
+            if arrival is not None and sent == sent and sent is not None:
+                shifts.append(float(arrival) - float(sent))
+        if not shifts:
+            continue
+        shift = float(np.median(shifts))
+        end = g["end_s"].where(g["end_s"].notna(), g["send_s"])
+        out[str(lp)] = (float(g["send_s"].min()) + shift, float(end.max()) + shift)
+    return out
+
+
+def steps_of_load_points(results_dir: str | Path, deployment: str,
+                         load_points: Sequence[str]) -> list[dict]:
+    """The step rows of `deployment` that started while one of `load_points` ran (see
+    load_point_windows): fit on some load points of a run, predict the others."""
+    windows = load_point_windows(results_dir, deployment)
+    missing = [lp for lp in load_points if lp not in windows]
+    if missing:
+        raise ProfileError(f"{results_dir}: no server timing for load point(s) {missing} of "
+                           f"{deployment}")
+    spans = [windows[lp] for lp in load_points]
+    rows = steps_from_results(results_dir, deployment)
+    return [r for r in rows if isinstance(r.get("t_start"), (int, float))
+            and any(a <= r["t_start"] <= b for a, b in spans)]
+
+
 def fit_results_dir(results_dir: str | Path, deployment: str | None = None,
-                    **kw: Any) -> LatencyModel:
+                    load_points: Sequence[str] | None = None, **kw: Any) -> LatencyModel:
     """Fit a LatencyModel to the step rows of a results dir. With no `deployment`, the first
     mono deployment's rows (step times of a disagg worker are role-specific), else all rows.
+    `load_points` (needs `deployment`): only the steps run during those load points.
     `kw` goes to fit_step_rows (kv_bytes_per_token, num_layers, hardware, model, ...)."""
-    rows = steps_from_results(results_dir, deployment)
+    if load_points is not None:
+        if deployment is None:
+            raise ProfileError("fit_results_dir: load_points needs a deployment")
+        rows = steps_of_load_points(results_dir, deployment, load_points)
+    else:
+        rows = steps_from_results(results_dir, deployment)
     if deployment is None:
         spec_p = Path(results_dir) / "spec.json"
         monos = []
@@ -229,7 +288,8 @@ def fit_results_dir(results_dir: str | Path, deployment: str | None = None,
         kw["hardware"] = {"name": f"{len(gpus)}x {gpus[0]}" if gpus
                           else f"CPU: {env.get('cpu_model', '?')}", "chips_per_instance": 1,
                           "host": env.get("hostname")}
-    kw.setdefault("notes", f"fitted from {results_dir}/steps.jsonl ({len(rows)} rows)")
+    kw.setdefault("notes", f"fitted from {results_dir}/steps.jsonl ({len(rows)} rows"
+                           + (f" of load points {', '.join(load_points)})" if load_points else ")"))
     return fit_step_rows(rows, **kw)
 
 

@@ -12,7 +12,12 @@ definitions of `workloads/metrics.py` directly on the arrays (fast, for rate swe
 
 Model (a plain event heap; one event per engine step, arrival and KV transfer):
 - An instance runs steps back to back while it has work; each step is one forward pass whose
-  duration is `latency_model.step_time(P, D, C)`. Scheduling (the reference engine's policy):
+  duration is `latency_model.step_time(P, D, C, N)` (decode knots included; N prefill chunks; C the KV tokens the step
+  attends: each decode's computed tokens, each chunk's computed prefix), times
+  (1 + `colocated_slowdown`) when another instance of the deployment is in a step at its start
+  (instances sharing one host). An idle instance starts its first step `wake_s` after work
+  reaches it (work arriving meanwhile joins that step). Requests reach the deployment
+  `intake_s` after they are sent (TTFT still counts from the send). Scheduling (the reference engine's policy):
   all running decodes first (one token each), then the running chunked prefills FCFS, then FCFS
   admission of waiting requests (no skipping) while the step's token budget
   (`max_num_batched_tokens`), `max_num_seqs` and free KV blocks allow; with chunked prefill an
@@ -25,8 +30,12 @@ Model (a plain event heap; one event per engine step, arrival and KV transfer):
   in yields one more token at the step's end.
 - mono: `num_instances` identical instances behind a router that sends each arrival to the
   instance with the fewest outstanding requests.
-- disagg (xPyD): prefill instances run prefill only; when a prompt's prefill ends, the router
-  picks the decode instance with the fewest outstanding requests and its KV
+- disagg (xPyD): at arrival the router picks the decode instance with the fewest outstanding
+  requests and reserves the request there; the decode instance handles the reservation between
+  two of its steps, so the prompt reaches the prefill instance (the one with the fewest
+  outstanding requests) only when the decode step running at arrival has ended (the reference
+  engine's router; capacity waits at reservation are not modelled). Prefill instances run
+  prefill only; when a prompt's prefill ends, its KV
   (n_input * kv_bytes_per_token) crosses that prefill instance's link (FIFO, `bandwidth_gbps`
   and `latency_s`): whole after prefill (exposed time = bytes/bandwidth + latency), or layer-wise,
   overlapped with the prefill compute, so only the last layer's share is exposed (exposed =
@@ -75,10 +84,16 @@ class InstanceConfig:
     kv_capacity_tokens: int | None = None  # None: the latency model's, else unlimited
     chunked_prefill: bool = True
     chips: int = 1
+    # delay from work reaching an IDLE instance to its first step (thread wake-up, message
+    # hops); work arriving meanwhile joins that step. The CPU reference engine: ~5 ms (Python's
+    # GIL switch interval), which is why two requests sent ~1 ms apart share a prefill step
+    wake_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1 or self.block_size < 1:
             raise ValueError("max_num_batched_tokens, max_num_seqs and block_size must be >= 1")
+        if self.wake_s < 0:
+            raise ValueError("wake_s must be >= 0")
         if self.max_num_seqs > self.max_num_batched_tokens:
             raise ValueError(f"max_num_seqs ({self.max_num_seqs}) must not exceed "
                              f"max_num_batched_tokens ({self.max_num_batched_tokens})")
@@ -117,9 +132,14 @@ class Deployment:
     link: Link = field(default_factory=Link)
     conditional_threshold: int = 0          # disagg: prompts shorter than this prefill on decode
     first_token_from_prefill: bool = False
+    # client-to-server latency of a request (HTTP, tokenization, the way back of its tokens):
+    # a request reaches the deployment intake_s after it is sent
+    intake_s: float = 0.0
     name: str = ""
 
     def __post_init__(self) -> None:
+        if self.intake_s < 0:
+            raise ValueError("intake_s must be >= 0")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
         if self.mode == "mono" and self.num_instances < 1:
@@ -300,7 +320,7 @@ class SimResult:
 
 # ---------------------------------------------------------------------------- the engine model
 
-_ARRIVE, _STEP, _XFER, _KICK = 0, 1, 2, 3
+_ARRIVE, _STEP, _XFER, _KICK, _RESERVED = 0, 1, 2, 3, 4
 
 
 class _Instance:
@@ -309,7 +329,7 @@ class _Instance:
     __slots__ = ("sim", "idx", "role", "cfg", "budget", "max_seqs", "bs", "free_blocks",
                  "waiting", "prefilling", "n_decode", "ctx_sum", "finish_at", "step_no",
                  "step_ends", "busy", "outstanding", "cur_prefill", "cur_admit_dec",
-                 "cur_start", "link_free")
+                 "cur_start", "cur_end", "link_free")
 
     def __init__(self, sim: "_Sim", idx: int, role: str, cfg: InstanceConfig, cap_tokens):
         self.sim, self.idx, self.role, self.cfg = sim, idx, role, cfg
@@ -329,6 +349,7 @@ class _Instance:
         self.cur_prefill: list = []       # (rid, n) chunks of the running step
         self.cur_admit_dec: list = []     # transferred requests admitted in the running step
         self.cur_start = 0.0
+        self.cur_end = -math.inf          # end of the step running now (or of the last one)
         self.link_free = 0.0              # prefill role: when its link is next free
 
     def blocks_for(self, rid: int) -> int:
@@ -341,7 +362,7 @@ class _Instance:
         simultaneous arrivals -- is in the queue when the step is scheduled)."""
         if not self.busy:
             self.busy = True
-            self.sim.push(t, _KICK, self)
+            self.sim.push(t + self.cfg.wake_s, _KICK, self)
 
     def start_step(self, t: float) -> None:
         s = self.sim
@@ -372,7 +393,7 @@ class _Instance:
                 self.free_blocks -= need
                 s.admit_s[rid] = t
                 admitted_dec.append(rid)
-                ctx += s.n_in[rid] + 1
+                ctx += s.n_in[rid]
                 budget -= 1
                 running += 1
                 continue
@@ -397,7 +418,11 @@ class _Instance:
         self.cur_prefill = chunks
         self.cur_admit_dec = admitted_dec
         self.cur_start = t
-        dur = s.lm_step(p_tok, n_dec + len(admitted_dec), ctx)
+        dur = s.lm_step(p_tok, n_dec + len(admitted_dec), ctx, len(chunks))
+        if s.n_stepping and s.g:
+            dur *= 1.0 + s.g      # another co-located instance is in a step now
+        s.n_stepping += 1
+        self.cur_end = t + dur
         for rid in admitted_dec:
             # first token delivered when the decode instance takes the request
             if not s.ftp and s.first[rid] != s.first[rid]:
@@ -409,6 +434,7 @@ class _Instance:
 
     def end_step(self, t: float) -> None:
         s = self.sim
+        s.n_stepping -= 1
         k = self.step_no
         self.step_no += 1
         if s.tok is not None:
@@ -418,7 +444,7 @@ class _Instance:
         self.ctx_sum += n_dec_ran
         for rid in self.cur_admit_dec:
             self.n_decode += 1
-            self.ctx_sum += s.n_in[rid] + 2   # context n_in + 1, plus this step's token
+            self.ctx_sum += s.n_in[rid] + 1   # its next step attends n_in + 1 tokens
             # tokens 2..n_out come from steps k .. k + n_out - 2
             self.finish_at.setdefault(k + s.n_out[rid] - 2, []).append(rid)
             s.dec_start[rid] = k
@@ -447,14 +473,14 @@ class _Instance:
                 self.finish(rid, t)
             else:
                 self.n_decode += 1
-                self.ctx_sum += s.n_in[rid] + 1
+                self.ctx_sum += s.n_in[rid]       # its first decode attends the prompt
                 self.finish_at.setdefault(k + s.n_out[rid] - 1, []).append(rid)
                 s.dec_start[rid] = k + 1
         fin = self.finish_at.pop(k, None)
         if fin:
             for rid in fin:
                 self.n_decode -= 1
-                self.ctx_sum -= s.n_in[rid] + s.n_out[rid]
+                self.ctx_sum -= s.n_in[rid] + s.n_out[rid] - 1
                 if s.tok is not None:
                     s.tok[rid].extend(self.step_ends[s.dec_start[rid]:k + 1])
                 self.finish(rid, t)
@@ -485,6 +511,7 @@ class _Sim:
         self.xfer_exposed = [nan] * n
         self.xfer_bytes = [nan] * n
         self.admit_s = [nan] * n
+        self.dec_of: list = [None] * n    # disagg: the decode instance reserved at arrival
         self.dec_start = [0] * n
         self.blocks = [0] * n
         self.failed = [False] * n
@@ -493,8 +520,16 @@ class _Sim:
         self.heap: list = []
         self.seq = 0
         self.n_steps = 0
-        a, b, c, d, e = lm.a, lm.b, lm.c, lm.d, lm.e
-        self.lm_step = lambda p, dd, cc: a + b * p + c * p * p / 1e3 + d * dd + e * cc
+        a, b, c, d, e, f = lm.a, lm.b, lm.c, lm.d, lm.e, lm.f
+        if not lm.decode_knots:
+            self.lm_step = (lambda p, dd, cc, nn:
+                            a + b * p + c * p * p / 1e3 + d * dd + e * cc + f * nn)
+        else:
+            dec = [lm.decode_cost(i) for i in range(4097)]   # piecewise linear: a table
+            dcost = lm.decode_cost
+            self.lm_step = (lambda p, dd, cc, nn:
+                            a + b * p + c * p * p / 1e3 + e * cc + f * nn
+                            + (dec[dd] if dd < 4097 else dcost(dd)))
         cap = lambda cfg: (cfg.kv_capacity_tokens if cfg.kv_capacity_tokens is not None  # noqa: E731
                            else lm.kv_capacity_tokens)
         if dep.mode == "mono":
@@ -508,6 +543,10 @@ class _Sim:
             self.dec = [_Instance(self, i, "decode", dep.d_cfg, cap(dep.d_cfg))
                         for i in range(dep.num_decode)]
         self.kv_per_tok = lm.kv_bytes_per_token
+        self.intake = float(dep.intake_s)
+        self.n_stepping = 0   # instances in a step now
+        n_inst = len(self.mono) + len(self.pre) + len(self.dec)
+        self.g = lm.colocated_slowdown if n_inst > 1 else 0.0
         self.link = dep.link
         self.concurrency = reqs.concurrency
         self.next_closed = 0
@@ -526,7 +565,7 @@ class _Sim:
         return best
 
     def arrive(self, rid: int, t: float) -> None:
-        self.send[rid] = t
+        self.send[rid] = t - self.intake
         dep = self.dep
         if dep.mode == "mono":
             inst = self._least(self.mono)
@@ -543,6 +582,21 @@ class _Sim:
             self.request_done(rid, t)
             return
         inst.outstanding += 1
+        if dep.mode == "disagg" and inst.role == "prefill":
+            # the router reserves the prompt's blocks on a decode instance first; that instance
+            # handles the reservation between two of its steps, so the prompt reaches the
+            # prefill instance only when the decode step running now has ended
+            d = self._least(self.dec)
+            d.outstanding += 1
+            self.dec_of[rid] = d
+            t_res = d.cur_end if (d.busy and d.cur_end > t) else t + d.cfg.wake_s
+            if t_res > t:
+                self.push(t_res, _RESERVED, (inst, rid))
+                return
+        inst.waiting.append(rid)
+        inst.kick(t)
+
+    def reserved(self, inst: "_Instance", rid: int, t: float) -> None:
         inst.waiting.append(rid)
         inst.kick(t)
 
@@ -587,11 +641,15 @@ class _Sim:
                     self.tok[rid].append(t)
             self.last[rid] = self.first[rid]
             self.admit_s[rid] = t
+            if self.dec_of[rid] is not None:
+                self.dec_of[rid].outstanding -= 1
             self.request_done(rid, t)
             return
-        d = self._least(self.dec)
+        d = self.dec_of[rid]
+        if d is None:
+            d = self._least(self.dec)
+            d.outstanding += 1
         self.blocks[rid] = d.blocks_for(rid)
-        d.outstanding += 1
         d.waiting.append(rid)
         d.kick(t)
 
@@ -599,7 +657,7 @@ class _Sim:
         if self.concurrency is not None and self.next_closed < self.n:
             nxt = self.next_closed
             self.next_closed += 1
-            self.push(t, _ARRIVE, nxt)
+            self.push(t + self.intake, _ARRIVE, nxt)
 
     def run(self) -> None:
         heap = self.heap
@@ -607,11 +665,11 @@ class _Sim:
             c = min(self.concurrency, self.n)
             self.next_closed = c
             for rid in range(c):
-                self.push(0.0, _ARRIVE, rid)
+                self.push(self.intake, _ARRIVE, rid)
             arr_t, ai, n_arr = [], 0, 0
         else:
             order = sorted(range(self.n), key=self.send.__getitem__)
-            arr_t = [self.send[i] for i in order]
+            arr_t = [self.send[i] + self.intake for i in order]
             ai, n_arr = 0, self.n
         pop = heapq.heappop
         inf = math.inf
@@ -625,6 +683,8 @@ class _Sim:
                     self.xfer_done_ev(obj[0], obj[1], t)
                 elif kind == _KICK:
                     obj.start_step(t)
+                elif kind == _RESERVED:
+                    self.reserved(obj[0], obj[1], t)
                 else:
                     self.arrive(obj, t)
             elif ai < n_arr:

@@ -231,6 +231,9 @@ class LLMEngine:
         self.step_id += 1
         n_prefill = sched.num_prefill_tokens
         n_decode = sched.num_decode_seqs
+        # KV tokens already in the cache that this step attends to (decodes' contexts and the
+        # computed prefix of each prefill chunk): the latency model's context term
+        n_context = sum(seq.num_computed_tokens for seq, _ in sched.scheduled)
         sampled = self.runner.run(sched.scheduled)
         for seq, n in sched.scheduled:
             token = sampled.get(id(seq))
@@ -246,7 +249,8 @@ class LLMEngine:
         if self.spec is not None:
             self.spec.release_finished()
         wall = time.perf_counter() - t0
-        self._record_step(step_id, t0, wall, n_prefill, n_decode, len(sched.scheduled))
+        self._record_step(step_id, t0, wall, n_prefill, n_decode, len(sched.scheduled),
+                          n_context=n_context)
         return outputs
 
     def _append_spec_tokens(self, seq: Sequence, tokens: list[int], step_id: int, n_prefill: int,
@@ -353,9 +357,10 @@ class LLMEngine:
             "steps": {str(s): {"prefill_tokens": a, "decode_batch": b} for s, (a, b) in seq.step_batches.items()},
         }
 
-    def _record_step(self, step_id, t0, wall, n_prefill, n_decode, n_seqs) -> None:
+    def _record_step(self, step_id, t0, wall, n_prefill, n_decode, n_seqs, n_context=None) -> None:
         self.trace.append({"step": step_id, "t_start": t0, "wall_s": wall, "n_prefill_tokens": n_prefill,
                            "n_decode_seqs": n_decode, "n_seqs": n_seqs,
+                           "n_prefill_seqs": n_seqs - n_decode, "n_context_tokens": n_context,
                            "blocks_used": self.block_manager.num_used_blocks})
         i = 0
         while i < len(STEP_TIME_BUCKETS) and wall > STEP_TIME_BUCKETS[i]:
