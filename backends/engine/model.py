@@ -115,9 +115,13 @@ def project(x: torch.Tensor, w: torch.Tensor, packed: dict, key: str,
     re-packs the weight on every call and, on this AMD EPYC (AVX2), ran 1.2-3x slower for the
     decode-sized products: 30 layers of SmolLM2-135M products, 2 threads (bench/onednn_linear.py):
     T=1 25.9 -> 19.5 ms, T=4 68.5 -> 23.4, T=32 128 -> 73, T=512 970 -> 784 (same results to
-    ~1.5e-6 relative: float rounding order). Elsewhere (GPU, half precision, no oneDNN): `x @ w`.
+    ~1.5e-6 relative: float rounding order). One row (batch-1 decode) goes to `small_mm`'s 2-thread
+    K split instead: inside a real single-threaded small step (threads raised around each call)
+    that measured 20.1 vs 23.8 ms per step's 120 products (oneDNN wins from 2 rows: 25.9 vs 39.3 ms
+    at 4). Elsewhere (GPU, half precision, no oneDNN): `x @ w`.
     """
-    if ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32:
+    if (ONEDNN_LINEAR and x.shape[0] > 1 and x.device.type == "cpu" and x.dtype == torch.float32
+            and w.dtype == torch.float32):
         p = packed.get(key)
         if p is None:
             p = packed[key] = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), None)
