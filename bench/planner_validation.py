@@ -18,6 +18,16 @@ Exact command (about 12 minutes; run it alone: `flock /tmp/bench.lock ...` on a 
 
 `--results DIR` re-analyses a results dir of an earlier run without running anything.
 
+Measured 2026-11-30 01:25-01:41 UTC on a quiet host (other processes <= 0.18 cores), held-out
+rates below mono's capacity (~0.5 req/s here):
+
+    .venv/bin/python bench/planner_validation.py --fit-rates 0.2,0.7 --test-rates 0.35,0.5 --num-requests 32
+
+median |rel. error| over the 4 held-out points: p50 TTFT 7.1%, p50 TPOT 8.4%, p90 TTFT 6.0%,
+p90 TPOT 16.0% (worst single cell: mono @ 0.35 TPOT p90 -44%); best deployment matched 2/2.
+On a loaded host (runs with other benchmarks and test suites beside them, and held-out rates past
+capacity) the p50 medians were 10-31%: step times on this 2-core box drift 20-30% between minutes.
+
 This host is shared: every point also shows how many CPU cores OTHER processes used during it
 (telemetry: system CPU minus the deployment's processes; the load generator itself is ~0.1-0.2
 of a core). A point with more than BUSY_CORES is marked "busy host" (its step times are not the
