@@ -128,7 +128,10 @@ async def test_cancel_returns_partial(mock):
     lg = LoadGenerator(srv.url, "completions", reqs(40, max_tokens=2),
                        ArrivalSpec("constant", rate=20.0), on_record=seen.append)
     task = asyncio.ensure_future(lg.run())
-    await asyncio.sleep(0.3)
+    for _ in range(200):  # until a few records are in (a loaded host may start slowly), <= 10 s
+        await asyncio.sleep(0.05)
+        if len(seen) >= 3:
+            break
     task.cancel()
     res = await task
     assert res.cancelled and 2 <= len(res.records) < 40
