@@ -110,6 +110,15 @@ async def serve():
         await s.close()
 
 
+def replies(answers: list[bytes]):
+    """A server script that writes answers[i] for the connection's i-th request (keeps it open)."""
+    async def script(w, request, conn_no, req_no):
+        w.write(answers[req_no])
+        await w.drain()
+        return True
+    return script
+
+
 def req(url, rid="r1", **kw):
     return PreparedRequest(rid, "hello world", max_tokens=8, url=url, **kw)
 
@@ -181,12 +190,7 @@ async def test_streamed_error_events(serve):
     bodies = [tok_event(1) + event({"error": {"message": "boom", "code": 500}}),
               tok_event(2) + b"event: error\n" + event({"message": "bad thing"})]
 
-    async def script(w, request, conn_no, req_no):
-        w.write(SSE_HEAD + chunked(bodies[req_no], [11]))
-        await w.drain()
-        return True
-
-    srv = await serve(script)
+    srv = await serve(replies([SSE_HEAD + chunked(b, [11]) for b in bodies]))
     async with HttpPool() as pool:
         a = await send_request(pool, req(srv.url), RunClock())
         b = await send_request(pool, req(srv.url), RunClock())
@@ -202,12 +206,7 @@ async def test_http_errors_keep_status_and_body(serve):
         b"Transfer-Encoding: chunked\r\n\r\n" + chunked(b"slow down please", [5]),
     ]
 
-    async def script(w, request, conn_no, req_no):
-        w.write(answers[req_no])
-        await w.drain()
-        return True
-
-    srv = await serve(script)
+    srv = await serve(replies(answers))
     async with HttpPool() as pool:
         a = await send_request(pool, req(srv.url), RunClock())
         b = await send_request(pool, req(srv.url), RunClock())
