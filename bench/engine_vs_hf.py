@@ -46,6 +46,16 @@ ratio as ~2-2.4x. Decode attention at 32 sequences (contexts 48-1280) went from 
 layer (contiguous tables; 13.1 -> 8.4 with 8 stray blocks each), but a 32-sequence decode step is
 still ~350 ms: ~150 ms in that attention (per-sequence kernel calls, ~6 GB/s) and the rest in the
 M = 32 matmuls, the LM head (~45 ms) among them. Prefix not re-run (its path is unchanged).
+
+2026-11-30, after weight products moved to oneDNN reordered weights (model.project; one-row
+products on the 2-thread K split) and the last layer's MLP to sampling rows only. The box was
+slower than the day before (GEMM peak 131-147 GFLOP/s), so read ratios: decode 23.2 vs HF 13.8
+tok/s = 1.69x (median of per-round ratios 1.68x; `--only decode --rounds 4`, load 1.2-1.6);
+prefill 1077 vs 1103 ms = 1.02x (median of rounds 1.04x; both ~80% of the torch.mm peak);
+batch, the full 64 requests (inputs sum 36,467, outputs sum 9,480): ours 285 s = 33.3 tok/s, 0
+preemptions, vs HF 527 s = 18.0 tok/s = 1.85x (load ~2). The 64-sequence decode step is
+dominated by per-sequence decode attention: 11-12 ms per layer at B = 64 (~5 GB/s; flash kernel
+and bmm/softmax/bmm alike), i.e. per-call overhead of eager PyTorch.
 """
 
 from __future__ import annotations
