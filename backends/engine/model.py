@@ -70,14 +70,16 @@ def _onednn_linear_available() -> bool:
 ONEDNN_LINEAR = _onednn_linear_available()
 
 
-def _raise_threads(T: int) -> int | None:
-    """For a small step that single_thread_small_steps lowered to one thread: the thread count
-    to restore after a projection run on all threads (else None, nothing changed)."""
-    if T > SINGLE_THREAD_MAX_TOKENS or not _outer_threads or _outer_threads < 2:
-        return None
+def _with_threads(n: int, fn, *args):
+    """fn(*args) run with n torch threads; the count before is restored (untouched when equal)."""
     cur = torch.get_num_threads()
-    torch.set_num_threads(_outer_threads)
-    return cur
+    if cur == n:
+        return fn(*args)
+    torch.set_num_threads(n)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(cur)
 
 
 def small_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -94,15 +96,12 @@ def small_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if T > SINGLE_THREAD_MAX_TOKENS or k % 2 or x.device.type != "cpu" or \
             (_outer_threads or torch.get_num_threads()) < 2:
         return x @ w
-    cur = torch.get_num_threads()
-    if cur != 2:
-        torch.set_num_threads(2)
-    try:
-        halves = x.reshape(T, 2, k // 2).transpose(0, 1)
-        return torch.bmm(halves, w.view(2, k // 2, w.shape[1])).sum(0)
-    finally:
-        if cur != 2:
-            torch.set_num_threads(cur)
+    halves = x.reshape(T, 2, k // 2).transpose(0, 1)
+    return _with_threads(2, _bmm_sum, halves, w.view(2, k // 2, w.shape[1]))
+
+
+def _bmm_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(a, b).sum(0)
 
 
 def project(x: torch.Tensor, w: torch.Tensor, packed: dict, key: str,
@@ -125,12 +124,10 @@ def project(x: torch.Tensor, w: torch.Tensor, packed: dict, key: str,
         p = packed.get(key)
         if p is None:
             p = packed[key] = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), None)
-        restore = _raise_threads(x.shape[0])
-        try:
-            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), p, bias, "none", [], "")
-        finally:
-            if restore is not None:
-                torch.set_num_threads(restore)
+        # a small step lowered to one thread (single_thread_small_steps) gets all threads back here
+        raised = x.shape[0] <= SINGLE_THREAD_MAX_TOKENS and (_outer_threads or 0) > 1
+        n = _outer_threads if raised else torch.get_num_threads()
+        return _with_threads(n, torch.ops.mkldnn._linear_pointwise, x.contiguous(), p, bias, "none", [], "")
     out = small_mm(x, w)
     return out if bias is None else out + bias
 
@@ -322,15 +319,7 @@ class LlamaForCausalLM(nn.Module):
                 if split is None or split.dtype != w.dtype:
                     k, n = w.shape
                     split = self._lm_head_split = w.view(k, 2, n // 2).permute(1, 0, 2).contiguous()
-                cur = torch.get_num_threads()
-                if cur != 2:
-                    torch.set_num_threads(2)
-                try:
-                    out = torch.bmm(hidden.expand(2, 1, -1), split).view(1, -1)
-                finally:
-                    if cur != 2:
-                        torch.set_num_threads(cur)
-                return out.float()
+                return _with_threads(2, torch.bmm, hidden.expand(2, 1, -1), split).view(1, -1).float()
         return project(hidden, w, self._packed, "lm_head").float()
 
     @torch.no_grad()
