@@ -7,9 +7,24 @@ import random
 import pytest
 import torch
 
+import shutil
+
+from infer_bench.backends.engine import native, paged_attention
 from infer_bench.backends.engine.paged_attention import KVCache, PagedAttention, SeqSlice
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(params=["native", "torch"], autouse=True)
+def decode_path(request, monkeypatch):
+    """Every test runs on both decode paths: the fused C kernel and the PyTorch fallback."""
+    if request.param == "torch":
+        monkeypatch.setattr(paged_attention.native, "paged_decode_kernel", lambda: None)
+    elif native.paged_decode_kernel() is None:
+        if shutil.which("cc") or shutil.which("gcc"):
+            pytest.fail("a C compiler is here but the native decode kernel did not build")
+        pytest.skip("no C compiler: the native decode kernel is not built")
+    return request.param
 
 
 def dense_causal(q, k, v):
@@ -123,7 +138,7 @@ def test_kv_written_at_slots():
 
 
 @pytest.mark.parametrize("n_heads,n_kv", [(4, 4), (6, 2)])
-def test_decode_mixed_runs_and_stray_blocks(n_heads, n_kv):
+def test_decode_mixed_runs_and_stray_blocks(n_heads, n_kv, decode_path):
     """Decode over block tables mixing long runs of consecutive blocks (read in place as views)
     with stray blocks (gathered), whose partial attentions are merged by log-sum-exp."""
     g = torch.Generator().manual_seed(3)
@@ -141,7 +156,41 @@ def test_decode_mixed_runs_and_stray_blocks(n_heads, n_kv):
     attn = PagedAttention(cache, [SeqSlice(p, p, t) for p, t in zip(prompt, tables)])
     attn.attend(0, *(torch.cat([x[j][:p] for x, p in zip(data, prompt)]) for j in range(3)))
     attn = PagedAttention(cache, [SeqSlice(1, n, t) for n, t in zip(lens, tables)])
-    assert any(len(runs) > 1 or (runs and idx is not None) for runs, idx in attn.decode_parts)
+    if decode_path == "torch":
+        assert any(len(runs) > 1 or (runs and idx is not None) for runs, idx in attn.decode_parts)
+    else:
+        assert attn.native_decode is not None
     out = attn.attend(0, *(torch.stack([x[j][n - 1] for x, n in zip(data, lens)]) for j in range(3)))
     for i, (ref, n) in enumerate(zip(refs, lens)):
         torch.testing.assert_close(out[i].double(), ref[n - 1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_heads,n_kv,head_dim", [(4, 4, 8), (6, 2, 64), (8, 1, 80), (9, 3, 12), (16, 2, 128)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_decode_kernel_ragged_against_dense(n_heads, n_kv, head_dim, threads, decode_path):
+    """Decode of ragged contexts (1 token up to several blocks, partial last blocks) over shuffled
+    block tables, on 1-3 threads, for head dims on the kernel's vector paths (multiples of 8, with
+    and without a 32-lane remainder) and its scalar path (12), GQA groups of 1-8."""
+    g = torch.Generator().manual_seed(head_dim * 10 + threads)
+    bs = 4
+    lens = [1, 3, 4, 5, 17, 40, 2, 33]
+    total = sum(-(-n // bs) for n in lens) + 2
+    cache = KVCache(1, total, bs, n_kv, head_dim)
+    free = list(range(total))
+    random.Random(threads).shuffle(free)
+    tables = [[free.pop() for _ in range(-(-n // bs))] for n in lens]
+    data = [(torch.randn(n, n_heads, head_dim, generator=g), torch.randn(n, n_kv, head_dim, generator=g),
+             torch.randn(n, n_kv, head_dim, generator=g)) for n in lens]
+    prompt = [n - 1 for n in lens if n > 1]
+    if prompt:
+        pre = [(p, t, x) for p, t, x in zip([n - 1 for n in lens], tables, data) if p > 0]
+        attn = PagedAttention(cache, [SeqSlice(p, p, t) for p, t, _ in pre])
+        attn.attend(0, *(torch.cat([x[j][:p] for p, _, x in pre]) for j in range(3)))
+    torch.set_num_threads(threads)
+    try:
+        attn = PagedAttention(cache, [SeqSlice(1, n, t) for n, t in zip(lens, tables)])
+        out = attn.attend(0, *(torch.stack([x[j][n - 1] for x, n in zip(data, lens)]) for j in range(3)))
+    finally:
+        torch.set_num_threads(1)
+    for i, (x, n) in enumerate(zip(data, lens)):
+        torch.testing.assert_close(out[i].double(), dense_causal(*x)[n - 1], atol=1e-5, rtol=1e-5)

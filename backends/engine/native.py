@@ -1,0 +1,117 @@
+"""The engine's native CPU kernels: compiled once from csrc/ with the system C compiler, loaded
+with ctypes.
+
+Data flow: `paged_attention.PagedAttention` asks `paged_decode_kernel()` for the fused paged
+decode-attention kernel (csrc/paged_decode.c) when a step has float32 decode rows on the CPU.
+The first call compiles the C file with `$CC` (default `cc`) at -O3 for this machine's CPU
+(-march=native) into the cache ($INFER_BENCH_CACHE/native/<hash of source, compiler, flags and
+CPU>/), once per machine; later calls and processes load the cached library. Compilation takes
+about a second and is done under a file lock, so concurrent processes (disaggregated workers,
+parallel tests) compile it once.
+
+When there is no compiler, compilation fails, or INFER_BENCH_NATIVE=0, it returns None (with one
+warning) and the engine uses its pure-PyTorch decode path: same results, slower with many
+sequences. Why C and not a torch extension: this file has no torch headers to compile against
+(seconds, not a minute), and POSIX threads instead of a second OpenMP runtime beside torch's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CSRC = Path(__file__).with_name("csrc")
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-pthread"]
+LIBS = ["-lm"]
+
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL | None] = {}
+
+
+def enabled() -> bool:
+    return os.environ.get("INFER_BENCH_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cpu_tag() -> str:
+    """What -march=native depends on: the CPU model and flags (a cache shared by machines must
+    not hand one CPU a library built for another)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [l for l in f if l.startswith(("model name", "flags"))][:2]
+        return "".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compiler_id(cc: str) -> str:
+    try:
+        return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return cc
+
+
+def _build(name: str) -> Path:
+    from .model_store import cache_root
+
+    src = CSRC / f"{name}.c"
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC)")
+    key = hashlib.sha256("\0".join([src.read_text(), cc, _compiler_id(cc), " ".join(CFLAGS + LIBS),
+                                    _cpu_tag(), sys.platform]).encode()).hexdigest()[:16]
+    out_dir = cache_root() / "native" / key
+    lib = out_dir / f"{name}.so"
+    if lib.exists():
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if lib.exists():  # another process built it while we waited
+            return lib
+        tmp = out_dir / f".{name}.{os.getpid()}.so"
+        r = subprocess.run([cc, *CFLAGS, str(src), "-o", str(tmp), *LIBS],
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"{Path(cc).name} failed: {(r.stderr or r.stdout).strip()[:500]}")
+        os.replace(tmp, lib)
+    return lib
+
+
+def load(name: str) -> ctypes.CDLL | None:
+    """The compiled csrc/<name>.c, or None when native kernels are off or cannot be built."""
+    with _lock:
+        if name in _loaded:
+            return _loaded[name]
+        lib = None
+        if enabled():
+            try:
+                lib = ctypes.CDLL(str(_build(name)))
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                log.warning("native kernel %s unavailable, using the PyTorch path: %s", name, e)
+        _loaded[name] = lib
+        return lib
+
+
+def paged_decode_kernel():
+    """csrc/paged_decode.c's paged_decode with its C signature set, or None."""
+    lib = load("paged_decode")
+    if lib is None:
+        return None
+    fn = lib.paged_decode
+    if fn.argtypes is None:
+        p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+        fn.argtypes = [p, p, p, p, p, p, i32, i32, i64, i64, i32, i32, i32, i32, ctypes.c_float, i32]
+        fn.restype = ctypes.c_int
+    return fn

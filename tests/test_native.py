@@ -1,0 +1,73 @@
+"""The native-kernel loader: builds once into the cache, falls back to PyTorch when it cannot."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from infer_bench.backends.engine import native, paged_attention
+from infer_bench.backends.engine.paged_attention import KVCache, PagedAttention, SeqSlice
+
+needs_cc = pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler")
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """An empty kernel cache and no library loaded in this process yet."""
+    monkeypatch.setenv("INFER_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_loaded", {})
+    return tmp_path
+
+
+@needs_cc
+def test_builds_once_into_the_cache(fresh):
+    assert native.paged_decode_kernel() is not None
+    libs = list(fresh.glob("native/*/paged_decode.so"))
+    assert len(libs) == 1
+    mtime = libs[0].stat().st_mtime_ns
+    native._loaded.clear()                       # a new process: loads, does not rebuild
+    assert native.paged_decode_kernel() is not None
+    assert libs[0].stat().st_mtime_ns == mtime
+
+
+def test_failing_compiler_falls_back(fresh, monkeypatch, caplog):
+    monkeypatch.setenv("CC", shutil.which("false") or "/bin/false")
+    with caplog.at_level("WARNING"):
+        assert native.paged_decode_kernel() is None
+    assert "using the PyTorch path" in caplog.text
+    assert not list(fresh.glob("native/*/*.so"))
+
+
+def test_disabled_by_env(fresh, monkeypatch):
+    monkeypatch.setenv("INFER_BENCH_NATIVE", "0")
+    assert native.paged_decode_kernel() is None
+
+
+@needs_cc
+def test_kernel_rejects_bad_arguments():
+    """A context longer than its block table is refused (code -1), not read out of bounds."""
+    fn = native.paged_decode_kernel()
+    q, out = torch.randn(1, 2, 8), torch.empty(1, 2, 8)
+    k = v = torch.zeros(2, 8, 8)
+    table, lens = torch.zeros(1, 1, dtype=torch.int32), torch.tensor([5], dtype=torch.int32)
+    rc = fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), table.data_ptr(), lens.data_ptr(),
+            1, 1, q.stride(0), k.stride(0), 2, 2, 8, 4, 1.0, 1)
+    assert rc == -1
+
+
+def test_engine_runs_without_the_kernel(fresh, monkeypatch):
+    """With native kernels off, decode takes the PyTorch path and gives the same output."""
+    monkeypatch.setenv("INFER_BENCH_NATIVE", "0")
+    cache = KVCache(1, 8, 4, 2, 8)
+    cache.kv.normal_()
+    attn = PagedAttention(cache, [SeqSlice(1, 6, [3, 5])])
+    assert attn.native_decode is None
+    q, k, v = torch.randn(1, 4, 8), torch.randn(1, 2, 8), torch.randn(1, 2, 8)
+    out = attn.attend(0, q, k, v)
+    keys = torch.cat([cache.kv[0, 0, :, 12:16], cache.kv[0, 0, :, 20:22]], 1).repeat_interleave(2, 0)
+    vals = torch.cat([cache.kv[0, 1, :, 12:16], cache.kv[0, 1, :, 20:22]], 1).repeat_interleave(2, 0)
+    ref = torch.softmax(q[0, :, None] @ keys.transpose(1, 2) / 8 ** 0.5, -1) @ vals
+    torch.testing.assert_close(out[0], ref[:, 0], atol=1e-5, rtol=1e-5)
+    assert paged_attention.native is native
