@@ -129,7 +129,7 @@ class PagedAttention:
                 self.decode_rows = slice(decode_rows[0], decode_rows[0] + n)
             else:
                 self.decode_rows = torch.tensor(decode_rows, device=dev)
-            if dev.type == "cpu" and cache.kv.dtype == torch.float32:
+            if dev.type == "cpu" and cache.kv.dtype == torch.float32 and cache.kv.is_contiguous():
                 self.native_decode = native.paged_decode_kernel()
         if self.native_decode is not None:
             # the fused kernel reads every sequence's blocks in place through its table
