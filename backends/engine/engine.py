@@ -30,6 +30,7 @@ from typing import AsyncIterator
 
 import torch
 
+from . import native
 from .block_manager import BlockManager
 from .model_runner import ModelRunner
 from .paged_attention import KVCache, default_kv_budget_bytes, kv_bytes_per_block, num_blocks_for_budget
@@ -134,6 +135,8 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_batched_tokens, config.max_num_seqs,
                                    config.enable_chunked_prefill)
         self.runner = ModelRunner(self.model, self.cache, device, Sampler(config.seed))
+        if device.type == "cpu" and dtype == torch.float32:
+            native.paged_decode_kernel()  # build/load it now, not inside the first request's step
         self.spec = None
         if config.spec_method:
             from .spec_decode import SpecDecoder
