@@ -56,6 +56,16 @@ batch, the full 64 requests (inputs sum 36,467, outputs sum 9,480): ours 285 s =
 preemptions, vs HF 527 s = 18.0 tok/s = 1.85x (load ~2). The 64-sequence decode step is
 dominated by per-sequence decode attention: 11-12 ms per layer at B = 64 (~5 GB/s; flash kernel
 and bmm/softmax/bmm alike), i.e. per-call overhead of eager PyTorch.
+
+2026-11-30, later, after decode attention moved to one fused C kernel call per layer for all
+sequences (csrc/paged_decode.c, read in place through the block tables; 64 sequences: ~6-8.5 ms
+-> the engine's 64-sequence decode step ~430 ms with ~190 ms of products): batch 64 requests
+ours 170.6 s = 55.6 tok/s (308 steps, 0 preemptions) vs HF 538.2 s = 17.6 tok/s = **3.15x**
+(load ~2, GEMM peak 159 GFLOP/s); decode batch 1: 29.0 vs 14.2 tok/s = 2.05x (median of rounds
+1.81x; ours 43% of the read roofline); prefix 4773 vs 42198 ms = 8.84x; prefill 1033 vs 1048 ms
+= 1.01x (median of rounds 1.06x; both ~80% of the measured GEMM peak: the target needs faster
+GEMMs than oneDNN/MKL give in fp32 on this AVX2 CPU; the 512-token causal attention, 7 ms per
+layer in the CPU flash kernel, is ~17% of the time and a bmm version was slower).
 """
 
 from __future__ import annotations
