@@ -58,8 +58,8 @@ dominated by per-sequence decode attention: 11-12 ms per layer at B = 64 (~5 GB/
 and bmm/softmax/bmm alike), i.e. per-call overhead of eager PyTorch.
 
 2026-11-30, later, after decode attention moved to one fused C kernel call per layer for all
-sequences (csrc/paged_decode.c, read in place through the block tables; 64 sequences: ~6-8.5 ms
--> the engine's 64-sequence decode step ~430 ms with ~190 ms of products): batch 64 requests
+sequences (csrc/paged_decode.c, read in place through the block tables; at 64 sequences 11-12
+-> 6-8.5 ms per layer; a 64-sequence decode step is now ~430 ms, ~190 of them products): batch 64 requests
 ours 170.6 s = 55.6 tok/s (308 steps, 0 preemptions) vs HF 538.2 s = 17.6 tok/s = **3.15x**
 (load ~2, GEMM peak 159 GFLOP/s); decode batch 1: 29.0 vs 14.2 tok/s = 2.05x (median of rounds
 1.81x; ours 43% of the read roofline); prefix 4773 vs 42198 ms = 8.84x; prefill 1033 vs 1048 ms
