@@ -32,6 +32,17 @@ def test_builds_once_into_the_cache(fresh):
     assert libs[0].stat().st_mtime_ns == mtime
 
 
+@needs_cc
+def test_loading_keeps_subnormal_floats(fresh):
+    """The library must not switch the process to flush-to-zero (GCC links crtfastmath.o into
+    -ffast-math shared libraries; native.py compiles with it but links without)."""
+    import sys
+
+    assert native.paged_decode_kernel() is not None
+    assert sys.float_info.min / 2 > 0
+    assert (torch.tensor([1e-38]) / 1e3).item() > 0
+
+
 def test_failing_compiler_falls_back(fresh, monkeypatch, caplog):
     monkeypatch.setenv("CC", shutil.which("false") or "/bin/false")
     with caplog.at_level("WARNING"):

@@ -32,7 +32,12 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-pthread"]
+# -ffast-math lets GCC vectorise expf through glibc's libmvec and reassociate the dot products.
+# It is given to the compile step only: at link time GCC adds crtfastmath.o to the library, whose
+# constructor turns on flush-to-zero for the whole process when the library loads, and torch's and
+# Python's subnormal floats would silently become 0.
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-pthread"]
+LDFLAGS = ["-shared", "-pthread"]
 LIBS = ["-lm"]
 
 _lock = threading.Lock()
@@ -68,7 +73,7 @@ def _build(name: str) -> Path:
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         raise RuntimeError("no C compiler found (set CC)")
-    key = hashlib.sha256("\0".join([src.read_text(), cc, _compiler_id(cc), " ".join(CFLAGS + LIBS),
+    key = hashlib.sha256("\0".join([src.read_text(), cc, _compiler_id(cc), " ".join(CFLAGS + LDFLAGS + LIBS),
                                     _cpu_tag(), sys.platform]).encode()).hexdigest()[:16]
     out_dir = cache_root() / "native" / key
     lib = out_dir / f"{name}.so"
@@ -80,12 +85,17 @@ def _build(name: str) -> Path:
         if lib.exists():  # another process built it while we waited
             return lib
         tmp = out_dir / f".{name}.{os.getpid()}.so"
-        r = subprocess.run([cc, *CFLAGS, str(src), "-o", str(tmp), *LIBS],
-                           capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
+        obj = tmp.with_suffix(".o")
+        try:
+            for cmd in ([cc, *CFLAGS, "-c", str(src), "-o", str(obj)],
+                        [cc, *LDFLAGS, str(obj), "-o", str(tmp), *LIBS]):
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                if r.returncode != 0:
+                    raise RuntimeError(f"{Path(cc).name} failed: {(r.stderr or r.stdout).strip()[:500]}")
+            os.replace(tmp, lib)
+        finally:
+            obj.unlink(missing_ok=True)
             tmp.unlink(missing_ok=True)
-            raise RuntimeError(f"{Path(cc).name} failed: {(r.stderr or r.stdout).strip()[:500]}")
-        os.replace(tmp, lib)
     return lib
 
 
