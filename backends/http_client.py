@@ -3,27 +3,35 @@
 Role in the data flow: `backends/openai.py` builds a request's bytes once (`build_request`) and
 calls `HttpPool.request(origin, wire)`; this module writes them on a keep-alive connection and
 returns a `Response` whose body is kept as a list of `(perf_counter_ns, bytes)` pieces: every
-piece carries the time of the socket read that delivered it, taken first thing in the
-protocol's `data_received`, before any parsing. Nothing is decoded while the stream runs beyond
-the HTTP framing (status line, headers, chunked transfer-encoding / Content-Length); SSE and
-JSON are parsed by the caller after the response is complete, so the event loop spends a few
-microseconds per read and timestamps do not wait for parsing.
+piece carries the time of the socket read that delivered it, taken before any parsing. On Linux,
+plain TCP (http://) connections are read by `backends/rawsock.py` with recvmsg and that time is
+the kernel's receive time of the read's data (SO_TIMESTAMPNS), so a stall of this process
+between the data's arrival and the read does not move it; otherwise (https://, other systems,
+`INFER_BENCH_KERNEL_TS=0` / `HttpPool(kernel_ts=False)`: an asyncio/uvloop transport, as before;
+or a read without a kernel time) it is `perf_counter_ns()` taken right after the read.
+`Response.reads` / `kernel_reads` count the response's reads and those timed by the kernel.
+Nothing is decoded while the stream runs beyond the HTTP framing (status line, headers, chunked
+transfer-encoding / Content-Length); SSE and JSON are parsed by the caller after the response is
+complete, so the event loop spends a few microseconds per read and timestamps do not wait for
+parsing.
 
-Why not aiohttp: its send path alone costs ~0.8 ms of CPU per request and its per-read
-machinery saturates one core near 100 streamed requests/s (64 events each); this client does
-the same job with a small fraction of the work.
+Why not aiohttp: its send path alone costs ~0.8 ms of CPU per request and its per-read machinery
+saturates one core near 100 streamed requests/s (64 events each); this client does the same job
+with a small fraction of the work.
 
 Pool: idle connections are kept per (scheme, host, port) and reused (HTTP/1.1 keep-alive) when
 the previous response ended cleanly (complete body, no `Connection: close`); a connection that
-the server closed while idle is dropped. There is no connection limit (an open-loop load
-generator must never queue sends in the client); closed-loop callers bound concurrency
-themselves. https URLs use an `ssl.SSLContext` (the default verifying one unless given).
+the server closed while idle is dropped (and a request sent on one that turns out closed before
+any response byte is retried once on a new connection). There is no connection limit (an
+open-loop load generator must never queue sends in the client); closed-loop callers bound
+concurrency themselves. https URLs use an `ssl.SSLContext` (the default verifying one unless
+given).
 
 Errors, as exceptions from `HttpPool.request`: `ConnectError` (no connection could be opened),
-`DisconnectError` (the connection ended before the response was complete; `.response` holds
-what arrived, `.started` says whether any response byte came), `ProtocolError` (malformed
-response framing; `.response` holds what arrived) and `asyncio.TimeoutError` (the caller's
-deadline passed; the connection is aborted; `.response` likewise attached when available).
+`DisconnectError` (the connection ended before the response was complete; `.response` holds what
+arrived, `.started` says whether any response byte came), `ProtocolError` (malformed response
+framing; `.response` holds what arrived) and `asyncio.TimeoutError` (the caller's deadline
+passed; the connection is aborted; `.response` likewise attached when available).
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import asyncio
 import ssl as _ssl
 import time
 from urllib.parse import urlsplit
+
+from . import rawsock
 
 __all__ = ["HttpPool", "Response", "build_request", "split_url", "HttpError", "ConnectError",
            "DisconnectError", "ProtocolError"]
@@ -100,10 +110,12 @@ def build_request(method: str, url: str, headers: dict[str, str], body: bytes = 
 class Response:
     """One HTTP response. `pieces`: body bytes as (perf_counter_ns of the read, bytes);
     `first_ns`: the read that delivered the first response byte; `end_ns`: the read that
-    completed the body (or the time the connection ended)."""
+    completed the body (or the time the connection ended); `reads` / `kernel_reads`: socket
+    reads that delivered it, and how many of them were timed by the kernel; `send_ns`: the
+    request's send time (see `HttpPool.request`)."""
 
     __slots__ = ("status", "reason", "version", "headers", "pieces", "first_ns", "head_ns",
-                 "end_ns", "complete", "keep_alive")
+                 "end_ns", "complete", "keep_alive", "reads", "kernel_reads", "send_ns")
 
     def __init__(self) -> None:
         self.status = 0
@@ -116,6 +128,18 @@ class Response:
         self.end_ns: int | None = None
         self.complete = False
         self.keep_alive = False
+        self.reads = 0
+        self.kernel_reads = 0
+        self.send_ns: int | None = None
+
+    @property
+    def timestamps(self) -> str | None:
+        """"kernel" (every read timed by the kernel), "user", "mixed", or None (no read)."""
+        if not self.reads:
+            return None
+        if self.kernel_reads == self.reads:
+            return "kernel"
+        return "user" if not self.kernel_reads else "mixed"
 
     def body(self) -> bytes:
         return b"".join(p for _, p in self.pieces)
@@ -126,10 +150,12 @@ class Response:
 
 
 class _Conn(asyncio.Protocol):
-    """One client connection; parses the response of the request in flight."""
+    """One client connection; parses the response of the request in flight. Driven by a
+    `rawsock.RawTransport` (`data_at`) with kernel timestamps, else by an asyncio transport
+    (`data_received`)."""
 
     __slots__ = ("pool", "origin", "transport", "closed", "resp", "fut", "state", "buf",
-                 "remaining", "uses")
+                 "remaining", "uses", "connect_ns")
 
     def __init__(self, pool: "HttpPool", origin: tuple[str, str, int]):
         self.pool = pool
@@ -142,6 +168,7 @@ class _Conn(asyncio.Protocol):
         self.buf = b""
         self.remaining = 0
         self.uses = 0
+        self.connect_ns = 0                 # time its connect took (counted in the first send)
 
     # ------------------------------------------------------------ protocol callbacks
     def connection_made(self, transport) -> None:
@@ -167,13 +194,19 @@ class _Conn(asyncio.Protocol):
              "before responding") + why, r, started))
 
     def data_received(self, data: bytes) -> None:
-        t = _perf()
+        self.data_at(_perf(), data, False)
+
+    def data_at(self, t: int, data: bytes, kernel: bool) -> None:
+        """One read's bytes, `t` its time (perf_counter_ns; `kernel`: the kernel's)."""
         r = self.resp
         if r is None:                       # bytes nobody asked for: drop the connection
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
             return
+        r.reads += 1
+        if kernel:
+            r.kernel_reads += 1
         if r.first_ns is None:
             r.first_ns = t
         state = self.state
@@ -365,10 +398,15 @@ class _Conn(asyncio.Protocol):
 
 
 class HttpPool:
-    """Keep-alive connections per origin; `await request(origin, wire)` -> Response."""
+    """Keep-alive connections per origin; `await request(origin, wire)` -> Response.
+    `kernel_ts`: time reads with the kernel's receive timestamps on plain TCP (None: the
+    `INFER_BENCH_KERNEL_TS` environment variable, default on; always off except on Linux; see
+    backends/rawsock.py)."""
 
-    def __init__(self, ssl_context: _ssl.SSLContext | None = None):
+    def __init__(self, ssl_context: _ssl.SSLContext | None = None,
+                 kernel_ts: bool | None = None):
         self._ssl = ssl_context
+        self.kernel_ts = rawsock.kernel_ts_wanted(kernel_ts)
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self._conns: set[_Conn] = set()
         self.opened = 0                     # connections opened so far (tests, diagnostics)
@@ -382,11 +420,17 @@ class HttpPool:
     async def _connect(self, origin: tuple[str, str, int]) -> _Conn:
         loop = asyncio.get_running_loop()
         scheme, host, port = origin
-        kw = {}
-        if scheme == "https":
-            kw = {"ssl": self._ssl_context(), "server_hostname": host}
+        conn = _Conn(self, origin)
         try:
-            _, conn = await loop.create_connection(lambda: _Conn(self, origin), host, port, **kw)
+            if scheme == "http" and self.kernel_ts:
+                transport = await rawsock.open_connection(host, port, conn, True)
+                conn.connect_ns = transport.connect_ns
+            else:
+                kw = {"ssl": self._ssl_context(), "server_hostname": host} \
+                    if scheme == "https" else {}
+                t0 = _perf()
+                await loop.create_connection(lambda: conn, host, port, **kw)
+                conn.connect_ns = _perf() - t0
         except (OSError, _ssl.SSLError) as e:
             raise ConnectError(f"cannot connect to {host}:{port}: {type(e).__name__}: {e}") \
                 from e
@@ -416,14 +460,18 @@ class HttpPool:
             idle.remove(conn)
 
     async def request(self, origin: tuple[str, str, int], wire: bytes, *,
-                      timeout_s: float | None = None, on_sent=None) -> Response:
-        """Send `wire` (from build_request) and wait for the whole response. `on_sent(ns)` is
-        called with the perf_counter_ns just before the bytes are first written. `timeout_s`
-        bounds everything (connect included)."""
+                      timeout_s: float | None = None) -> Response:
+        """Send `wire` (from build_request) and wait for the whole response. `timeout_s` bounds
+        everything (connect included). The response's `send_ns` is the perf_counter_ns just
+        before the bytes were first written, less the connect time when a new connection had
+        to be opened for them (on plain TCP the handshake's time as the kernel measured it, see
+        backends/rawsock.py): time this process spent before the write, e.g. noticing that the
+        connection was up during a stall, is not part of it."""
         if self.closed:
             raise RuntimeError("HttpPool is closed")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s if timeout_s else None
+        send_ns = None
         for attempt in (0, 1):
             conn = self._take_idle(origin)
             reused = conn is not None
@@ -437,9 +485,9 @@ class HttpPool:
             timer = None
             if deadline is not None:
                 timer = loop.call_at(deadline, _expire, conn, fut, timeout_s)
-            if on_sent is not None and attempt == 0:
-                on_sent(_perf())
-            conn.start(wire, fut)
+            if send_ns is None:
+                send_ns = _perf() - (0 if reused else conn.connect_ns)
+            conn.start(wire, fut).send_ns = send_ns
             try:
                 return await fut
             except DisconnectError as e:

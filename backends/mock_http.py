@@ -5,10 +5,13 @@ this so that one core can emit tens of thousands of SSE events per second with k
 aiohttp's per-write machinery cannot (it saturates near 20k events/s). Only what the mock needs:
 - `ServerConn`: one connection; parses requests (request line, headers, Content-Length body;
   no chunked request bodies, no pipelining beyond buffering the next request until the current
-  response ended); `Request.t_recv` is `time.perf_counter()` of the socket read that delivered
-  the request's first byte (taken before parsing). The handler is a plain function
-  `handler(conn, request)` that answers now (`respond`) or later (`start_stream` /
-  `write` / `end_stream`, or `respond` from a timer);
+  response ended); `Request.t_recv` is the time (perf_counter seconds) of the socket read that
+  delivered the request's first byte: on Linux connections are `backends/rawsock.py`
+  transports and it is the kernel's receive time of that read (`Request.recv_kernel` True), so
+  a stall of the mock between the request's arrival and its parsing does not move it; otherwise
+  (other systems, `INFER_BENCH_KERNEL_TS=0`: asyncio/uvloop transports) `perf_counter()` right
+  after the read. The handler is a plain function `handler(conn, request)` that answers now
+  (`respond`) or later (`start_stream` / `write` / `end_stream`, or `respond` from a timer);
 - `frame(data)`: one chunk of chunked transfer-encoding;
 - `Ticker`: one loop timer for all scheduled callbacks (a heap by due time): every callback due
   within `early_s` runs in one batch, so thousands of streams cost one timer wake-up per batch
@@ -22,6 +25,8 @@ import heapq
 import itertools
 import time
 from typing import Any, Callable
+
+from . import rawsock
 
 __all__ = ["Request", "ServerConn", "Ticker", "frame", "start_server"]
 
@@ -39,16 +44,20 @@ def frame(data: bytes) -> bytes:
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "t_recv", "keep_alive")
+    __slots__ = ("method", "path", "query", "headers", "body", "t_recv", "keep_alive",
+                 "recv_kernel")
 
     def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
-                 t_recv: float, keep_alive: bool):
+                 t_recv: float, keep_alive: bool, recv_kernel: bool = False):
         self.method, self.path, self.query = method, path, query
         self.headers, self.body, self.t_recv, self.keep_alive = headers, body, t_recv, keep_alive
+        self.recv_kernel = recv_kernel
 
 
 class ServerConn(asyncio.Protocol):
-    """One server-side connection. `closed` turns True when the peer went away."""
+    """One server-side connection, driven by a `rawsock.RawTransport` (`data_at`) with kernel
+    timestamps, else by an asyncio transport (`data_received`). `closed` turns True when the
+    peer went away."""
 
     def __init__(self, handler: Callable[["ServerConn", Request], Any], conns: set):
         self.handler = handler
@@ -56,6 +65,9 @@ class ServerConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.t_first = 0.0
+        self.k_first = False
+        self.t_read = 0.0
+        self.k_read = False
         self.busy = False
         self.keep_alive = True
         self.closed = False
@@ -74,9 +86,14 @@ class ServerConn(asyncio.Protocol):
         self.on_lost.clear()
 
     def data_received(self, data: bytes) -> None:
-        t = _perf()
+        self.data_at(time.perf_counter_ns(), data, False)
+
+    def data_at(self, t_ns: int, data: bytes, kernel: bool) -> None:
+        """One read's bytes; `t_ns` its time (perf_counter_ns; `kernel`: the kernel's)."""
+        t = self.t_read = t_ns / 1e9
+        self.k_read = kernel
         if not self.buf:
-            self.t_first = t
+            self.t_first, self.k_first = t, kernel
             self.buf = data
         else:
             self.buf += data
@@ -118,13 +135,13 @@ class ServerConn(asyncio.Protocol):
             return
         body = buf[i + 4:end]
         self.buf = buf[end:]
-        t_recv = self.t_first
-        if self.buf:                       # the next request's bytes came in the same read
-            self.t_first = _perf()
+        t_recv, k_recv = self.t_first, self.k_first
+        if self.buf:                       # the next request's bytes came in the latest read
+            self.t_first, self.k_first = self.t_read, self.k_read
         conn_hdr = headers.get("connection", "").lower()
         keep = (parts[2] == "HTTP/1.1" and "close" not in conn_hdr) or "keep-alive" in conn_hdr
         path, _, query = parts[1].partition("?")
-        req = Request(parts[0], path, query, headers, body, t_recv, keep)
+        req = Request(parts[0], path, query, headers, body, t_recv, keep, k_recv)
         self.keep_alive = keep
         self.busy = True
         self.handler(self, req)
@@ -240,11 +257,15 @@ class Ticker:
         self.armed_at = float("inf")
 
 
-async def start_server(handler: Callable[[ServerConn, Request], Any], host: str, port: int
-                       ) -> tuple[asyncio.AbstractServer, set]:
-    """Listen on host:port (0: a free port); returns (server, live connections)."""
-    loop = asyncio.get_running_loop()
+async def start_server(handler: Callable[[ServerConn, Request], Any], host: str, port: int,
+                       kernel_ts: bool | None = None) -> tuple[Any, set]:
+    """Listen on host:port (0: a free port); returns (server, live connections). `kernel_ts`:
+    see backends/rawsock.py (None: the environment's choice)."""
     conns: set = set()
-    server = await loop.create_server(lambda: ServerConn(handler, conns), host, port,
-                                      reuse_address=True, backlog=2048)
+    if rawsock.kernel_ts_wanted(kernel_ts):
+        server = await rawsock.start_server(lambda: ServerConn(handler, conns), host, port,
+                                            backlog=2048, kernel_ts=True)
+    else:
+        server = await asyncio.get_running_loop().create_server(
+            lambda: ServerConn(handler, conns), host, port, reuse_address=True, backlog=2048)
     return server, conns

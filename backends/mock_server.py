@@ -17,11 +17,14 @@ did. Behaviour for a streamed request received at t_r:
 - the schedule is absolute (no drift); all streams share one timer (`mock_http.Ticker`: chunks
   due within 0.2 ms go out in one batch, each chunk's bytes prebuilt when the request arrived),
   so one core emits >60k events/s. `received_s` is the time of the socket read that delivered
-  the request's first byte; for every chunk the time it really left (after the write was
+  the request's first byte, the kernel's receive time on Linux (`received_ts`: "kernel", else
+  "user"; see backends/rawsock.py), so a stall of the mock before it parses a request shifts
+  neither the log nor the schedule; for every chunk the time it really left (after the write was
   handed to the transport, `time.perf_counter()`) is logged: `GET /mock/log` returns
-  [{"request_id", "received_s", "chunk_s": [...], "chunk_target_s": [...], "chunk_tokens":
-  [...], "status"}] (perf_counter seconds: CLOCK_MONOTONIC, comparable with the client's clock
-  in any process on the same host); `chunk_s - chunk_target_s` is the mock's own lateness.
+  [{"request_id", "received_s", "received_ts", "chunk_s": [...], "chunk_target_s": [...],
+  "chunk_tokens": [...], "status"}] (perf_counter seconds: CLOCK_MONOTONIC, comparable with the
+  client's clock in any process on the same host); `chunk_s - chunk_target_s` is the mock's own
+  lateness.
   `POST /mock/reset` clears the log. The command-line server runs with automatic garbage
   collection off (a collector pause would delay chunks; its hot path makes no reference
   cycles) and collects at `/mock/reset` and every 20,000 requests.
@@ -71,7 +74,7 @@ class MockConfig:
 
 @dataclass
 class MockServer:
-    server: asyncio.AbstractServer
+    server: Any                             # rawsock.RawServer or asyncio.Server
     host: str
     port: int
     config: MockConfig
@@ -158,8 +161,10 @@ class _MockApp:
                                                "type": "invalid_request"}}))
             return
         rid = req.headers.get("x-request-id", f"mock-{n}")
-        entry: dict[str, Any] = {"request_id": rid, "received_s": t_recv, "chunk_s": [],
-                                 "chunk_target_s": [], "chunk_tokens": [], "status": 200}
+        entry: dict[str, Any] = {"request_id": rid, "received_s": t_recv,
+                                 "received_ts": "kernel" if req.recv_kernel else "user",
+                                 "chunk_s": [], "chunk_target_s": [], "chunk_tokens": [],
+                                 "status": 200}
         self.log.append(entry)
         if cfg.fail_every and n % cfg.fail_every == 0:
             entry["status"] = cfg.fail_status
@@ -286,9 +291,11 @@ class _MockApp:
             self.ticker.at(st.targets[j + 1], self._tick, st)
 
 
-async def start_mock_server(host: str = "127.0.0.1", port: int = 0, **cfg: Any) -> MockServer:
-    """Start the mock on host:port (0: a free port); `cfg` are MockConfig fields. Call
-    `await handle.stop()` to stop it."""
+async def start_mock_server(host: str = "127.0.0.1", port: int = 0, *,
+                            kernel_ts: bool | None = None, **cfg: Any) -> MockServer:
+    """Start the mock on host:port (0: a free port); `cfg` are MockConfig fields; `kernel_ts`:
+    time requests with kernel receive timestamps (None: `INFER_BENCH_KERNEL_TS`, default on).
+    Call `await handle.stop()` to stop it."""
     names = {f.name for f in fields(MockConfig)}
     unknown = set(cfg) - names
     if unknown:
@@ -296,7 +303,7 @@ async def start_mock_server(host: str = "127.0.0.1", port: int = 0, **cfg: Any) 
     config = MockConfig(**cfg)
     log: list[dict] = []
     ticker = Ticker()
-    server, conns = await start_server(_MockApp(config, log, ticker), host, port)
+    server, conns = await start_server(_MockApp(config, log, ticker), host, port, kernel_ts)
     actual = server.sockets[0].getsockname()[1]
     return MockServer(server=server, host=host, port=actual, config=config, log=log,
                       conns=conns, ticker=ticker)

@@ -9,12 +9,18 @@ into a `RequestRecord` (one row of requests.parquet) with the metric functions. 
 `backends/http_client.py` (lean HTTP/1.1, keep-alive pool); SSE lines come from `backends/sse.py`.
 
 Measurement rules (docs/design.md, "Metric definitions"):
-- the send time is taken just before the request is handed to the pool (a new connection's
-  connect time is part of TTFT, as a user would see it);
-- arrival timestamps come from `time.perf_counter_ns()` taken first thing in the connection's
-  `data_received`, before any parsing (http_client.py); each SSE event gets the time of the
-  socket read that delivered its last byte. JSON is parsed only after the response is complete,
-  so neither parsing nor a busy event loop's backlog of Python work inflates TTFT/ITL;
+- the send time is taken just before the request's bytes are written (`Response.send_ns`), less
+  the connect time when a new connection had to be opened for it (a new connection's connect
+  time is part of TTFT, as a user would see it: on plain TCP the handshake's duration as the
+  kernel measured it, so a stall of the client while connecting is send lateness, not TTFT);
+  if no connection could be opened, the time the request was handed to the pool;
+- arrival timestamps are the times of the socket reads, taken before any parsing
+  (http_client.py): on Linux over plain TCP the kernel's receive time of the read's data
+  (SO_TIMESTAMPNS, backends/rawsock.py), else `time.perf_counter_ns()` right after the read
+  (`RawResult.timestamps` says which: "kernel", "user" or "mixed"); each SSE event gets the
+  time of the socket read that delivered its last byte. JSON is parsed only after the response
+  is complete, so neither parsing nor a busy event loop's backlog of Python work inflates
+  TTFT/ITL;
 - a chunk whose delta is empty carries 0 tokens and is not a token arrival (not recorded);
 - tokens per chunk: `token_ids` (vLLM style) or logprobs tokens when the server sends them, else
   `tokenize(chunk_text)` when a tokenizer callback is given, else 1 per content chunk;
@@ -182,6 +188,7 @@ class RawResult:
     n_output_client: int | None = None     # client's own count (see module docstring)
     token_count_mismatch: bool | None = None
     chunk_counts_exact: bool = True         # every chunk's count came from the server's ids
+    timestamps: str | None = None           # read times: "kernel" | "user" | "mixed" | None
 
     @property
     def ok(self) -> bool:
@@ -253,9 +260,11 @@ async def _send(pool: HttpPool, req: PreparedRequest, clock: RunClock, wire) -> 
         if wire is None:
             wire = build_wire(req)
         origin, data = wire
-        res.send_s = clock.to_s(_perf())       # before any connect: TTFT includes connecting
+        res.send_s = clock.to_s(_perf())       # replaced by the pool's send time (see above)
         resp = await pool.request(origin, data, timeout_s=req.timeout_s)
+        res.send_s = clock.to_s(resp.send_ns)
         res.http_status = resp.status
+        res.timestamps = resp.timestamps
         res.end_s = clock.to_s(resp.end_ns)
         if resp.status >= 400:
             body = resp.body()[:4096].decode("utf-8", "replace")
@@ -314,8 +323,11 @@ def _salvage(resp: Response | None, clock: RunClock, req: PreparedRequest, res: 
     """Keep what arrived before a failure (status, end time, the chunks that came)."""
     if resp is None:
         return
+    if resp.send_ns is not None:
+        res.send_s = clock.to_s(resp.send_ns)
     if resp.status:
         res.http_status = resp.status
+    res.timestamps = resp.timestamps
     if resp.end_ns is not None:
         res.end_s = clock.to_s(resp.end_ns)
     if resp.status and resp.status < 400 and resp.pieces:

@@ -1,10 +1,12 @@
-"""Shared pytest fixtures: tiny random models written once per session, free ports."""
+"""Shared pytest fixtures: tiny random models written once per session, free ports, the mock
+server, kernel receive timestamps switched on."""
 
 from __future__ import annotations
 
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,35 @@ async def mock():
     yield start
     for s in servers:
         await s.stop()
+
+
+@pytest.fixture(scope="session")
+def kernel_timestamps_on():
+    """Turn the kernel's receive timestamping on for the session and wait until it stamps.
+
+    Linux switches it on lazily (a deferred work item) when the first socket asks for it, so
+    packets in the first moments may come unstamped (backends/rawsock.py falls back to
+    user-space times for those reads, correctly): tests that assert every read was stamped
+    first hold one stamping socket open for the whole session. Yields whether it works."""
+    from infer_bench.backends import rawsock
+
+    if not rawsock.kernel_ts_wanted(True):
+        yield False
+        return
+    lsock = socket.create_server(("127.0.0.1", 0))
+    tx = socket.create_connection(lsock.getsockname())
+    rx, _ = lsock.accept()
+    rx.setsockopt(socket.SOL_SOCKET, rawsock.SO_TIMESTAMPNS, 1)
+    ok = False
+    try:
+        deadline = time.monotonic() + 2.0
+        while not ok and time.monotonic() < deadline:
+            tx.send(b"x")
+            _, anc, _, _ = rx.recvmsg(16, socket.CMSG_SPACE(16))
+            ok = bool(rawsock._kernel_ns(anc))
+            if not ok:
+                time.sleep(0.005)
+        yield ok
+    finally:
+        for s in (tx, rx, lsock):
+            s.close()
