@@ -106,6 +106,11 @@ def selftest(
                       "-" if r["client_cpu_share"] is None else f"{r['client_cpu_share']:.0%}",
                       r["bottleneck"] or "-")
     console.print(table, width=None if console.is_terminal else 170)
+    client_ts = sorted({r["client_timestamps"] or "-" for r in rows})
+    mock_ts = sorted({r["mock_timestamps"] or "-" for r in rows})
+    console.print(f"read timestamps: client {', '.join(client_ts)}; mock {', '.join(mock_ts)} "
+                  "(kernel: the kernel's receive times, which a stall of the reading process "
+                  "does not delay)")
     b = bottleneck_rate(rows)
     if b is None:
         console.print("the client kept up at every rate tested")

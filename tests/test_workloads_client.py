@@ -87,7 +87,8 @@ def test_sharded_client_matches_ids_and_ttft():
     assert all(r.send_s - r.intended_send_s < 0.1 for r in res.records)
 
 
-def test_selftest_small_error_at_low_load():
+def test_selftest_small_error_at_low_load(kernel_timestamps_on):
+    from infer_bench.backends.rawsock import kernel_ts_wanted
     from infer_bench.workloads.selftest import bottleneck_rate, run_selftest
 
     rows = run_selftest([10, 20], duration_s=0.5, min_requests=8, max_requests=20,
@@ -100,6 +101,9 @@ def test_selftest_small_error_at_low_load():
         # causality: the socket-read timestamps never precede the mock's send (beyond jitter)
         assert -1.0 < r["recv_delay_p50_ms"] < 5.0
         assert r["bottleneck"] in ("", "client", "mock")
+        # where the times came from: the kernel's receive timestamps wherever available
+        want = "kernel" if kernel_ts_wanted() else "user"
+        assert r["client_timestamps"] == want and r["mock_timestamps"] == want
     assert bottleneck_rate(rows) in (None, 10.0, 20.0)
 
 

@@ -30,7 +30,10 @@ whole chains. `intended_send_s` of a later turn is that derived time.
 Honesty about the client itself: a monitor coroutine measures event-loop lag (how late a 5 ms
 sleep wakes up) and every send records its lateness (actual - intended send time). `ClientHealth`
 reports both, the process CPU share, and `client_bound=True` when p99 lateness or p99 loop lag
-exceeds its threshold: then the numbers measure the client as much as the server.
+exceeds its threshold: then the numbers measure the client as much as the server. Where the
+chunk times came from is counted in `LoadResult.extra["timestamps"]` ({"kernel": n, "user": n,
+"mixed": n} requests; see backends/rawsock.py): with kernel receive times a stall of the client
+delays its reads but not its measurements (send lateness and loop lag still show the stall).
 
 Garbage collection is paused for the load point (`pause_gc`, default on: one collection
 before, automatic collection re-enabled after): a collector pause of several ms (measured up to
@@ -161,6 +164,7 @@ class LoadGenerator:
         self.records: list[RequestRecord] = []
         self._lateness: list[float] = []
         self._lags: list[float] = []
+        self._ts_sources: dict[str, int] = {}
         self._stop: asyncio.Event | None = None
         self._tasks: set[asyncio.Task] = set()
         self._sleeper: asyncio.Future | None = None
@@ -218,6 +222,9 @@ class LoadGenerator:
         raw: RawResult = await send_request(session, req, self.clock, wire=wire)
         if raw.send_s is not None:
             self._lateness.append(raw.send_s - intended_s)
+        src = getattr(raw, "timestamps", None)
+        if src is not None:
+            self._ts_sources[src] = self._ts_sources.get(src, 0) + 1
         rec = RequestRecord.from_raw(raw, deployment=self.deployment, load_point=self.load_point,
                                      intended_send_s=intended_s, max_tokens=req.max_tokens,
                                      conversation_id=req.conversation_id,
@@ -337,7 +344,8 @@ class LoadGenerator:
         return LoadResult(records=list(self.records), health=health, start_s=start_s,
                           end_s=end_s, cancelled=cancelled,
                           extra={"send_lateness_s": list(self._lateness),
-                                 "loop_lag_s": list(self._lags)})
+                                 "loop_lag_s": list(self._lags),
+                                 "timestamps": dict(self._ts_sources)})
 
     def _health(self, cpu_share: float | None) -> ClientHealth:
         return health_from(self._lateness, self._lags, cpu_share,

@@ -73,6 +73,7 @@ def _worker(conn, kw: dict) -> None:
             "records": [r.to_dict() for r in res.records],
             "lateness": res.extra.get("send_lateness_s", []),
             "lags": res.extra.get("loop_lag_s", []),
+            "timestamps": res.extra.get("timestamps", {}),
             "cpu_s": time.process_time() - cpu0,
             "start_s": res.start_s, "end_s": res.end_s, "cancelled": res.cancelled,
         }))
@@ -243,6 +244,10 @@ def run_sharded(
     lateness = [x for r in results for x in r["lateness"]]
     lags = [x for r in results for x in r["lags"]]
     cpu = sum(r["cpu_s"] for r in results)
+    sources: dict[str, int] = {}
+    for r in results:
+        for k, v in r.get("timestamps", {}).items():
+            sources[k] = sources.get(k, 0) + v
     health = health_from(lateness, lags, cpu / wall if wall > 0 else None,
                          lateness_threshold_s, loop_lag_threshold_s)
     if on_record is not None:
@@ -255,5 +260,5 @@ def run_sharded(
                       end_s=max(r["end_s"] for r in results),
                       cancelled=interrupted or any(r["cancelled"] for r in results),
                       extra={"workers": workers, "interrupted": interrupted, "send_lateness_s": lateness,
-                             "loop_lag_s": lags,
+                             "loop_lag_s": lags, "timestamps": sources,
                              "shard_cpu_s": [r["cpu_s"] for r in results]})

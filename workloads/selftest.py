@@ -9,23 +9,27 @@ Method: the mock runs in its own process (`python -m infer_bench.backends.mock_s
 loopback; or at `url` if given) so the client's event loop measures only itself. For each rate,
 `n = clamp(rate * duration_s, min_requests, max_requests)` requests go out with Poisson
 arrivals (seeded) through `LoadGenerator` (or `multiproc.run_sharded` with workers > 1). The
-mock logs, per request, when its handler received it and when each chunk left (perf_counter =
-CLOCK_MONOTONIC, the same clock as the client's run clock in any process on the host). Then per
-request:
+mock logs, per request, when the request arrived (the kernel's receive time on Linux, else
+when its read returned) and when each chunk left (perf_counter = CLOCK_MONOTONIC, the same clock
+as the client's run clock in any process on the host). Then per request:
 - TTFT error = measured TTFT - true TTFT, true TTFT = mock first chunk sent - mock received
-  (what a perfect client with zero overhead would report). It splits into
-  send overhead (mock received - client send timestamp: request building, connection, write,
-  loopback, server parse) and receive delay (client's first-chunk time - mock's send time);
+  (what a perfect client with zero overhead would report). It splits into send overhead (mock
+  received - client send timestamp: the write and loopback, plus the server's read and parse
+  without kernel timestamps) and receive delay (client's first-chunk time - mock's send time;
+  slightly negative with kernel timestamps, taken while the mock's send call runs);
 - ITL error, per token: for each chunk after the first, measured gap / the client's token count
   of the chunk - true gap / the mock's token count (a client that miscounts tokens shows here).
 Row columns (ms unless named otherwise): rate_rps, n, n_ok, achieved_rps, ttft_err_p50_ms,
 ttft_err_p99_ms, itl_err_p50_ms, itl_err_p99_ms, itl_p50_ms and itl_true_p50_ms (median
 per-token ITL as measured, and as the mock's log says), send_overhead_p50_ms, recv_delay_p50_ms,
 recv_delay_p99_ms, send_lateness_p99_ms, loop_lag_p99_ms, mock_lateness_p99_ms,
-client_cpu_share, client_bound (the load generator's own flag), bottleneck ("" | "client" |
-"mock"). "client" when client_bound is set or the p50 TTFT error exceeds `err_threshold_s`;
-"mock" when the mock itself sent chunks later than scheduled (p99 > err_threshold_s) and the
-client was not flagged. `bottleneck_rate(rows)` is the first rate flagged "client".
+client_cpu_share, client_bound (the load generator's own flag), client_timestamps and
+mock_timestamps (where the chunk read times and the mock's received times came from: "kernel"
+receive timestamps, "user" clock reads, or e.g. "mixed (98% kernel)"; see
+backends/rawsock.py), bottleneck ("" | "client" | "mock"). "client" when client_bound is set
+or the p50 TTFT error exceeds `err_threshold_s`; "mock" when the mock itself sent chunks later
+than scheduled (p99 > err_threshold_s) and the client was not flagged. `bottleneck_rate(rows)`
+is the first rate flagged "client".
 """
 
 from __future__ import annotations
@@ -79,6 +83,9 @@ class MockProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
     def __enter__(self) -> "MockProcess":
         return self
@@ -135,6 +142,18 @@ def compare_with_log(records, log: list[dict], clock: RunClock) -> dict[str, lis
     return out
 
 
+def timestamp_summary(counts: dict[str, int]) -> str | None:
+    """{"kernel": n, "user": m, "mixed": k} -> "kernel" | "user" | "mixed (97% kernel)" (share of
+    requests whose times all came from the kernel); None when empty."""
+    total = sum(counts.values())
+    if not total:
+        return None
+    for src in ("kernel", "user"):
+        if counts.get(src, 0) == total:
+            return src
+    return f"mixed ({counts.get('kernel', 0) / total:.0%} kernel)"
+
+
 def _requests(n: int, rate: float, output_tokens: int, endpoint: str) -> list[PreparedRequest]:
     tag = f"st{rate:g}"
     return [PreparedRequest(f"{tag}-{i:05d}", "hello mock server", max_tokens=output_tokens,
@@ -187,6 +206,10 @@ def run_selftest(
             h = res.health
             ok = [r for r in res.records if r.ok]
             sends = sorted(r.send_s for r in res.records if r.send_s is not None)
+            mock_src: dict[str, int] = {}
+            for e in log:
+                src = e.get("received_ts", "user")
+                mock_src[src] = mock_src.get(src, 0) + 1
             row = {
                 "rate_rps": rate, "n": n, "n_ok": len(ok),
                 "achieved_rps": ((len(sends) - 1) / (sends[-1] - sends[0])
@@ -205,6 +228,8 @@ def run_selftest(
                 "mock_lateness_p99_ms": _ms(_pct(err["mock_lateness"], 99)),
                 "client_cpu_share": h.cpu_share,
                 "client_bound": bool(h.client_bound),
+                "client_timestamps": timestamp_summary(res.extra.get("timestamps", {})),
+                "mock_timestamps": timestamp_summary(mock_src),
                 "workers": workers,
             }
             p50 = row["ttft_err_p50_ms"]
