@@ -213,17 +213,20 @@ int paged_decode(const float *q, const float *k, const float *v, float *out,
     if (n_threads > MAX_THREADS) n_threads = MAX_THREADS;
     if (n_threads > n_items) n_threads = (int)n_items;
 
+    /* a thread costs ~20-50 us to start: give each at least ~8k (token, kv head) pairs of work */
+    int64_t work = 0;
+    for (int b = 0; b < n_seqs; b++) work += (int64_t)ctx_lens[b] * n_kv_heads;
+    if (n_threads > work / 8192 + 1) n_threads = (int)(work / 8192 + 1);
+
     job_t jobs[MAX_THREADS];
     const job_t base = {q, k, v, out, tables, ctx_lens, q_stride, head_stride, n_heads, n_kv_heads,
                         head_dim, block_size, max_blocks, scale, 0, 0, 0};
     /* contiguous item ranges of about equal total context length (the cost of an item) */
-    int64_t total = 0;
-    for (int b = 0; b < n_seqs; b++) total += (int64_t)ctx_lens[b] * n_kv_heads;
     int64_t it = 0, done = 0;
     for (int t = 0; t < n_threads; t++) {
         jobs[t] = base;
         jobs[t].item_begin = it;
-        const int64_t target = total * (t + 1) / n_threads;
+        const int64_t target = work * (t + 1) / n_threads;
         while (it < n_items && (t == n_threads - 1 || done + ctx_lens[it / n_kv_heads] / 2 < target)) {
             done += ctx_lens[it / n_kv_heads];
             it++;
