@@ -137,13 +137,15 @@ class RawTransport:
                 self.kernel_ts = True
             except OSError:
                 pass
-        loop.add_reader(self._fd, self._read_ts if self.kernel_ts else self._read_plain)
+        loop.add_reader(self._fd, self._read)
         protocol.connection_made(self)
 
     # ------------------------------------------------------------ reading
-    def _read_ts(self) -> None:
+    def _read(self) -> None:
+        """One read; its time is the kernel's when the socket stamps (SO_TIMESTAMPNS set and a
+        cmsg came), else perf_counter_ns right after the read."""
         try:
-            n, anc, _, _ = self._sock.recvmsg_into((self._view,), _ANC_SIZE)
+            n, anc, _, _ = self._sock.recvmsg_into((self._view,), _ANC_SIZE if self.kernel_ts else 0)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -159,20 +161,6 @@ class RawTransport:
             self._protocol.data_at(t if t < now else now, bytes(self._view[:n]), True)
         else:
             self._protocol.data_at(now, bytes(self._view[:n]), False)
-
-    def _read_plain(self) -> None:
-        try:
-            n = self._sock.recv_into(self._view)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            self._fatal(e)
-            return
-        now = _perf()
-        if not n:
-            self._eof()
-            return
-        self._protocol.data_at(now, bytes(self._view[:n]), False)
 
     def _eof(self) -> None:
         """The peer closed its side: close ours once pending writes are out."""
