@@ -208,11 +208,11 @@ class PagedAttention:
         48-1280, 2 threads): 5.4 ms per layer vs 12.5 ms for one padded batch gathered into a
         scratch buffer (the copy and the padding were most of that step's time).
         """
+        if self.native_decode is not None:
+            return self._decode_native(q, layer_idx)
         c = self.cache
         b, h, d = q.shape
         hkv = c.n_kv_heads
-        if self.native_decode is not None:
-            return self._decode_native(q, layer_idx)
         g = h // hkv
         k_pool, v_pool = c.kv[layer_idx, 0], c.kv[layer_idx, 1]   # [Hkv, S, D]
         same = k_pool.dtype == q.dtype

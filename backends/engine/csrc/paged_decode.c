@@ -123,10 +123,19 @@ static inline void prefetch_block(const float *p, int n) {
     for (int i = 0; i < n; i += 64 / sizeof(float)) __builtin_prefetch(p + i, 0, 3);
 }
 
+/* The vectors of block i of a sequence (table) in one head's pool (base); prefetches block i + 1
+ * when it is not the next block in the pool. Shared by the K and the V pass. */
+static inline const float *block_at(const float *base, const int32_t *table, int i, int n_blocks,
+                                    int bs, int d) {
+    if (i + 1 < n_blocks && table[i + 1] != table[i] + 1)
+        prefetch_block(base + ((int64_t)table[i + 1] * bs) * d, bs * d);
+    return base + ((int64_t)table[i] * bs) * d;
+}
+
 static void attend_item(const job_t *j, int64_t item, float *scores, float *acc) {
     const int b = (int)(item / j->n_kv_heads), kh = (int)(item % j->n_kv_heads);
     const int g = j->n_heads / j->n_kv_heads, d = j->head_dim, bs = j->block_size;
-    const int len = j->ctx_lens[b];
+    const int len = j->ctx_lens[b], n_blocks = (len + bs - 1) / bs;
     const int32_t *table = j->tables + (int64_t)b * j->max_blocks;
     const float *q = j->q + (int64_t)b * j->q_stride + (int64_t)kh * g * d;
     const float *kbase = j->k + (int64_t)kh * j->head_stride;
@@ -136,9 +145,7 @@ static void attend_item(const job_t *j, int64_t item, float *scores, float *acc)
     /* scores[r * len + t] = scale * q_r . k_t */
     for (int t0 = 0; t0 < len; t0 += bs) {
         const int n = len - t0 < bs ? len - t0 : bs;
-        const float *kb = kbase + ((int64_t)table[t0 / bs] * bs) * d;
-        if (t0 + bs < len && table[t0 / bs + 1] != table[t0 / bs] + 1)
-            prefetch_block(kbase + ((int64_t)table[t0 / bs + 1] * bs) * d, bs * d);
+        const float *kb = block_at(kbase, table, t0 / bs, n_blocks, bs, d);
         for (int r = 0; r < g; r++) {
             float *sr = scores + (int64_t)r * len + t0;
             if (d % VL == 0) block_dots_v(q + (int64_t)r * d, kb, n, d, j->scale, sr);
@@ -162,9 +169,7 @@ static void attend_item(const job_t *j, int64_t item, float *scores, float *acc)
     memset(acc, 0, sizeof(float) * (size_t)g * d);
     for (int t0 = 0; t0 < len; t0 += bs) {
         const int n = len - t0 < bs ? len - t0 : bs;
-        const float *vb = vbase + ((int64_t)table[t0 / bs] * bs) * d;
-        if (t0 + bs < len && table[t0 / bs + 1] != table[t0 / bs] + 1)
-            prefetch_block(vbase + ((int64_t)table[t0 / bs + 1] * bs) * d, bs * d);
+        const float *vb = block_at(vbase, table, t0 / bs, n_blocks, bs, d);
         for (int r = 0; r < g; r++) {
             const float *p = scores + (int64_t)r * len + t0;
             if (d % VL == 0) block_axpy_v(p, vb, n, d, acc + (int64_t)r * d);
