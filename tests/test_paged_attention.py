@@ -17,13 +17,15 @@ torch.set_num_threads(1)
 
 @pytest.fixture(params=["native", "torch"], autouse=True)
 def decode_path(request, monkeypatch):
-    """Every test runs on both decode paths: the fused C kernel and the PyTorch fallback."""
+    """Every test runs on both attention paths: the C kernels (decode and prefill) and the
+    PyTorch fallback."""
     if request.param == "torch":
         monkeypatch.setattr(paged_attention.native, "paged_decode_kernel", lambda: None)
-    elif native.paged_decode_kernel() is None:
+        monkeypatch.setattr(paged_attention.native, "paged_prefill_kernel", lambda: None)
+    elif native.paged_decode_kernel() is None or native.paged_prefill_kernel() is None:
         if shutil.which("cc") or shutil.which("gcc"):
-            pytest.fail("a C compiler is here but the native decode kernel did not build")
-        pytest.skip("no C compiler: the native decode kernel is not built")
+            pytest.fail("a C compiler is here but the native attention kernels did not build")
+        pytest.skip("no C compiler: the native attention kernels are not built")
     return request.param
 
 
@@ -203,3 +205,51 @@ def test_decode_kernel_ragged_against_dense(n_heads, n_kv, head_dim, threads, de
         torch.set_num_threads(1)
     for i, x in enumerate(data):
         torch.testing.assert_close(out[i].double(), last_row_attention(*x), atol=1e-5, rtol=1e-5)
+
+
+def chunk_attention(q, k, v, start):
+    """Rows of q at absolute positions start.. over keys k/v [ctx, Hkv, D], causal, float64."""
+    h, hkv = q.shape[1], k.shape[1]
+    k = k.double().repeat_interleave(h // hkv, dim=1).transpose(0, 1)   # [H, ctx, D]
+    v = v.double().repeat_interleave(h // hkv, dim=1).transpose(0, 1)
+    s = q.double().transpose(0, 1) @ k.transpose(1, 2) / q.shape[-1] ** 0.5   # [H, Tq, ctx]
+    pos = torch.arange(start, start + q.shape[0]).unsqueeze(1)
+    s = s.masked_fill(torch.arange(k.shape[1]).unsqueeze(0) > pos, float("-inf"))
+    return (s.softmax(-1) @ v).transpose(0, 1)
+
+
+@pytest.mark.parametrize("n_heads,n_kv,head_dim", [(4, 4, 8), (9, 3, 64), (8, 1, 80), (6, 2, 12), (16, 2, 128)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_prefill_kernel_ragged_against_dense(n_heads, n_kv, head_dim, threads, decode_path):
+    """One step mixing whole prompts (1 row up to 700), prompt chunks after earlier context (the
+    chunk and the context not multiples of the kernel's 16-row tiles or 64-key chunks) and decode
+    rows, over shuffled block tables, on 1-3 threads, GQA groups of 1-8; head dim 12 is not a
+    multiple of 8 and takes the PyTorch path even when the kernel is there."""
+    g = torch.Generator().manual_seed(head_dim * 10 + threads)
+    bs = 16
+    # (earlier context already in the pool, rows of this step)
+    shapes = [(0, 700), (0, 2), (130, 77), (5, 1), (0, 16), (1000, 49), (64, 64), (33, 1)]
+    lens = [a + b for a, b in shapes]
+    total = sum(-(-n // bs) for n in lens) + 2
+    cache = KVCache(1, total, bs, n_kv, head_dim)
+    free = list(range(total))
+    random.Random(threads).shuffle(free)
+    tables = [[free.pop() for _ in range(-(-n // bs))] for n in lens]
+    data = [(torch.randn(n, n_heads, head_dim, generator=g), torch.randn(n, n_kv, head_dim, generator=g),
+             torch.randn(n, n_kv, head_dim, generator=g)) for n in lens]
+    for (start, _), t, (_, k, v) in zip(shapes, tables, data):   # earlier context straight to the pool
+        slots = torch.tensor([t[i // bs] * bs + i % bs for i in range(start)], dtype=torch.long)
+        cache.kv[0, 0].index_copy_(1, slots, k[:start].transpose(0, 1))
+        cache.kv[0, 1].index_copy_(1, slots, v[:start].transpose(0, 1))
+    torch.set_num_threads(threads)
+    try:
+        attn = PagedAttention(cache, [SeqSlice(b, a + b, t) for (a, b), t in zip(shapes, tables)])
+        assert (attn.native_prefill is not None) == (decode_path == "native" and head_dim % 8 == 0)
+        out = attn.attend(0, *(torch.cat([x[j][a:] for x, (a, _) in zip(data, shapes)]) for j in range(3)))
+    finally:
+        torch.set_num_threads(1)
+    r = 0
+    for (start, rows), x in zip(shapes, data):
+        ref = chunk_attention(x[0][start:], x[1], x[2], start)
+        torch.testing.assert_close(out[r:r + rows].double(), ref, atol=2e-5, rtol=2e-5)
+        r += rows

@@ -2,17 +2,20 @@
 with ctypes.
 
 Data flow: `paged_attention.PagedAttention` asks `paged_decode_kernel()` for the fused paged
-decode-attention kernel (csrc/paged_decode.c) when a step has float32 decode rows on the CPU.
-The first call compiles the C file with `$CC` (default `cc`) at -O3 for this machine's CPU
+decode-attention kernel (csrc/paged_decode.c) when a step has float32 decode rows on the CPU, and
+`paged_prefill_kernel()` for the prompt-attention kernel (csrc/paged_prefill.c) when it has
+prefill rows. The first call of each compiles its C file with `$CC` (default `cc`) at -O3 for this machine's CPU
 (-march=native) into the cache ($INFER_BENCH_CACHE/native/<hash of source, compiler, flags and
 CPU>/), once per machine; later calls and processes load the cached library. Compilation takes
 about a second and is done under a file lock, so concurrent processes (disaggregated workers,
-parallel tests) compile it once.
+parallel tests) compile it once. The kernels run their threads in torch's own OpenMP team
+(csrc/parallel.h): they are built with -fopenmp and linked against the runtime torch loaded; where
+that build fails they are built without OpenMP and run on the calling thread.
 
 When there is no compiler, compilation fails, or INFER_BENCH_NATIVE=0, it returns None (with one
 warning) and the engine uses its pure-PyTorch decode path: same results, slower with many
-sequences. Why C and not a torch extension: this file has no torch headers to compile against
-(seconds, not a minute), and POSIX threads instead of a second OpenMP runtime beside torch's.
+sequences. Why C and not a torch extension: no torch headers to compile against (seconds, not
+a minute), and the same results with or without the optional pieces.
 """
 
 from __future__ import annotations
@@ -66,6 +69,44 @@ def _compiler_id(cc: str) -> str:
         return cc
 
 
+def openmp_runtime() -> Path | None:
+    """The OpenMP runtime library torch loaded into this process (GNU libgomp, LLVM libomp or
+    Intel libiomp5; all three serve the GOMP entry points GCC's -fopenmp code calls), from
+    /proc/self/maps; None when there is none (or no /proc)."""
+    import torch  # noqa: F401  (loads the runtime)
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/" in line}
+    except OSError:
+        return None
+    for prefix in ("libgomp", "libomp", "libiomp5"):
+        for path in sorted(paths):
+            name = Path(path).name
+            if name.startswith(prefix) and ".so" in name:
+                return Path(path)
+    return None
+
+
+def _compile_and_link(cc: str, src: Path, lib: Path, omp: Path | None) -> None:
+    tmp = lib.with_name(f".{lib.stem}.{os.getpid()}.so")
+    obj = tmp.with_suffix(".o")
+    cflags = CFLAGS + (["-fopenmp"] if omp else [])
+    # linked against torch's runtime by path: the library asks for the same name (its soname), so
+    # the loader hands it the copy already in the process (one runtime, one thread team)
+    link = [str(omp), f"-Wl,-rpath,{omp.parent}"] if omp else []
+    try:
+        for cmd in ([cc, *cflags, "-c", str(src), "-o", str(obj)],
+                    [cc, *LDFLAGS, str(obj), "-o", str(tmp), *link, *LIBS]):
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                raise RuntimeError(f"{Path(cc).name} failed: {(r.stderr or r.stdout).strip()[:500]}")
+        os.replace(tmp, lib)
+    finally:
+        obj.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
 def _build(name: str) -> Path:
     from .model_store import cache_root
 
@@ -73,8 +114,11 @@ def _build(name: str) -> Path:
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         raise RuntimeError("no C compiler found (set CC)")
-    key = hashlib.sha256("\0".join([src.read_text(), cc, _compiler_id(cc), " ".join(CFLAGS + LDFLAGS + LIBS),
-                                    _cpu_tag(), sys.platform]).encode()).hexdigest()[:16]
+    omp = openmp_runtime()
+    headers = "".join(h.read_text() for h in sorted(CSRC.glob("*.h")))
+    key = hashlib.sha256("\0".join([src.read_text(), headers, cc, _compiler_id(cc),
+                                    " ".join(CFLAGS + LDFLAGS + LIBS), str(omp), _cpu_tag(),
+                                    sys.platform]).encode()).hexdigest()[:16]
     out_dir = cache_root() / "native" / key
     lib = out_dir / f"{name}.so"
     if lib.exists():
@@ -84,18 +128,13 @@ def _build(name: str) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if lib.exists():  # another process built it while we waited
             return lib
-        tmp = out_dir / f".{name}.{os.getpid()}.so"
-        obj = tmp.with_suffix(".o")
         try:
-            for cmd in ([cc, *CFLAGS, "-c", str(src), "-o", str(obj)],
-                        [cc, *LDFLAGS, str(obj), "-o", str(tmp), *LIBS]):
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-                if r.returncode != 0:
-                    raise RuntimeError(f"{Path(cc).name} failed: {(r.stderr or r.stdout).strip()[:500]}")
-            os.replace(tmp, lib)
-        finally:
-            obj.unlink(missing_ok=True)
-            tmp.unlink(missing_ok=True)
+            _compile_and_link(cc, src, lib, omp)
+        except RuntimeError as e:
+            if omp is None:
+                raise
+            log.info("native kernel %s: no OpenMP build (%s); building it single-threaded", name, e)
+            _compile_and_link(cc, src, lib, None)
     return lib
 
 
@@ -114,14 +153,28 @@ def load(name: str) -> ctypes.CDLL | None:
         return lib
 
 
-def paged_decode_kernel():
-    """csrc/paged_decode.c's paged_decode with its C signature set, or None."""
-    lib = load("paged_decode")
+def _kernel(name: str, argtypes: list):
+    """csrc/<name>.c's function <name> with its C signature set (returns int), or None."""
+    lib = load(name)
     if lib is None:
         return None
-    fn = lib.paged_decode
+    fn = getattr(lib, name)
     if fn.argtypes is None:
-        p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-        fn.argtypes = [p, p, p, p, p, p, i32, i32, i64, i64, i32, i32, i32, i32, ctypes.c_float, i32]
+        fn.argtypes = argtypes
         fn.restype = ctypes.c_int
     return fn
+
+
+_P, _I32, _I64, _F32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+
+
+def paged_decode_kernel():
+    """csrc/paged_decode.c's paged_decode, or None."""
+    return _kernel("paged_decode", [_P, _P, _P, _P, _P, _P, _I32, _I32, _I64, _I64, _I32, _I32, _I32, _I32,
+                                    _F32, _I32])
+
+
+def paged_prefill_kernel():
+    """csrc/paged_prefill.c's paged_prefill, or None."""
+    return _kernel("paged_prefill", [_P, _P, _P, _P, _P, _P, _P, _P, _I32, _I32, _I64, _I64, _I64, _I32, _I32,
+                                     _I32, _I32, _F32, _I32])

@@ -6,9 +6,13 @@ num_blocks * block_size, head_dim]; a "slot" is block_id * block_size + offset. 
 and block table of each, in the order of the flattened batch) and passes it to the model as `attn`.
 `attend(layer, q, k, v)`:
   1. writes the step's k/v into the pool at the step's slot mapping;
-  2. prefill rows (a whole prompt, or a chunk after earlier context): per sequence, torch SDPA of
-     its query rows against its context (causal; offset by the earlier context when there is
-     some; a fresh prompt uses the step's own k/v and no gather);
+  2. prefill rows (a whole prompt, or a chunk after earlier context), float32 on the CPU: one call
+     per layer of the C kernel csrc/paged_prefill.c for all prefill sequences (flash-attention
+     style tiles; keys and values read in place through the block tables; GQA without repeating
+     k/v; causal with the chunk's offset). Measured (bench/paged_prefill.py, 512-token prompt,
+     SmolLM2 shapes, 2 threads): 3.3 ms per layer vs 9.9 ms for the PyTorch path below. Elsewhere, per sequence, torch SDPA
+     of its query rows against its context (a fresh prompt uses the step's own k/v and no
+     gather; a chunk after earlier context gathers it and passes a mask);
   3. decode rows (one query token each), float32 on the CPU: one call per layer of the fused C
      kernel csrc/paged_decode.c (native.py builds it once per machine) for all sequences: it
      reads every sequence's blocks in place through its block table, GQA without repeating k/v.
@@ -93,6 +97,11 @@ class PagedAttention:
         dev = cache.kv.device
         bs = cache.block_size
         self.num_tokens = sum(s.query_len for s in seqs)
+        native_ok = dev.type == "cpu" and cache.kv.dtype == torch.float32 and cache.kv.is_contiguous()
+        self.native_prefill = None
+        if native_ok and cache.head_dim % 8 == 0 and any(s.query_len > 1 for s in seqs):
+            self.native_prefill = native.paged_prefill_kernel()
+        pf_rows, pf_seqs = [], []
         slots: list[int] = []
         # prefill: (row start, row end, context slots or None, mask or None)
         self.prefills: list[tuple[int, int, torch.Tensor | None, torch.Tensor | None]] = []
@@ -106,6 +115,11 @@ class PagedAttention:
                 slots.append(table[p // bs] * bs + p % bs)
                 decode_rows.append(row)
                 decode_seqs.append(s)
+            elif self.native_prefill is not None:
+                # the kernel reads the context through the block table: only the new rows' slots
+                slots.extend(table[p // bs] * bs + p % bs for p in range(start, s.context_len))
+                pf_rows.append(row)
+                pf_seqs.append(s)
             else:
                 t = torch.tensor(table[:-(-s.context_len // bs)], dtype=torch.long)
                 ctx = torch.arange(s.context_len)
@@ -119,6 +133,13 @@ class PagedAttention:
                     self.prefills.append((row, row + s.query_len, ctx_slots.to(dev), mask.to(dev)))
             row += s.query_len
         self.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
+        if pf_seqs:
+            nblk = [-(-s.context_len // bs) for s in pf_seqs]
+            width = max(nblk)
+            self.prefill_tables = torch.tensor([s.block_table[:m] + [0] * (width - m)
+                                                for s, m in zip(pf_seqs, nblk)], dtype=torch.int32)
+            self.prefill_meta = torch.tensor([pf_rows, [s.query_len for s in pf_seqs],
+                                              [s.context_len for s in pf_seqs]], dtype=torch.int32)
 
         self.decode_rows: torch.Tensor | slice | None = None
         self.native_decode = None
@@ -129,7 +150,7 @@ class PagedAttention:
                 self.decode_rows = slice(decode_rows[0], decode_rows[0] + n)
             else:
                 self.decode_rows = torch.tensor(decode_rows, device=dev)
-            if dev.type == "cpu" and cache.kv.dtype == torch.float32 and cache.kv.is_contiguous():
+            if native_ok:
                 self.native_decode = native.paged_decode_kernel()
         if self.native_decode is not None:
             # the fused kernel reads every sequence's blocks in place through its table
@@ -172,8 +193,13 @@ class PagedAttention:
         k_pool, v_pool = self.cache.kv[layer_idx, 0], self.cache.kv[layer_idx, 1]   # [Hkv, S, D]
         k_pool.index_copy_(1, self.slot_mapping, k.transpose(0, 1).to(k_pool.dtype))
         v_pool.index_copy_(1, self.slot_mapping, v.transpose(0, 1).to(v_pool.dtype))
-        if not self.prefills and self.decode_rows is not None:  # decode-only step: no scatter copy
-            return self._decode(q, layer_idx)
+        if self.native_prefill is None and not self.prefills and self.decode_rows is not None:
+            return self._decode(q, layer_idx)  # decode-only step: no scatter copy
+        if self.native_prefill is not None:
+            out = self._prefill_native(q, layer_idx)
+            if self.decode_rows is not None:
+                out[self.decode_rows] = self._decode(q[self.decode_rows], layer_idx)
+            return out
         gqa = q.shape[1] != k.shape[1]
         rep = q.shape[1] // k.shape[1]
         out = torch.empty_like(q)
@@ -251,6 +277,26 @@ class PagedAttention:
                     lse = torch.logaddexp(lse, lse_j)
             outs.append(o)
         return torch.cat(outs).reshape(b, h, d)
+
+    def _prefill_native(self, q: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        """The prompt-attention kernel (csrc/paged_prefill.c): one call for every prefill sequence
+        of the layer, keys and values read from the pool through the block tables (this step's
+        k/v are already written there) -> [T, H, D] with the prefill rows filled."""
+        c = self.cache
+        t, h, d = q.shape
+        if q.dtype != torch.float32 or q.stride(2) != 1 or q.stride(1) != d:
+            q = q.float().contiguous()
+        k_pool, v_pool = c.kv[layer_idx, 0], c.kv[layer_idx, 1]
+        out = torch.empty(t, h, d, dtype=torch.float32)
+        meta = self.prefill_meta
+        rc = self.native_prefill(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), out.data_ptr(),
+                                 self.prefill_tables.data_ptr(), meta[0].data_ptr(), meta[1].data_ptr(),
+                                 meta[2].data_ptr(), meta.shape[1], self.prefill_tables.shape[1], q.stride(0),
+                                 out.stride(0), k_pool.stride(0), h, c.n_kv_heads, d, c.block_size, d ** -0.5,
+                                 torch.get_num_threads())
+        if rc != 0:
+            raise RuntimeError(f"paged_prefill kernel failed (code {rc})")
+        return out
 
     def _decode_native(self, q: torch.Tensor, layer_idx: int) -> torch.Tensor:
         """The fused kernel (csrc/paged_decode.c): one call for all sequences of the layer, on

@@ -10,16 +10,17 @@
  * heads contiguous). GQA: the g = n_heads / n_kv_heads query heads of a kv head are computed
  * together, so each key and value vector is read once for all g of them.
  *
- * Work item = (sequence, kv head). Items are split over n_threads POSIX threads (the caller is
- * one of them) in contiguous ranges of equal total context length. Per item: scores = q.k * scale
+ * Work item = (sequence, kv head). Items are split over n_threads threads of torch's OpenMP team
+ * (parallel.h) in contiguous ranges of equal total context length. Per item: scores = q.k * scale
  * for the whole context (one pass over K), exact softmax (max, exp, sum), out = p.V (one pass
  * over V), in float32 throughout.
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "parallel.h"
 
 typedef struct {
     const float *q;
@@ -180,8 +181,8 @@ static void attend_item(const job_t *j, int64_t item, float *scores, float *acc)
         for (int i = 0; i < d; i++) out[(int64_t)r * d + i] = acc[(int64_t)r * d + i] * inv_sum[r];
 }
 
-static void *run_job(void *arg) {
-    job_t *j = (job_t *)arg;
+static void run_job(void *arg, int t) {
+    job_t *j = (job_t *)arg + t;
     const int g = j->n_heads / j->n_kv_heads;
     int max_len = 1;
     for (int64_t it = j->item_begin; it < j->item_end; it++) {
@@ -191,18 +192,17 @@ static void *run_job(void *arg) {
     float *scores = (float *)malloc(sizeof(float) * ((size_t)g * max_len + (size_t)g * j->head_dim));
     if (!scores) {
         j->status = -1;
-        return NULL;
+        return;
     }
     float *acc = scores + (size_t)g * max_len;
     for (int64_t it = j->item_begin; it < j->item_end; it++) attend_item(j, it, scores, acc);
     free(scores);
     j->status = 0;
-    return NULL;
 }
 
 #define MAX_THREADS 64
 
-/* Returns 0 on success, -1 on bad arguments, -2 when memory or threads were not available. */
+/* Returns 0 on success, -1 on bad arguments, -2 when memory was not available. */
 int paged_decode(const float *q, const float *k, const float *v, float *out,
                  const int32_t *tables, const int32_t *ctx_lens, int n_seqs, int max_blocks,
                  int64_t q_stride, int64_t head_stride, int n_heads, int n_kv_heads, int head_dim,
@@ -218,7 +218,7 @@ int paged_decode(const float *q, const float *k, const float *v, float *out,
     if (n_threads > MAX_THREADS) n_threads = MAX_THREADS;
     if (n_threads > n_items) n_threads = (int)n_items;
 
-    /* a thread costs ~20-50 us to start: give each at least ~8k (token, kv head) pairs of work */
+    /* a thread joins in a few us, but give each at least ~8k (token, kv head) pairs of work */
     int64_t work = 0;
     for (int b = 0; b < n_seqs; b++) work += (int64_t)ctx_lens[b] * n_kv_heads;
     if (n_threads > work / 8192 + 1) n_threads = (int)(work / 8192 + 1);
@@ -238,18 +238,9 @@ int paged_decode(const float *q, const float *k, const float *v, float *out,
         }
         jobs[t].item_end = it;
     }
-    pthread_t threads[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int t = 1; t < n_threads; t++) {
-        if (jobs[t].item_begin == jobs[t].item_end) continue;
-        started[t] = pthread_create(&threads[t], NULL, run_job, &jobs[t]) == 0;
-        if (!started[t]) run_job(&jobs[t]);  /* no thread: do it here */
-    }
-    run_job(&jobs[0]);
-    int status = jobs[0].status;
-    for (int t = 1; t < n_threads; t++) {
-        if (started[t]) pthread_join(threads[t], NULL);
+    run_jobs(run_job, jobs, n_threads);
+    int status = 0;
+    for (int t = 0; t < n_threads; t++)
         if (jobs[t].item_begin != jobs[t].item_end && jobs[t].status) status = -2;
-    }
     return status ? -2 : 0;
 }
