@@ -82,3 +82,47 @@ def test_engine_runs_without_the_kernel(fresh, monkeypatch):
     ref = torch.softmax(q[0, :, None] @ keys.transpose(1, 2) / 8 ** 0.5, -1) @ vals
     torch.testing.assert_close(out[0], ref[:, 0], atol=1e-5, rtol=1e-5)
     assert paged_attention.native is native
+
+
+def _omp_libraries_mapped() -> set[str]:
+    with open("/proc/self/maps") as f:
+        return {line.split()[-1] for line in f
+                if "/" in line and any(n in line.split()[-1].rsplit("/", 1)[-1] for n in ("libgomp", "libiomp5", "libomp"))}
+
+
+@needs_cc
+@pytest.mark.skipif(native.openmp_runtime() is None, reason="torch loaded no OpenMP runtime here")
+def test_kernels_share_torchs_openmp_runtime(fresh):
+    """The kernels are linked against the runtime torch loaded: after loading them the process
+    still maps exactly one OpenMP library (a second runtime would start its own spinning threads)."""
+    before = _omp_libraries_mapped()
+    assert native.paged_prefill_kernel() is not None and native.paged_decode_kernel() is not None
+    assert native.load("fused_ops") is not None
+    assert _omp_libraries_mapped() == before and len(before) == 1
+
+
+@needs_cc
+def test_without_openmp_the_kernels_run_on_one_thread(fresh, monkeypatch, caplog):
+    """An OpenMP link that fails (here: a runtime path that does not exist) is retried without
+    OpenMP; the kernel then runs its work on the calling thread, with the same results."""
+    monkeypatch.setattr(native, "openmp_runtime", lambda: fresh / "no" / "libgomp.so.1")
+    with caplog.at_level("INFO"):
+        fn = native.paged_decode_kernel()
+    assert fn is not None and "single-threaded" in caplog.text
+    g = torch.Generator().manual_seed(0)
+    cache = KVCache(1, 600, 16, 2, 64)
+    cache.kv.normal_(generator=g)
+    seqs = [SeqSlice(1, n, list(range(i * 150, i * 150 + 150))) for i, n in enumerate((2400, 17, 1000, 1))]
+    q = torch.randn(4, 4, 64, generator=g)
+    torch.set_num_threads(2)
+    try:
+        k, v = (cache.kv[0, j, :, :4].transpose(0, 1).clone() for j in (0, 1))
+        out = PagedAttention(cache, seqs).attend(0, q, k, v)
+    finally:
+        torch.set_num_threads(1)
+    for i, s in enumerate(seqs):
+        slots = torch.tensor([b * 16 + o for b in s.block_table for o in range(16)][:s.context_len])
+        keys = cache.kv[0, 0][:, slots].repeat_interleave(2, 0)
+        vals = cache.kv[0, 1][:, slots].repeat_interleave(2, 0)
+        ref = torch.softmax(q[i, :, None] @ keys.transpose(1, 2) / 8, -1) @ vals
+        torch.testing.assert_close(out[i], ref[:, 0], atol=1e-5, rtol=1e-5)
