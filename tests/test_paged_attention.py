@@ -176,6 +176,25 @@ def last_row_attention(q, k, v):
     return (torch.softmax(ql @ k.transpose(1, 2) / q.shape[-1] ** 0.5, -1) @ v)[:, 0]
 
 
+def ragged_pool(n_heads, n_kv, head_dim, bs, lens, in_pool, seed):
+    """A one-layer pool with a shuffled block table per sequence (lengths `lens`), random q/k/v
+    for every position, and the first in_pool[i] positions' k/v already written to the pool (the
+    earlier context). -> (cache, tables, [(q, k, v) per sequence])."""
+    g = torch.Generator().manual_seed(head_dim * 10 + seed)
+    total = sum(-(-n // bs) for n in lens) + 2
+    cache = KVCache(1, total, bs, n_kv, head_dim)
+    free = list(range(total))
+    random.Random(seed).shuffle(free)
+    tables = [[free.pop() for _ in range(-(-n // bs))] for n in lens]
+    data = [(torch.randn(n, n_heads, head_dim, generator=g), torch.randn(n, n_kv, head_dim, generator=g),
+             torch.randn(n, n_kv, head_dim, generator=g)) for n in lens]
+    for start, t, (_, k, v) in zip(in_pool, tables, data):
+        slots = torch.tensor([t[i // bs] * bs + i % bs for i in range(start)], dtype=torch.long)
+        cache.kv[0, 0].index_copy_(1, slots, k[:start].transpose(0, 1))
+        cache.kv[0, 1].index_copy_(1, slots, v[:start].transpose(0, 1))
+    return cache, tables, data
+
+
 @pytest.mark.parametrize("n_heads,n_kv,head_dim", [(4, 4, 8), (6, 2, 64), (8, 1, 80), (9, 3, 12), (16, 2, 128)])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_decode_kernel_ragged_against_dense(n_heads, n_kv, head_dim, threads, decode_path):
@@ -183,20 +202,8 @@ def test_decode_kernel_ragged_against_dense(n_heads, n_kv, head_dim, threads, de
     block tables, on 1-3 threads (long contexts, so the kernel really splits the work), for head
     dims on the kernel's vector paths (multiples of 8, with and without a 32-lane remainder) and
     its scalar path (12), GQA groups of 1-8."""
-    g = torch.Generator().manual_seed(head_dim * 10 + threads)
-    bs = 4
     lens = [1, 3, 4, 5, 17, 40, 2, 33, 4100, 4203]
-    total = sum(-(-n // bs) for n in lens) + 2
-    cache = KVCache(1, total, bs, n_kv, head_dim)
-    free = list(range(total))
-    random.Random(threads).shuffle(free)
-    tables = [[free.pop() for _ in range(-(-n // bs))] for n in lens]
-    data = [(torch.randn(n, n_heads, head_dim, generator=g), torch.randn(n, n_kv, head_dim, generator=g),
-             torch.randn(n, n_kv, head_dim, generator=g)) for n in lens]
-    for n, t, (_, k, v) in zip(lens, tables, data):   # the earlier context, written straight to the pool
-        slots = torch.tensor([t[i // bs] * bs + i % bs for i in range(n - 1)], dtype=torch.long)
-        cache.kv[0, 0].index_copy_(1, slots, k[:n - 1].transpose(0, 1))
-        cache.kv[0, 1].index_copy_(1, slots, v[:n - 1].transpose(0, 1))
+    cache, tables, data = ragged_pool(n_heads, n_kv, head_dim, 4, lens, [n - 1 for n in lens], threads)
     torch.set_num_threads(threads)
     try:
         attn = PagedAttention(cache, [SeqSlice(1, n, t) for n, t in zip(lens, tables)])
@@ -225,22 +232,10 @@ def test_prefill_kernel_ragged_against_dense(n_heads, n_kv, head_dim, threads, d
     chunk and the context not multiples of the kernel's 16-row tiles or 64-key chunks) and decode
     rows, over shuffled block tables, on 1-3 threads, GQA groups of 1-8; head dim 12 is not a
     multiple of 8 and takes the PyTorch path even when the kernel is there."""
-    g = torch.Generator().manual_seed(head_dim * 10 + threads)
-    bs = 16
     # (earlier context already in the pool, rows of this step)
     shapes = [(0, 700), (0, 2), (130, 77), (5, 1), (0, 16), (1000, 49), (64, 64), (33, 1)]
-    lens = [a + b for a, b in shapes]
-    total = sum(-(-n // bs) for n in lens) + 2
-    cache = KVCache(1, total, bs, n_kv, head_dim)
-    free = list(range(total))
-    random.Random(threads).shuffle(free)
-    tables = [[free.pop() for _ in range(-(-n // bs))] for n in lens]
-    data = [(torch.randn(n, n_heads, head_dim, generator=g), torch.randn(n, n_kv, head_dim, generator=g),
-             torch.randn(n, n_kv, head_dim, generator=g)) for n in lens]
-    for (start, _), t, (_, k, v) in zip(shapes, tables, data):   # earlier context straight to the pool
-        slots = torch.tensor([t[i // bs] * bs + i % bs for i in range(start)], dtype=torch.long)
-        cache.kv[0, 0].index_copy_(1, slots, k[:start].transpose(0, 1))
-        cache.kv[0, 1].index_copy_(1, slots, v[:start].transpose(0, 1))
+    cache, tables, data = ragged_pool(n_heads, n_kv, head_dim, 16, [a + b for a, b in shapes],
+                                      [a for a, _ in shapes], threads)
     torch.set_num_threads(threads)
     try:
         attn = PagedAttention(cache, [SeqSlice(b, a + b, t) for (a, b), t in zip(shapes, tables)])

@@ -278,17 +278,21 @@ class PagedAttention:
             outs.append(o)
         return torch.cat(outs).reshape(b, h, d)
 
+    def _kernel_buffers(self, q: torch.Tensor, layer_idx: int):
+        """What both C kernels take: q float32 with contiguous heads (rows may be strided, a view
+        into the fused qkv output), the layer's k and v pools, and an output [rows, H, D]."""
+        if q.dtype != torch.float32 or q.stride(2) != 1 or q.stride(1) != q.shape[2]:
+            q = q.float().contiguous()
+        kv = self.cache.kv
+        return q, kv[layer_idx, 0], kv[layer_idx, 1], torch.empty(q.shape, dtype=torch.float32)
+
     def _prefill_native(self, q: torch.Tensor, layer_idx: int) -> torch.Tensor:
         """The prompt-attention kernel (csrc/paged_prefill.c): one call for every prefill sequence
         of the layer, keys and values read from the pool through the block tables (this step's
         k/v are already written there) -> [T, H, D] with the prefill rows filled."""
-        c = self.cache
-        t, h, d = q.shape
-        if q.dtype != torch.float32 or q.stride(2) != 1 or q.stride(1) != d:
-            q = q.float().contiguous()
-        k_pool, v_pool = c.kv[layer_idx, 0], c.kv[layer_idx, 1]
-        out = torch.empty(t, h, d, dtype=torch.float32)
-        meta = self.prefill_meta
+        c, meta = self.cache, self.prefill_meta
+        q, k_pool, v_pool, out = self._kernel_buffers(q, layer_idx)
+        _, h, d = q.shape
         rc = self.native_prefill(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), out.data_ptr(),
                                  self.prefill_tables.data_ptr(), meta[0].data_ptr(), meta[1].data_ptr(),
                                  meta[2].data_ptr(), meta.shape[1], self.prefill_tables.shape[1], q.stride(0),
@@ -300,13 +304,10 @@ class PagedAttention:
 
     def _decode_native(self, q: torch.Tensor, layer_idx: int) -> torch.Tensor:
         """The fused kernel (csrc/paged_decode.c): one call for all sequences of the layer, on
-        torch's thread count. q rows may be strided (a view into the fused qkv output)."""
+        torch's thread count."""
         c = self.cache
+        q, k_pool, v_pool, out = self._kernel_buffers(q, layer_idx)
         b, h, d = q.shape
-        if q.dtype != torch.float32 or q.stride(2) != 1 or q.stride(1) != d:
-            q = q.float().contiguous()
-        k_pool, v_pool = c.kv[layer_idx, 0], c.kv[layer_idx, 1]
-        out = torch.empty(b, h, d, dtype=torch.float32)
         rc = self.native_decode(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), out.data_ptr(),
                                 self.decode_tables.data_ptr(), self.decode_lens.data_ptr(), b,
                                 self.decode_tables.shape[1], q.stride(0), k_pool.stride(0), h,
