@@ -206,8 +206,8 @@ static void attend_item(const prob_t *p, int64_t item, scratch_t *w) {
         }
         for (int j = 0; j < n; j++) vrow[j] = key_row(p, vbase, table, c0 + j);
         for (int r = 0; r < real_rows; r += PR) {
-            /* rows past real_rows hold zeros in S (scores of the zero q row are 0 -> but not
-             * normalised): they are computed and never written out */
+            /* the last group may reach into the padding rows (zero q, so all-zero scores that
+             * add nothing to their O rows, which are never written out) */
             int c0v = 0;
             for (; c0v + 4 * VL <= d; c0v += 4 * VL) pv_pr(w->s + (int64_t)r * KC, vrow, n, c0v, w->o + (int64_t)r * d, d);
             for (; c0v < d; c0v += VL) pv_pr1(w->s + (int64_t)r * KC, vrow, n, c0v, w->o + (int64_t)r * d, d);
