@@ -7,14 +7,13 @@ decode-attention kernel (csrc/paged_decode.c) when a step has float32 decode row
 prefill rows. The first call of each compiles its C file with `$CC` (default `cc`) at -O3 for this machine's CPU
 (-march=native) into the cache ($INFER_BENCH_CACHE/native/<hash of source, compiler, flags and
 CPU>/), once per machine; later calls and processes load the cached library. Compilation takes
-about a second and is done under a file lock, so concurrent processes (disaggregated workers,
+a second or two per kernel and is done under a file lock, so concurrent processes (disaggregated workers,
 parallel tests) compile it once. The kernels run their threads in torch's own OpenMP team
 (csrc/parallel.h): they are built with -fopenmp and linked against the runtime torch loaded; where
 that build fails they are built without OpenMP and run on the calling thread.
 
 When there is no compiler, compilation fails, or INFER_BENCH_NATIVE=0, it returns None (with one
-warning) and the engine uses its pure-PyTorch decode path: same results, slower with many
-sequences. Why C and not a torch extension: no torch headers to compile against (seconds, not
+warning) and the engine uses its PyTorch paths: same results, slower. Why C and not a torch extension: no torch headers to compile against (seconds, not
 a minute), and the same results with or without the optional pieces.
 """
 

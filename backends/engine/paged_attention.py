@@ -10,9 +10,10 @@ and block table of each, in the order of the flattened batch) and passes it to t
      per layer of the C kernel csrc/paged_prefill.c for all prefill sequences (flash-attention
      style tiles; keys and values read in place through the block tables; GQA without repeating
      k/v; causal with the chunk's offset). Measured (bench/paged_prefill.py, 512-token prompt,
-     SmolLM2 shapes, 2 threads): 3.3 ms per layer vs 9.9 ms for the PyTorch path below. Elsewhere, per sequence, torch SDPA
-     of its query rows against its context (a fresh prompt uses the step's own k/v and no
-     gather; a chunk after earlier context gathers it and passes a mask);
+     SmolLM2 shapes, 2 threads): 3.3 ms per layer vs 9.9 ms for the PyTorch path below.
+     Elsewhere (no compiler, other dtypes, CUDA, head dims not a multiple of 8), per sequence,
+     torch SDPA of its query rows against its context (a fresh prompt uses the step's own k/v
+     and no gather; a chunk after earlier context gathers it and passes a mask);
   3. decode rows (one query token each), float32 on the CPU: one call per layer of the fused C
      kernel csrc/paged_decode.c (native.py builds it once per machine) for all sequences: it
      reads every sequence's blocks in place through its block table, GQA without repeating k/v.

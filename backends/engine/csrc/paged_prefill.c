@@ -208,9 +208,11 @@ static void attend_item(const prob_t *p, int64_t item, scratch_t *w) {
         for (int r = 0; r < real_rows; r += PR) {
             /* the last group may reach into the padding rows (zero q, so all-zero scores that
              * add nothing to their O rows, which are never written out) */
+            const float *pm = w->s + (int64_t)r * KC;
+            float *orows = w->o + (int64_t)r * d;
             int c0v = 0;
-            for (; c0v + 4 * VL <= d; c0v += 4 * VL) pv_pr(w->s + (int64_t)r * KC, vrow, n, c0v, w->o + (int64_t)r * d, d);
-            for (; c0v < d; c0v += VL) pv_pr1(w->s + (int64_t)r * KC, vrow, n, c0v, w->o + (int64_t)r * d, d);
+            for (; c0v + 4 * VL <= d; c0v += 4 * VL) pv_pr(pm, vrow, n, c0v, orows, d);
+            for (; c0v < d; c0v += VL) pv_pr1(pm, vrow, n, c0v, orows, d);
         }
     }
     for (int r = 0; r < real_rows; r++) {
