@@ -15,7 +15,6 @@
 
 #include "parallel.h"
 
-#define MAX_THREADS 64
 #define MIN_FLOATS_PER_THREAD 32768
 
 typedef void (*rows_fn)(const void *args, int64_t r0, int64_t r1);
@@ -35,9 +34,7 @@ static void run_span(void *arg, int t) {
 /* fn(args, r0, r1) over rows [0, n_rows) in contiguous spans, one per thread */
 static void parallel_rows(rows_fn fn, const void *args, int64_t n_rows, int64_t floats_per_row, int n_threads) {
     const int64_t by_work = n_rows * floats_per_row / MIN_FLOATS_PER_THREAD;
-    if (n_threads > by_work) n_threads = by_work < 1 ? 1 : (int)by_work;
-    if (n_threads > n_rows) n_threads = n_rows < 1 ? 1 : (int)n_rows;
-    if (n_threads > MAX_THREADS) n_threads = MAX_THREADS;
+    n_threads = team_size(n_threads, by_work < n_rows ? by_work : n_rows);
     spans_t s = {fn, args, n_rows, n_threads};
     run_jobs(run_span, &s, n_threads);
 }

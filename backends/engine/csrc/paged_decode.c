@@ -200,8 +200,6 @@ static void run_job(void *arg, int t) {
     j->status = 0;
 }
 
-#define MAX_THREADS 64
-
 /* Returns 0 on success, -1 on bad arguments, -2 when memory was not available. */
 int paged_decode(const float *q, const float *k, const float *v, float *out,
                  const int32_t *tables, const int32_t *ctx_lens, int n_seqs, int max_blocks,
@@ -214,14 +212,11 @@ int paged_decode(const float *q, const float *k, const float *v, float *out,
     for (int b = 0; b < n_seqs; b++)
         if (ctx_lens[b] <= 0 || ctx_lens[b] > max_blocks * block_size) return -1;
     const int64_t n_items = (int64_t)n_seqs * n_kv_heads;
-    if (n_threads < 1) n_threads = 1;
-    if (n_threads > MAX_THREADS) n_threads = MAX_THREADS;
-    if (n_threads > n_items) n_threads = (int)n_items;
-
-    /* a thread joins in a few us, but give each at least ~8k (token, kv head) pairs of work */
     int64_t work = 0;
     for (int b = 0; b < n_seqs; b++) work += (int64_t)ctx_lens[b] * n_kv_heads;
-    if (n_threads > work / 8192 + 1) n_threads = (int)(work / 8192 + 1);
+    /* each thread gets an item and at least ~8k (token, kv head) pairs of work */
+    const int64_t limit = work / 8192 + 1 < n_items ? work / 8192 + 1 : n_items;
+    n_threads = team_size(n_threads, limit);
 
     job_t jobs[MAX_THREADS];
     const job_t base = {q, k, v, out, tables, ctx_lens, q_stride, head_stride, n_heads, n_kv_heads,

@@ -36,7 +36,6 @@ typedef float vfa __attribute__((vector_size(VL * sizeof(float))));  /* aligned:
 #define KC 64          /* keys per chunk */
 #define MR 6           /* rows of the score micro-kernel */
 #define PR 3           /* rows of the P.V micro-kernel */
-#define MAX_THREADS 64
 #define NEG_BIG (-1e30f)  /* "minus infinity" that stays finite (built with -ffast-math) */
 
 typedef struct {
@@ -50,6 +49,7 @@ typedef struct {
     float scale;
     /* derived */
     int g, rows;                    /* query heads per kv head; rows per item (padded to MR) */
+    int tiles_per_head;             /* QT-position tiles of the longest possible sequence */
     int64_t *kt_offset;             /* per (seq, kv head): offset of its packed K^T in kt */
     float *kt;                      /* packed K^T chunks: [chunk][head_dim][KC] */
     int64_t *items;                 /* (seq, kv head, tile) packed, most expensive first */
@@ -154,10 +154,9 @@ typedef struct {
 
 static void attend_item(const prob_t *p, int64_t item, scratch_t *w) {
     const int d = p->head_dim, g = p->g;
-    const int64_t per_seq = (int64_t)p->n_kv_heads * ((p->max_blocks * p->block_size + QT - 1) / QT);
-    const int s = (int)(item / per_seq);
-    const int kh = (int)((item % per_seq) / ((p->max_blocks * p->block_size + QT - 1) / QT));
-    const int tile = (int)(item % ((p->max_blocks * p->block_size + QT - 1) / QT));
+    const int tile = (int)(item % p->tiles_per_head);
+    const int s = (int)(item / p->tiles_per_head / p->n_kv_heads);
+    const int kh = (int)(item / p->tiles_per_head % p->n_kv_heads);
     const int q_len = p->q_lens[s], ctx = p->ctx_lens[s], start = ctx - q_len;
     const int p0 = tile * QT, np = q_len - p0 < QT ? q_len - p0 : QT;
     const int real_rows = np * g, rows = (real_rows + MR - 1) / MR * MR;
@@ -269,44 +268,43 @@ int paged_prefill(const float *q, const float *k, const float *v, float *out,
     if (n_kv_heads <= 0 || n_heads % n_kv_heads || head_dim <= 0 || head_dim % VL || block_size <= 0 ||
         max_blocks <= 0)
         return -1;
-    const int tiles_per_head = (max_blocks * block_size + QT - 1) / QT;
-    int64_t n_items = 0, kt_floats = 0, work = 0;
+    int64_t n_items = 0, work = 0;
     for (int s = 0; s < n_seqs; s++) {
         if (q_lens[s] <= 0 || ctx_lens[s] < q_lens[s] || ctx_lens[s] > max_blocks * block_size) return -1;
         n_items += (int64_t)n_kv_heads * ((q_lens[s] + QT - 1) / QT);
-        kt_floats += (int64_t)n_kv_heads * ((ctx_lens[s] + KC - 1) / KC) * KC * head_dim;
         work += (int64_t)n_kv_heads * q_lens[s] * (ctx_lens[s] - q_lens[s] / 2);
     }
-    if (n_threads < 1) n_threads = 1;
-    if (n_threads > MAX_THREADS) n_threads = MAX_THREADS;
-    if (n_threads > n_items) n_threads = (int)n_items;
-    /* each thread gets at least ~64k (query, key) pairs of a kv head */
-    if (n_threads > work / 65536 + 1) n_threads = (int)(work / 65536 + 1);
+    /* each thread gets an item and at least ~64k (query, key) pairs of a kv head */
+    n_threads = team_size(n_threads, work / 65536 + 1 < n_items ? work / 65536 + 1 : n_items);
 
     prob_t p = {q, k, v, out, tables, row_starts, q_lens, ctx_lens, n_seqs, max_blocks, q_stride,
                 out_stride, head_stride, n_heads, n_kv_heads, head_dim, block_size, scale};
     p.g = n_heads / n_kv_heads;
     p.rows = ((QT * p.g) + MR - 1) / MR * MR;
+    p.tiles_per_head = (max_blocks * block_size + QT - 1) / QT;
+    p.n_items = n_items;
     p.kt_offset = (int64_t *)malloc(sizeof(int64_t) * (size_t)n_seqs * n_kv_heads);
     p.items = (int64_t *)malloc(sizeof(int64_t) * (size_t)n_items);
-    if (posix_memalign((void **)&p.kt, 64, sizeof(float) * (size_t)kt_floats)) p.kt = NULL;
     int status = -2;
-    if (p.kt_offset && p.items && p.kt) {
-        int64_t off = 0, it = 0;
+    int64_t kt_floats = 0;
+    if (p.kt_offset && p.items) {
+        int64_t it = 0;
         for (int s = 0; s < n_seqs; s++) {
             const int start = ctx_lens[s] - q_lens[s];
             for (int kh = 0; kh < n_kv_heads; kh++) {
-                p.kt_offset[(int64_t)s * n_kv_heads + kh] = off;
-                off += (int64_t)((ctx_lens[s] + KC - 1) / KC) * KC * head_dim;
+                p.kt_offset[(int64_t)s * n_kv_heads + kh] = kt_floats;
+                kt_floats += (int64_t)((ctx_lens[s] + KC - 1) / KC) * KC * head_dim;
                 for (int t = 0; t < (q_lens[s] + QT - 1) / QT; t++) {
                     /* cost (keys read) in the high bits, the item id in the low 40 */
                     const int64_t cost = start + (int64_t)(t + 1) * QT;
-                    const int64_t id = ((int64_t)s * n_kv_heads + kh) * tiles_per_head + t;
+                    const int64_t id = ((int64_t)s * n_kv_heads + kh) * p.tiles_per_head + t;
                     p.items[it++] = (cost << 40) | id;
                 }
             }
         }
-        p.n_items = n_items;
+        if (posix_memalign((void **)&p.kt, 64, sizeof(float) * (size_t)kt_floats)) p.kt = NULL;
+    }
+    if (p.kt) {
         qsort(p.items, (size_t)n_items, sizeof(int64_t), cmp_cost_desc);
         for (int64_t i = 0; i < n_items; i++) p.items[i] &= ((int64_t)1 << 40) - 1;
         run_jobs(pack_job, &p, n_threads);

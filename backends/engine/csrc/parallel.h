@@ -11,9 +11,22 @@
 #ifndef INFER_BENCH_PARALLEL_H
 #define INFER_BENCH_PARALLEL_H
 
+#include <stdint.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+#define MAX_THREADS 64
+
+/* How many threads to ask for: the caller's request (torch's thread count), at least 1, at most
+ * MAX_THREADS and at most `limit` (what the work pays for: items to share, work per thread). */
+static inline int team_size(int requested, int64_t limit) {
+    int64_t n = requested;
+    if (n > limit) n = limit;
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    return n < 1 ? 1 : (int)n;
+}
 
 /* job(arg, t) for t = 0 .. n_jobs - 1, on up to n_jobs threads (the caller is one of them). The
  * team may be smaller than asked: each thread then takes every team-size-th job. */
