@@ -82,6 +82,14 @@ class KVCache:
         return self.kv.numel() * self.kv.element_size()
 
 
+def _padded_tables(seqs, block_size: int) -> torch.Tensor:
+    """[len(seqs), most blocks] int32: each sequence's block table cut to its context's blocks and
+    padded with zeros (the rows the C kernels index)."""
+    nblk = [-(-s.context_len // block_size) for s in seqs]
+    width = max(nblk)
+    return torch.tensor([s.block_table[:m] + [0] * (width - m) for s, m in zip(seqs, nblk)], dtype=torch.int32)
+
+
 @dataclass
 class SeqSlice:
     """One sequence's part of the flattened batch."""
@@ -111,16 +119,13 @@ class PagedAttention:
         for s in seqs:
             start = s.context_len - s.query_len
             table = s.block_table
-            if s.query_len == 1:
-                p = start
-                slots.append(table[p // bs] * bs + p % bs)
-                decode_rows.append(row)
-                decode_seqs.append(s)
-            elif self.native_prefill is not None:
-                # the kernel reads the context through the block table: only the new rows' slots
+            if s.query_len == 1 or self.native_prefill is not None:
+                # decode, and the prefill kernel, read the context through the block table: only
+                # the new rows' slots
                 slots.extend(table[p // bs] * bs + p % bs for p in range(start, s.context_len))
-                pf_rows.append(row)
-                pf_seqs.append(s)
+                rows_of, seqs_of = (decode_rows, decode_seqs) if s.query_len == 1 else (pf_rows, pf_seqs)
+                rows_of.append(row)
+                seqs_of.append(s)
             else:
                 t = torch.tensor(table[:-(-s.context_len // bs)], dtype=torch.long)
                 ctx = torch.arange(s.context_len)
@@ -135,10 +140,7 @@ class PagedAttention:
             row += s.query_len
         self.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
         if pf_seqs:
-            nblk = [-(-s.context_len // bs) for s in pf_seqs]
-            width = max(nblk)
-            self.prefill_tables = torch.tensor([s.block_table[:m] + [0] * (width - m)
-                                                for s, m in zip(pf_seqs, nblk)], dtype=torch.int32)
+            self.prefill_tables = _padded_tables(pf_seqs, bs)
             self.prefill_meta = torch.tensor([pf_rows, [s.query_len for s in pf_seqs],
                                               [s.context_len for s in pf_seqs]], dtype=torch.int32)
 
@@ -155,10 +157,7 @@ class PagedAttention:
                 self.native_decode = native.paged_decode_kernel()
         if self.native_decode is not None:
             # the fused kernel reads every sequence's blocks in place through its table
-            nblk = [-(-s.context_len // bs) for s in decode_seqs]
-            width = max(nblk)
-            self.decode_tables = torch.tensor([s.block_table[:m] + [0] * (width - m)
-                                               for s, m in zip(decode_seqs, nblk)], dtype=torch.int32)
+            self.decode_tables = _padded_tables(decode_seqs, bs)
             self.decode_lens = torch.tensor([s.context_len for s in decode_seqs], dtype=torch.int32)
         elif decode_seqs:
             # per sequence: its context as (start slot, length) runs of consecutive blocks, read
@@ -194,13 +193,19 @@ class PagedAttention:
         k_pool, v_pool = self.cache.kv[layer_idx, 0], self.cache.kv[layer_idx, 1]   # [Hkv, S, D]
         k_pool.index_copy_(1, self.slot_mapping, k.transpose(0, 1).to(k_pool.dtype))
         v_pool.index_copy_(1, self.slot_mapping, v.transpose(0, 1).to(v_pool.dtype))
-        if self.native_prefill is None and not self.prefills and self.decode_rows is not None:
-            return self._decode(q, layer_idx)  # decode-only step: no scatter copy
         if self.native_prefill is not None:
             out = self._prefill_native(q, layer_idx)
-            if self.decode_rows is not None:
-                out[self.decode_rows] = self._decode(q[self.decode_rows], layer_idx)
-            return out
+        elif not self.prefills and self.decode_rows is not None:
+            return self._decode(q, layer_idx)  # decode-only step: no scatter copy
+        else:
+            out = self._prefill_torch(q, k, v, k_pool, v_pool)
+        if self.decode_rows is not None:
+            out[self.decode_rows] = self._decode(q[self.decode_rows], layer_idx)
+        return out
+
+    def _prefill_torch(self, q, k, v, k_pool, v_pool) -> torch.Tensor:
+        """Per prefill sequence, torch SDPA of its query rows against its context -> [T, H, D]
+        with the prefill rows filled."""
         gqa = q.shape[1] != k.shape[1]
         rep = q.shape[1] // k.shape[1]
         out = torch.empty_like(q)
@@ -221,8 +226,6 @@ class PagedAttention:
                     ks, vs = ks.repeat_interleave(rep, 0), vs.repeat_interleave(rep, 0)
                 o = F.scaled_dot_product_attention(qs[None], ks[None], vs[None], attn_mask=mask)[0]
             out[r0:r1] = o.transpose(0, 1)
-        if self.decode_rows is not None:
-            out[self.decode_rows] = self._decode(q[self.decode_rows], layer_idx)
         return out
 
     def _decode(self, q: torch.Tensor, layer_idx: int) -> torch.Tensor:
