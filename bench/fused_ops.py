@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from infer_bench.backends.engine import fused_ops
+from infer_bench.backends.engine import fused_ops, native
 
 
 def best_ms(fn, reps: int = 200) -> float:
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--head-dim", type=int, default=64)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if fused_ops._native() is None:
+    if native.fused_ops_library() is None:
         raise SystemExit("the native fused ops did not build (no C compiler?)")
     g = torch.Generator().manual_seed(0)
     T, h, d = args.rows, args.hidden, args.head_dim

@@ -30,7 +30,7 @@ from typing import AsyncIterator
 
 import torch
 
-from . import fused_ops, native
+from . import native
 from .block_manager import BlockManager
 from .model_runner import ModelRunner
 from .paged_attention import KVCache, default_kv_budget_bytes, kv_bytes_per_block, num_blocks_for_budget
@@ -136,9 +136,7 @@ class LLMEngine:
                                    config.enable_chunked_prefill)
         self.runner = ModelRunner(self.model, self.cache, device, Sampler(config.seed))
         if device.type == "cpu" and dtype == torch.float32:
-            native.paged_decode_kernel()  # build/load them now, not inside the first request's step
-            native.paged_prefill_kernel()
-            fused_ops._native()
+            native.load_all()  # build/load the kernels now, not inside the first request's step
         self.spec = None
         if config.spec_method:
             from .spec_decode import SpecDecoder

@@ -17,36 +17,10 @@ its own parallel region) and 0.55 ms fused: add + RMSNorm 0.222 -> 0.090 ms, SiL
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 import torch.nn.functional as F
 
 from . import native
-
-_P, _I32, _I64, _F32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
-_lib: ctypes.CDLL | None | bool = False   # False: not looked up yet
-
-
-def _native():
-    """csrc/fused_ops.c with its signatures set, or None."""
-    global _lib
-    if _lib is False:
-        lib = native.load("fused_ops")
-        if lib is not None:
-            lib.add_rms_norm.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, _F32, _I32]
-            lib.silu_mul.argtypes = [_P, _P, _I64, _I64, _I32]
-            lib.rope.argtypes = [_P, _P, _P, _I64, _I64, _I32, _I32, _I32]
-            for fn in (lib.add_rms_norm, lib.silu_mul, lib.rope):
-                fn.restype = None
-        _lib = lib
-    return _lib
-
-
-def reset() -> None:
-    """Look the library up again on next use (tests switch native kernels on and off)."""
-    global _lib
-    _lib = False
 
 
 def _cpu_f32(*ts: torch.Tensor) -> bool:
@@ -56,7 +30,7 @@ def _cpu_f32(*ts: torch.Tensor) -> bool:
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
                  eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """x [T, n] (+ residual [T, n]) -> (RMSNorm(h) * weight, h) with h = x + residual (or x)."""
-    lib = _native() if _cpu_f32(x, weight) and (residual is None or _cpu_f32(residual)) else None
+    lib = native.fused_ops_library() if _cpu_f32(x, weight) and (residual is None or _cpu_f32(residual)) else None
     if lib is None or x.dim() != 2:
         h = x if residual is None else x + residual
         if h.dtype == torch.float32:
@@ -79,7 +53,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """gate_up [T, 2n] = [gate | up] -> silu(gate) * up [T, n]."""
-    lib = _native() if _cpu_f32(gate_up) and gate_up.dim() == 2 else None
+    lib = native.fused_ops_library() if _cpu_f32(gate_up) and gate_up.dim() == 2 else None
     if lib is None:
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
@@ -104,7 +78,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def rope_(x: torch.Tensor, n_heads: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE in place on heads [0, n_heads) of x [T, heads, head_dim] (the fused qkv rows: q and k
     heads first); returns x."""
-    lib = _native() if _cpu_f32(x, cos, sin) else None
+    lib = native.fused_ops_library() if _cpu_f32(x, cos, sin) else None
     t, _, d = x.shape
     if (lib is None or x.stride(2) != 1 or x.stride(1) != d or d % 2
             or not (cos.is_contiguous() and sin.is_contiguous()) or cos.numel() != t * d):

@@ -4,7 +4,8 @@ with ctypes.
 Data flow: `paged_attention.PagedAttention` asks `paged_decode_kernel()` for the fused paged
 decode-attention kernel (csrc/paged_decode.c) when a step has float32 decode rows on the CPU, and
 `paged_prefill_kernel()` for the prompt-attention kernel (csrc/paged_prefill.c) when it has
-prefill rows. The first call of each compiles its C file with `$CC` (default `cc`) at -O3 for this machine's CPU
+prefill rows; `fused_ops` asks `fused_ops_library()` for csrc/fused_ops.c. The engine calls
+`load_all()` at start. The first load of each compiles its C file with `$CC` (default `cc`) at -O3 for this machine's CPU
 (-march=native) into the cache ($INFER_BENCH_CACHE/native/<hash of source, compiler, flags and
 CPU>/), once per machine; later calls and processes load the cached library. Compilation takes
 a second or two per kernel and is done under a file lock, so concurrent processes (disaggregated workers,
@@ -38,8 +39,8 @@ CSRC = Path(__file__).with_name("csrc")
 # It is given to the compile step only: at link time GCC adds crtfastmath.o to the library, whose
 # constructor turns on flush-to-zero for the whole process when the library loads, and torch's and
 # Python's subnormal floats would silently become 0.
-CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-pthread"]
-LDFLAGS = ["-shared", "-pthread"]
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC"]
+LDFLAGS = ["-shared"]
 LIBS = ["-lm"]
 
 _lock = threading.Lock()
@@ -139,6 +140,8 @@ def _build(name: str) -> Path:
 
 def load(name: str) -> ctypes.CDLL | None:
     """The compiled csrc/<name>.c, or None when native kernels are off or cannot be built."""
+    if name in _loaded:  # the per-call path: no lock once loaded (fused_ops calls this per op)
+        return _loaded[name]
     with _lock:
         if name in _loaded:
             return _loaded[name]
@@ -152,15 +155,22 @@ def load(name: str) -> ctypes.CDLL | None:
         return lib
 
 
-def _kernel(name: str, argtypes: list):
-    """csrc/<name>.c's function <name> with its C signature set (returns int), or None."""
-    lib = load(name)
+def load_all() -> None:
+    """Build (once per machine) and load every kernel now: the engine calls this at start, so no
+    build lands inside a request's step."""
+    for src in sorted(CSRC.glob("*.c")):
+        load(src.stem)
+
+
+def _function(lib_name: str, fn_name: str, argtypes: list, restype=ctypes.c_int):
+    """csrc/<lib_name>.c's function fn_name with its C signature set, or None."""
+    lib = load(lib_name)
     if lib is None:
         return None
-    fn = getattr(lib, name)
+    fn = getattr(lib, fn_name)
     if fn.argtypes is None:
         fn.argtypes = argtypes
-        fn.restype = ctypes.c_int
+        fn.restype = restype
     return fn
 
 
@@ -169,11 +179,22 @@ _P, _I32, _I64, _F32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_f
 
 def paged_decode_kernel():
     """csrc/paged_decode.c's paged_decode, or None."""
-    return _kernel("paged_decode", [_P, _P, _P, _P, _P, _P, _I32, _I32, _I64, _I64, _I32, _I32, _I32, _I32,
-                                    _F32, _I32])
+    return _function("paged_decode", "paged_decode", [_P, _P, _P, _P, _P, _P, _I32, _I32, _I64, _I64, _I32, _I32,
+                                                      _I32, _I32, _F32, _I32])
 
 
 def paged_prefill_kernel():
     """csrc/paged_prefill.c's paged_prefill, or None."""
-    return _kernel("paged_prefill", [_P, _P, _P, _P, _P, _P, _P, _P, _I32, _I32, _I64, _I64, _I64, _I32, _I32,
-                                     _I32, _I32, _F32, _I32])
+    return _function("paged_prefill", "paged_prefill", [_P, _P, _P, _P, _P, _P, _P, _P, _I32, _I32, _I64, _I64,
+                                                        _I64, _I32, _I32, _I32, _I32, _F32, _I32])
+
+
+def fused_ops_library() -> ctypes.CDLL | None:
+    """csrc/fused_ops.c with the signatures of add_rms_norm, silu_mul and rope set (they return
+    nothing), or None."""
+    lib = load("fused_ops")
+    if lib is not None and lib.rope.argtypes is None:
+        _function("fused_ops", "add_rms_norm", [_P, _P, _P, _P, _P, _I64, _I64, _F32, _I32], None)
+        _function("fused_ops", "silu_mul", [_P, _P, _I64, _I64, _I32], None)
+        _function("fused_ops", "rope", [_P, _P, _P, _I64, _I64, _I32, _I32, _I32], None)
+    return lib
