@@ -32,8 +32,9 @@ try:
 except ImportError:  # pragma: no cover - run from a checkout without install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infer_bench.backends.engine import native, paged_attention
+from infer_bench.backends.engine import native
 from infer_bench.backends.engine.paged_attention import KVCache, PagedAttention, SeqSlice
+from paged_common import add_shape_args, torch_path_attention
 
 
 def time_layers(attn: PagedAttention, q: torch.Tensor, layers: int, rounds: int) -> float:
@@ -51,13 +52,7 @@ def main() -> None:
     ap.add_argument("--seqs", type=int, default=64)
     ap.add_argument("--min-ctx", type=int, default=48)
     ap.add_argument("--max-ctx", type=int, default=1280)
-    ap.add_argument("--heads", type=int, default=9)
-    ap.add_argument("--kv-heads", type=int, default=3)
-    ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--layers", type=int, default=30)
-    ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
+    add_shape_args(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     kernel = native.paged_decode_kernel()
@@ -84,12 +79,7 @@ def main() -> None:
         tables = [[next(it) for _ in range(-(-n // bs))] for n in lens]
         seqs = [SeqSlice(1, n, t) for n, t in zip(lens, tables)]
         fused = PagedAttention(cache, seqs)
-        real = paged_attention.native.paged_decode_kernel
-        paged_attention.native.paged_decode_kernel = lambda: None
-        try:
-            torch_path = PagedAttention(cache, seqs)
-        finally:
-            paged_attention.native.paged_decode_kernel = real
+        torch_path = torch_path_attention("paged_decode_kernel", cache, seqs)
         assert fused.native_decode is not None and torch_path.native_decode is None
         diff = (fused._decode(q, 0) - torch_path._decode(q, 0)).abs().max().item()
         best_k = best_t = float("inf")

@@ -31,8 +31,9 @@ try:
 except ImportError:  # pragma: no cover - run from a checkout without install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infer_bench.backends.engine import native, paged_attention
+from infer_bench.backends.engine import native
 from infer_bench.backends.engine.paged_attention import KVCache, PagedAttention, SeqSlice
+from paged_common import add_shape_args, torch_path_attention
 
 
 def time_layers(attn: PagedAttention, q, k, v, layers: int, rounds: int) -> float:
@@ -49,13 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", type=int, default=512, help="query rows of the step")
     ap.add_argument("--context", type=int, default=0, help="earlier context already in the pool")
-    ap.add_argument("--heads", type=int, default=9)
-    ap.add_argument("--kv-heads", type=int, default=3)
-    ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--layers", type=int, default=30)
-    ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
+    add_shape_args(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if native.paged_prefill_kernel() is None:
@@ -69,12 +64,7 @@ def main() -> None:
     q, k, v = qkv.split([args.heads, args.kv_heads, args.kv_heads], dim=1)   # strided, as in the model
     seqs = [SeqSlice(T, ctx, list(range(nblocks)))]
     kernel = PagedAttention(cache, seqs)
-    real = paged_attention.native.paged_prefill_kernel
-    paged_attention.native.paged_prefill_kernel = lambda: None
-    try:
-        torch_path = PagedAttention(cache, seqs)
-    finally:
-        paged_attention.native.paged_prefill_kernel = real
+    torch_path = torch_path_attention("paged_prefill_kernel", cache, seqs)
     assert kernel.native_prefill is not None and torch_path.native_prefill is None
     diff = (kernel.attend(0, q, k, v) - torch_path.attend(0, q, k, v)).abs().max().item()
     flops = 4 * args.heads * args.head_dim * T * (args.context + (T + 1) / 2)
