@@ -51,6 +51,7 @@ import asyncio
 import dataclasses
 import gc
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -164,7 +165,7 @@ class LoadGenerator:
         self.records: list[RequestRecord] = []
         self._lateness: list[float] = []
         self._lags: list[float] = []
-        self._ts_sources: dict[str, int] = {}
+        self._ts_sources: Counter[str] = Counter()
         self._stop: asyncio.Event | None = None
         self._tasks: set[asyncio.Task] = set()
         self._sleeper: asyncio.Future | None = None
@@ -222,9 +223,8 @@ class LoadGenerator:
         raw: RawResult = await send_request(session, req, self.clock, wire=wire)
         if raw.send_s is not None:
             self._lateness.append(raw.send_s - intended_s)
-        src = getattr(raw, "timestamps", None)
-        if src is not None:
-            self._ts_sources[src] = self._ts_sources.get(src, 0) + 1
+        if raw.timestamps is not None:
+            self._ts_sources[raw.timestamps] += 1
         rec = RequestRecord.from_raw(raw, deployment=self.deployment, load_point=self.load_point,
                                      intended_send_s=intended_s, max_tokens=req.max_tokens,
                                      conversation_id=req.conversation_id,

@@ -31,6 +31,7 @@ import multiprocessing as mp
 import pickle
 import signal
 import time
+from collections import Counter
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -244,10 +245,9 @@ def run_sharded(
     lateness = [x for r in results for x in r["lateness"]]
     lags = [x for r in results for x in r["lags"]]
     cpu = sum(r["cpu_s"] for r in results)
-    sources: dict[str, int] = {}
+    sources: Counter[str] = Counter()
     for r in results:
-        for k, v in r.get("timestamps", {}).items():
-            sources[k] = sources.get(k, 0) + v
+        sources.update(r.get("timestamps", {}))
     health = health_from(lateness, lags, cpu / wall if wall > 0 else None,
                          lateness_threshold_s, loop_lag_threshold_s)
     if on_record is not None:
@@ -260,5 +260,5 @@ def run_sharded(
                       end_s=max(r["end_s"] for r in results),
                       cancelled=interrupted or any(r["cancelled"] for r in results),
                       extra={"workers": workers, "interrupted": interrupted, "send_lateness_s": lateness,
-                             "loop_lag_s": lags, "timestamps": sources,
+                             "loop_lag_s": lags, "timestamps": dict(sources),
                              "shard_cpu_s": [r["cpu_s"] for r in results]})

@@ -39,6 +39,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
@@ -206,10 +207,7 @@ def run_selftest(
             h = res.health
             ok = [r for r in res.records if r.ok]
             sends = sorted(r.send_s for r in res.records if r.send_s is not None)
-            mock_src: dict[str, int] = {}
-            for e in log:
-                src = e.get("received_ts", "user")
-                mock_src[src] = mock_src.get(src, 0) + 1
+            mock_src = Counter(e.get("received_ts", "user") for e in log)
             row = {
                 "rate_rps": rate, "n": n, "n_ok": len(ok),
                 "achieved_rps": ((len(sends) - 1) / (sends[-1] - sends[0])
