@@ -5,7 +5,7 @@ Run (from the repo root, ~20 s, loopback only):
     .venv/bin/python bench/client_overhead.py --rates 10,50,100 --duration 2
 
 Both clients send the same seeded Poisson schedule to the same calibrated mock server (its own
-process, `python -m infer_bench.backends.mock_server`); per request, overhead = measured TTFT -
+process, `python -m infer_bench.backends.mock.server`); per request, overhead = measured TTFT -
 true TTFT, true = (mock's first chunk sent - mock received), from the mock's send log (same
 CLOCK_MONOTONIC host clock). Printed: median and p99 overhead per client and rate, and the
 ratio naive / ours (> 1: ours adds less). The naive baseline is what popular tools do: sleep
@@ -31,8 +31,8 @@ try:
 except ImportError:  # pragma: no cover - run from a checkout without install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infer_bench.backends.aioloop import run as run_loop
-from infer_bench.backends.openai import PreparedRequest, RunClock
+from infer_bench.backends.client.aioloop import run as run_loop
+from infer_bench.backends.client.openai import PreparedRequest, RunClock
 from infer_bench.workloads.arrivals import send_times
 from infer_bench.workloads.loadgen import LoadGenerator
 from infer_bench.workloads.selftest import MockProcess

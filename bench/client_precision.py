@@ -5,7 +5,7 @@ Run (from the repo root, ~3 min, loopback only; on a 2-core host take the bench 
     flock /tmp/bench.lock .venv/bin/python bench/client_precision.py
 
 The script pins itself (the client: LoadGenerator + backends/http_client.py) to --client-cpu
-(default 0) and the calibrated mock server (`python -m infer_bench.backends.mock_server`) to
+(default 0) and the calibrated mock server (`python -m infer_bench.backends.mock.server`) to
 --mock-cpu (default 1): one core each, as `taskset -c` would. Mock: TTFT 50 ms, 10 ms per token,
 64 output tokens; one token per chunk, then 4 tokens per chunk (with `token_ids`, as vLLM
 sends, so the client can count the tokens of each chunk). Per load point
@@ -49,8 +49,8 @@ try:
 except ImportError:  # pragma: no cover - run from a checkout without install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infer_bench.backends.aioloop import loop_name
-from infer_bench.backends.rawsock import kernel_ts_wanted
+from infer_bench.backends.client.aioloop import loop_name
+from infer_bench.backends.client.rawsock import kernel_ts_wanted
 from infer_bench.workloads.selftest import MockProcess, run_selftest
 
 TTFT_MS, TOKEN_MS, OUT_TOKENS = 50.0, 10.0, 64

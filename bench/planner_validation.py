@@ -176,8 +176,8 @@ def main() -> None:
                          "error: the simulator's error alone, without fit-to-test drift")
     a = ap.parse_args()
 
-    from infer_bench.workloads.planner import validate
-    from infer_bench.workloads.profiler import fit_results_dir
+    from infer_bench.workloads.planning.planner import validate
+    from infer_bench.workloads.planning.profiler import fit_results_dir
     from infer_bench.workloads.results import load_results
 
     fit_rates = [x.strip() for x in a.fit_rates.split(",") if x.strip()]

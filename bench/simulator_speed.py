@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from infer_bench.workloads.latency_model import LatencyModel, example_profile_path
-from infer_bench.workloads.simulator import (Deployment, InstanceConfig, Link, requests_from_spec,
+from infer_bench.workloads.planning.latency_model import LatencyModel, example_profile_path
+from infer_bench.workloads.planning.simulator import (Deployment, InstanceConfig, Link, requests_from_spec,
                                              simulate)
 from infer_bench.workloads.spec import ArrivalSpec, LengthDist, WorkloadSpec
 

@@ -39,8 +39,8 @@ import tempfile
 import numpy as np
 import psutil
 
-from infer_bench.backends.deployment import EngineDeploymentSpec, EngineDeployment
-from infer_bench.backends.openai import RunClock
+from infer_bench.backends.launch import EngineDeploymentSpec, EngineDeployment
+from infer_bench.backends.client.openai import RunClock
 from infer_bench.workloads.loadgen import LoadGenerator
 from infer_bench.workloads.spec import ArrivalSpec, WorkloadSpec
 from infer_bench.workloads.synthetic import generate_requests

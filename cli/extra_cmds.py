@@ -34,7 +34,7 @@ def mock_server(
 
     Example: infer-bench mock-server --port 8100 --ttft-ms 50
     """
-    from infer_bench.backends import mock_server as ms
+    from infer_bench.backends.mock import server as ms
 
     argv = ["--host", host, "--port", str(port), "--ttft-ms", str(ttft_ms),
             "--token-delay-ms", str(token_delay_ms), "--tokens-per-chunk", str(tokens_per_chunk),
@@ -80,7 +80,7 @@ def selftest(
         raise UserError(f"--rates takes comma-separated numbers, got {rates!r}") from None
     if not rate_list or any(r <= 0 for r in rate_list):
         raise UserError(f"--rates needs positive numbers, got {rates!r}")
-    from infer_bench.backends.aioloop import loop_name
+    from infer_bench.backends.client.aioloop import loop_name
 
     console.print(f"client self-test: mock TTFT {ttft_ms:g} ms, {token_delay_ms:g} ms/token, "
                   f"{tokens_per_chunk} token(s)/chunk, {workers} client process(es), "

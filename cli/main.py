@@ -145,7 +145,7 @@ def serve(ctx: typer.Context):
 
     Example: infer-bench serve --model smollm2-135m --port 8000
     """
-    from infer_bench.backends.engine import serve as engine_serve
+    from infer_bench.backends.engine.http import serve as engine_serve
 
     args = list(ctx.args)
     parser = engine_serve.build_arg_parser()

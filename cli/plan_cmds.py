@@ -41,7 +41,7 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def _load_profile(path: Optional[Path]):
-    from infer_bench.workloads.latency_model import LatencyModel, example_profile_path
+    from infer_bench.workloads.planning.latency_model import LatencyModel, example_profile_path
 
     if path is None:
         console.print("[yellow]no --profile: using the ILLUSTRATIVE example profile "
@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
         Example: infer-bench profile --url http://127.0.0.1:8000 --out profile.json
         Example: infer-bench profile --from-results results/run-1 --out profile.json
         """
-        from infer_bench.workloads import profiler
+        from infer_bench.workloads.planning import profiler
 
         if bool(url) == bool(from_results):
             raise UserError("give exactly one of --url or --from-results")
@@ -170,7 +170,7 @@ def register(app: typer.Typer) -> None:
 
         from rich.table import Table
 
-        from infer_bench.workloads import simulator as sim
+        from infer_bench.workloads.planning import simulator as sim
         from infer_bench.workloads.spec import SLO, ArrivalSpec, LoadPoint
 
         if mode not in sim.MODES:
@@ -256,8 +256,8 @@ def register(app: typer.Typer) -> None:
         import plotly.io as pio
         from rich.table import Table
 
-        from infer_bench.workloads import planner as pl
-        from infer_bench.workloads.simulator import InstanceConfig, Link
+        from infer_bench.workloads.planning import planner as pl
+        from infer_bench.workloads.planning.simulator import InstanceConfig, Link
         from infer_bench.workloads.spec import SLO
 
         lm = _load_profile(profile)

@@ -117,7 +117,7 @@ def run(*, console: Console, model, url, served_model, api_key, modes, threads, 
         num_requests, input_len, output_len, endpoint, seed, slo_ttft,
         workload="synthetic", dataset=None, shared_prefix_len=0, arrival="poisson", burstiness=1.0, slo_tpot, warmup, timeout,
         out, tokenizer=None, bisect=None, workers: int = 1) -> None:
-    from infer_bench.backends.deployment import EngineDeploymentSpec, ExternalDeploymentSpec
+    from infer_bench.backends.launch import EngineDeploymentSpec, ExternalDeploymentSpec
     from infer_bench.reports.html import render_report
     from infer_bench.workloads import runner
     from infer_bench.workloads.spec import SLO, WorkloadSpec

@@ -47,8 +47,8 @@ def predicted_vs_measured(run: RunData) -> Prediction:
                                "a latency model to.")
     t0 = time.perf_counter()
     try:
-        from infer_bench.workloads.planner import validate
-        from infer_bench.workloads.profiler import fit_results_dir
+        from infer_bench.workloads.planning.planner import validate
+        from infer_bench.workloads.planning.profiler import fit_results_dir
         lm = fit_results_dir(run.path)
         models = {}
         deps = run.steps["deployment"].astype(str).unique() if "deployment" in run.steps else []

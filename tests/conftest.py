@@ -45,7 +45,7 @@ def port() -> int:
 @pytest.fixture
 async def mock():
     """Start calibrated mock servers on loopback: `await mock(ttft_s=..., ...)`; all stopped after."""
-    from infer_bench.backends.mock_server import start_mock_server
+    from infer_bench.backends.mock.server import start_mock_server
 
     servers = []
 
@@ -67,7 +67,7 @@ def kernel_timestamps_on():
     packets in the first moments may come unstamped (backends/rawsock.py falls back to
     user-space times for those reads, correctly): tests that assert every read was stamped
     first hold one stamping socket open for the whole session. Yields whether it works."""
-    from infer_bench.backends import rawsock
+    from infer_bench.backends.client import rawsock
 
     if not rawsock.kernel_ts_wanted(True):
         yield False

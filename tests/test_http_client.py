@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infer_bench.backends import http_client
-from infer_bench.backends.http_client import HttpPool, build_request
-from infer_bench.backends.openai import PreparedRequest, RunClock, send_request
-from infer_bench.backends.sse import sse_lines
+from infer_bench.backends.client import http as http_client
+from infer_bench.backends.client.http import HttpPool, build_request
+from infer_bench.backends.client.openai import PreparedRequest, RunClock, send_request
+from infer_bench.backends.client.sse import sse_lines
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -486,7 +486,7 @@ async def test_mock_server_routes_keep_alive_and_log(mock):
 
 
 def test_event_loop_choice(monkeypatch):
-    from infer_bench.backends import aioloop
+    from infer_bench.backends.client import aioloop
 
     async def which():
         return type(asyncio.get_running_loop()).__module__

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from infer_bench.workloads.latency_model import LatencyModel, busy_overlap, fit_step_rows
-from infer_bench.workloads.simulator import (Deployment, InstanceConfig, SimRequests, simulate)
+from infer_bench.workloads.planning.latency_model import LatencyModel, busy_overlap, fit_step_rows
+from infer_bench.workloads.planning.simulator import (Deployment, InstanceConfig, SimRequests, simulate)
 
 torch.set_num_threads(1)
 
@@ -181,7 +181,7 @@ def test_busy_overlap_and_colocated_slowdown_fit():
 
 def test_fit_on_chosen_load_points_of_a_results_dir(tmp_path):
     """Steps are split by the load points' time windows (engine clock = run clock + shift)."""
-    from infer_bench.workloads.profiler import fit_results_dir, load_point_windows
+    from infer_bench.workloads.planning.profiler import fit_results_dir, load_point_windows
 
     shift = 1000.0
     recs, steps = [], []

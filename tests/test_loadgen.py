@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import free_port
-from infer_bench.backends.openai import PreparedRequest, RunClock, send_request
+from infer_bench.backends.client.openai import PreparedRequest, RunClock, send_request
 from infer_bench.workloads.loadgen import LoadGenerator
 from infer_bench.workloads.records import RECORD_COLUMNS
 from infer_bench.workloads.results import ResultsError, ResultsWriter, load_results

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from infer_bench.backends.openai import RawResult
+from infer_bench.backends.client.openai import RawResult
 from infer_bench.workloads import metrics as M
 from infer_bench.workloads.records import RequestRecord
 from infer_bench.workloads.spec import SLO

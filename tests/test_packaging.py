@@ -30,7 +30,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_contents(wheel: Path):
     names = zipfile.ZipFile(wheel).namelist()
     for mod in ("infer_bench/cli/main.py", "infer_bench/workloads/__init__.py",
-                "infer_bench/backends/deployment.py", "infer_bench/backends/engine/__init__.py",
+                "infer_bench/backends/launch.py", "infer_bench/backends/engine/__init__.py",
                 "infer_bench/reports/__init__.py", "infer_bench/backends/engine/csrc/paged_decode.c",
                 "infer_bench/backends/engine/csrc/paged_prefill.c", "infer_bench/backends/engine/csrc/parallel.h"):
         assert mod in names, mod

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 
-from infer_bench.workloads.latency_model import LatencyModel
-from infer_bench.workloads.planner import (SweepSpec, break_even_figure, break_even_map,
+from infer_bench.workloads.planning.latency_model import LatencyModel
+from infer_bench.workloads.planning.planner import (SweepSpec, break_even_figure, break_even_map,
                                            candidate_deployments, find_goodput, plan, validate,
                                            verdict, _base_requests)
 from infer_bench.workloads.results import ResultsWriter
-from infer_bench.workloads.simulator import (Deployment, InstanceConfig, Link, requests_from_spec,
+from infer_bench.workloads.planning.simulator import (Deployment, InstanceConfig, Link, requests_from_spec,
                                              simulate)
 from infer_bench.workloads.spec import SLO, ArrivalSpec, LoadPoint, WorkloadSpec
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from infer_bench.backends.engine import protocol
-from infer_bench.backends.engine.protocol import RequestError
+from infer_bench.backends.engine.http import protocol
+from infer_bench.backends.engine.http.protocol import RequestError
 from infer_bench.backends.engine.sampling import SamplingParams
 
 

@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from infer_bench.backends import rawsock
-from infer_bench.backends.http_client import HttpPool
-from infer_bench.backends.mock_server import start_mock_server
-from infer_bench.backends.openai import PreparedRequest, RunClock, build_wire, send_request
+from infer_bench.backends.client import rawsock
+from infer_bench.backends.client.http import HttpPool
+from infer_bench.backends.mock.server import start_mock_server
+from infer_bench.backends.client.openai import PreparedRequest, RunClock, build_wire, send_request
 
 pytestmark = pytest.mark.timeout(60)
 

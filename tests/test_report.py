@@ -385,7 +385,7 @@ def test_predicted_vs_measured_section(run_dir, report_text):
 
 
 def test_prediction_failure_is_only_a_note(tmp_path, monkeypatch):
-    import infer_bench.workloads.planner as planner
+    import infer_bench.workloads.planning.planner as planner
 
     def boom(*a, **k):
         raise RuntimeError("simulator exploded <script>x</script>")

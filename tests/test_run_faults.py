@@ -49,7 +49,7 @@ def check_kept(out: Path) -> dict:
 @pytest.fixture
 def mock_server():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "infer_bench.backends.mock_server", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "infer_bench.backends.mock.server", "--port", str(port),
                              "--ttft-ms", "20", "--token-delay-ms", "20"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import urllib.request
@@ -105,7 +105,7 @@ def test_engine_killed_mid_run_cleans_up(tmp_path, tiny_model_dir):
                     "--warmup", "0", "--out", str(out))
     wait_for_records(out, 5, cli)
     children = psutil.Process(cli.pid).children(recursive=True)
-    engine = [c for c in children if "infer_bench.backends.engine.serve" in " ".join(c.cmdline())]
+    engine = [c for c in children if "infer_bench.backends.engine.http.serve" in " ".join(c.cmdline())]
     assert engine, [c.cmdline() for c in children]
     engine[0].kill()
     _, err = cli.communicate(timeout=120)

@@ -2,7 +2,7 @@
 
 Three layers: (1) a fake engine with AsyncEngine's API (fast; checks the server's own logic,
 including disconnect -> abort); (2) the real AsyncEngine on a tiny random model, served
-in-process by aiohttp's TestServer; (3) the real `python -m infer_bench.backends.engine.serve`
+in-process by aiohttp's TestServer; (3) the real `python -m infer_bench.backends.engine.http.serve`
 subprocess, stopped with SIGTERM, leaving no orphan.
 """
 
@@ -24,7 +24,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from conftest import free_port
-from infer_bench.backends.engine.server import build_app
+from infer_bench.backends.engine.http.app import build_app
 
 MODEL = "tiny"
 
@@ -328,7 +328,7 @@ async def test_concurrent_greedy_requests_match_sequential(real_server):
 async def test_project_openai_client_reads_our_stream(real_server):
     """backends/openai.py (the load generator's client) against this server: exact token counts
     from usage and per-chunk token_ids, and the server timing joined by X-Request-Id."""
-    from infer_bench.backends.openai import PreparedRequest, RunClock, send_request
+    from infer_bench.backends.client.openai import PreparedRequest, RunClock, send_request
 
     s, engine, tok = real_server
     base = str(s._base_url).rstrip("/")
@@ -481,7 +481,7 @@ async def test_client_disconnect_mid_stream_frees_kv_blocks(real_server):
 
 def _spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([sys.executable, "-m", "infer_bench.backends.engine.serve", *args],
+    return subprocess.Popen([sys.executable, "-m", "infer_bench.backends.engine.http.serve", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -30,7 +30,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from infer_bench.backends.engine.server import build_app, get_state
+from infer_bench.backends.engine.http.app import build_app, get_state
 
 MODEL = "tiny"
 MAX_MODEL_LEN = 128

@@ -18,8 +18,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from test_server import FakeEngine, FakeTokenizer, parse_prometheus, read_sse, stream_text
-from infer_bench.backends.engine import serve as serve_mod
-from infer_bench.backends.engine.server import build_app, get_state, start_site, stop_site
+from infer_bench.backends.engine.http import serve as serve_mod
+from infer_bench.backends.engine.http.app import build_app, get_state, start_site, stop_site
 
 MODEL = "tiny"
 MAX_MODEL_LEN = 128

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from infer_bench.workloads.latency_model import (LatencyModel, ProfileError, example_profile_path,
+from infer_bench.workloads.planning.latency_model import (LatencyModel, ProfileError, example_profile_path,
                                                  fit_step_rows, nnls)
 from infer_bench.workloads.results import compute_summary
-from infer_bench.workloads.simulator import (Deployment, InstanceConfig, Link, SimRequests,
+from infer_bench.workloads.planning.simulator import (Deployment, InstanceConfig, Link, SimRequests,
                                              poisson_requests, requests_from_spec, simulate,
                                              spec_lengths)
 from infer_bench.workloads.spec import ArrivalSpec, WorkloadSpec
@@ -176,7 +176,7 @@ def test_profile_engine_over_http_with_a_fake_engine():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from infer_bench.workloads.profiler import ProfileGrid, profile_engine
+    from infer_bench.workloads.planning.profiler import ProfileGrid, profile_engine
 
     coef = (0.002, 1e-5, 0.0, 5e-4)
     steps: list[dict] = []
@@ -229,7 +229,7 @@ def test_profile_engine_over_http_with_a_fake_engine():
 
 
 def test_fit_results_dir(tmp_path):
-    from infer_bench.workloads.profiler import fit_results_dir
+    from infer_bench.workloads.planning.profiler import fit_results_dir
 
     coef = (0.004, 2e-5, 3e-6, 1e-4, 2e-8)
     rows = _synthetic_rows(coef, noise=0.0)

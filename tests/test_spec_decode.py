@@ -284,7 +284,7 @@ def test_abort_returns_blocks(loaded, prompts):
 
 
 def test_async_engine_timing_and_metrics(loaded, prompts, reference):
-    from infer_bench.backends.engine.server import ServerMetrics, render_metrics
+    from infer_bench.backends.engine.http.app import ServerMetrics, render_metrics
 
     engine = AsyncEngine(EngineConfig(num_kv_blocks=400, block_size=4, spec_method="ngram"), loaded)
 

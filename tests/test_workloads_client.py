@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from infer_bench.backends.openai import PreparedRequest, RunClock
+from infer_bench.backends.client.openai import PreparedRequest, RunClock
 from infer_bench.workloads.loadgen import LoadGenerator
 from infer_bench.workloads.metrics import summarize
 from infer_bench.workloads.spec import ArrivalSpec, WorkloadSpec
@@ -88,7 +88,7 @@ def test_sharded_client_matches_ids_and_ttft():
 
 
 def test_selftest_small_error_at_low_load(kernel_timestamps_on):
-    from infer_bench.backends.rawsock import kernel_ts_wanted
+    from infer_bench.backends.client.rawsock import kernel_ts_wanted
     from infer_bench.workloads.selftest import bottleneck_rate, run_selftest
 
     rows = run_selftest([10, 20], duration_s=0.5, min_requests=8, max_requests=20,

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from infer_bench.backends.openai import PreparedRequest
+from infer_bench.backends.client.openai import PreparedRequest
 
 from .spec import WorkloadSpec
 from .synthetic import TokenizerFns, _fit_exact, _words, generate_synthetic

@@ -57,9 +57,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from infer_bench.backends.aioloop import raise_open_files_limit
-from infer_bench.backends.http_client import HttpPool
-from infer_bench.backends.openai import (PreparedRequest, RawResult, RunClock, build_wire,
+from infer_bench.backends.client.aioloop import raise_open_files_limit
+from infer_bench.backends.client.http import HttpPool
+from infer_bench.backends.client.openai import (PreparedRequest, RawResult, RunClock, build_wire,
                                          send_request)
 
 from .arrivals import send_times, trace_send_times

@@ -36,8 +36,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from infer_bench.backends.aioloop import run as run_loop
-from infer_bench.backends.openai import PreparedRequest, RunClock
+from infer_bench.backends.client.aioloop import run as run_loop
+from infer_bench.backends.client.openai import PreparedRequest, RunClock
 
 from .arrivals import send_times as _send_times
 from .arrivals import trace_send_times

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from infer_bench.backends.deployment import (
+from infer_bench.backends.launch import (
     DeploymentError, EngineDeploymentSpec, ExternalDeploymentSpec, make_deployment,
 )
-from infer_bench.backends.aioloop import run as run_loop
-from infer_bench.backends.openai import RunClock
+from infer_bench.backends.client.aioloop import run as run_loop
+from infer_bench.backends.client.openai import RunClock
 
 from .loadgen import LoadGenerator
 from .metrics import summarize

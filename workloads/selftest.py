@@ -5,7 +5,7 @@ measured with what the mock logged.
 Role in the data flow: `infer-bench selftest` (cli/extra_cmds.py) and bench/client_overhead.py
 call `run_selftest(...) -> list[dict]` (one row per rate); tests call it with tiny counts.
 
-Method: the mock runs in its own process (`python -m infer_bench.backends.mock_server`, on
+Method: the mock runs in its own process (`python -m infer_bench.backends.mock.server`, on
 loopback; or at `url` if given) so the client's event loop measures only itself. For each rate,
 `n = clamp(rate * duration_s, min_requests, max_requests)` requests go out with Poisson
 arrivals (seeded) through `LoadGenerator` (or `multiproc.run_sharded` with workers > 1). The
@@ -44,8 +44,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from infer_bench.backends.aioloop import run as run_loop
-from infer_bench.backends.openai import PreparedRequest, RunClock
+from infer_bench.backends.client.aioloop import run as run_loop
+from infer_bench.backends.client.openai import PreparedRequest, RunClock
 
 from .spec import ArrivalSpec
 
@@ -57,7 +57,7 @@ class MockProcess:
     it to these CPU cores (Linux)."""
 
     def __init__(self, **cfg: Any):
-        args = [sys.executable, "-m", "infer_bench.backends.mock_server", "--port", "0",
+        args = [sys.executable, "-m", "infer_bench.backends.mock.server", "--port", "0",
                 "--ttft-ms", str(cfg.get("ttft_s", 0.02) * 1e3),
                 "--token-delay-ms", str(cfg.get("token_delay_s", 0.005) * 1e3),
                 "--tokens-per-chunk", str(cfg.get("tokens_per_chunk", 1))]

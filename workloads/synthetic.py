@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from infer_bench.backends.openai import PreparedRequest
+from infer_bench.backends.client.openai import PreparedRequest
 
 from .spec import WorkloadSpec
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from ..engine import RequestOutput
-from ..protocol import RequestError
+from ..http.protocol import RequestError
 from .wire import PeerClosed, async_recv, encode, params_to_dict, unlink_shm
 
 log = logging.getLogger("infer_bench.engine.disagg.router")

@@ -2,7 +2,7 @@
 
 Role in the data flow:
 
-    backends/deployment.py -> `python -m infer_bench.backends.engine.serve --mode disagg
+    backends/deployment.py -> `python -m infer_bench.backends.engine.http.serve --mode disagg
         --prefill-workers N --decode-workers M --num-threads T [--kv-transport shm|dist]
         [--no-layerwise] [--kv-link-gbps G] [--disagg-threshold K] ...`
       -> serve.run_server() sees mode "disagg" and calls run_disagg_server(cfg) (here)
@@ -75,7 +75,7 @@ def make_options(cfg):
     """ServerConfig -> DisaggOptions."""
     import dataclasses
 
-    from ..serve import make_engine_config
+    from ..http.serve import make_engine_config
     from .router import DisaggOptions
 
     econf = dataclasses.asdict(make_engine_config(cfg))
@@ -90,7 +90,7 @@ def make_options(cfg):
 def install_health(app, engine) -> None:
     from aiohttp import web
 
-    from ..server import get_state
+    from ..http.app import get_state
 
     @web.middleware
     async def disagg_health(request, handler):
@@ -104,8 +104,8 @@ def install_health(app, engine) -> None:
 
 
 async def _serve(cfg, opts, tokenizer, desc: str) -> int:
-    from ..serve import READY_PREFIX, default_model_names, resolve_api_key
-    from ..server import build_app, start_site, stop_site
+    from ..http.serve import READY_PREFIX, default_model_names, resolve_api_key
+    from ..http.app import build_app, start_site, stop_site
     from .router import DisaggEngine
 
     engine = DisaggEngine(opts, tokenizer)

@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .http_client import (ConnectError, DisconnectError, HttpPool, ProtocolError, Response,
+from .http import (ConnectError, DisconnectError, HttpPool, ProtocolError, Response,
                           build_request)
 from .sse import sse_lines
 

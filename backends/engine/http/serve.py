@@ -3,7 +3,7 @@
 Role in the data flow:
 
     backends/deployment.py (or a person, or `infer-bench serve`)
-      -> `python -m infer_bench.backends.engine.serve --model SOURCE --port N ...`
+      -> `python -m infer_bench.backends.engine.http.serve --model SOURCE --port N ...`
       -> run_server(ServerConfig): torch threads -> loader.load_model() -> AsyncEngine
          -> server.build_app() -> listen -> prints "infer-bench engine ready: http://HOST:PORT"
       -> GET /health answers 200 from then on; SIGTERM/SIGINT: stop accepting, abort in-flight
@@ -115,7 +115,7 @@ def parse_dtype(name: str | None):
 
 def make_engine_config(cfg: ServerConfig):
     """ServerConfig -> EngineConfig, passing only what was set and what EngineConfig has."""
-    from .engine import EngineConfig
+    from ..engine import EngineConfig
 
     if dataclasses.is_dataclass(EngineConfig):
         known = {f.name for f in dataclasses.fields(EngineConfig)}
@@ -134,7 +134,7 @@ def make_engine_config(cfg: ServerConfig):
             continue
         kwargs[name] = value
     if cfg.spec:
-        from .spec_decode import parse_spec_flag
+        from ..spec_decode import parse_spec_flag
         kwargs.update(parse_spec_flag(cfg.spec))
     return EngineConfig(**kwargs)
 
@@ -151,8 +151,8 @@ def default_model_names(cfg: ServerConfig) -> tuple[str, list[str]]:
 
 
 async def _serve(cfg: ServerConfig, loaded) -> int:
-    from .engine import AsyncEngine
-    from .server import build_app, start_site, stop_site
+    from ..engine import AsyncEngine
+    from .app import build_app, start_site, stop_site
 
     engine = AsyncEngine(make_engine_config(cfg), loaded)
     name, extra = default_model_names(cfg)
@@ -228,7 +228,7 @@ def run_server(cfg: ServerConfig) -> int:
     if cfg.access_log:
         logging.getLogger("aiohttp.access").setLevel(logging.INFO)
     if cfg.mode == "disagg":  # router + prefill/decode worker processes
-        from .disagg.serve import run_disagg_server
+        from ..disagg.serve import run_disagg_server
         return run_disagg_server(cfg)
     if cfg.mode != "mono":
         print(f"infer-bench serve: --mode {cfg.mode} is not available: this server runs one "
@@ -236,7 +236,7 @@ def run_server(cfg: ServerConfig) -> int:
         raise SystemExit(2)
     import torch
 
-    from .loader import ModelLoadError, load_model
+    from ..loader import ModelLoadError, load_model
 
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
@@ -258,7 +258,7 @@ def run_server(cfg: ServerConfig) -> int:
 
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m infer_bench.backends.engine.serve",
+        prog="python -m infer_bench.backends.engine.http.serve",
         description="Serve a model with the infer-bench reference engine (OpenAI-compatible "
                     "HTTP API: /v1/completions, /v1/chat/completions, /v1/models, /health, "
                     "/metrics, /debug/steps).")
@@ -285,7 +285,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="mono: one engine does prefill and decode; disagg: prefill and decode workers")
     p.add_argument("--prefill-workers", type=int, default=1, help="(disagg only)")
     p.add_argument("--decode-workers", type=int, default=1, help="(disagg only)")
-    from .disagg.serve import add_disagg_arguments
+    from ..disagg.serve import add_disagg_arguments
     add_disagg_arguments(p)
     p.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' on every endpoint but /health "
@@ -324,7 +324,7 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(argv)
     if cfg.mode == "disagg":
-        from .disagg.serve import disagg_options_from_args
+        from ..disagg.serve import disagg_options_from_args
         cfg.disagg = disagg_options_from_args(build_arg_parser().parse_args(argv))
     return run_server(cfg)
 

@@ -31,7 +31,7 @@ did. Behaviour for a streamed request received at t_r:
 Also `GET /health`, `GET /v1/models`, and non-streamed responses (one JSON body after the whole
 output's time).
 
-Command line (also `infer-bench mock-server`): `python -m infer_bench.backends.mock_server
+Command line (also `infer-bench mock-server`): `python -m infer_bench.backends.mock.server
 --port 8100 --ttft-ms 50 --token-delay-ms 10 --tokens-per-chunk 1`; `main(argv)` prints the URL
 on one line ("mock server listening on http://127.0.0.1:8100") and serves until interrupted.
 """
@@ -47,9 +47,9 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .aioloop import raise_open_files_limit
-from .aioloop import run as _run_loop
-from .mock_http import Request, ServerConn, Ticker, frame, start_server
+from ..client.aioloop import raise_open_files_limit
+from ..client.aioloop import run as _run_loop
+from .http import Request, ServerConn, Ticker, frame, start_server
 
 _perf = time.perf_counter
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .sampling import SamplingParams
+    from ..sampling import SamplingParams
 
 EXTENSION_FIELD = "infer_bench"
 SSE_DONE = b"data: [DONE]\n\n"
@@ -319,7 +319,7 @@ def _sampling_params(
     max_model_len: int | None,
     vocab_size: int | None = None,
 ) -> "SamplingParams":
-    from .sampling import SamplingParams
+    from ..sampling import SamplingParams
 
     temperature = _opt_number(body, "temperature")
     if temperature is not None and temperature < 0:

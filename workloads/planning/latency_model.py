@@ -257,7 +257,7 @@ class LatencyModel:
 
 def example_profile_path() -> Path:
     """The illustrative H100 / Llama-3-8B profile shipped with the package."""
-    return Path(__file__).parent / "data" / "profile_example_h100_llama8b.json"
+    return Path(__file__).parent.parent / "data" / "profile_example_h100_llama8b.json"
 
 
 # ------------------------------------------------------------------------------ fitting

@@ -26,7 +26,7 @@ import itertools
 import time
 from typing import Any, Callable
 
-from . import rawsock
+from ..client import rawsock
 
 __all__ = ["Request", "ServerConn", "Ticker", "frame", "start_server"]
 

@@ -171,7 +171,7 @@ def profile_engine(base_url: str, *, grid: ProfileGrid | None = None, model: str
 
 def describe_this_machine() -> dict:
     """hardware description of this host for a profile (CPU model, cores; GPUs if NVML says)."""
-    from .results import collect_env
+    from ..results import collect_env
 
     env = collect_env()
     gpus = [g.get("name") for g in env.get("gpus") or [] if g.get("name")]

@@ -65,9 +65,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .arrivals import send_times
+from ..arrivals import send_times
 from .latency_model import LatencyModel
-from .spec import ArrivalSpec, WorkloadSpec
+from ..spec import ArrivalSpec, WorkloadSpec
 
 MODES = ("mono", "disagg")
 
@@ -273,8 +273,8 @@ class SimResult:
     def to_records(self, deployment: str | None = None, load_point: str = "sim",
                    per_token: bool | None = None) -> list:
         """`workloads.records.RequestRecord`s (the rows a real run would write)."""
-        from . import metrics
-        from .records import RequestRecord
+        from .. import metrics
+        from ..records import RequestRecord
 
         dep = deployment or self.deployment.name
         per_token = self.token_times is not None if per_token is None else per_token

@@ -31,11 +31,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import metrics
-from .arrivals import send_times
+from .. import metrics
+from ..arrivals import send_times
 from .latency_model import LatencyModel
 from .simulator import (Deployment, InstanceConfig, Link, SimRequests, simulate, spec_lengths)
-from .spec import ArrivalSpec, LengthDist, WorkloadSpec
+from ..spec import ArrivalSpec, LengthDist, WorkloadSpec
 
 SAME_BAND = 0.05
 
@@ -439,7 +439,7 @@ def validate(results_dir: str | Path, latency_model: "LatencyModel | dict[str, L
     ones). `wake_s`, `intake_s`: see deployment_from_spec."""
     import pandas as pd
 
-    from .results import load_results
+    from ..results import load_results
 
     res = load_results(results_dir)
     spec = res.spec or {}
