@@ -150,3 +150,20 @@ def test_server_timing_columns():
     assert r.server_cached_tokens == 16
     assert '"steps":[1,2]' in r.server_timing_json
     assert math.isclose(r.ttft_s, 0.1)
+
+
+def test_attainment_counts_from_intended_send_so_a_stalled_client_cannot_hide_latency():
+    # Four requests scheduled at 0, 1, 2, 3 s. The client stalled and sent the last two 1.5 s late;
+    # the server then answered in 0.3 s. From the actual send they all meet a 1 s TTFT SLO; from
+    # the intended send the late two waited 1.8 s and miss.
+    slo = SLO(ttft_s=1.0, tpot_s=None)
+    rs = [rec("a", 0.0, [0.3, 0.4], [1, 1], intended=0.0),
+          rec("b", 1.0, [1.3, 1.4], [1, 1], intended=1.0),
+          rec("c", 3.5, [3.8, 3.9], [1, 1], intended=2.0),
+          rec("d", 4.5, [4.8, 4.9], [1, 1], intended=3.0)]
+    s = M.summarize(rs, slo)
+    assert s["slo_attainment_from_send"] == pytest.approx(1.0)
+    assert s["slo_attainment"] == pytest.approx(0.5)
+    assert s["slo_ttft_attainment"] == pytest.approx(0.5)
+    assert M.slo_checks(rs[2], slo) == (False, True)
+    assert M.slo_checks(rs[2], slo, from_intended=False) == (True, True)
