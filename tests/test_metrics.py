@@ -167,3 +167,30 @@ def test_attainment_counts_from_intended_send_so_a_stalled_client_cannot_hide_la
     assert s["slo_ttft_attainment"] == pytest.approx(0.5)
     assert M.slo_checks(rs[2], slo) == (False, True)
     assert M.slo_checks(rs[2], slo, from_intended=False) == (True, True)
+
+
+def test_steady_state_drops_ramp_up_and_counts_throughput_until_the_last_send():
+    # Ten requests scheduled every second from t=0; the first two met an empty system (fast).
+    rs = [rec(f"r{i}", float(i), [i + (0.1 if i < 2 else 0.5), i + 0.6], [1, 1], intended=float(i))
+          for i in range(10)]
+    kept, win = M.steady_state(rs, ramp_fraction=0.2)
+    assert [r.request_id for r in kept] == [f"r{i}" for i in range(2, 10)]
+    assert win == pytest.approx((1.8, 9.0))
+    s = M.summarize(kept, None, win)
+    assert s["ttft_p50_s"] == pytest.approx(0.5)
+    # tokens arriving in [1.8, 9.0]: requests 2..8 deliver both tokens inside, 9 none -> 14 tokens
+    assert s["output_throughput_tps"] == pytest.approx(14 / 7.2)
+    assert M.steady_state(rs, 0.0)[0] == rs
+
+
+def test_summary_rows_use_the_steady_state_from_the_spec_but_count_every_request():
+    from infer_bench.workloads.results import compute_summary
+    rs = [rec(f"r{i}", float(i), [i + (0.1 if i < 2 else 0.5), i + 0.6], [1, 1], intended=float(i))
+          for i in range(10)]
+    rs.append(rec("bad", 0.5, [], [], error_type="http_5xx", intended=0.5))
+    spec = {"steady_state": {"ramp_fraction": 0.2}, "load_points": [{"name": "lp"}]}
+    [row] = compute_summary(rs, spec).to_dict("records")
+    assert row["n_requests"] == 11 and row["n_failed"] == 1 and row["n_measured"] == 8
+    assert row["ttft_p50_s"] == pytest.approx(0.5)
+    [row] = compute_summary(rs, {"load_points": [{"name": "lp"}]}).to_dict("records")
+    assert row["n_measured"] == 11 and row["ttft_p50_s"] == pytest.approx(0.5)

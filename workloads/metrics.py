@@ -132,7 +132,7 @@ def _rows(records) -> list:
     return list(records)
 
 
-def _failed(r) -> bool:
+def is_failed(r) -> bool:
     return _get(r, "error_type") is not None or _get(r, "error") is not None
 
 
@@ -159,7 +159,7 @@ def slo_checks(r, slo, from_intended: bool = True) -> tuple[bool, bool]:
     `from_intended` (the default): TTFT is counted from the intended send time where the record
     has one, so a client that sent late (coordinated omission) cannot hide queueing latency."""
     s_ttft, s_tpot = _slo_bounds(slo)
-    if _failed(r):
+    if is_failed(r):
         return False, False
     t = _get(r, "ttft_s")
     if from_intended and t is not None:
@@ -191,11 +191,35 @@ def default_window(records) -> tuple[float, float] | None:
     return float(min(starts)), float(max(ends))
 
 
+def steady_state(records, ramp_fraction: float = 0.1):
+    """The steady-state part of one load point: (records, throughput window).
+
+    Ramp-up: the requests whose intended send time falls in the first `ramp_fraction` of the
+    span of intended send times met a system that was still filling (shorter queues, a smaller
+    batch); they are left out of the latency percentiles and SLO attainment. Drain: after the
+    last intended send no new work arrives and the batch empties, so throughput is counted over
+    [ramp cut-off, last intended send] rather than up to the last token. Records without an
+    intended send time fall back to their send time. Fewer than 2 send times, or
+    `ramp_fraction <= 0`: everything is kept and the window is the default one."""
+    rows = _rows(records)
+    sends = []
+    for r in rows:
+        s = _get(r, "intended_send_s")
+        sends.append(_get(r, "send_s") if s is None else s)
+    known = [s for s in sends if s is not None]
+    if ramp_fraction <= 0 or len(known) < 2 or max(known) <= min(known):
+        return rows, default_window(rows)
+    s0, s1 = min(known), max(known)
+    cut = s0 + ramp_fraction * (s1 - s0)
+    kept = [r for r, s in zip(rows, sends) if s is not None and s >= cut]
+    return kept, (cut, s1)
+
+
 def summarize(records, slo=None, window: tuple[float, float] | None = None) -> dict[str, Any]:
     """Summary of one deployment x load point. `records`: RequestRecords, dicts or a DataFrame.
     Values are floats, ints or None (undefined: no data)."""
     rows = _rows(records)
-    ok = [r for r in rows if not _failed(r)]
+    ok = [r for r in rows if not is_failed(r)]
     out: dict[str, Any] = {"n_requests": len(rows), "n_failed": len(rows) - len(ok)}
     win = window if window is not None else default_window(rows)
     if win is None:

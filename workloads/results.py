@@ -315,7 +315,17 @@ def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
                                        if len(intended) > 1 and intended[-1] > intended[0]
                                        else None)
             win = (windows or {}).get((dep, lp))
-            row.update(metrics.summarize(g, slo, win))
+            ramp = float(((spec or {}).get("steady_state") or {}).get("ramp_fraction") or 0.0)
+            if ramp > 0:
+                kept, win = metrics.steady_state(g, ramp)
+                row.update(metrics.summarize(kept, slo, win))
+                row["n_measured"] = len(kept)
+                n_all = len(g)
+                row["n_failed"] = int(sum(metrics.is_failed(r) for r in g.to_dict("records")))
+                row["n_requests"] = n_all
+            else:
+                row.update(metrics.summarize(g, slo, win))
+                row["n_measured"] = row["n_requests"]
             rows.append(row)
     return pd.DataFrame(rows)
 
