@@ -115,6 +115,9 @@ class DeploymentCores:
         """The CPUs of the launched server process (mono engine or disagg router)."""
         return self.roles.get("server") or self.roles.get("router") or self.cpus
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
     def env(self) -> dict[str, str]:
         """Environment variables for the engine server process ({} when not pinned)."""
         if not self.pinned or not self.cpus:
