@@ -21,8 +21,8 @@ Role in the data flow:
 Workers are separate OS processes (`python -m infer_bench.backends.engine.disagg.worker`), each
 with its own engine and torch threads (the deployment's --num-threads split evenly), pinned to
 the CPUs that $INFER_BENCH_CPUS_PREFILL / _DECODE give its role when the launcher sets them
-(cpu_affinity.py; `describe()` shows them); each is connected to the router by a socketpair it inherits (JSON frames, wire.py). The router does no
-torch work. A worker that dies (its socket closes) fails its in-flight requests at once (503
+(cpu_affinity.py; `describe()` shows them); each is connected to the router by a socketpair it
+inherits (JSON frames, wire.py). The router does no torch work. A worker that dies (its socket closes) fails its in-flight requests at once (503
 before the first token, an error event mid-stream), is no longer chosen, and is reported by
 health(); its shared-memory segment is unlinked. shutdown() stops every worker and unlinks every
 segment.
