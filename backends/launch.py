@@ -8,6 +8,11 @@ server answers its health check, or raises `DeploymentError` with a one-line rea
 `describe()` for the results dir, `fetch_steps()` (engine step traces, empty for external
 servers), `pids()` (for telemetry), and `stop()`.
 
+CPU pinning: an engine deployment given its share of a `cpu_pinning.CorePlan` (`cores=`) passes
+the share to the server in the environment (INFER_BENCH_CPUS, _PREFILL, _DECODE: the engine pins
+itself and its workers), pins the server's pid as soon as it is spawned, and once healthy reads
+back the affinity of every process it started (`affinity`, also in `describe()["cpus"]`).
+
 This module launches the engine as a subprocess and talks to it over HTTP only: it does not import
 `backends.engine` (the engine is measured like any other server).
 """
@@ -25,6 +30,8 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .cpu_pinning import DeploymentCores, observed_affinity, pin_threads
 
 
 class DeploymentError(RuntimeError):
@@ -100,8 +107,11 @@ class ExternalDeploymentSpec:
 class EngineDeployment:
     """The reference engine as a real server process on 127.0.0.1 (a free port)."""
 
-    def __init__(self, spec: EngineDeploymentSpec, log_dir: Path, startup_timeout_s: float = 300.0):
+    def __init__(self, spec: EngineDeploymentSpec, log_dir: Path, startup_timeout_s: float = 300.0,
+                 cores: DeploymentCores | None = None):
         self.spec = spec
+        self.cores = cores
+        self.affinity: dict = {}  # planned and observed CPUs (see read_affinity)
         self.log_dir = Path(log_dir)
         self.startup_timeout_s = startup_timeout_s
         self.port = free_port()
@@ -143,12 +153,22 @@ class EngineDeployment:
         threads = str(self.spec.num_threads)
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false")
         env.pop("INFER_BENCH_API_KEY", None)  # the key of --url runs must not lock our own engine
+        for var in ("INFER_BENCH_CPUS", "INFER_BENCH_CPUS_PREFILL", "INFER_BENCH_CPUS_DECODE"):
+            env.pop(var, None)  # only this deployment's share, never one inherited
+        if self.cores is not None:
+            env.update(self.cores.env())
         log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self._log = log
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,  # our own process group: stop() reaps every worker
         )
+        pin_error = None
+        if self.cores is not None and self.cores.pinned:
+            try:  # before its interpreter starts any thread (the server also pins itself)
+                pin_threads(self.cores.server_cpus(), self.proc.pid)
+            except OSError as e:
+                pin_error = f"sched_setaffinity refused: {e}"
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -156,7 +176,10 @@ class EngineDeployment:
                     f"engine '{self.spec.name}' exited with code {self.proc.returncode} during "
                     f"start-up: {self._last_log_line()}")
             try:
-                http_get_json(self.base_url + "/health", timeout=2.0)
+                health = http_get_json(self.base_url + "/health", timeout=2.0)
+                self.affinity = self.read_affinity(health)
+                if pin_error:
+                    self.affinity["error"] = pin_error
                 return
             except (urllib.error.URLError, OSError, ValueError):
                 time.sleep(0.25)
@@ -187,6 +210,20 @@ class EngineDeployment:
             pass
         return pids
 
+    def read_affinity(self, health: dict | None = None) -> dict:
+        """{"planned": the share (None without a plan), "observed": [{pid, role, cpus}] for the
+        server and every child}; disagg workers are named from /health's worker list."""
+        roles: dict[int, str] = {}
+        if self.proc is not None:
+            roles[self.proc.pid] = "router" if self.spec.mode == "disagg" else "server"
+        for w in (health or {}).get("workers") or []:
+            if isinstance(w, dict) and w.get("pid"):
+                roles[int(w["pid"])] = str(w.get("name") or w.get("role") or "worker")
+        seen = observed_affinity(self.pids())
+        return {"planned": self.cores.to_dict() if self.cores is not None else None,
+                "observed": [{"pid": pid, "role": roles.get(pid, "child"), "cpus": cpus}
+                             for pid, cpus in seen.items()]}
+
     def fetch_steps(self) -> list[dict]:
         try:
             data = http_get_json(self.base_url + "/debug/steps", timeout=10.0)
@@ -198,6 +235,8 @@ class EngineDeployment:
         d = self.spec.to_dict()
         d["url"] = self.base_url
         d["command"] = self.command()
+        if self.affinity:
+            d["cpus"] = self.affinity
         return d
 
     def stop(self, timeout_s: float = 15.0) -> None:
@@ -275,7 +314,8 @@ class ExternalDeployment:
         return None
 
 
-def make_deployment(spec, log_dir: Path):
+def make_deployment(spec, log_dir: Path, cores: DeploymentCores | None = None):
+    """`cores`: the deployment's share of a cpu_pinning.CorePlan (engines only; None: unpinned)."""
     if isinstance(spec, ExternalDeploymentSpec):
         return ExternalDeployment(spec)
-    return EngineDeployment(spec, log_dir)
+    return EngineDeployment(spec, log_dir, cores=cores)

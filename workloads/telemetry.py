@@ -26,9 +26,15 @@ file and are told apart by `deployment`):
     process     proc_rss_mib        pid                 MiB
     process     proc_cpu_pct        "total"             %      (sum over the deployment's pids)
     process     proc_rss_mib        "total"             MiB
+    client      proc_cpu_pct        pid / "total"       %      (the load generator's own
+    client      proc_rss_mib        pid / "total"       MiB     processes; deployment "")
     system      sys_cpu_pct         "system"            %      (all cores, 0-100)
     system      sys_mem_available_mib "system"          MiB
     prometheus  <metric name>       labels "k=v,k=v"    "s" / "B" from a _seconds/_bytes name, else ""
+
+Client rows come from `client_sampler()`: this process (the runner, which is the client) and its
+children (`run --workers N` shards), sampled for the whole run so that the CPU the client took
+can be set against each load point (workloads/bystander_cpu.py); they belong to no deployment.
 
 NVML rows appear when `pynvml` (nvidia-ml-py) initialises and sees at least one GPU; otherwise
 (and always when `process=True`) the process and system rows do. Values are finite floats (NaN
@@ -51,7 +57,8 @@ from typing import Any, Callable, Iterable
 
 MIB = 1024 * 1024
 
-__all__ = ["TelemetrySampler", "parse_prometheus_text", "prometheus_rows", "scrape_prometheus"]
+__all__ = ["TelemetrySampler", "client_sampler", "client_pids", "parse_prometheus_text",
+           "prometheus_rows", "scrape_prometheus"]
 
 
 # ----------------------------------------------------------------------------- Prometheus text
@@ -300,6 +307,8 @@ class TelemetrySampler:
       nvml          False skips NVML (forces the CPU path).
       process       "auto" (process + system rows only when NVML gives no GPU), True, False.
       gpu_indices   NVML indices to sample (default: all).
+      process_source  the `source` of process rows ("process"; the client's sampler: "client").
+      system        False: no system rows (the client's sampler leaves them to the others).
       flush_s       write the buffered rows at least this often (and on stop).
 
     `status` (a JSON-able dict) says what was sampled, why a source is absent, errors, and the
@@ -311,7 +320,8 @@ class TelemetrySampler:
                  prometheus_interval_s: float = 1.0, prometheus_timeout_s: float = 1.0,
                  prometheus_allow: Iterable[str] | None = None, nvml: bool = True,
                  process: bool | str = "auto", gpu_indices: list[int] | None = None,
-                 pid_refresh_s: float = 1.0, flush_s: float = 1.0):
+                 pid_refresh_s: float = 1.0, flush_s: float = 1.0,
+                 process_source: str = "process", system: bool = True):
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
         self.out_path = Path(out_path)
@@ -331,6 +341,8 @@ class TelemetrySampler:
         self.gpu_indices = gpu_indices
         self.pid_refresh_s = float(pid_refresh_s)
         self.flush_s = float(flush_s)
+        self.process_source = process_source
+        self.system = system
 
         self.status: dict[str, Any] = {"deployment": deployment, "state": "created",
                                        "interval_s": self.interval_s}
@@ -370,9 +382,10 @@ class TelemetrySampler:
                 import psutil
                 self._psutil = psutil
                 psutil.cpu_percent(None)  # prime the system-wide counter
-                sources.append("system")
+                if self.system:
+                    sources.append("system")
                 if self.pids_fn is not None:
-                    sources.append("process")
+                    sources.append(self.process_source)
             except ImportError:
                 self.status["process"] = "psutil not installed"
         if self.prometheus_url:
@@ -512,11 +525,12 @@ class TelemetrySampler:
                         self._emit(t, "nvml", self._nvml.sample())
                     if self._psutil is not None:
                         if self._procs:
-                            self._emit(t, "process", self._sample_processes())
-                        vm = self._psutil.virtual_memory()
-                        self._emit(t, "system", [
-                            ("sys_cpu_pct", "system", self._psutil.cpu_percent(None), "%"),
-                            ("sys_mem_available_mib", "system", vm.available / MIB, "MiB")])
+                            self._emit(t, self.process_source, self._sample_processes())
+                        if self.system:
+                            vm = self._psutil.virtual_memory()
+                            self._emit(t, "system", [
+                                ("sys_cpu_pct", "system", self._psutil.cpu_percent(None), "%"),
+                                ("sys_mem_available_mib", "system", vm.available / MIB, "MiB")])
                 except Exception as e:  # noqa: BLE001 (keep sampling; say what went wrong)
                     errors += 1
                     self.status["sample_errors"] = errors
@@ -574,6 +588,34 @@ class TelemetrySampler:
                 self._stop.wait(max(wait, 0.0))
         finally:
             self.status["prometheus_cpu_s"] = round(time.thread_time() - cpu0, 4)
+
+
+def client_pids() -> list[int]:
+    """This process and its live children in its own process group (the client's shards);
+    launched deployments are left out: they run in sessions of their own (backends/launch.py)."""
+    pids = [os.getpid()]
+    try:
+        import psutil
+        group = os.getpgid(0)
+        for c in psutil.Process().children(recursive=True):
+            try:
+                if os.getpgid(c.pid) == group:
+                    pids.append(c.pid)
+            except OSError:  # gone meanwhile
+                continue
+    except Exception:  # noqa: BLE001 (telemetry is best effort)
+        pass
+    return pids
+
+
+def client_sampler(out_path: str | Path, clock_fn: Callable[[], float] | None = None,
+                   interval_s: float = 0.1, pids_fn: Callable[[], Iterable[int]] | None = None,
+                   flush_s: float = 1.0) -> TelemetrySampler:
+    """A sampler of the load generator's own processes (`client` rows, deployment ""), to run
+    for the whole run beside the deployments' samplers. `pids_fn` defaults to `client_pids`."""
+    return TelemetrySampler(out_path, pids_fn or client_pids, interval_s=interval_s,
+                            clock_fn=clock_fn, deployment="", nvml=False, process=True,
+                            process_source="client", system=False, flush_s=flush_s)
 
 
 def sampler_overhead(seconds: float = 5.0, interval_s: float = 0.1,

@@ -19,9 +19,10 @@ Role in the data flow:
       worker and role), health() (ok / degraded / unavailable).
 
 Workers are separate OS processes (`python -m infer_bench.backends.engine.disagg.worker`), each
-with its own engine and torch threads (the deployment's --num-threads split evenly); each is
-connected to the router by a socketpair it inherits (JSON frames, wire.py). The router does no
-torch work. A worker that dies (its socket closes) fails its in-flight requests at once (503
+with its own engine and torch threads (the deployment's --num-threads split evenly), pinned to
+the CPUs that $INFER_BENCH_CPUS_PREFILL / _DECODE give its role when the launcher sets them
+(cpu_affinity.py; `describe()` shows them); each is connected to the router by a socketpair it
+inherits (JSON frames, wire.py). The router does no torch work. A worker that dies (its socket closes) fails its in-flight requests at once (503
 before the first token, an error event mid-stream), is no longer chosen, and is reported by
 health(); its shared-memory segment is unlinked. shutdown() stops every worker and unlinks every
 segment.
@@ -41,6 +42,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+from ..cpu_affinity import ENV_SELF, pin_threads, worker_cpus
 from ..engine import RequestOutput
 from ..http.protocol import RequestError
 from .wire import PeerClosed, async_recv, encode, params_to_dict, unlink_shm
@@ -94,6 +96,7 @@ class WorkerHandle:
         self.shm_name: str | None = None
         self.task: asyncio.Task | None = None
         self.death: str | None = None
+        self.cpus: list[int] | None = None   # the CPUs it was pinned to (None: inherited)
 
     def send(self, msg: dict) -> bool:
         if not self.alive or self.writer is None:
@@ -107,6 +110,8 @@ class WorkerHandle:
     def describe(self) -> dict:
         d = {"name": self.name, "role": self.role, "alive": self.alive,
              "pid": self.proc.pid if self.proc else None, "inflight": len(self.inflight)}
+        if self.cpus is not None:
+            d["cpus"] = self.cpus
         if self.shm_name:
             d["shm"] = self.shm_name.lstrip("/")
         if self.death:
@@ -178,10 +183,18 @@ class DisaggEngine:
             a, b = socket.socketpair()
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                        TOKENIZERS_PARALLELISM="false")
+            w.cpus = worker_cpus(w.role, int(w.name.rsplit("-", 1)[1]))
+            if w.cpus is not None:  # the worker pins itself from it; pinned here too, at once
+                env[ENV_SELF] = ",".join(map(str, w.cpus))
             w.proc = subprocess.Popen(
                 [sys.executable, "-m", "infer_bench.backends.engine.disagg.worker",
                  "--control-fd", str(b.fileno())], pass_fds=[b.fileno()], env=env)
             b.close()
+            if w.cpus is not None:
+                try:
+                    pin_threads(w.cpus, w.proc.pid)
+                except OSError as e:
+                    log.warning("worker %s not pinned to CPUs %s: %s", w.name, w.cpus, e)
             w.reader, w.writer = await asyncio.open_connection(sock=a)
             w.alive = True
             cfg = {"type": "config", "name": w.name, "role": w.role, "token": self.token,

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..cpu_affinity import pin_from_env
 from ..engine import EngineConfig, LLMEngine
 from ..sequence import Sequence, SequenceStatus
 from .transport import (MAX_SLICE_RUNS, DistGroup, KVLayout, LinkThrottle, ShmPool, copy_runs,
@@ -787,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--control-fd", type=int, required=True)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pin_from_env()  # the CPUs the router gave this worker (every thread, torch's included)
     sock = socket.socket(fileno=a.control_fd)
     ctrl = MsgSocket(sock)
     try:

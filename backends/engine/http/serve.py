@@ -4,6 +4,7 @@ Role in the data flow:
 
     backends/deployment.py (or a person, or `infer-bench serve`)
       -> `python -m infer_bench.backends.engine.http.serve --model SOURCE --port N ...`
+      -> pin to $INFER_BENCH_CPUS when set (cpu_affinity.py)
       -> run_server(ServerConfig): torch threads -> loader.load_model() -> AsyncEngine
          -> server.build_app() -> listen -> prints "infer-bench engine ready: http://HOST:PORT"
       -> GET /health answers 200 from then on; SIGTERM/SIGINT: stop accepting, abort in-flight
@@ -322,6 +323,8 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..cpu_affinity import pin_from_env
+    pin_from_env()  # $INFER_BENCH_CPUS from the launcher, before torch starts any thread
     cfg = config_from_args(argv)
     if cfg.mode == "disagg":
         from ..disagg.serve import disagg_options_from_args
