@@ -13,7 +13,7 @@ from infer_bench.workloads.datasets import (
     DatasetError, build_requests, read_sharegpt, read_trace, sample_dataset_path,
 )
 from infer_bench.workloads.spec import ArrivalSpec, WorkloadSpec
-from infer_bench.workloads.synthetic import generate_requests, load_tokenizer_for
+from infer_bench.workloads.prompt_text import load_tokenizer_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,7 +37,7 @@ def test_trace_replay_is_exact(tmp_path):
     p = tmp_path / "trace.jsonl"
     _write_trace(p, stamps)
     spec = WorkloadSpec(kind="trace", dataset_path=str(p), output_len=7)
-    reqs = generate_requests(spec)                  # the runner's entry point, every kind
+    reqs = build_requests(spec)                     # the runner's entry point, every kind
     assert [r.send_at_s for r in reqs] == stamps
     assert [r.max_tokens for r in reqs] == [3, 4, 5, 6, 7]
     assert reqs[1].prompt == "hello there" and reqs[0].n_input == 5
@@ -121,9 +121,9 @@ def test_sharegpt_parsing(tmp_path, tok):
 def test_shared_prefix_groups_share_first_k_tokens(tok):
     spec = WorkloadSpec(kind="shared_prefix", num_prefixes=3, prompts_per_prefix=4,
                         shared_prefix_len=16, input_len="uniform:2,12", output_len=5, seed=2)
-    reqs = generate_requests(spec, tok)
+    reqs = build_requests(spec, tok)
     assert len(reqs) == 12 == spec.num_requests
-    assert [r.prompt for r in reqs] == [r.prompt for r in generate_requests(spec, tok)]
+    assert [r.prompt for r in reqs] == [r.prompt for r in build_requests(spec, tok)]
     groups: dict[tuple, list] = {}
     for r in reqs:
         ids = tok.tokenize(r.prompt)
@@ -134,14 +134,14 @@ def test_shared_prefix_groups_share_first_k_tokens(tok):
     for g in groups.values():
         assert len({tuple(x[16:]) for x in g}) == 4
     # without a tokenizer: word-level prefixes
-    plain = generate_requests(spec)
+    plain = build_requests(spec)
     assert len({" ".join(r.prompt.split()[:16]) for r in plain}) == 3
 
 
 def test_multi_turn_prompts_grow(tok):
     spec = WorkloadSpec(kind="multi_turn", num_requests=2, num_turns=3, input_len=6,
                         output_len=4, think_time_s=0.05, endpoint="chat", seed=4)
-    reqs = generate_requests(spec, tok)
+    reqs = build_requests(spec, tok)
     assert len(reqs) == 6
     conv = [r for r in reqs if r.conversation_id == reqs[0].conversation_id]
     assert [r.turn for r in conv] == [0, 1, 2]
@@ -153,7 +153,7 @@ def test_multi_turn_prompts_grow(tok):
     assert conv[1].prompt[1]["role"] == "assistant"
     assert len(tok.tokenize(conv[1].prompt[1]["content"])) == 4       # stand-in answer length
     # completions endpoint: a text transcript; ShareGPT conversations as the source
-    txt = generate_requests(WorkloadSpec(kind="multi_turn", num_requests=3, num_turns=3,
+    txt = build_requests(WorkloadSpec(kind="multi_turn", num_requests=3, num_turns=3,
                                          dataset_path=str(sample_dataset_path())), tok)
     by: dict[str, list] = {}
     for r in txt:

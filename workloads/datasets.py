@@ -2,12 +2,13 @@
 conversations and timestamped traces; `build_requests(spec, tokenizer)` is the one entry point
 for every `WorkloadSpec.kind`.
 
-Role in the data flow: the runner calls `generate_requests(spec, tokenizer)`
-(workloads/synthetic.py), which hands every kind but "synthetic" to `build_requests` here; the
-PreparedRequests then go to `workloads/loadgen.py`. Everything is deterministic from the spec's
+Role in the data flow: the runner calls `build_requests(spec, tokenizer)` once per load point;
+the "synthetic" kind is built by `workloads/synthetic.py`, the others here, all from the prompt
+text helpers of `workloads/prompt_text.py` (imports go one way: datasets -> synthetic ->
+prompt_text); the PreparedRequests then go to `workloads/loadgen.py`. Everything is deterministic from the spec's
 seed (numpy PCG64): the same spec, seed, files and tokenizer give the same requests, bit for bit.
 
-Token counts: with a tokenizer (`synthetic.TokenizerFns`, encoding without special tokens) every
+Token counts: with a tokenizer (`prompt_text.TokenizerFns`, encoding without special tokens) every
 count here is the tokenizer's; generated text (suffixes, user turns, stand-in answers, trace
 prompts given by length) hits its target exactly. Without one, counts are whitespace words
 (approximate; the server's `usage` records what it counted).
@@ -37,8 +38,9 @@ import numpy as np
 
 from infer_bench.backends.client.openai import PreparedRequest
 
+from .prompt_text import TokenizerFns, fit_exact, random_words, text_of
 from .spec import WorkloadSpec
-from .synthetic import TokenizerFns, _fit_exact, _words, generate_synthetic
+from .synthetic import generate_synthetic
 
 USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "assistant", "chatgpt", "bard", "bing", "model"}
@@ -156,13 +158,6 @@ def _count(text: str, tok: TokenizerFns | None) -> int:
     return len(tok.tokenize(text)) if tok is not None else len(text.split())
 
 
-def _text_of(n: int, rng: np.random.Generator, tok: TokenizerFns | None) -> str:
-    """Random-word text of exactly n tokens (n words without a tokenizer)."""
-    if tok is not None:
-        return _fit_exact("", rng, max(int(n), 1), tok)
-    return " ".join(_words(rng, max(int(n), 1)))
-
-
 def _request(spec: WorkloadSpec, rid: str, prompt, max_tokens: int, n_input: int,
              **kw: Any) -> PreparedRequest:
     return PreparedRequest(request_id=rid, prompt=prompt, max_tokens=max(1, int(max_tokens)),
@@ -214,21 +209,21 @@ def build_shared_prefix(spec: WorkloadSpec, tok: TokenizerFns | None = None,
     items = []
     for g in range(n_groups):
         prefix_rng = np.random.default_rng([spec.seed, 2, g])
-        prefix = _text_of(k, prefix_rng, tok)
+        prefix = text_of(k, prefix_rng, tok)
         for _ in range(16):                  # a prefix that survives concatenation unchanged
             if tok is None or _prefix_stable(prefix, tok, word_rng):
                 break
-            prefix = _text_of(k, prefix_rng, tok)
+            prefix = text_of(k, prefix_rng, tok)
         prefix_ids = tok.tokenize(prefix) if tok is not None else None
         for j in range(m):
             i = g * m + j
             target = k + int(suffix_lens[i])
             if tok is None:
-                prompt = prefix + " " + " ".join(_words(word_rng, int(suffix_lens[i])))
+                prompt = prefix + " " + " ".join(random_words(word_rng, int(suffix_lens[i])))
                 n_in = target
             else:
                 for _ in range(16):
-                    prompt = _fit_exact(prefix, word_rng, target, tok)
+                    prompt = fit_exact(prefix, word_rng, target, tok)
                     ids = tok.tokenize(prompt)
                     if ids[:k] == prefix_ids:
                         break
@@ -246,7 +241,8 @@ def build_shared_prefix(spec: WorkloadSpec, tok: TokenizerFns | None = None,
 
 def _prefix_stable(prefix: str, tok: TokenizerFns, rng: np.random.Generator) -> bool:
     ids = tok.tokenize(prefix)
-    probe = prefix + " " + " ".join(_words(np.random.default_rng(int(rng.integers(1 << 30))), 4))
+    probe_rng = np.random.default_rng(int(rng.integers(1 << 30)))
+    probe = prefix + " " + " ".join(random_words(probe_rng, 4))
     return tok.tokenize(probe)[:len(ids)] == ids
 
 
@@ -293,8 +289,8 @@ def build_multi_turn(spec: WorkloadSpec, tok: TokenizerFns | None = None,
         for c in range(n_conv):
             turns = []
             for t in range(n_turns):
-                user = _text_of(int(in_lens[c, t]), word_rng, tok)
-                answer = _text_of(int(out_lens[c, t]), word_rng, tok)
+                user = text_of(int(in_lens[c, t]), word_rng, tok)
+                answer = text_of(int(out_lens[c, t]), word_rng, tok)
                 turns.append((user, answer, int(out_lens[c, t])))
             convs.append(turns)
     reqs = []
@@ -322,7 +318,7 @@ def build_trace(spec: WorkloadSpec, tok: TokenizerFns | None = None,
             prompt = e["prompt"]
             n_in = _count(prompt, tok)
         else:
-            prompt = _text_of(e["input_len"], word_rng, tok)
+            prompt = text_of(e["input_len"], word_rng, tok)
             n_in = _count(prompt, tok) if tok is not None else e["input_len"]
         n_out = e.get("output_len", int(out_lens[i]))
         reqs.append(_request(spec, f"{id_prefix}-{i:05d}", prompt, n_out, n_in,

@@ -58,7 +58,7 @@ def _worker(conn, kw: dict) -> None:
         tokenize = kw.pop("tokenize")
         tok_path = kw.pop("tokenizer_path")
         if tok_path:
-            from infer_bench.workloads.synthetic import load_tokenizer_for
+            from infer_bench.workloads.prompt_text import load_tokenizer_for
             tokenize = load_tokenizer_for(tok_path).tokenize
         clock = RunClock(kw.pop("t0_ns"))
         conn.send(("ready", None))

@@ -8,7 +8,7 @@ RequestRecord to the results dir as it completes; pull the engine's step trace; 
 that fails part-way (a deployment that does not start, Ctrl-C, an error) still finalises the
 results dir, marked incomplete, with everything measured so far.
 
-The runner talks to deployments only through `backends.deployment` (HTTP); it never imports the
+The runner talks to deployments only through `backends.launch` (HTTP); it never imports the
 engine. Progress goes to a `RunObserver` (the CLI draws rich progress bars with it).
 """
 
@@ -28,12 +28,13 @@ from infer_bench.backends.launch import (
 from infer_bench.backends.client.aioloop import run as run_loop
 from infer_bench.backends.client.openai import RunClock
 
+from .datasets import build_requests
 from .loadgen import LoadGenerator
 from .metrics import summarize
+from .prompt_text import load_tokenizer_for
 from .records import RequestRecord
 from .results import ResultsWriter, collect_env
 from .spec import SLO, ArrivalSpec, LoadPoint, WorkloadSpec
-from .synthetic import generate_requests, load_tokenizer_for
 from .telemetry import TelemetrySampler
 
 # Engine series worth scraping from /metrics onto the telemetry timeline.
@@ -237,11 +238,11 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
     def requests_for(lp: LoadPoint) -> list:
         if lp.name not in lp_requests:
             seed = spec.workload.seed + 7919 * len(lp_requests)
-            lp_requests[lp.name] = generate_requests(replace(spec.workload, seed=seed), tokenizer,
+            lp_requests[lp.name] = build_requests(replace(spec.workload, seed=seed), tokenizer,
                                                      id_prefix=f"req-{len(lp_requests)}")
         return lp_requests[lp.name]
 
-    warm = generate_requests(
+    warm = build_requests(
         WorkloadSpec(input_len=spec.workload.input_len, output_len=8, num_requests=max(1, spec.warmup_requests),
                      seed=spec.workload.seed + 10_000, endpoint=spec.workload.endpoint),
         tokenizer, id_prefix="warmup") if spec.warmup_requests else []

@@ -2,7 +2,7 @@
 and what counts as good (SLO).
 
 Role in the data flow: the CLI / runner builds these from flags or a TOML file;
-`workloads/synthetic.py` turns a WorkloadSpec into prompts, `workloads/arrivals.py` turns an
+`workloads/datasets.build_requests` turns a WorkloadSpec into prompts, `workloads/arrivals.py` turns an
 ArrivalSpec into send times, `workloads/metrics.py` judges records against an SLO; `to_dict()` is
 what lands in spec.json (and `from_dict` reads it back).
 """
