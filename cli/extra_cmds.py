@@ -15,6 +15,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from .parsing import positive_floats
+
 console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs
 
 
@@ -72,14 +74,7 @@ def selftest(
 
     from infer_bench.workloads.selftest import bottleneck_rate, run_selftest
 
-    from .errors import UserError
-
-    try:
-        rate_list = [float(x) for x in rates.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--rates takes comma-separated numbers, got {rates!r}") from None
-    if not rate_list or any(r <= 0 for r in rate_list):
-        raise UserError(f"--rates needs positive numbers, got {rates!r}")
+    rate_list = positive_floats(rates, "--rates")
     from infer_bench.backends.client.aioloop import loop_name
 
     console.print(f"client self-test: mock TTFT {ttft_ms:g} ms, {token_delay_ms:g} ms/token, "

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from . import errors
+from .parsing import positive_floats, positive_ints
 
 app = typer.Typer(
     name="infer-bench",
@@ -29,16 +30,6 @@ app = typer.Typer(
 # Wide enough for the summary table when output goes to a file or CI log (rich assumes 80).
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
-
-
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise errors.UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise errors.UserError(f"{flag} needs positive numbers, got {text!r}")
-    return vals
 
 
 @app.command()
@@ -94,8 +85,8 @@ def run(
         from infer_bench.workloads.runner import BisectSpec
         bisect_spec = BisectSpec(rate_lo=lo, rate_hi=hi, iterations=iters, kind=arrival,
                                  burstiness=burstiness, seed=seed)
-    rate_list = _floats(rates, "--rates") if rates else None
-    conc_list = [int(c) for c in _floats(concurrency, "--concurrency")] if concurrency else None
+    rate_list = positive_floats(rates, "--rates") if rates else None
+    conc_list = positive_ints(concurrency, "--concurrency") if concurrency else None
     if arrival not in ("poisson", "gamma", "constant"):
         raise errors.UserError(f"--arrival must be poisson, gamma or constant, got {arrival!r}")
     if dataset is not None and not dataset.exists():

@@ -16,28 +16,9 @@ import typer
 from rich.console import Console
 
 from .errors import UserError
+from .parsing import positive_floats, positive_ints
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs
-
-
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        vals = [int(float(x)) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise UserError(f"{flag} needs positive numbers, got {text!r}")
-    return vals
-
-
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise UserError(f"{flag} needs positive numbers, got {text!r}")
-    return vals
 
 
 def _load_profile(path: Optional[Path]):
@@ -187,7 +168,7 @@ def register(app: typer.Typer) -> None:
                              instance=inst, conditional_threshold=conditional_threshold,
                              link=sim.Link(link_gbps, link_latency_us * 1e-6, layerwise))
         slo = SLO(slo_ttft, slo_tpot)
-        rate_list = _floats(rates, "--rates")
+        rate_list = positive_floats(rates, "--rates")
         table = Table(title=f"simulated {dep.name} ({dep.chips()} chips), {lm.describe()}")
         for col in ("rate", "TTFT p50", "TTFT p90", "TPOT p50", "TPOT p90", "attainment",
                     "goodput/chip ok", "failed", "sim time"):
@@ -269,7 +250,7 @@ def register(app: typer.Typer) -> None:
                                   max_num_seqs=max_num_seqs, block_size=lm.block_size)
             cands = pl.candidate_deployments(
                 chips, lm, instance=inst, link=Link(link_gbps, link_latency_us * 1e-6, layerwise),
-                conditional_thresholds=_ints(conditional, "--conditional") if conditional else ())
+                conditional_thresholds=positive_ints(conditional, "--conditional") if conditional else ())
         except ValueError as e:
             raise UserError(str(e)) from None
         link = Link(link_gbps, link_latency_us * 1e-6, layerwise)
@@ -282,9 +263,9 @@ def register(app: typer.Typer) -> None:
             bmap = None
             if not no_map:
                 bmap = pl.break_even_map(
-                    lm, slo, chips, input_lens=_ints(map_inputs, "--map-inputs"),
-                    output_lens=_ints(map_outputs, "--map-outputs"),
-                    bandwidths_gbps=_floats(map_bandwidths, "--map-bandwidths"), link=link,
+                    lm, slo, chips, input_lens=positive_ints(map_inputs, "--map-inputs"),
+                    output_lens=positive_ints(map_outputs, "--map-outputs"),
+                    bandwidths_gbps=positive_floats(map_bandwidths, "--map-bandwidths"), link=link,
                     instance=inst, rate_hint=rate, target=target, seed=seed, progress=prog)
         result = pl.Plan(ranking=ranking, break_even=bmap, inputs={
             "workload": wl.to_dict(), "rate_rps": rate, "slo": slo.to_dict(), "chips": chips,
