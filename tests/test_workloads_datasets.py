@@ -10,7 +10,8 @@ import pytest
 
 from infer_bench.workloads.arrivals import rate_sweep, send_times, trace_send_times
 from infer_bench.workloads.datasets import (
-    DatasetError, build_requests, read_sharegpt, read_trace, sample_dataset_path,
+    DatasetError, build_requests, read_sharegpt, read_trace, request_count_note,
+    sample_dataset_path, shared_prefix_groups,
 )
 from infer_bench.workloads.spec import ArrivalSpec, WorkloadSpec
 from infer_bench.workloads.prompt_text import load_tokenizer_for
@@ -136,6 +137,67 @@ def test_shared_prefix_groups_share_first_k_tokens(tok):
     # without a tokenizer: word-level prefixes
     plain = build_requests(spec)
     assert len({" ".join(r.prompt.split()[:16]) for r in plain}) == 3
+
+
+def test_shared_prefix_sends_num_requests():
+    """Without prompts_per_prefix the groups hold exactly num_requests prompts (sizes differ by
+    at most one); with it, num_prefixes x prompts_per_prefix as before."""
+    for n, sizes in ((40, [10, 10, 10, 10]), (42, [11, 11, 10, 10]), (3, [1, 1, 1])):
+        spec = WorkloadSpec(kind="shared_prefix", num_requests=n, shared_prefix_len=6,
+                            input_len=3, output_len=2, seed=1)
+        assert spec.num_requests == n and shared_prefix_groups(spec) == sizes
+        reqs = build_requests(spec)
+        assert len(reqs) == n and len({r.request_id for r in reqs}) == n
+        by_prefix: dict[str, int] = {}
+        for r in reqs:
+            key = " ".join(r.prompt.split()[:6])
+            by_prefix[key] = by_prefix.get(key, 0) + 1
+        assert sorted(by_prefix.values(), reverse=True) == sizes
+        assert request_count_note(spec, len(reqs)) is None
+    fixed = WorkloadSpec(kind="shared_prefix", num_requests=40, num_prefixes=3,
+                         prompts_per_prefix=5, shared_prefix_len=6)
+    assert fixed.num_requests == 15 and len(build_requests(fixed)) == 15
+    with pytest.raises(ValueError, match="prompts_per_prefix"):
+        WorkloadSpec(kind="shared_prefix", prompts_per_prefix=0, shared_prefix_len=6)
+
+
+def test_request_count_note_says_why(tmp_path):
+    mt = WorkloadSpec(kind="multi_turn", num_requests=2, num_turns=3, input_len=4, output_len=2)
+    n = len(build_requests(mt))
+    assert n == 6
+    note = request_count_note(mt, n)
+    assert note.startswith("warning: sending 6 requests per load point, not 2")
+    assert "2 conversations of up to 3 turns" in note and "\n" not in note
+    p = tmp_path / "short.jsonl"
+    _write_trace(p, [0.0, 0.5])
+    tr = WorkloadSpec(kind="trace", dataset_path=str(p), num_requests=10)
+    assert len(build_requests(tr)) == 2
+    assert "has only 2 entries" in request_count_note(tr, 2)
+    assert request_count_note(WorkloadSpec(num_requests=5), 5) is None
+
+
+def test_runner_says_once_when_it_sends_other_than_asked(tmp_path):
+    from infer_bench.workloads.runner import RunObserver, RunSession, RunSpec, default_load_points
+
+    class Notes(RunObserver):
+        def __init__(self):
+            self.lines: list[str] = []
+
+        def message(self, text):
+            self.lines.append(text)
+
+    mt = WorkloadSpec(kind="multi_turn", num_requests=2, num_turns=2, input_len=4, output_len=2)
+    lps = default_load_points([1.0, 2.0], None, seed=0)
+    obs = Notes()
+    session = RunSession(RunSpec(deployments=[], workload=mt, load_points=lps,
+                                 out_dir=tmp_path / "run", warmup_requests=0), obs)
+    assert [len(session.requests_for(lp)) for lp in lps] == [4, 4]
+    assert len(obs.lines) == 1 and "sending 4 requests per load point, not 2" in obs.lines[0]
+    obs.lines.clear()
+    session = RunSession(RunSpec(deployments=[], workload=WorkloadSpec(num_requests=3),
+                                 load_points=lps, out_dir=tmp_path / "run2",
+                                 warmup_requests=0), obs)
+    assert len(session.requests_for(lps[0])) == 3 and obs.lines == []
 
 
 def test_multi_turn_prompts_grow(tok):

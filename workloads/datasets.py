@@ -197,17 +197,30 @@ def build_sharegpt(spec: WorkloadSpec, tok: TokenizerFns | None = None,
     return reqs
 
 
+def shared_prefix_groups(spec: WorkloadSpec) -> list[int]:
+    """The size of each shared-prefix group: prompts_per_prefix each when set, else
+    spec.num_requests spread over num_prefixes groups (the first ones one larger; no empty
+    group). Sums to spec.num_requests."""
+    if spec.prompts_per_prefix is not None:
+        return [spec.prompts_per_prefix] * spec.num_prefixes
+    n_groups = min(spec.num_prefixes, spec.num_requests)
+    base, extra = divmod(spec.num_requests, n_groups)
+    return [base + 1] * extra + [base] * (n_groups - extra)
+
+
 def build_shared_prefix(spec: WorkloadSpec, tok: TokenizerFns | None = None,
                         id_prefix: str = "req") -> list[PreparedRequest]:
-    """N prefixes of exactly shared_prefix_len tokens, each followed by M suffixes of input_len
-    tokens; with a tokenizer every prompt's first K token ids equal its prefix's ids."""
-    n_groups, m, k = spec.num_prefixes, spec.prompts_per_prefix, int(spec.shared_prefix_len)
+    """Groups (`shared_prefix_groups`) of prompts: each group's prefix of exactly
+    shared_prefix_len tokens followed by suffixes of input_len tokens; with a tokenizer every
+    prompt's first K token ids equal its prefix's ids."""
+    sizes, k = shared_prefix_groups(spec), int(spec.shared_prefix_len)
+    n = sum(sizes)
     rng = np.random.default_rng(spec.seed)
-    suffix_lens = spec.input_len.sample(rng, n_groups * m)
-    out_lens = spec.output_len.sample(rng, n_groups * m)
+    suffix_lens = spec.input_len.sample(rng, n)
+    out_lens = spec.output_len.sample(rng, n)
     word_rng = np.random.default_rng([spec.seed, 1])
     items = []
-    for g in range(n_groups):
+    for g, m in enumerate(sizes):
         prefix_rng = np.random.default_rng([spec.seed, 2, g])
         prefix = text_of(k, prefix_rng, tok)
         for _ in range(16):                  # a prefix that survives concatenation unchanged
@@ -216,7 +229,7 @@ def build_shared_prefix(spec: WorkloadSpec, tok: TokenizerFns | None = None,
             prefix = text_of(k, prefix_rng, tok)
         prefix_ids = tok.tokenize(prefix) if tok is not None else None
         for j in range(m):
-            i = g * m + j
+            i = len(items)                   # the prompt's index over all groups
             target = k + int(suffix_lens[i])
             if tok is None:
                 prompt = prefix + " " + " ".join(random_words(word_rng, int(suffix_lens[i])))
@@ -333,6 +346,21 @@ _BUILDERS = {
     "multi_turn": build_multi_turn,
     "trace": build_trace,
 }
+
+
+def request_count_note(spec: WorkloadSpec, n_built: int) -> str | None:
+    """One line saying why `n_built` requests differ from the spec.num_requests asked for
+    (None when they do not): multi_turn counts conversations, a trace may be shorter."""
+    asked = spec.num_requests
+    if n_built == asked:
+        return None
+    if spec.kind == "multi_turn":
+        why = f"{asked} conversations of up to {spec.num_turns} turns each"
+    elif spec.kind == "trace":
+        why = f"the trace {spec.dataset_path} has only {n_built} entries"
+    else:
+        why = f"the {spec.kind} workload built {n_built}"
+    return f"warning: sending {n_built} requests per load point, not {asked}: {why}"
 
 
 def build_requests(spec: WorkloadSpec, tokenizer: TokenizerFns | None = None,

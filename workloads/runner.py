@@ -32,7 +32,7 @@ from infer_bench.backends.launch import (
 from infer_bench.backends.client.aioloop import run as run_loop
 from infer_bench.backends.client.openai import RunClock
 
-from .datasets import build_requests
+from .datasets import build_requests, request_count_note
 from .loadgen import LoadGenerator
 from .metrics import summarize
 from .prompt_text import load_tokenizer_for
@@ -254,6 +254,7 @@ class RunSession:
         self.clock = RunClock()
         self.tokenizer = load_tokenizer_for(spec.tokenizer_path) if spec.tokenizer_path else None
         self.lp_requests: dict[str, list] = {}
+        self.count_note: str | None = None      # the last request_count_note shown
         self.warmup = self._warmup_requests()
         self.status = "complete"
         self.windows: dict[tuple[str, str], tuple[float, float]] = {}
@@ -272,8 +273,13 @@ class RunSession:
         if lp.name not in self.lp_requests:
             i = len(self.lp_requests)
             seed = self.spec.workload.seed + 7919 * i
-            self.lp_requests[lp.name] = build_requests(
-                replace(self.spec.workload, seed=seed), self.tokenizer, id_prefix=f"req-{i}")
+            reqs = build_requests(replace(self.spec.workload, seed=seed), self.tokenizer,
+                                  id_prefix=f"req-{i}")
+            self.lp_requests[lp.name] = reqs
+            note = request_count_note(self.spec.workload, len(reqs))
+            if note and note != self.count_note:     # say it once, not per load point
+                self.obs.message(note)
+                self.count_note = note
         return self.lp_requests[lp.name]
 
     def _warmup_requests(self) -> list:
