@@ -34,6 +34,7 @@ def mock_server(
     """Serve a calibrated mock OpenAI-compatible API with known timing; GET /mock/log returns
     when each chunk really left.
 
+    \b
     Example: infer-bench mock-server --port 8100 --ttft-ms 50
     """
     from infer_bench.backends.mock import server as ms
@@ -68,6 +69,7 @@ def selftest(
     of measured-minus-true TTFT and ITL (true = the mock's send log), and the rate where the
     client becomes the bottleneck.
 
+    \b
     Example: infer-bench selftest --rates 10,50,100 --duration 2
     """
     from rich.table import Table

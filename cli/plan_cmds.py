@@ -95,6 +95,7 @@ def profile_command(
 ):
     """Measure step times and fit the latency model (t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N).
 
+    \b
     Example: infer-bench profile --url http://127.0.0.1:8000 --out profile.json
     Example: infer-bench profile --from-results results/run-1 --out profile.json
     """
@@ -142,6 +143,7 @@ def simulate_command(
 ):
     """Simulate a deployment on a workload with a latency profile (no engine needed).
 
+    \b
     Example: infer-bench simulate --mode disagg --prefill 1 --decode 3 --rates 2,4,8 --input-len lognormal:2048,0.5
     """
     import time
@@ -234,11 +236,12 @@ def plan_command(
     map_inputs: str = typer.Option("256,1024,4096", help="Break-even map: prompt lengths."),
     map_outputs: str = typer.Option("64,256,1024", help="Break-even map: output lengths."),
     map_bandwidths: str = typer.Option("25,100,400", help="Break-even map: link bandwidths, Gb/s."),
-    no_map: bool = typer.Option(False, help="Skip the break-even map."),
+    draw_map: bool = typer.Option(True, "--map/--no-map", help="Draw the break-even map of mono vs disagg over --map-inputs x --map-outputs x --map-bandwidths."),
     out: Path = typer.Option(Path("plan"), help="Output dir: plan.json, break_even.json, break_even.html."),
 ):
     """Rank mono vs disaggregated deployments of N chips by simulated goodput per chip.
 
+    \b
     Example: infer-bench plan --rate 4 --slo-ttft 1 --slo-tpot 0.05 --chips 8 --profile profile.json
     """
     from infer_bench.workloads.planning import planner as pl
@@ -248,9 +251,11 @@ def plan_command(
     if not 0 < target <= 1:
         raise UserError(f"--target must be in (0, 1], got {target}")
     thresholds = positive_ints(conditional, "--conditional") if conditional else ()
-    grid = None if no_map else dict(input_lens=positive_ints(map_inputs, "--map-inputs"),
-                                    output_lens=positive_ints(map_outputs, "--map-outputs"),
-                                    bandwidths_gbps=positive_floats(map_bandwidths, "--map-bandwidths"))
+    grid = None                     # the break-even map's axes
+    if draw_map:
+        grid = dict(input_lens=positive_ints(map_inputs, "--map-inputs"),
+                    output_lens=positive_ints(map_outputs, "--map-outputs"),
+                    bandwidths_gbps=positive_floats(map_bandwidths, "--map-bandwidths"))
     lm = _load_profile(profile)
     wl = _workload(input_len, output_len, 1, seed)
     link = Link(link_gbps, link_latency_us * 1e-6, layerwise)
