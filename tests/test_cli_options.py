@@ -108,3 +108,21 @@ def test_run_sends_the_requests_asked_for(tmp_path, monkeypatch):
         wl = specs[-1].workload
         assert wl.kind == "shared_prefix" and wl.num_requests == n
         assert len(build_requests(wl)) == n
+
+
+def test_trace_run_says_rates_are_ignored(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from infer_bench.workloads import runner
+
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"timestamp": 0, "input_len": 4}\n{"timestamp": 1, "input_len": 4}\n')
+    specs = []
+    monkeypatch.setattr(runner, "run", lambda spec, observer=None: specs.append(spec))
+    r = CliRunner().invoke(_app(), ["run", "--url", "http://127.0.0.1:9", "--workload", "trace",
+                                    "--dataset", str(trace), "--rates", "3", "--out",
+                                    str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert [lp.arrival.kind for lp in specs[-1].load_points] == ["trace"]
+    warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "--rates / --concurrency are ignored" in warnings[0]
