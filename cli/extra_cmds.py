@@ -2,7 +2,7 @@
 `selftest` (how precise the client is, and where it becomes the bottleneck).
 
 Wiring: `cli/main.py` calls `register(app)` once; the commands are thin (parse, call
-`backends.mock_server` / `workloads.selftest`, print a rich table). Heavy imports happen inside
+`backends.mock.server` / `workloads.selftest`, print a rich table). Heavy imports happen inside
 the commands so `--help` stays instant.
 """
 
