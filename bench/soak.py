@@ -43,7 +43,7 @@ from infer_bench.backends.launch import EngineDeploymentSpec, EngineDeployment
 from infer_bench.backends.client.openai import RunClock
 from infer_bench.workloads.loadgen import LoadGenerator
 from infer_bench.workloads.spec import ArrivalSpec, WorkloadSpec
-from infer_bench.workloads.synthetic import generate_requests
+from infer_bench.workloads.datasets import build_requests
 
 
 def sample_rss(dep: EngineDeployment, stop: threading.Event, every_s: float, out: dict) -> None:
@@ -61,7 +61,7 @@ def sample_rss(dep: EngineDeployment, stop: threading.Event, every_s: float, out
 def soak(spec: EngineDeploymentSpec, minutes: float, rate: float, sample_s: float, warmup_frac: float,
          input_len: int, output_len: int) -> dict:
     n = max(10, int(rate * minutes * 60))
-    reqs = generate_requests(WorkloadSpec(input_len=input_len, output_len=output_len, num_requests=n, seed=1))
+    reqs = build_requests(WorkloadSpec(input_len=input_len, output_len=output_len, num_requests=n, seed=1))
     with tempfile.TemporaryDirectory() as logs:
         dep = EngineDeployment(spec, Path(logs))
         dep.start()

@@ -2,7 +2,7 @@
 `selftest` (how precise the client is, and where it becomes the bottleneck).
 
 Wiring: `cli/main.py` calls `register(app)` once; the commands are thin (parse, call
-`backends.mock_server` / `workloads.selftest`, print a rich table). Heavy imports happen inside
+`backends.mock.server` / `workloads.selftest`, print a rich table). Heavy imports happen inside
 the commands so `--help` stays instant.
 """
 
@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+
+from .parsing import positive_floats
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs
 
@@ -32,6 +34,7 @@ def mock_server(
     """Serve a calibrated mock OpenAI-compatible API with known timing; GET /mock/log returns
     when each chunk really left.
 
+    \b
     Example: infer-bench mock-server --port 8100 --ttft-ms 50
     """
     from infer_bench.backends.mock import server as ms
@@ -66,20 +69,14 @@ def selftest(
     of measured-minus-true TTFT and ITL (true = the mock's send log), and the rate where the
     client becomes the bottleneck.
 
+    \b
     Example: infer-bench selftest --rates 10,50,100 --duration 2
     """
     from rich.table import Table
 
     from infer_bench.workloads.selftest import bottleneck_rate, run_selftest
 
-    from .errors import UserError
-
-    try:
-        rate_list = [float(x) for x in rates.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--rates takes comma-separated numbers, got {rates!r}") from None
-    if not rate_list or any(r <= 0 for r in rate_list):
-        raise UserError(f"--rates needs positive numbers, got {rates!r}")
+    rate_list = positive_floats(rates, "--rates")
     from infer_bench.backends.client.aioloop import loop_name
 
     console.print(f"client self-test: mock TTFT {ttft_ms:g} ms, {token_delay_ms:g} ms/token, "

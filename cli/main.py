@@ -16,11 +16,12 @@ import typer
 from rich.console import Console
 
 from . import errors
+from .parsing import positive_floats, positive_ints
 
 app = typer.Typer(
     name="infer-bench",
     help="Measure how to serve an LLM: monolithic vs disaggregated prefill/decode, one HTML report.\n\n"
-         "Example: infer-bench run",
+         "\b\nExample: infer-bench run",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -29,16 +30,6 @@ app = typer.Typer(
 # Wide enough for the summary table when output goes to a file or CI log (rich assumes 80).
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
-
-
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise errors.UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise errors.UserError(f"{flag} needs positive numbers, got {text!r}")
-    return vals
 
 
 @app.command()
@@ -51,7 +42,7 @@ def run(
     threads: int = typer.Option(2, min=1, help="Total CPU threads per deployment (split across workers)."),
     rates: Optional[str] = typer.Option(None, help="Poisson request rates (req/s), comma-separated, one load point each."),
     concurrency: Optional[str] = typer.Option(None, help="Closed-loop concurrency levels instead of rates, comma-separated."),
-    num_requests: int = typer.Option(16, min=1, help="Requests per load point."),
+    num_requests: int = typer.Option(16, min=1, help="Requests per load point (multi_turn: conversations; a warning says how many requests that makes)."),
     input_len: str = typer.Option("128", help="Prompt tokens: N, uniform:LO,HI, normal:MEAN,STD or lognormal:MEDIAN,SIGMA."),
     output_len: str = typer.Option("32", help="Output tokens (same forms; ignore_eos is sent)."),
     workload: str = typer.Option("synthetic", help="synthetic, sharegpt, shared_prefix, multi_turn or trace."),
@@ -72,6 +63,7 @@ def run(
 ):
     """Run the same workload against each deployment and write a results dir with report.html.
 
+    \b
     Example: infer-bench run --rates 0.5,1 --num-requests 16
     Example: infer-bench run --url http://127.0.0.1:8000 --rates 2,4
     """
@@ -94,8 +86,8 @@ def run(
         from infer_bench.workloads.runner import BisectSpec
         bisect_spec = BisectSpec(rate_lo=lo, rate_hi=hi, iterations=iters, kind=arrival,
                                  burstiness=burstiness, seed=seed)
-    rate_list = _floats(rates, "--rates") if rates else None
-    conc_list = [int(c) for c in _floats(concurrency, "--concurrency")] if concurrency else None
+    rate_list = positive_floats(rates, "--rates") if rates else None
+    conc_list = positive_ints(concurrency, "--concurrency") if concurrency else None
     if arrival not in ("poisson", "gamma", "constant"):
         raise errors.UserError(f"--arrival must be poisson, gamma or constant, got {arrival!r}")
     if dataset is not None and not dataset.exists():
@@ -127,6 +119,7 @@ def sweep(
     goodput, and goodput per chip, are interpolated and shown in the report. Every other option
     is `infer-bench run`'s (--deployments, --slo-ttft, --slo-tpot, --num-requests, ...).
 
+    \b
     Example: infer-bench sweep --rate-min 0.25 --rate-max 2 --slo-ttft 2 --slo-tpot 0.3
     """
     rv = app(args=["run", *ctx.args, "--bisect", f"{rate_min}:{rate_max}:{iterations}"],
@@ -143,6 +136,7 @@ SERVE_EXAMPLE = "Example: infer-bench serve --model smollm2-135m --port 8000"
 def serve(ctx: typer.Context):
     """Serve the reference engine over an OpenAI-compatible HTTP API (all flags: --help).
 
+    \b
     Example: infer-bench serve --model smollm2-135m --port 8000
     """
     from infer_bench.backends.engine.http import serve as engine_serve
@@ -174,6 +168,7 @@ def report(
 ):
     """Re-render report.html from a results dir.
 
+    \b
     Example: infer-bench report results/run-20261129-120000 --format csv,json
     """
     from infer_bench.reports import export_summary, render_report
@@ -195,6 +190,7 @@ def compare(
 ):
     """Put several runs side by side in one HTML file.
 
+    \b
     Example: infer-bench compare results/run-a results/run-b --out compare.html
     """
     from infer_bench.reports import export_summary, render_compare
@@ -217,6 +213,7 @@ def models(
 ):
     """List known and cached models (and where the cache is).
 
+    \b
     Example: infer-bench models --fetch smollm2-135m
     """
     from rich.table import Table

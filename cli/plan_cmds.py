@@ -1,7 +1,8 @@
 """`infer-bench profile`, `simulate` and `plan`: latency profiles, simulated runs, deployment plans.
 
-Thin glue over workloads/profiler.py, workloads/simulator.py and workloads/planner.py: parse flags,
-call the library, print rich tables. `register(app)` adds the three commands to the Typer app
+Thin glue over workloads/planning/ (profiler.py, simulator.py, planner.py): parse flags, call the
+library, print rich tables. One top-level function per command (`profile_command`,
+`simulate_command`, `plan_command`); `register(app)` adds them to the Typer app by name
 (cli/main.py calls it). Heavy imports happen inside the commands so `--help` stays instant.
 """
 
@@ -16,28 +17,9 @@ import typer
 from rich.console import Console
 
 from .errors import UserError
+from .parsing import positive_floats, positive_ints
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs
-
-
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        vals = [int(float(x)) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise UserError(f"{flag} needs positive numbers, got {text!r}")
-    return vals
-
-
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise UserError(f"{flag} needs positive numbers, got {text!r}")
-    return vals
 
 
 def _load_profile(path: Optional[Path]):
@@ -101,226 +83,263 @@ def _profile_table(lm) -> "object":
     return t
 
 
+def profile_command(
+    url: Optional[str] = typer.Option(None, help="A running reference-engine server (infer-bench serve) to measure."),
+    from_results: Optional[Path] = typer.Option(None, help="Fit the step traces (steps.jsonl) of a results dir instead."),
+    deployment: Optional[str] = typer.Option(None, help="With --from-results: the deployment whose steps to fit (default: first mono)."),
+    out: Path = typer.Option(Path("profile.json"), help="Where to write the profile JSON."),
+    kv_bytes_per_token: Optional[float] = typer.Option(None, help="KV bytes per token, all layers (default: from the server if it reports it)."),
+    num_layers: Optional[int] = typer.Option(None, help="Model layers (for layer-wise transfer)."),
+    kv_capacity_tokens: Optional[int] = typer.Option(None, help="KV tokens that fit one instance (default: unlimited)."),
+    quick: bool = typer.Option(False, help="A smaller grid (a few seconds on a laptop)."),
+):
+    """Measure step times and fit the latency model (t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N).
+
+    \b
+    Example: infer-bench profile --url http://127.0.0.1:8000 --out profile.json
+    Example: infer-bench profile --from-results results/run-1 --out profile.json
+    """
+    from infer_bench.workloads.planning import profiler
+
+    if bool(url) == bool(from_results):
+        raise UserError("give exactly one of --url or --from-results")
+    if from_results:
+        lm = profiler.fit_results_dir(
+            from_results, deployment, kv_bytes_per_token=kv_bytes_per_token or 0.0,
+            num_layers=num_layers or 1, kv_capacity_tokens=kv_capacity_tokens)
+    else:
+        grid = profiler.ProfileGrid.quick() if quick else profiler.ProfileGrid()
+        with console.status("profiling") as status:
+            lm = profiler.profile_engine(
+                url, grid=grid, kv_bytes_per_token=kv_bytes_per_token, num_layers=num_layers,
+                kv_capacity_tokens=kv_capacity_tokens,
+                progress=lambda m: status.update(f"profiling: {m}"))
+    lm.save(out)
+    console.print(_profile_table(lm))
+    console.print(f"profile: [bold]{out}[/bold]")
+
+
+def simulate_command(
+    profile: Optional[Path] = typer.Option(None, help="Latency profile JSON (default: the illustrative H100 example)."),
+    mode: str = typer.Option("mono", help="mono or disagg."),
+    instances: int = typer.Option(1, min=1, help="mono: number of instances."),
+    prefill: int = typer.Option(1, min=1, help="disagg: prefill instances."),
+    decode: int = typer.Option(1, min=1, help="disagg: decode instances."),
+    conditional_threshold: int = typer.Option(0, min=0, help="disagg: prompts shorter than this are prefilled on a decode instance."),
+    link_gbps: float = typer.Option(100.0, help="KV link bandwidth, Gb/s."),
+    link_latency_us: float = typer.Option(10.0, help="KV link latency, microseconds."),
+    layerwise: bool = typer.Option(False, help="Layer-wise KV transfer overlapped with prefill."),
+    rates: str = typer.Option("1", help="Poisson request rates (req/s), comma-separated."),
+    num_requests: int = typer.Option(1000, min=1, help="Requests per rate."),
+    input_len: str = typer.Option("1024", help="Prompt length: 128, uniform:64,256, normal:128,32, lognormal:1024,0.8."),
+    output_len: str = typer.Option("128", help="Output length (same forms)."),
+    seed: int = typer.Option(0),
+    slo_ttft: float = typer.Option(2.0, help="TTFT SLO, s."),
+    slo_tpot: float = typer.Option(0.1, help="TPOT SLO, s."),
+    max_num_batched_tokens: int = typer.Option(8192, min=1, help="Per-step token budget."),
+    max_num_seqs: int = typer.Option(256, min=1, help="Max running sequences per instance."),
+    per_token: bool = typer.Option(False, help="Record every token's time (heavier)."),
+    out: Optional[Path] = typer.Option(None, help="Write a results dir (render with infer-bench report)."),
+):
+    """Simulate a deployment on a workload with a latency profile (no engine needed).
+
+    \b
+    Example: infer-bench simulate --mode disagg --prefill 1 --decode 3 --rates 2,4,8 --input-len lognormal:2048,0.5
+    """
+    import time
+
+    from infer_bench.workloads.planning import simulator as sim
+    from infer_bench.workloads.spec import SLO, ArrivalSpec
+
+    if mode not in sim.MODES:
+        raise UserError(f"--mode must be mono or disagg, got {mode!r}")
+    rate_list = positive_floats(rates, "--rates")
+    lm = _load_profile(profile)
+    wl = _workload(input_len, output_len, num_requests, seed)
+    try:
+        inst = sim.InstanceConfig(max_num_batched_tokens=max_num_batched_tokens,
+                                  max_num_seqs=max_num_seqs, chips=lm.chips_per_instance,
+                                  block_size=lm.block_size)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    dep = sim.Deployment(mode, num_instances=instances, num_prefill=prefill, num_decode=decode,
+                         instance=inst, conditional_threshold=conditional_threshold,
+                         link=sim.Link(link_gbps, link_latency_us * 1e-6, layerwise))
+    slo = SLO(slo_ttft, slo_tpot)
+    table = _simulate_table(f"simulated {dep.name} ({dep.chips()} chips), {lm.describe()}")
+    writer = _simulated_results_writer(out, dep, wl, rate_list, seed, slo, lm) if out else None
+    for r in rate_list:
+        t0 = time.perf_counter()
+        res = sim.simulate_spec(dep, lm, wl, ArrivalSpec(kind="poisson", rate=r, seed=seed),
+                                per_token=per_token)
+        wall = time.perf_counter() - t0
+        p = res.percentiles()
+        att = res.attainment(slo)
+        table.add_row(f"{r:g}", _fmt(p["ttft_p50_s"]), _fmt(p["ttft_p90_s"]),
+                      _fmt(p["tpot_p50_s"]), _fmt(p["tpot_p90_s"]), f"{att:.3f}",
+                      "yes" if att >= 0.9 else "no", str(int(res.failed.sum())),
+                      f"{wall:.2f} s")
+        if writer:
+            writer.append_records(res.to_records(deployment=dep.name, load_point=f"{r:g}rps"))
+    if writer:
+        writer.finalize()
+    console.print(table)
+    if out:
+        console.print(f"results dir: [bold]{out}[/bold] (render: infer-bench report {out})")
+
+
+def _simulate_table(title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("rate", "TTFT p50", "TTFT p90", "TPOT p50", "TPOT p90", "attainment",
+                "goodput/chip ok", "failed", "sim time"):
+        table.add_column(col, justify="right")
+    return table
+
+
+def _simulated_results_writer(out: Path, dep, wl, rate_list: list[float], seed: int, slo, lm):
+    """A results dir for `simulate --out`: spec.json (marked simulated) and env.json now, the
+    records of each rate as they are simulated."""
+    from infer_bench.workloads.results import ResultsWriter
+    from infer_bench.workloads.spec import ArrivalSpec, LoadPoint
+
+    writer = ResultsWriter(out, overwrite=True)
+    writer.write_spec({"name": out.name, "simulated": True,
+                       "deployments": [{**dep.to_dict(), "name": dep.name}],
+                       "workload": wl.to_dict(),
+                       "load_points": [LoadPoint(f"{r:g}rps", ArrivalSpec(rate=r, seed=seed)).to_dict()
+                                       for r in rate_list],
+                       "slo": slo.to_dict(), "latency_model": lm.to_dict()})
+    writer.write_env()
+    return writer
+
+
+def plan_command(
+    rate: float = typer.Option(..., help="Offered request rate (req/s) to check and start the search from."),
+    slo_ttft: float = typer.Option(..., help="TTFT SLO, s."),
+    slo_tpot: float = typer.Option(..., help="TPOT SLO, s."),
+    chips: int = typer.Option(..., min=1, help="Total chips to deploy on."),
+    profile: Optional[Path] = typer.Option(None, help="Latency profile JSON (default: the illustrative H100 example)."),
+    input_len: str = typer.Option("1024", help="Prompt length: 128, uniform:64,256, normal:128,32, lognormal:1024,0.8."),
+    output_len: str = typer.Option("128", help="Output length (same forms)."),
+    seed: int = typer.Option(0),
+    link_gbps: float = typer.Option(100.0, help="KV link bandwidth, Gb/s."),
+    link_latency_us: float = typer.Option(10.0, help="KV link latency, microseconds."),
+    layerwise: bool = typer.Option(False, help="Layer-wise KV transfer overlapped with prefill."),
+    conditional: Optional[str] = typer.Option(None, help="Also try conditional disagg with these prompt-length thresholds, comma-separated."),
+    max_num_batched_tokens: int = typer.Option(8192, min=1),
+    max_num_seqs: int = typer.Option(256, min=1),
+    target: float = typer.Option(0.9, help="Joint SLO attainment that counts as good."),
+    horizon: float = typer.Option(60.0, help="Seconds of arrivals simulated per rate."),
+    max_requests: int = typer.Option(20000, min=10, help="Cap on requests per simulated rate."),
+    map_inputs: str = typer.Option("256,1024,4096", help="Break-even map: prompt lengths."),
+    map_outputs: str = typer.Option("64,256,1024", help="Break-even map: output lengths."),
+    map_bandwidths: str = typer.Option("25,100,400", help="Break-even map: link bandwidths, Gb/s."),
+    draw_map: bool = typer.Option(True, "--map/--no-map", help="Draw the break-even map of mono vs disagg over --map-inputs x --map-outputs x --map-bandwidths."),
+    out: Path = typer.Option(Path("plan"), help="Output dir: plan.json, break_even.json, break_even.html."),
+):
+    """Rank mono vs disaggregated deployments of N chips by simulated goodput per chip.
+
+    \b
+    Example: infer-bench plan --rate 4 --slo-ttft 1 --slo-tpot 0.05 --chips 8 --profile profile.json
+    """
+    from infer_bench.workloads.planning import planner as pl
+    from infer_bench.workloads.planning.simulator import InstanceConfig, Link
+    from infer_bench.workloads.spec import SLO
+
+    if not 0 < target <= 1:
+        raise UserError(f"--target must be in (0, 1], got {target}")
+    thresholds = positive_ints(conditional, "--conditional") if conditional else ()
+    grid = None                     # the break-even map's axes
+    if draw_map:
+        grid = dict(input_lens=positive_ints(map_inputs, "--map-inputs"),
+                    output_lens=positive_ints(map_outputs, "--map-outputs"),
+                    bandwidths_gbps=positive_floats(map_bandwidths, "--map-bandwidths"))
+    lm = _load_profile(profile)
+    wl = _workload(input_len, output_len, 1, seed)
+    link = Link(link_gbps, link_latency_us * 1e-6, layerwise)
+    try:
+        inst = InstanceConfig(max_num_batched_tokens=max_num_batched_tokens,
+                              max_num_seqs=max_num_seqs, block_size=lm.block_size)
+        cands = pl.candidate_deployments(chips, lm, instance=inst, link=link,
+                                         conditional_thresholds=thresholds)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    slo = SLO(slo_ttft, slo_tpot)
+    sweep = pl.SweepSpec(horizon_s=horizon, max_requests=max_requests)
+    with console.status("planning") as status:
+        prog = lambda m: status.update(f"planning: {m}")  # noqa: E731
+        ranking = pl.rank_deployments(cands, lm, wl, rate, slo, target=target, sweep=sweep,
+                                      progress=prog)
+        bmap = None if grid is None else pl.break_even_map(
+            lm, slo, chips, **grid, link=link, instance=inst, rate_hint=rate, target=target,
+            seed=seed, progress=prog)
+    result = pl.Plan(ranking=ranking, break_even=bmap, inputs={
+        "workload": wl.to_dict(), "rate_rps": rate, "slo": slo.to_dict(), "chips": chips,
+        "target": target, "link": link.__dict__.copy(), "latency_model": lm.to_dict(),
+        "sweep": sweep.__dict__.copy()})
+    console.print(_ranking_table(ranking, chips, slo, target, rate))
+    _write_plan(out, result, bmap)
+    if bmap is not None:
+        console.print(_break_even_table(bmap))
+    best = ranking.iloc[0]
+    console.print(f"best: [bold]{best['deployment']}[/bold] "
+                  f"({best['goodput_per_chip_rps']:.3g} req/s per chip); wrote {out}/")
+
+
+def _ranking_table(ranking, chips: int, slo, target: float, rate: float):
+    from rich.table import Table
+
+    table = Table(title=f"deployments of {chips} chips by goodput per chip "
+                        f"(SLO TTFT {slo.ttft_s:g} s, TPOT {slo.tpot_s:g} s, {target:.0%})")
+    for col in ("rank", "deployment", "goodput req/s", "per chip", f"attainment @ {rate:g}",
+                f"TTFT p90 @ {rate:g}", f"TPOT p90 @ {rate:g}", "meets rate"):
+        table.add_column(col, justify="right")
+    for i, row in enumerate(ranking.to_dict("records")):
+        table.add_row(str(i + 1), row["deployment"], _fmt(row["goodput_rps"]),
+                      _fmt(row["goodput_per_chip_rps"]), f"{row['attainment_at_rate']:.3f}",
+                      _fmt(row["ttft_p90_s_at_rate"]), _fmt(row["tpot_p90_s_at_rate"]),
+                      ("yes" if row["meets_rate"] else "no")
+                      + (" *" if row.get("horizon_capped") else ""))
+    if ranking["horizon_capped"].any():
+        table.caption = "* fewer requests than --horizon at that rate (raise --max-requests)"
+    return table
+
+
+def _break_even_table(bmap: dict):
+    from rich.table import Table
+
+    mt = Table(title="break-even map: best disagg vs mono goodput per chip (|diff| < 5% = same)")
+    for col in ("input", "output", "link Gb/s", "mono/chip", "disagg/chip", "split", "diff",
+                "verdict"):
+        mt.add_column(col, justify="right")
+    for c in bmap["cells"]:
+        mt.add_row(str(c["input_len"]), str(c["output_len"]), f"{c['bandwidth_gbps']:g}",
+                   _fmt(c["mono_per_chip"]), _fmt(c["disagg_per_chip"]),
+                   c["best_split"] or "-", _fmt(c["diff"], 100, 2) + "%"
+                   if c["diff"] is not None else "-", c["verdict"])
+    return mt
+
+
+def _write_plan(out: Path, result, bmap: dict | None) -> None:
+    """plan.json, and with a break-even map break_even.json and break_even.html, into `out`."""
+    import json
+
+    import plotly.io as pio
+
+    from infer_bench.workloads.planning import planner as pl
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plan.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    if bmap is not None:
+        (out / "break_even.json").write_text(json.dumps(bmap, indent=2))
+        pio.write_html(pl.break_even_figure(bmap), str(out / "break_even.html"),
+                       include_plotlyjs=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add `profile`, `simulate` and `plan` to `app`."""
-
-    @app.command()
-    def profile(
-        url: Optional[str] = typer.Option(None, help="A running reference-engine server (infer-bench serve) to measure."),
-        from_results: Optional[Path] = typer.Option(None, help="Fit the step traces (steps.jsonl) of a results dir instead."),
-        deployment: Optional[str] = typer.Option(None, help="With --from-results: the deployment whose steps to fit (default: first mono)."),
-        out: Path = typer.Option(Path("profile.json"), help="Where to write the profile JSON."),
-        kv_bytes_per_token: Optional[float] = typer.Option(None, help="KV bytes per token, all layers (default: from the server if it reports it)."),
-        num_layers: Optional[int] = typer.Option(None, help="Model layers (for layer-wise transfer)."),
-        kv_capacity_tokens: Optional[int] = typer.Option(None, help="KV tokens that fit one instance (default: unlimited)."),
-        quick: bool = typer.Option(False, help="A smaller grid (a few seconds on a laptop)."),
-    ):
-        """Measure step times and fit the latency model (t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N).
-
-        Example: infer-bench profile --url http://127.0.0.1:8000 --out profile.json
-        Example: infer-bench profile --from-results results/run-1 --out profile.json
-        """
-        from infer_bench.workloads.planning import profiler
-
-        if bool(url) == bool(from_results):
-            raise UserError("give exactly one of --url or --from-results")
-        if from_results:
-            lm = profiler.fit_results_dir(
-                from_results, deployment, kv_bytes_per_token=kv_bytes_per_token or 0.0,
-                num_layers=num_layers or 1, kv_capacity_tokens=kv_capacity_tokens)
-        else:
-            grid = profiler.ProfileGrid.quick() if quick else profiler.ProfileGrid()
-            with console.status("profiling") as status:
-                lm = profiler.profile_engine(
-                    url, grid=grid, kv_bytes_per_token=kv_bytes_per_token, num_layers=num_layers,
-                    kv_capacity_tokens=kv_capacity_tokens,
-                    progress=lambda m: status.update(f"profiling: {m}"))
-        lm.save(out)
-        console.print(_profile_table(lm))
-        console.print(f"profile: [bold]{out}[/bold]")
-
-    @app.command()
-    def simulate(
-        profile: Optional[Path] = typer.Option(None, help="Latency profile JSON (default: the illustrative H100 example)."),
-        mode: str = typer.Option("mono", help="mono or disagg."),
-        instances: int = typer.Option(1, min=1, help="mono: number of instances."),
-        prefill: int = typer.Option(1, min=1, help="disagg: prefill instances."),
-        decode: int = typer.Option(1, min=1, help="disagg: decode instances."),
-        conditional_threshold: int = typer.Option(0, min=0, help="disagg: prompts shorter than this are prefilled on a decode instance."),
-        link_gbps: float = typer.Option(100.0, help="KV link bandwidth, Gb/s."),
-        link_latency_us: float = typer.Option(10.0, help="KV link latency, microseconds."),
-        layerwise: bool = typer.Option(False, help="Layer-wise KV transfer overlapped with prefill."),
-        rates: str = typer.Option("1", help="Poisson request rates (req/s), comma-separated."),
-        num_requests: int = typer.Option(1000, min=1, help="Requests per rate."),
-        input_len: str = typer.Option("1024", help="Prompt length: 128, uniform:64,256, normal:128,32, lognormal:1024,0.8."),
-        output_len: str = typer.Option("128", help="Output length (same forms)."),
-        seed: int = typer.Option(0),
-        slo_ttft: float = typer.Option(2.0, help="TTFT SLO, s."),
-        slo_tpot: float = typer.Option(0.1, help="TPOT SLO, s."),
-        max_num_batched_tokens: int = typer.Option(8192, min=1, help="Per-step token budget."),
-        max_num_seqs: int = typer.Option(256, min=1, help="Max running sequences per instance."),
-        per_token: bool = typer.Option(False, help="Record every token's time (heavier)."),
-        out: Optional[Path] = typer.Option(None, help="Write a results dir (render with infer-bench report)."),
-    ):
-        """Simulate a deployment on a workload with a latency profile (no engine needed).
-
-        Example: infer-bench simulate --mode disagg --prefill 1 --decode 3 --rates 2,4,8 --input-len lognormal:2048,0.5
-        """
-        import time
-
-        from rich.table import Table
-
-        from infer_bench.workloads.planning import simulator as sim
-        from infer_bench.workloads.spec import SLO, ArrivalSpec, LoadPoint
-
-        if mode not in sim.MODES:
-            raise UserError(f"--mode must be mono or disagg, got {mode!r}")
-        lm = _load_profile(profile)
-        wl = _workload(input_len, output_len, num_requests, seed)
-        try:
-            inst = sim.InstanceConfig(max_num_batched_tokens=max_num_batched_tokens,
-                                      max_num_seqs=max_num_seqs, chips=lm.chips_per_instance,
-                                      block_size=lm.block_size)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        dep = sim.Deployment(mode, num_instances=instances, num_prefill=prefill, num_decode=decode,
-                             instance=inst, conditional_threshold=conditional_threshold,
-                             link=sim.Link(link_gbps, link_latency_us * 1e-6, layerwise))
-        slo = SLO(slo_ttft, slo_tpot)
-        rate_list = _floats(rates, "--rates")
-        table = Table(title=f"simulated {dep.name} ({dep.chips()} chips), {lm.describe()}")
-        for col in ("rate", "TTFT p50", "TTFT p90", "TPOT p50", "TPOT p90", "attainment",
-                    "goodput/chip ok", "failed", "sim time"):
-            table.add_column(col, justify="right")
-        writer = None
-        if out:
-            from infer_bench.workloads.results import ResultsWriter
-            writer = ResultsWriter(out, overwrite=True)
-            writer.write_spec({"name": out.name, "simulated": True,
-                               "deployments": [{**dep.to_dict(), "name": dep.name}],
-                               "workload": wl.to_dict(),
-                               "load_points": [LoadPoint(f"{r:g}rps", ArrivalSpec(rate=r, seed=seed)).to_dict()
-                                               for r in rate_list],
-                               "slo": slo.to_dict(), "latency_model": lm.to_dict()})
-            writer.write_env()
-        for r in rate_list:
-            t0 = time.perf_counter()
-            res = sim.simulate_spec(dep, lm, wl, ArrivalSpec(kind="poisson", rate=r, seed=seed),
-                                    per_token=per_token)
-            wall = time.perf_counter() - t0
-            p = res.percentiles()
-            att = res.attainment(slo)
-            table.add_row(f"{r:g}", _fmt(p["ttft_p50_s"]), _fmt(p["ttft_p90_s"]),
-                          _fmt(p["tpot_p50_s"]), _fmt(p["tpot_p90_s"]), f"{att:.3f}",
-                          "yes" if att >= 0.9 else "no", str(int(res.failed.sum())),
-                          f"{wall:.2f} s")
-            if writer:
-                writer.append_records(res.to_records(deployment=dep.name, load_point=f"{r:g}rps"))
-        if writer:
-            writer.finalize()
-        console.print(table)
-        if out:
-            console.print(f"results dir: [bold]{out}[/bold] (render: infer-bench report {out})")
-
-    @app.command()
-    def plan(
-        rate: float = typer.Option(..., help="Offered request rate (req/s) to check and start the search from."),
-        slo_ttft: float = typer.Option(..., help="TTFT SLO, s."),
-        slo_tpot: float = typer.Option(..., help="TPOT SLO, s."),
-        chips: int = typer.Option(..., min=1, help="Total chips to deploy on."),
-        profile: Optional[Path] = typer.Option(None, help="Latency profile JSON (default: the illustrative H100 example)."),
-        input_len: str = typer.Option("1024", help="Prompt length: 128, uniform:64,256, normal:128,32, lognormal:1024,0.8."),
-        output_len: str = typer.Option("128", help="Output length (same forms)."),
-        seed: int = typer.Option(0),
-        link_gbps: float = typer.Option(100.0, help="KV link bandwidth, Gb/s."),
-        link_latency_us: float = typer.Option(10.0, help="KV link latency, microseconds."),
-        layerwise: bool = typer.Option(False, help="Layer-wise KV transfer overlapped with prefill."),
-        conditional: Optional[str] = typer.Option(None, help="Also try conditional disagg with these prompt-length thresholds, comma-separated."),
-        max_num_batched_tokens: int = typer.Option(8192, min=1),
-        max_num_seqs: int = typer.Option(256, min=1),
-        target: float = typer.Option(0.9, help="Joint SLO attainment that counts as good."),
-        horizon: float = typer.Option(60.0, help="Seconds of arrivals simulated per rate."),
-        max_requests: int = typer.Option(20000, min=10, help="Cap on requests per simulated rate."),
-        map_inputs: str = typer.Option("256,1024,4096", help="Break-even map: prompt lengths."),
-        map_outputs: str = typer.Option("64,256,1024", help="Break-even map: output lengths."),
-        map_bandwidths: str = typer.Option("25,100,400", help="Break-even map: link bandwidths, Gb/s."),
-        no_map: bool = typer.Option(False, help="Skip the break-even map."),
-        out: Path = typer.Option(Path("plan"), help="Output dir: plan.json, break_even.json, break_even.html."),
-    ):
-        """Rank mono vs disaggregated deployments of N chips by simulated goodput per chip.
-
-        Example: infer-bench plan --rate 4 --slo-ttft 1 --slo-tpot 0.05 --chips 8 --profile profile.json
-        """
-        import json
-
-        import plotly.io as pio
-        from rich.table import Table
-
-        from infer_bench.workloads.planning import planner as pl
-        from infer_bench.workloads.planning.simulator import InstanceConfig, Link
-        from infer_bench.workloads.spec import SLO
-
-        lm = _load_profile(profile)
-        wl = _workload(input_len, output_len, 1, seed)
-        if not 0 < target <= 1:
-            raise UserError(f"--target must be in (0, 1], got {target}")
-        try:
-            inst = InstanceConfig(max_num_batched_tokens=max_num_batched_tokens,
-                                  max_num_seqs=max_num_seqs, block_size=lm.block_size)
-            cands = pl.candidate_deployments(
-                chips, lm, instance=inst, link=Link(link_gbps, link_latency_us * 1e-6, layerwise),
-                conditional_thresholds=_ints(conditional, "--conditional") if conditional else ())
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        link = Link(link_gbps, link_latency_us * 1e-6, layerwise)
-        slo = SLO(slo_ttft, slo_tpot)
-        sweep = pl.SweepSpec(horizon_s=horizon, max_requests=max_requests)
-        with console.status("planning") as status:
-            prog = lambda m: status.update(f"planning: {m}")  # noqa: E731
-            ranking = pl.rank_deployments(cands, lm, wl, rate, slo, target=target, sweep=sweep,
-                                          progress=prog)
-            bmap = None
-            if not no_map:
-                bmap = pl.break_even_map(
-                    lm, slo, chips, input_lens=_ints(map_inputs, "--map-inputs"),
-                    output_lens=_ints(map_outputs, "--map-outputs"),
-                    bandwidths_gbps=_floats(map_bandwidths, "--map-bandwidths"), link=link,
-                    instance=inst, rate_hint=rate, target=target, seed=seed, progress=prog)
-        result = pl.Plan(ranking=ranking, break_even=bmap, inputs={
-            "workload": wl.to_dict(), "rate_rps": rate, "slo": slo.to_dict(), "chips": chips,
-            "target": target, "link": link.__dict__.copy(), "latency_model": lm.to_dict(),
-            "sweep": sweep.__dict__.copy()})
-        table = Table(title=f"deployments of {chips} chips by goodput per chip "
-                            f"(SLO TTFT {slo_ttft:g} s, TPOT {slo_tpot:g} s, {target:.0%})")
-        for col in ("rank", "deployment", "goodput req/s", "per chip", f"attainment @ {rate:g}",
-                    f"TTFT p90 @ {rate:g}", f"TPOT p90 @ {rate:g}", "meets rate"):
-            table.add_column(col, justify="right")
-        for i, row in enumerate(ranking.to_dict("records")):
-            table.add_row(str(i + 1), row["deployment"], _fmt(row["goodput_rps"]),
-                          _fmt(row["goodput_per_chip_rps"]), f"{row['attainment_at_rate']:.3f}",
-                          _fmt(row["ttft_p90_s_at_rate"]), _fmt(row["tpot_p90_s_at_rate"]),
-                          ("yes" if row["meets_rate"] else "no")
-                          + (" *" if row.get("horizon_capped") else ""))
-        if ranking["horizon_capped"].any():
-            table.caption = "* fewer requests than --horizon at that rate (raise --max-requests)"
-        console.print(table)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "plan.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-        if bmap is not None:
-            (out / "break_even.json").write_text(json.dumps(bmap, indent=2))
-            pio.write_html(pl.break_even_figure(bmap), str(out / "break_even.html"),
-                           include_plotlyjs=True)
-            mt = Table(title="break-even map: best disagg vs mono goodput per chip "
-                             "(|diff| < 5% = same)")
-            for col in ("input", "output", "link Gb/s", "mono/chip", "disagg/chip", "split",
-                        "diff", "verdict"):
-                mt.add_column(col, justify="right")
-            for c in bmap["cells"]:
-                mt.add_row(str(c["input_len"]), str(c["output_len"]), f"{c['bandwidth_gbps']:g}",
-                           _fmt(c["mono_per_chip"]), _fmt(c["disagg_per_chip"]),
-                           c["best_split"] or "-", _fmt(c["diff"], 100, 2) + "%"
-                           if c["diff"] is not None else "-", c["verdict"])
-            console.print(mt)
-        best = ranking.iloc[0]
-        console.print(f"best: [bold]{best['deployment']}[/bold] "
-                      f"({best['goodput_per_chip_rps']:.3g} req/s per chip); wrote {out}/")
+    app.command("profile")(profile_command)
+    app.command("simulate")(simulate_command)
+    app.command("plan")(plan_command)

@@ -148,6 +148,9 @@ def run(*, console: Console, model, url, served_model, api_key, modes, threads, 
     except ValueError as e:
         raise UserError(str(e)) from None
     if workload == "trace":
+        if rates or concurrency:
+            console.print("warning: --workload trace sends at the trace's timestamps; "
+                          "--rates / --concurrency are ignored", highlight=False)
         load_points = [runner.LoadPoint(name="trace", arrival=runner.ArrivalSpec(kind="trace", seed=seed))]
     else:
         load_points = runner.default_load_points(rates or ([0.5, 1.0] if not concurrency else None), concurrency,

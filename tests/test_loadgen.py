@@ -11,11 +11,12 @@ import pytest
 
 from conftest import free_port
 from infer_bench.backends.client.openai import PreparedRequest, RunClock, send_request
+from infer_bench.workloads.datasets import build_requests
 from infer_bench.workloads.loadgen import LoadGenerator
+from infer_bench.workloads.prompt_text import load_tokenizer_for
 from infer_bench.workloads.records import RECORD_COLUMNS
 from infer_bench.workloads.results import ResultsError, ResultsWriter, load_results
 from infer_bench.workloads.spec import SLO, ArrivalSpec, WorkloadSpec
-from infer_bench.workloads.synthetic import generate_requests, load_tokenizer_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -191,8 +192,8 @@ async def test_exact_token_prompts(tiny_model_dir, mock):
     hf = AutoTokenizer.from_pretrained(tiny_model_dir)
     spec = WorkloadSpec(input_len="uniform:3,60", output_len=4, num_requests=12, seed=5,
                         shared_prefix_len=8)
-    prepared = generate_requests(spec, tok)
-    assert [p.prompt for p in prepared] == [p.prompt for p in generate_requests(spec, tok)]
+    prepared = build_requests(spec, tok)
+    assert [p.prompt for p in prepared] == [p.prompt for p in build_requests(spec, tok)]
     targets = np.maximum(spec.input_len.sample(np.random.default_rng(5), 12), 8)
     for p, t in zip(prepared, targets):
         assert len(hf.encode(p.prompt, add_special_tokens=False)) == t == p.n_input

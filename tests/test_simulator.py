@@ -84,11 +84,11 @@ def test_closed_loop_concurrency_one_is_sequential():
 
 
 def test_spec_lengths_match_synthetic_generator():
-    from infer_bench.workloads.synthetic import generate_requests
+    from infer_bench.workloads.datasets import build_requests
 
     wl = WorkloadSpec(input_len="uniform:10,50", output_len="normal:20,5", num_requests=20, seed=3)
     n_in, n_out = spec_lengths(wl)
-    reqs = generate_requests(wl)
+    reqs = build_requests(wl)
     assert n_in.tolist() == [r.n_input for r in reqs]
     assert n_out.tolist() == [r.max_tokens for r in reqs]
 

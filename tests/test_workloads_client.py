@@ -11,7 +11,7 @@ from infer_bench.backends.client.openai import PreparedRequest, RunClock
 from infer_bench.workloads.loadgen import LoadGenerator
 from infer_bench.workloads.metrics import summarize
 from infer_bench.workloads.spec import ArrivalSpec, WorkloadSpec
-from infer_bench.workloads.synthetic import generate_requests
+from infer_bench.workloads.datasets import build_requests
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,7 +23,7 @@ async def test_multi_turn_ordering(mock, arrival):
     srv = await mock(ttft_s=0.02, token_delay_s=0.002)
     spec = WorkloadSpec(kind="multi_turn", num_requests=3, num_turns=3, input_len=4,
                         output_len=3, think_time_s=0.03, endpoint="chat")
-    reqs = generate_requests(spec)
+    reqs = build_requests(spec)
     res = await LoadGenerator(srv.url, "chat", reqs, arrival).run()
     assert len(res.records) == 9 and all(r.ok for r in res.records)
     by: dict[str, list] = {}

@@ -10,10 +10,11 @@ import pytest
 
 from infer_bench.workloads.arrivals import rate_sweep, send_times, trace_send_times
 from infer_bench.workloads.datasets import (
-    DatasetError, build_requests, read_sharegpt, read_trace, sample_dataset_path,
+    DatasetError, build_requests, read_sharegpt, read_trace, request_count_note,
+    sample_dataset_path, shared_prefix_groups,
 )
 from infer_bench.workloads.spec import ArrivalSpec, WorkloadSpec
-from infer_bench.workloads.synthetic import generate_requests, load_tokenizer_for
+from infer_bench.workloads.prompt_text import load_tokenizer_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,7 +38,7 @@ def test_trace_replay_is_exact(tmp_path):
     p = tmp_path / "trace.jsonl"
     _write_trace(p, stamps)
     spec = WorkloadSpec(kind="trace", dataset_path=str(p), output_len=7)
-    reqs = generate_requests(spec)                  # the runner's entry point, every kind
+    reqs = build_requests(spec)                     # the runner's entry point, every kind
     assert [r.send_at_s for r in reqs] == stamps
     assert [r.max_tokens for r in reqs] == [3, 4, 5, 6, 7]
     assert reqs[1].prompt == "hello there" and reqs[0].n_input == 5
@@ -121,9 +122,9 @@ def test_sharegpt_parsing(tmp_path, tok):
 def test_shared_prefix_groups_share_first_k_tokens(tok):
     spec = WorkloadSpec(kind="shared_prefix", num_prefixes=3, prompts_per_prefix=4,
                         shared_prefix_len=16, input_len="uniform:2,12", output_len=5, seed=2)
-    reqs = generate_requests(spec, tok)
+    reqs = build_requests(spec, tok)
     assert len(reqs) == 12 == spec.num_requests
-    assert [r.prompt for r in reqs] == [r.prompt for r in generate_requests(spec, tok)]
+    assert [r.prompt for r in reqs] == [r.prompt for r in build_requests(spec, tok)]
     groups: dict[tuple, list] = {}
     for r in reqs:
         ids = tok.tokenize(r.prompt)
@@ -134,14 +135,75 @@ def test_shared_prefix_groups_share_first_k_tokens(tok):
     for g in groups.values():
         assert len({tuple(x[16:]) for x in g}) == 4
     # without a tokenizer: word-level prefixes
-    plain = generate_requests(spec)
+    plain = build_requests(spec)
     assert len({" ".join(r.prompt.split()[:16]) for r in plain}) == 3
+
+
+def test_shared_prefix_sends_num_requests():
+    """Without prompts_per_prefix the groups hold exactly num_requests prompts (sizes differ by
+    at most one); with it, num_prefixes x prompts_per_prefix as before."""
+    for n, sizes in ((40, [10, 10, 10, 10]), (42, [11, 11, 10, 10]), (3, [1, 1, 1])):
+        spec = WorkloadSpec(kind="shared_prefix", num_requests=n, shared_prefix_len=6,
+                            input_len=3, output_len=2, seed=1)
+        assert spec.num_requests == n and shared_prefix_groups(spec) == sizes
+        reqs = build_requests(spec)
+        assert len(reqs) == n and len({r.request_id for r in reqs}) == n
+        by_prefix: dict[str, int] = {}
+        for r in reqs:
+            key = " ".join(r.prompt.split()[:6])
+            by_prefix[key] = by_prefix.get(key, 0) + 1
+        assert sorted(by_prefix.values(), reverse=True) == sizes
+        assert request_count_note(spec, len(reqs)) is None
+    fixed = WorkloadSpec(kind="shared_prefix", num_requests=40, num_prefixes=3,
+                         prompts_per_prefix=5, shared_prefix_len=6)
+    assert fixed.num_requests == 15 and len(build_requests(fixed)) == 15
+    with pytest.raises(ValueError, match="prompts_per_prefix"):
+        WorkloadSpec(kind="shared_prefix", prompts_per_prefix=0, shared_prefix_len=6)
+
+
+def test_request_count_note_says_why(tmp_path):
+    mt = WorkloadSpec(kind="multi_turn", num_requests=2, num_turns=3, input_len=4, output_len=2)
+    n = len(build_requests(mt))
+    assert n == 6
+    note = request_count_note(mt, n)
+    assert note.startswith("warning: sending 6 requests per load point, not 2")
+    assert "2 conversations of up to 3 turns" in note and "\n" not in note
+    p = tmp_path / "short.jsonl"
+    _write_trace(p, [0.0, 0.5])
+    tr = WorkloadSpec(kind="trace", dataset_path=str(p), num_requests=10)
+    assert len(build_requests(tr)) == 2
+    assert "has only 2 entries" in request_count_note(tr, 2)
+    assert request_count_note(WorkloadSpec(num_requests=5), 5) is None
+
+
+def test_runner_says_once_when_it_sends_other_than_asked(tmp_path):
+    from infer_bench.workloads.runner import RunObserver, RunSession, RunSpec, default_load_points
+
+    class Notes(RunObserver):
+        def __init__(self):
+            self.lines: list[str] = []
+
+        def message(self, text):
+            self.lines.append(text)
+
+    mt = WorkloadSpec(kind="multi_turn", num_requests=2, num_turns=2, input_len=4, output_len=2)
+    lps = default_load_points([1.0, 2.0], None, seed=0)
+    obs = Notes()
+    session = RunSession(RunSpec(deployments=[], workload=mt, load_points=lps,
+                                 out_dir=tmp_path / "run", warmup_requests=0), obs)
+    assert [len(session.requests_for(lp)) for lp in lps] == [4, 4]
+    assert len(obs.lines) == 1 and "sending 4 requests per load point, not 2" in obs.lines[0]
+    obs.lines.clear()
+    session = RunSession(RunSpec(deployments=[], workload=WorkloadSpec(num_requests=3),
+                                 load_points=lps, out_dir=tmp_path / "run2",
+                                 warmup_requests=0), obs)
+    assert len(session.requests_for(lps[0])) == 3 and obs.lines == []
 
 
 def test_multi_turn_prompts_grow(tok):
     spec = WorkloadSpec(kind="multi_turn", num_requests=2, num_turns=3, input_len=6,
                         output_len=4, think_time_s=0.05, endpoint="chat", seed=4)
-    reqs = generate_requests(spec, tok)
+    reqs = build_requests(spec, tok)
     assert len(reqs) == 6
     conv = [r for r in reqs if r.conversation_id == reqs[0].conversation_id]
     assert [r.turn for r in conv] == [0, 1, 2]
@@ -153,7 +215,7 @@ def test_multi_turn_prompts_grow(tok):
     assert conv[1].prompt[1]["role"] == "assistant"
     assert len(tok.tokenize(conv[1].prompt[1]["content"])) == 4       # stand-in answer length
     # completions endpoint: a text transcript; ShareGPT conversations as the source
-    txt = generate_requests(WorkloadSpec(kind="multi_turn", num_requests=3, num_turns=3,
+    txt = build_requests(WorkloadSpec(kind="multi_turn", num_requests=3, num_turns=3,
                                          dataset_path=str(sample_dataset_path())), tok)
     by: dict[str, list] = {}
     for r in txt:

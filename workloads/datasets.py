@@ -2,12 +2,13 @@
 conversations and timestamped traces; `build_requests(spec, tokenizer)` is the one entry point
 for every `WorkloadSpec.kind`.
 
-Role in the data flow: the runner calls `generate_requests(spec, tokenizer)`
-(workloads/synthetic.py), which hands every kind but "synthetic" to `build_requests` here; the
-PreparedRequests then go to `workloads/loadgen.py`. Everything is deterministic from the spec's
+Role in the data flow: the runner calls `build_requests(spec, tokenizer)` once per load point;
+the "synthetic" kind is built by `workloads/synthetic.py`, the others here, all from the prompt
+text helpers of `workloads/prompt_text.py` (imports go one way: datasets -> synthetic ->
+prompt_text); the PreparedRequests then go to `workloads/loadgen.py`. Everything is deterministic from the spec's
 seed (numpy PCG64): the same spec, seed, files and tokenizer give the same requests, bit for bit.
 
-Token counts: with a tokenizer (`synthetic.TokenizerFns`, encoding without special tokens) every
+Token counts: with a tokenizer (`prompt_text.TokenizerFns`, encoding without special tokens) every
 count here is the tokenizer's; generated text (suffixes, user turns, stand-in answers, trace
 prompts given by length) hits its target exactly. Without one, counts are whitespace words
 (approximate; the server's `usage` records what it counted).
@@ -37,8 +38,9 @@ import numpy as np
 
 from infer_bench.backends.client.openai import PreparedRequest
 
+from .prompt_text import TokenizerFns, fit_exact, random_words, text_of
 from .spec import WorkloadSpec
-from .synthetic import TokenizerFns, _fit_exact, _words, generate_synthetic
+from .synthetic import generate_synthetic
 
 USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "assistant", "chatgpt", "bard", "bing", "model"}
@@ -156,13 +158,6 @@ def _count(text: str, tok: TokenizerFns | None) -> int:
     return len(tok.tokenize(text)) if tok is not None else len(text.split())
 
 
-def _text_of(n: int, rng: np.random.Generator, tok: TokenizerFns | None) -> str:
-    """Random-word text of exactly n tokens (n words without a tokenizer)."""
-    if tok is not None:
-        return _fit_exact("", rng, max(int(n), 1), tok)
-    return " ".join(_words(rng, max(int(n), 1)))
-
-
 def _request(spec: WorkloadSpec, rid: str, prompt, max_tokens: int, n_input: int,
              **kw: Any) -> PreparedRequest:
     return PreparedRequest(request_id=rid, prompt=prompt, max_tokens=max(1, int(max_tokens)),
@@ -202,33 +197,46 @@ def build_sharegpt(spec: WorkloadSpec, tok: TokenizerFns | None = None,
     return reqs
 
 
+def shared_prefix_groups(spec: WorkloadSpec) -> list[int]:
+    """The size of each shared-prefix group: prompts_per_prefix each when set, else
+    spec.num_requests spread over num_prefixes groups (the first ones one larger; no empty
+    group). Sums to spec.num_requests."""
+    if spec.prompts_per_prefix is not None:
+        return [spec.prompts_per_prefix] * spec.num_prefixes
+    n_groups = min(spec.num_prefixes, spec.num_requests)
+    base, extra = divmod(spec.num_requests, n_groups)
+    return [base + 1] * extra + [base] * (n_groups - extra)
+
+
 def build_shared_prefix(spec: WorkloadSpec, tok: TokenizerFns | None = None,
                         id_prefix: str = "req") -> list[PreparedRequest]:
-    """N prefixes of exactly shared_prefix_len tokens, each followed by M suffixes of input_len
-    tokens; with a tokenizer every prompt's first K token ids equal its prefix's ids."""
-    n_groups, m, k = spec.num_prefixes, spec.prompts_per_prefix, int(spec.shared_prefix_len)
+    """Groups (`shared_prefix_groups`) of prompts: each group's prefix of exactly
+    shared_prefix_len tokens followed by suffixes of input_len tokens; with a tokenizer every
+    prompt's first K token ids equal its prefix's ids."""
+    sizes, k = shared_prefix_groups(spec), int(spec.shared_prefix_len)
+    n = sum(sizes)
     rng = np.random.default_rng(spec.seed)
-    suffix_lens = spec.input_len.sample(rng, n_groups * m)
-    out_lens = spec.output_len.sample(rng, n_groups * m)
+    suffix_lens = spec.input_len.sample(rng, n)
+    out_lens = spec.output_len.sample(rng, n)
     word_rng = np.random.default_rng([spec.seed, 1])
     items = []
-    for g in range(n_groups):
+    for g, m in enumerate(sizes):
         prefix_rng = np.random.default_rng([spec.seed, 2, g])
-        prefix = _text_of(k, prefix_rng, tok)
+        prefix = text_of(k, prefix_rng, tok)
         for _ in range(16):                  # a prefix that survives concatenation unchanged
             if tok is None or _prefix_stable(prefix, tok, word_rng):
                 break
-            prefix = _text_of(k, prefix_rng, tok)
+            prefix = text_of(k, prefix_rng, tok)
         prefix_ids = tok.tokenize(prefix) if tok is not None else None
         for j in range(m):
-            i = g * m + j
+            i = len(items)                   # the prompt's index over all groups
             target = k + int(suffix_lens[i])
             if tok is None:
-                prompt = prefix + " " + " ".join(_words(word_rng, int(suffix_lens[i])))
+                prompt = prefix + " " + " ".join(random_words(word_rng, int(suffix_lens[i])))
                 n_in = target
             else:
                 for _ in range(16):
-                    prompt = _fit_exact(prefix, word_rng, target, tok)
+                    prompt = fit_exact(prefix, word_rng, target, tok)
                     ids = tok.tokenize(prompt)
                     if ids[:k] == prefix_ids:
                         break
@@ -246,7 +254,8 @@ def build_shared_prefix(spec: WorkloadSpec, tok: TokenizerFns | None = None,
 
 def _prefix_stable(prefix: str, tok: TokenizerFns, rng: np.random.Generator) -> bool:
     ids = tok.tokenize(prefix)
-    probe = prefix + " " + " ".join(_words(np.random.default_rng(int(rng.integers(1 << 30))), 4))
+    probe_rng = np.random.default_rng(int(rng.integers(1 << 30)))
+    probe = prefix + " " + " ".join(random_words(probe_rng, 4))
     return tok.tokenize(probe)[:len(ids)] == ids
 
 
@@ -293,8 +302,8 @@ def build_multi_turn(spec: WorkloadSpec, tok: TokenizerFns | None = None,
         for c in range(n_conv):
             turns = []
             for t in range(n_turns):
-                user = _text_of(int(in_lens[c, t]), word_rng, tok)
-                answer = _text_of(int(out_lens[c, t]), word_rng, tok)
+                user = text_of(int(in_lens[c, t]), word_rng, tok)
+                answer = text_of(int(out_lens[c, t]), word_rng, tok)
                 turns.append((user, answer, int(out_lens[c, t])))
             convs.append(turns)
     reqs = []
@@ -322,7 +331,7 @@ def build_trace(spec: WorkloadSpec, tok: TokenizerFns | None = None,
             prompt = e["prompt"]
             n_in = _count(prompt, tok)
         else:
-            prompt = _text_of(e["input_len"], word_rng, tok)
+            prompt = text_of(e["input_len"], word_rng, tok)
             n_in = _count(prompt, tok) if tok is not None else e["input_len"]
         n_out = e.get("output_len", int(out_lens[i]))
         reqs.append(_request(spec, f"{id_prefix}-{i:05d}", prompt, n_out, n_in,
@@ -337,6 +346,21 @@ _BUILDERS = {
     "multi_turn": build_multi_turn,
     "trace": build_trace,
 }
+
+
+def request_count_note(spec: WorkloadSpec, n_built: int) -> str | None:
+    """One line saying why `n_built` requests differ from the spec.num_requests asked for
+    (None when they do not): multi_turn counts conversations, a trace may be shorter."""
+    asked = spec.num_requests
+    if n_built == asked:
+        return None
+    if spec.kind == "multi_turn":
+        why = f"{asked} conversations of up to {spec.num_turns} turns each"
+    elif spec.kind == "trace":
+        why = f"the trace {spec.dataset_path} has only {n_built} entries"
+    else:
+        why = f"the {spec.kind} workload built {n_built}"
+    return f"warning: sending {n_built} requests per load point, not {asked}: {why}"
 
 
 def build_requests(spec: WorkloadSpec, tokenizer: TokenizerFns | None = None,

@@ -1,9 +1,9 @@
 """The load generator: sends a list of prepared requests at their arrival times and measures them.
 
-Role in the data flow: `workloads/runner.py` builds prompts (`workloads/synthetic.py`), then for
-each load point runs `LoadGenerator(url, endpoint, requests, arrival, ...).run()`; each request
-goes through `backends/openai.send_request` on one shared `HttpPool` (backends/http_client.py:
-keep-alive connections, timestamps at the socket reads); each result becomes a
+Role in the data flow: `workloads/runner.py` builds prompts (`workloads/datasets.build_requests`),
+then for each load point runs `LoadGenerator(url, endpoint, requests, arrival, ...).run()`; each
+request goes through `backends/client/openai.send_request` on one shared `HttpPool`
+(backends/client/http.py: keep-alive connections, timestamps at the socket reads); each result becomes a
 `RequestRecord` handed to `on_record` as it completes (the runner appends it to the results dir,
 the CLI advances its progress bar) and returned at the end with a `ClientHealth` summary.
 

@@ -46,8 +46,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 PERCENTILES = (50, 90, 95, 99)
-LATENCY_METRICS = ("ttft", "itl", "tpot", "e2e", "chunk_gap", "ttft_from_intended",
-                   "e2e_from_intended")
 
 
 # ---------------------------------------------------------------------------- per request
@@ -305,12 +303,3 @@ def goodput(rates: Sequence[float], attainments: Sequence[float | None],
             return r0 + (a0 - target) / (a0 - a) * (r - r0)
         prev = (r, a)
     return pts[-1][0]
-
-
-def latency_columns() -> list[str]:
-    """Names of the latency summary columns, in order."""
-    cols = []
-    for m in LATENCY_METRICS:
-        cols.append(f"{m}_mean_s")
-        cols.extend(f"{m}_p{p}_s" for p in PERCENTILES)
-    return cols

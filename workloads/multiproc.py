@@ -58,7 +58,7 @@ def _worker(conn, kw: dict) -> None:
         tokenize = kw.pop("tokenize")
         tok_path = kw.pop("tokenizer_path")
         if tok_path:
-            from infer_bench.workloads.synthetic import load_tokenizer_for
+            from infer_bench.workloads.prompt_text import load_tokenizer_for
             tokenize = load_tokenizer_for(tok_path).tokenize
         clock = RunClock(kw.pop("t0_ns"))
         conn.send(("ready", None))
@@ -162,103 +162,141 @@ def run_sharded(
     """Drive `requests` over `workers` processes (see the module docstring); returns one merged
     LoadResult on `clock` (a new RunClock when None). `send_times`: seconds from the load point's
     start, one per request (or per chain), an ArrivalSpec, or None with `concurrency`."""
-    workers = max(1, int(workers))
     clock = clock or RunClock()
     if isinstance(send_times, ArrivalSpec) and send_times.closed_loop:
         concurrency = send_times.concurrency
     chains = build_chains(requests)
     times = _resolve_times(requests, chains, send_times, concurrency)
+    _check_picklable(tokenize)
+    workers = min(max(1, int(workers)), max(1, len(chains)))
+    common = dict(url=url, endpoint=endpoint, deployment=deployment, load_point=load_point,
+                  model=model, headers=headers, api_key=api_key, timeout_s=timeout_s,
+                  tokenize=tokenize, tokenizer_path=tokenizer_path, t0_ns=clock.t0_ns,
+                  lateness_threshold_s=lateness_threshold_s,
+                  loop_lag_threshold_s=loop_lag_threshold_s)
+    ctx = mp.get_context("spawn")
+    procs, conns = [], []
+    try:
+        for w in range(workers):
+            shard = _shard(w, workers, requests, chains, times, concurrency)
+            proc, conn = _spawn(ctx, w, {**common, **shard})
+            procs.append(proc)
+            conns.append(conn)
+        _await_ready(conns, ready_timeout_s)
+        start_at_s = clock.now() + start_delay_s
+        for c in conns:
+            c.send(("start", start_at_s))
+        results, interrupted = _collect(conns, procs)
+    finally:
+        _reap(conns, procs)
+    result = _merge(results, start_at_s, interrupted, lateness_threshold_s, loop_lag_threshold_s)
+    if on_record is not None:
+        for rec in result.records:
+            try:
+                on_record(rec)
+            except Exception:  # noqa: BLE001
+                pass
+    return result
+
+
+def _check_picklable(tokenize) -> None:
     if tokenize is not None:
         try:
             pickle.dumps(tokenize)
         except Exception as e:  # noqa: BLE001
             raise ValueError("run_sharded: tokenize must be picklable (a top-level function); "
                              "or pass tokenizer_path") from e
-    workers = min(workers, max(1, len(chains)))
-    ctx = mp.get_context("spawn")
-    procs, conns = [], []
-    interrupted = False
-    try:
-        for w in range(workers):
-            mine = list(range(w, len(chains), workers))
-            reqs = [dataclasses.replace(requests[i], tokenize=None)
-                    for c in mine for i in chains[c]]
-            if times is None:
-                share = concurrency // workers + (1 if w < concurrency % workers else 0)
-                arrival: Any = ArrivalSpec(kind="concurrency", concurrency=max(1, share))
-            else:
-                arrival = [float(times[c]) for c in mine]
-            kw = dict(url=url, endpoint=endpoint, requests=reqs, arrival=arrival,
-                      deployment=deployment, load_point=load_point, model=model,
-                      headers=headers, api_key=api_key, timeout_s=timeout_s,
-                      tokenize=tokenize, tokenizer_path=tokenizer_path, t0_ns=clock.t0_ns,
-                      lateness_threshold_s=lateness_threshold_s,
-                      loop_lag_threshold_s=loop_lag_threshold_s)
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(child, kw), daemon=True,
-                            name=f"infer-bench-shard-{w}")
-            p.start()
-            child.close()
-            procs.append(p)
-            conns.append(parent)
-        for w, c in enumerate(conns):
-            if not c.poll(ready_timeout_s):
-                raise RuntimeError(f"shard {w} did not start within {ready_timeout_s} s")
-            msg, info = c.recv()
-            if msg != "ready":
-                raise RuntimeError(f"shard {w} failed to start: {info}")
-        start_at_s = clock.now() + start_delay_s
-        for c in conns:
-            c.send(("start", start_at_s))
-        results = []
-        for w, c in enumerate(conns):
-            while True:
-                try:
-                    msg, info = c.recv()
-                    break
-                except KeyboardInterrupt:
-                    # Ctrl-C: every shard stops sending and returns what completed
-                    interrupted = True
-                    for c2 in conns:
-                        try:
-                            c2.send(("stop", None))
-                        except OSError:
-                            pass
-                except EOFError:
-                    raise RuntimeError(f"shard {w} exited without results "
-                                       f"(exit code {procs[w].exitcode})") from None
-            if msg != "done":
-                raise RuntimeError(f"shard {w} failed: {info}")
-            results.append(info)
-        wall = max(r["end_s"] for r in results) - start_at_s
-    finally:
-        for c in conns:
-            c.close()
-        for p in procs:
+
+
+def _shard(w: int, workers: int, requests: Sequence[PreparedRequest], chains: list[list[int]],
+           times: np.ndarray | None, concurrency: int | None) -> dict:
+    """Process w's requests (chains w, w+N, ...) and its arrival: their precomputed send times,
+    or its share of the closed-loop concurrency."""
+    mine = list(range(w, len(chains), workers))
+    reqs = [dataclasses.replace(requests[i], tokenize=None) for c in mine for i in chains[c]]
+    if times is None:
+        share = concurrency // workers + (1 if w < concurrency % workers else 0)
+        arrival: Any = ArrivalSpec(kind="concurrency", concurrency=max(1, share))
+    else:
+        arrival = [float(times[c]) for c in mine]
+    return {"requests": reqs, "arrival": arrival}
+
+
+def _spawn(ctx, w: int, kw: dict):
+    """Start shard w's process; returns (process, the parent's end of its pipe)."""
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_worker, args=(child, kw), daemon=True,
+                       name=f"infer-bench-shard-{w}")
+    proc.start()
+    child.close()
+    return proc, parent
+
+
+def _await_ready(conns: list, timeout_s: float) -> None:
+    """Wait until every shard has imported everything and says "ready"."""
+    for w, c in enumerate(conns):
+        if not c.poll(timeout_s):
+            raise RuntimeError(f"shard {w} did not start within {timeout_s} s")
+        msg, info = c.recv()
+        if msg != "ready":
+            raise RuntimeError(f"shard {w} failed to start: {info}")
+
+
+def _collect(conns: list, procs: list) -> tuple[list[dict], bool]:
+    """Every shard's results, and whether Ctrl-C came meanwhile (then every shard was told to stop
+    sending and returned what completed)."""
+    results, interrupted = [], False
+    for w, c in enumerate(conns):
+        while True:
+            try:
+                msg, info = c.recv()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+                for c2 in conns:
+                    try:
+                        c2.send(("stop", None))
+                    except OSError:
+                        pass
+            except EOFError:
+                raise RuntimeError(f"shard {w} exited without results "
+                                   f"(exit code {procs[w].exitcode})") from None
+        if msg != "done":
+            raise RuntimeError(f"shard {w} failed: {info}")
+        results.append(info)
+    return results, interrupted
+
+
+def _reap(conns: list, procs: list) -> None:
+    for c in conns:
+        c.close()
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.terminate()
             p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
+
+
+def _merge(results: list[dict], start_at_s: float, interrupted: bool,
+           lateness_threshold_s: float, loop_lag_threshold_s: float) -> LoadResult:
+    """One LoadResult from the shards': records sorted by intended send time, ClientHealth from
+    the pooled samples, CPU summed over the shards."""
     records = [RequestRecord.from_dict(d) for r in results for d in r["records"]]
     records.sort(key=lambda r: (r.intended_send_s if r.intended_send_s is not None
                                 else float("inf"), r.request_id))
     lateness = [x for r in results for x in r["lateness"]]
     lags = [x for r in results for x in r["lags"]]
+    end_s = max(r["end_s"] for r in results)
+    wall = end_s - start_at_s
     cpu = sum(r["cpu_s"] for r in results)
     sources: Counter[str] = Counter()
     for r in results:
         sources.update(r.get("timestamps", {}))
     health = health_from(lateness, lags, cpu / wall if wall > 0 else None,
                          lateness_threshold_s, loop_lag_threshold_s)
-    if on_record is not None:
-        for rec in records:
-            try:
-                on_record(rec)
-            except Exception:  # noqa: BLE001
-                pass
-    return LoadResult(records=records, health=health, start_s=start_at_s,
-                      end_s=max(r["end_s"] for r in results),
+    return LoadResult(records=records, health=health, start_s=start_at_s, end_s=end_s,
                       cancelled=interrupted or any(r["cancelled"] for r in results),
-                      extra={"workers": workers, "interrupted": interrupted, "send_lateness_s": lateness,
-                             "loop_lag_s": lags, "timestamps": dict(sources),
+                      extra={"workers": len(results), "interrupted": interrupted,
+                             "send_lateness_s": lateness, "loop_lag_s": lags,
+                             "timestamps": dict(sources),
                              "shard_cpu_s": [r["cpu_s"] for r in results]})

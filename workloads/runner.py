@@ -8,7 +8,11 @@ RequestRecord to the results dir as it completes; pull the engine's step trace; 
 that fails part-way (a deployment that does not start, Ctrl-C, an error) still finalises the
 results dir, marked incomplete, with everything measured so far.
 
-The runner talks to deployments only through `backends.deployment` (HTTP); it never imports the
+`run` drives a `RunSession` (the results dir being written, each load point's prompts, what
+run.json will say) through its steps: `measure_deployment` for each deployment (start, warm up,
+`_measure_load_point` for each load point, step trace, stop), then `finish`.
+
+The runner talks to deployments only through `backends.launch` (HTTP); it never imports the
 engine. Progress goes to a `RunObserver` (the CLI draws rich progress bars with it).
 """
 
@@ -28,12 +32,13 @@ from infer_bench.backends.launch import (
 from infer_bench.backends.client.aioloop import run as run_loop
 from infer_bench.backends.client.openai import RunClock
 
+from .datasets import build_requests, request_count_note
 from .loadgen import LoadGenerator
 from .metrics import summarize
+from .prompt_text import load_tokenizer_for
 from .records import RequestRecord
 from .results import ResultsWriter, collect_env
 from .spec import SLO, ArrivalSpec, LoadPoint, WorkloadSpec
-from .synthetic import generate_requests, load_tokenizer_for
 from .telemetry import TelemetrySampler
 
 # Engine series worth scraping from /metrics onto the telemetry timeline.
@@ -177,7 +182,6 @@ def _run_load(gen: LoadGenerator):
     interrupted = False
 
     async def main():
-        nonlocal interrupted
         loop = asyncio.get_running_loop()
 
         def on_sigint() -> None:
@@ -204,14 +208,14 @@ def _run_load(gen: LoadGenerator):
 
 
 def _run_sharded_load(url: str, spec: RunSpec, requests: list, lp: LoadPoint, on_record,
-                      common: dict):
+                      client: dict):
     """One load point over `spec.client_workers` processes (workloads/multiproc.py): send times
     precomputed here, each worker loads the tokenizer itself. Records reach `on_record` when the
     shards finish; Ctrl-C keeps what completed, then raises KeyboardInterrupt."""
     from .multiproc import run_sharded
 
-    kw = {k: v for k, v in common.items() if k != "tokenize"}
-    tok_path = spec.tokenizer_path if common.get("tokenize") is not None else None
+    kw = {k: v for k, v in client.items() if k != "tokenize"}
+    tok_path = spec.tokenizer_path if client.get("tokenize") is not None else None
     result = run_sharded(url, spec.workload.endpoint, requests, lp.arrival, spec.client_workers,
                          load_point=lp.name, on_record=on_record, tokenizer_path=tok_path, **kw)
     if result.extra.get("interrupted"):
@@ -221,117 +225,165 @@ def _run_sharded_load(url: str, spec: RunSpec, requests: list, lp: LoadPoint, on
 
 def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
     """Execute the run; returns the results dir (also when incomplete, unless nothing was measured)."""
-    obs = observer or RunObserver()
-    out = Path(spec.out_dir)
-    writer = ResultsWriter(out, overwrite=True)
-    (out / "telemetry.jsonl").unlink(missing_ok=True)
-    writer.write_spec(spec.to_dict())
-    writer.write_env(collect_env(extra={"command": sys.argv}))
-    clock = RunClock()
-    tokenizer = load_tokenizer_for(spec.tokenizer_path) if spec.tokenizer_path else None
-    # Each load point gets its own prompts (same length distribution, a seed of its own): re-sent
-    # prompts would hit the server's prefix cache and make later load points look fast. Every
-    # deployment gets the same prompts at the same load point.
-    lp_requests: dict[str, list] = {}
-
-    def requests_for(lp: LoadPoint) -> list:
-        if lp.name not in lp_requests:
-            seed = spec.workload.seed + 7919 * len(lp_requests)
-            lp_requests[lp.name] = generate_requests(replace(spec.workload, seed=seed), tokenizer,
-                                                     id_prefix=f"req-{len(lp_requests)}")
-        return lp_requests[lp.name]
-
-    warm = generate_requests(
-        WorkloadSpec(input_len=spec.workload.input_len, output_len=8, num_requests=max(1, spec.warmup_requests),
-                     seed=spec.workload.seed + 10_000, endpoint=spec.workload.endpoint),
-        tokenizer, id_prefix="warmup") if spec.warmup_requests else []
-
-    windows: dict[tuple[str, str], tuple[float, float]] = {}
-    failures: dict[str, str] = {}
-    health: dict[str, dict] = {}
-    telemetry: dict[str, dict] = {}
-    status = "complete"
-    seen_lps: dict[str, LoadPoint] = {}
+    session = RunSession(spec, observer or RunObserver())
     try:
         for dep_spec in spec.deployments:
-            dep = make_deployment(dep_spec, out / "logs")
-            desc = getattr(dep_spec, "url", None) or f"engine {dep_spec.mode} ({dep_spec.model})"
-            obs.deployment_starting(dep_spec.name, desc)
-            t0 = time.perf_counter()
-            try:
-                dep.start()
-            except DeploymentError as e:
-                failures[dep_spec.name] = str(e)
-                status = "incomplete"
-                obs.deployment_failed(dep_spec.name, str(e))
-                continue
-            obs.deployment_ready(dep_spec.name, time.perf_counter() - t0)
-            sampler = TelemetrySampler(out / "telemetry.jsonl", dep.pids, clock_fn=clock.now,
-                                       deployment=dep_spec.name, prometheus_url=dep.base_url,
-                                       prometheus_allow=ENGINE_PROMETHEUS_ALLOW).start()
-            try:
-                common = dict(deployment=dep_spec.name, clock=clock, model=dep.model_name,
-                              api_key=dep.api_key, timeout_s=spec.timeout_s,
-                              tokenize=tokenizer.tokenize if tokenizer else None)
-                if warm:
-                    _run_load(LoadGenerator(dep.base_url, spec.workload.endpoint, warm,
-                                            ArrivalSpec(kind="concurrency", concurrency=1),
-                                            load_point="warmup", **common))
-                measured: dict[float, float] = {}
-                for lp in plan_load_points(spec, measured):
-                    if lp.name not in seen_lps:
-                        seen_lps[lp.name] = lp
-                    if not dep.alive():
-                        failures[dep_spec.name] = f"deployment died before load point {lp.name}"
-                        status = "incomplete"
-                        obs.deployment_failed(dep_spec.name, failures[dep_spec.name])
-                        break
-                    requests = requests_for(lp)
-                    obs.load_point_starting(dep_spec.name, lp.name, len(requests))
-                    stopper = ErrorRateStop(spec.max_error_rate, spec.error_window)
-                    gen: LoadGenerator | None = None
-
-                    def on_record(rec: RequestRecord) -> None:
-                        writer.append_record(rec)
-                        obs.record(rec)
-                        if stopper.observe(bool(rec.error)) and gen is not None:
-                            gen.stop()
-
-                    if spec.client_workers > 1:
-                        result = _run_sharded_load(dep.base_url, spec, requests, lp, on_record,
-                                                   common)
-                    else:
-                        gen = LoadGenerator(dep.base_url, spec.workload.endpoint, requests,
-                                            lp.arrival, load_point=lp.name, on_record=on_record,
-                                            **common)
-                        result = _run_load(gen)
-                    windows[(dep_spec.name, lp.name)] = result.window
-                    if lp.arrival.rate is not None:
-                        att = summarize(result.records, spec.slo, result.window).get("slo_attainment")
-                        measured[float(lp.arrival.rate)] = float(att) if att is not None else 0.0
-                    health[f"{dep_spec.name}/{lp.name}"] = result.health.to_dict()
-                    obs.load_point_done(dep_spec.name, lp.name, result.health.to_dict())
-                    if stopper.tripped:
-                        failures[dep_spec.name] = (f"stopped at load point {lp.name}: error rate over "
-                                                   f"{spec.max_error_rate:.0%} ({stopper.describe()})")
-                        status = "incomplete"
-                        obs.deployment_failed(dep_spec.name, failures[dep_spec.name])
-                        break
-                steps = dep.fetch_steps()
-                if steps:
-                    writer.append_steps(steps, deployment=dep_spec.name)
-            finally:
-                telemetry[dep_spec.name] = sampler.stop()
-                dep.stop()
+            session.measure_deployment(dep_spec)
     except BaseException:
-        status = "incomplete"
+        session.status = "incomplete"
         raise
     finally:
-        if spec.bisect is not None and seen_lps:  # record the load points the search chose
-            writer.write_spec({**spec.to_dict(), "load_points": [lp.to_dict() for lp in seen_lps.values()]})
-        writer.set_run_info(deployment_failures=failures, client_health=health, telemetry=telemetry)
-        writer.finalize(status=status, windows=windows)
-    if not writer.records and failures:
-        first = next(iter(failures.values()))
-        raise RunError(first)
-    return out
+        session.finish()
+    if not session.writer.records and session.failures:
+        raise RunError(next(iter(session.failures.values())))
+    return session.out
+
+
+class RunSession:
+    """One run in progress: the results dir being written, the prompts of each load point, and
+    what run.json will say (status, failures, client health, telemetry status, load windows).
+    `run` drives it: `measure_deployment` for each deployment, then `finish`."""
+
+    def __init__(self, spec: RunSpec, observer: RunObserver):
+        self.spec, self.obs = spec, observer
+        self.out = Path(spec.out_dir)
+        self.writer = ResultsWriter(self.out, overwrite=True)
+        (self.out / "telemetry.jsonl").unlink(missing_ok=True)
+        self.writer.write_spec(spec.to_dict())
+        self.writer.write_env(collect_env(extra={"command": sys.argv}))
+        self.clock = RunClock()
+        self.tokenizer = load_tokenizer_for(spec.tokenizer_path) if spec.tokenizer_path else None
+        self.lp_requests: dict[str, list] = {}
+        self.count_note: str | None = None      # the last request_count_note shown
+        self.warmup = self._warmup_requests()
+        self.status = "complete"
+        self.windows: dict[tuple[str, str], tuple[float, float]] = {}
+        self.failures: dict[str, str] = {}
+        self.health: dict[str, dict] = {}
+        self.telemetry: dict[str, dict] = {}
+        self.seen_lps: dict[str, LoadPoint] = {}
+
+    # ------------------------------------------------------------------ prompts
+
+    def requests_for(self, lp: LoadPoint) -> list:
+        """The prompts of load point `lp`. Each load point gets its own (same length
+        distribution, a seed of its own): re-sent prompts would hit the server's prefix cache and
+        make later load points look fast. Every deployment gets the same prompts at the same
+        load point."""
+        if lp.name not in self.lp_requests:
+            i = len(self.lp_requests)
+            seed = self.spec.workload.seed + 7919 * i
+            reqs = build_requests(replace(self.spec.workload, seed=seed), self.tokenizer,
+                                  id_prefix=f"req-{i}")
+            self.lp_requests[lp.name] = reqs
+            note = request_count_note(self.spec.workload, len(reqs))
+            if note and note != self.count_note:     # say it once, not per load point
+                self.obs.message(note)
+                self.count_note = note
+        return self.lp_requests[lp.name]
+
+    def _warmup_requests(self) -> list:
+        n = self.spec.warmup_requests
+        if not n:
+            return []
+        wl = self.spec.workload
+        return build_requests(
+            WorkloadSpec(input_len=wl.input_len, output_len=8, num_requests=max(1, n),
+                         seed=wl.seed + 10_000, endpoint=wl.endpoint),
+            self.tokenizer, id_prefix="warmup")
+
+    # ------------------------------------------------------------------ one deployment
+
+    def measure_deployment(self, dep_spec: EngineDeploymentSpec | ExternalDeploymentSpec) -> None:
+        """Start the deployment, warm it up, measure every load point, keep its step trace, stop
+        it. A deployment that fails to start, dies, or trips the error-rate stop is recorded in
+        `failures` and the run marked incomplete; the next deployment still runs."""
+        dep = make_deployment(dep_spec, self.out / "logs")
+        if not self._start(dep_spec, dep):
+            return
+        sampler = TelemetrySampler(self.out / "telemetry.jsonl", dep.pids, clock_fn=self.clock.now,
+                                   deployment=dep_spec.name, prometheus_url=dep.base_url,
+                                   prometheus_allow=ENGINE_PROMETHEUS_ALLOW).start()
+        try:
+            client = dict(deployment=dep_spec.name, clock=self.clock, model=dep.model_name,
+                          api_key=dep.api_key, timeout_s=self.spec.timeout_s,
+                          tokenize=self.tokenizer.tokenize if self.tokenizer else None)
+            if self.warmup:
+                _run_load(LoadGenerator(dep.base_url, self.spec.workload.endpoint, self.warmup,
+                                        ArrivalSpec(kind="concurrency", concurrency=1),
+                                        load_point="warmup", **client))
+            measured: dict[float, float] = {}   # rate -> joint SLO attainment (for --bisect)
+            for lp in plan_load_points(self.spec, measured):
+                self.seen_lps.setdefault(lp.name, lp)
+                if not dep.alive():
+                    self._fail(dep_spec.name, f"deployment died before load point {lp.name}")
+                    break
+                if not self._measure_load_point(dep_spec.name, dep.base_url, lp, client, measured):
+                    break
+            steps = dep.fetch_steps()
+            if steps:
+                self.writer.append_steps(steps, deployment=dep_spec.name)
+        finally:
+            self.telemetry[dep_spec.name] = sampler.stop()
+            dep.stop()
+
+    def _start(self, dep_spec, dep) -> bool:
+        desc = getattr(dep_spec, "url", None) or f"engine {dep_spec.mode} ({dep_spec.model})"
+        self.obs.deployment_starting(dep_spec.name, desc)
+        t0 = time.perf_counter()
+        try:
+            dep.start()
+        except DeploymentError as e:
+            self._fail(dep_spec.name, str(e))
+            return False
+        self.obs.deployment_ready(dep_spec.name, time.perf_counter() - t0)
+        return True
+
+    def _measure_load_point(self, deployment: str, url: str, lp: LoadPoint, client: dict,
+                            measured: dict[float, float]) -> bool:
+        """Send one load point's requests, appending each record as it completes; False when the
+        error-rate stop tripped (the deployment's remaining load points are skipped)."""
+        requests = self.requests_for(lp)
+        self.obs.load_point_starting(deployment, lp.name, len(requests))
+        stopper = ErrorRateStop(self.spec.max_error_rate, self.spec.error_window)
+        gen: LoadGenerator | None = None
+
+        def on_record(rec: RequestRecord) -> None:
+            self.writer.append_record(rec)
+            self.obs.record(rec)
+            if stopper.observe(bool(rec.error)) and gen is not None:
+                gen.stop()
+
+        if self.spec.client_workers > 1:
+            result = _run_sharded_load(url, self.spec, requests, lp, on_record, client)
+        else:
+            gen = LoadGenerator(url, self.spec.workload.endpoint, requests, lp.arrival,
+                                load_point=lp.name, on_record=on_record, **client)
+            result = _run_load(gen)
+        self.windows[(deployment, lp.name)] = result.window
+        if lp.arrival.rate is not None:
+            att = summarize(result.records, self.spec.slo, result.window).get("slo_attainment")
+            measured[float(lp.arrival.rate)] = float(att) if att is not None else 0.0
+        self.health[f"{deployment}/{lp.name}"] = result.health.to_dict()
+        self.obs.load_point_done(deployment, lp.name, result.health.to_dict())
+        if stopper.tripped:
+            self._fail(deployment, f"stopped at load point {lp.name}: error rate over "
+                                   f"{self.spec.max_error_rate:.0%} ({stopper.describe()})")
+            return False
+        return True
+
+    def _fail(self, deployment: str, message: str) -> None:
+        self.failures[deployment] = message
+        self.status = "incomplete"
+        self.obs.deployment_failed(deployment, message)
+
+    # ------------------------------------------------------------------ the end
+
+    def finish(self) -> None:
+        """Write run.json and requests.parquet / summary (also after a failure or Ctrl-C)."""
+        if self.spec.bisect is not None and self.seen_lps:  # the load points the search chose
+            self.writer.write_spec({**self.spec.to_dict(),
+                                    "load_points": [lp.to_dict() for lp in self.seen_lps.values()]})
+        self.writer.set_run_info(deployment_failures=self.failures, client_health=self.health,
+                                 telemetry=self.telemetry)
+        self.writer.finalize(status=self.status, windows=self.windows)

@@ -2,7 +2,7 @@
 and what counts as good (SLO).
 
 Role in the data flow: the CLI / runner builds these from flags or a TOML file;
-`workloads/synthetic.py` turns a WorkloadSpec into prompts, `workloads/arrivals.py` turns an
+`workloads/datasets.build_requests` turns a WorkloadSpec into prompts, `workloads/arrivals.py` turns an
 ArrivalSpec into send times, `workloads/metrics.py` judges records against an SLO; `to_dict()` is
 what lands in spec.json (and `from_dict` reads it back).
 """
@@ -114,9 +114,11 @@ class WorkloadSpec:
       `workloads/data/sample_sharegpt.jsonl`), num_requests (sampled with the seed, cycling when
       the file has fewer), max_output_len (cap on the gpt reply's token count; None = no cap);
       with `output_len_from_dataset=False` the output length is drawn from output_len instead;
-    - shared_prefix: num_prefixes (N) groups x prompts_per_prefix (M) prompts; each prompt is
-      one of N prefixes of shared_prefix_len tokens followed by its own suffix of input_len
-      tokens (num_requests becomes N*M; order shuffled with the seed unless shuffle=False);
+    - shared_prefix: num_prefixes (N) groups of prompts; each prompt is one of N prefixes of
+      shared_prefix_len tokens followed by its own suffix of input_len tokens. Exactly
+      num_requests prompts, spread over the N groups (sizes differ by at most one; fewer groups
+      when num_requests < N); with prompts_per_prefix (M) set instead, N groups of M prompts
+      (num_requests becomes N*M). Order shuffled with the seed unless shuffle=False;
     - multi_turn: num_requests conversations of num_turns turns (user turns of input_len tokens,
       assistant turns of output_len tokens); turn k's prompt holds turns 0..k-1 (user text and
       a deterministic stand-in for the assistant's answer) then the new user text; turns of a
@@ -144,7 +146,7 @@ class WorkloadSpec:
     max_output_len: int | None = None
     output_len_from_dataset: bool = True
     num_prefixes: int = 4
-    prompts_per_prefix: int = 8
+    prompts_per_prefix: int | None = None
     shuffle: bool = True
     num_turns: int = 3
     think_time_s: float = 0.0
@@ -159,11 +161,14 @@ class WorkloadSpec:
         if self.dataset_path is not None:
             self.dataset_path = str(self.dataset_path)
         if self.kind == "shared_prefix":
-            if self.num_prefixes < 1 or self.prompts_per_prefix < 1:
-                raise ValueError("shared_prefix needs num_prefixes >= 1 and prompts_per_prefix >= 1")
+            if self.num_prefixes < 1:
+                raise ValueError("shared_prefix needs num_prefixes >= 1")
+            if self.prompts_per_prefix is not None:
+                if self.prompts_per_prefix < 1:
+                    raise ValueError("shared_prefix needs prompts_per_prefix >= 1 (or None)")
+                self.num_requests = self.num_prefixes * self.prompts_per_prefix
             if self.shared_prefix_len < 1:
                 raise ValueError("shared_prefix needs shared_prefix_len >= 1 (the prefix length)")
-            self.num_requests = self.num_prefixes * self.prompts_per_prefix
         if self.kind == "trace" and not self.dataset_path:
             raise ValueError("trace workload needs dataset_path (a JSONL trace file)")
         if self.num_requests < 1:

@@ -67,19 +67,12 @@ def _loads(data: bytes | str) -> Any:
             pass
     return json.loads(data)
 
-ERROR_TYPES = ("connect", "http_4xx", "http_5xx", "timeout", "disconnect", "stream_error",
-               "client_error")
-
 
 class RunClock:
     """The run's monotonic clock: t=0 at run start, seconds as float, ns resolution underneath."""
 
     def __init__(self, t0_ns: int | None = None):
         self.t0_ns = time.perf_counter_ns() if t0_ns is None else int(t0_ns)
-
-    @staticmethod
-    def now_ns() -> int:
-        return time.perf_counter_ns()
 
     def to_s(self, ns: int) -> float:
         return (ns - self.t0_ns) / 1e9

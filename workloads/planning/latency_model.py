@@ -344,6 +344,9 @@ def busy_overlap(rows: Sequence[Mapping]) -> np.ndarray:
 
 
 def _features(rows: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
+    """(X [n,6] = [1, P, P^2/1e3, D, C, N], y = wall_s, has_context, busy overlap) from step
+    rows; rows without wall_s or with no work are skipped. N (prefill chunks) is the row's
+    `n_prefill_seqs`, else n_seqs - n_decode_seqs, else 1 when the step has prefill tokens."""
     ckey = next((k for k in CONTEXT_KEYS if any(_num(r, k) is not None for r in rows)), None)
     overlap = busy_overlap(rows)
     X, y, ov = [], [], []
@@ -365,14 +368,6 @@ def _features(rows: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, bool, np
         ov.append(o)
     return (np.asarray(X, dtype=float).reshape(-1, N_FEATURES), np.asarray(y, dtype=float),
             ckey is not None, np.asarray(ov, dtype=float))
-
-
-def step_features(rows: Iterable[Mapping]) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(X [n,6] = [1, P, P^2/1e3, D, C, N], y = wall_s, has_context) from step rows; rows without
-    wall_s or with no work are skipped. N (prefill chunks) is the row's `n_prefill_seqs`, else
-    n_seqs - n_decode_seqs, else 1 when the step has prefill tokens."""
-    X, y, has_ctx, _ = _features(list(rows))
-    return X, y, has_ctx
 
 
 def _weighted_nnls(A: np.ndarray, y: np.ndarray, wgt: np.ndarray) -> np.ndarray:

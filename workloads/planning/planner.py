@@ -48,12 +48,6 @@ class GoodputResult:
     points: list[tuple[float, float]]        # (rate, attainment) simulated, sorted by rate
     n_sims: int
 
-    def attainment_at(self, rate: float) -> float | None:
-        for r, a in self.points:
-            if abs(r - rate) <= 1e-9 * max(1.0, rate):
-                return a
-        return None
-
 
 @dataclass
 class SweepSpec:

@@ -31,7 +31,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -290,9 +290,4 @@ def fit_results_dir(results_dir: str | Path, deployment: str | None = None,
                           "host": env.get("hostname")}
     kw.setdefault("notes", f"fitted from {results_dir}/steps.jsonl ({len(rows)} rows"
                            + (f" of load points {', '.join(load_points)})" if load_points else ")"))
-    return fit_step_rows(rows, **kw)
-
-
-def fit_rows(rows: Iterable[dict], **kw: Any) -> LatencyModel:
-    """Alias of latency_model.fit_step_rows (the pure core)."""
     return fit_step_rows(rows, **kw)

@@ -60,7 +60,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -730,12 +730,6 @@ def simulate_spec(deployment: Deployment, latency_model: LatencyModel, workload:
     """`simulate` on the requests a real run of (workload, arrival) would send."""
     return simulate(deployment, latency_model, requests_from_spec(workload, arrival),
                     per_token=per_token)
-
-
-def with_rate(reqs: SimRequests, base_rate: float, rate: float) -> SimRequests:
-    """The same requests with arrival times rescaled from `base_rate` to `rate` (common random
-    numbers for rate sweeps: the same gaps, stretched)."""
-    return replace(reqs, arrival_s=np.asarray(reqs.arrival_s) * (base_rate / rate))
 
 
 def poisson_requests(n_input: Sequence[int], n_output: Sequence[int], rate: float,
