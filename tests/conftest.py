@@ -89,3 +89,34 @@ def kernel_timestamps_on():
     finally:
         for s in (tx, rx, lsock):
             s.close()
+
+
+@pytest.fixture
+def mock_process():
+    """Start calibrated mock servers as subprocesses (for code that runs its own event loop, like
+    the runner): `url = mock_process("--ttft-ms", "20")`; all killed after the test."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    procs = []
+
+    def start(*args: str) -> str:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "infer_bench.backends.mock.server",
+                                 "--port", str(port), *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        for _ in range(400):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()

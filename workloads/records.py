@@ -77,6 +77,7 @@ class RequestRecord:
     server_cached_tokens: float | None = None
     server_preemptions: float | None = None
     server_timing_json: str | None = None
+    repeat: int = 0                     # which repeat of the load point (RunSpec.repeats)
 
     @property
     def ok(self) -> bool:
@@ -156,5 +157,6 @@ def arrow_schema():
         "http_status": pa.int64(), "error": pa.string(), "error_type": pa.string(),
         "server_timing_json": pa.string(), "n_output_client": pa.int64(),
         "token_count_mismatch": pa.bool_(), "conversation_id": pa.string(), "turn": pa.int64(),
+        "repeat": pa.int64(),
     }
     return pa.schema([(c, types.get(c, pa.float64())) for c in RECORD_COLUMNS])

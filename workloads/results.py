@@ -231,10 +231,10 @@ class ResultsWriter:
 
     # -- end
     def finalize(self, *, status: str = "complete", slo: Any = None,
-                 windows: dict[tuple[str, str], tuple[float, float]] | None = None,
+                 windows: dict[tuple, tuple[float, float]] | None = None,
                  goodput_target: float = 0.9) -> None:
         """Write requests.parquet, summary.csv/json, close files, mark run.json with `status`.
-        `slo` defaults to spec["slo"]; `windows` maps (deployment, load_point) -> (start, end)."""
+        `slo` defaults to spec["slo"]; `windows` maps (deployment, load_point, repeat) -> (start, end)."""
         import pandas as pd
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -250,6 +250,9 @@ class ResultsWriter:
         df = pd.DataFrame(rows, columns=RECORD_COLUMNS)
         summary = compute_summary(df, self._spec, slo=slo, windows=windows)
         summary.to_csv(self.path / "summary.csv", index=False)
+        if "repeat" in df and df["repeat"].nunique() > 1:
+            compute_summary(df, self._spec, slo=slo, windows=windows, by_repeat=True).to_csv(
+                self.path / "summary_repeats.csv", index=False)
         gp = compute_goodput(summary, goodput_target)
         (self.path / "summary.json").write_text(_dump({
             "schema_version": SCHEMA_VERSION, "slo": _jsonable_slo(slo),
@@ -294,40 +297,73 @@ def _load_point_info(spec: dict | None) -> dict[str, dict]:
 
 
 def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
-                    windows: dict | None = None):
-    """One row per deployment x load point (in order of first appearance)."""
-    import numpy as np
+                    windows: dict | None = None, by_repeat: bool = False):
+    """One row per deployment x load point (in order of first appearance), pooled over repeats;
+    with `by_repeat`, one row per deployment x load point x repeat (drift, per-repeat intervals).
+
+    `windows` maps (deployment, load_point, repeat) -- or (deployment, load_point) -- to the
+    load generator's (start, end). With spec["steady_state"], each repeat's ramp-up is left out of
+    the latency percentiles and attainment, and throughput is counted until its last intended
+    send (metrics.steady_state). Pooled over repeats: latencies and attainment over every
+    measured request; throughput = tokens (requests) in the repeats' windows / their total length;
+    n_requests and n_failed count every request sent."""
     import pandas as pd
 
     df = records if isinstance(records, pd.DataFrame) else pd.DataFrame(
         [r.to_dict() if hasattr(r, "to_dict") else r for r in records], columns=RECORD_COLUMNS)
+    if "repeat" not in df:
+        df = df.assign(repeat=0)
+    df = df.assign(repeat=pd.to_numeric(df["repeat"], errors="coerce").fillna(0).astype(int))
     if slo is None and spec:
         slo = spec.get("slo")
+    ramp = float(((spec or {}).get("steady_state") or {}).get("ramp_fraction") or 0.0)
     info = _load_point_info(spec)
+    keys = ["deployment", "load_point"] + (["repeat"] if by_repeat else [])
     rows = []
-    if len(df):
-        for (dep, lp), g in df.groupby(["deployment", "load_point"], sort=False):
-            row: dict[str, Any] = {"deployment": dep, "load_point": lp}
-            row.update({"arrival_kind": None, "rate_rps": None, "concurrency": None})
-            row.update(info.get(str(lp), {}))
-            intended = np.sort(g["intended_send_s"].dropna().to_numpy(float))
-            row["offered_rate_rps"] = (float((len(intended) - 1) / (intended[-1] - intended[0]))
-                                       if len(intended) > 1 and intended[-1] > intended[0]
-                                       else None)
-            win = (windows or {}).get((dep, lp))
-            ramp = float(((spec or {}).get("steady_state") or {}).get("ramp_fraction") or 0.0)
+    for key, g in (df.groupby(keys, sort=False) if len(df) else []):
+        dep, lp = key[0], key[1]
+        row: dict[str, Any] = {"deployment": dep, "load_point": lp}
+        if by_repeat:
+            row["repeat"] = int(key[2])
+        row.update({"arrival_kind": None, "rate_rps": None, "concurrency": None})
+        row.update(info.get(str(lp), {}))
+        parts = []        # per repeat: (measured records, window)
+        for r, gr in g.groupby("repeat", sort=True):
+            win = (windows or {}).get((dep, lp, r)) or (windows or {}).get((dep, lp))
             if ramp > 0:
-                kept, win = metrics.steady_state(g, ramp)
-                row.update(metrics.summarize(kept, slo, win))
-                row["n_measured"] = len(kept)
-                n_all = len(g)
-                row["n_failed"] = int(sum(metrics.is_failed(r) for r in g.to_dict("records")))
-                row["n_requests"] = n_all
+                kept, win = metrics.steady_state(gr, ramp)
             else:
-                row.update(metrics.summarize(g, slo, win))
-                row["n_measured"] = row["n_requests"]
-            rows.append(row)
+                kept = gr.to_dict("records")
+            parts.append((kept, win))
+        row["offered_rate_rps"] = _offered_rate(g)
+        measured = [rec for kept, _ in parts for rec in kept]
+        row.update(metrics.summarize(measured, slo, parts[0][1] if len(parts) == 1 else None))
+        if len(parts) > 1:        # throughput over the repeats' own windows, not the gaps between
+            per = [metrics.summarize(kept, None, win) for kept, win in parts]
+            dur = sum(p["duration_s"] or 0.0 for p in per)
+            row["duration_s"] = dur
+            for col in ("request_throughput_rps", "output_throughput_tps"):
+                row[col] = (sum((p[col] or 0.0) * (p["duration_s"] or 0.0) for p in per) / dur
+                            if dur > 0 else None)
+        row["n_requests"] = int(len(g))
+        row["n_failed"] = int(sum(metrics.is_failed(r) for r in g.to_dict("records")))
+        row["n_measured"] = len(measured)
+        row["n_repeats"] = len(parts)
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _offered_rate(g) -> float | None:
+    """Requests per second of intended sends, per repeat, pooled (sends / summed spans)."""
+    import numpy as np
+
+    n, span = 0, 0.0
+    for _, gr in g.groupby("repeat", sort=False):
+        intended = np.sort(gr["intended_send_s"].dropna().to_numpy(float))
+        if len(intended) > 1 and intended[-1] > intended[0]:
+            n += len(intended) - 1
+            span += float(intended[-1] - intended[0])
+    return n / span if span > 0 else None
 
 
 def compute_goodput(summary, target: float = 0.9) -> dict[str, float | None]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from infer_bench.backends.cpu_pinning import pin_client, plan_for_run
 from infer_bench.backends.launch import (
     DeploymentError, EngineDeploymentSpec, ExternalDeploymentSpec, make_deployment,
 )
@@ -38,8 +39,9 @@ from .metrics import summarize
 from .prompt_text import load_tokenizer_for
 from .records import RequestRecord
 from .results import ResultsWriter, collect_env
-from .spec import SLO, ArrivalSpec, LoadPoint, WorkloadSpec
-from .telemetry import TelemetrySampler
+from .spec import SLO, ArrivalSpec, LengthDist, LoadPoint, WorkloadSpec
+from .schedule import WarmupTracker, interleaved_schedule
+from .telemetry import TelemetrySampler, client_sampler
 
 # Engine series worth scraping from /metrics onto the telemetry timeline.
 ENGINE_PROMETHEUS_ALLOW = ["infer_bench_num_requests_*", "infer_bench_kv_*", "infer_bench_prefix_cache_hit_rate",
@@ -82,6 +84,11 @@ class RunSpec:
     max_error_rate: float = 0.5      # stop a load point when this share of recent requests failed
     error_window: int = 20           # ... over the last this many requests (and at least 10 seen)
     client_workers: int = 1          # >1: each load point's client is sharded over processes
+    repeats: int = 1                 # every load point measured this many times (fresh prompts each)
+    interleave: bool = True          # ABBA order across deployments (all alive); False: one at a time
+    warmup_max_requests: int = 8     # warm-up goes on until stable (schedule.WarmupTracker) or this
+    steady_state_ramp: float = 0.1   # share of each load point's send span left out as ramp-up
+    pin_cores: bool = True           # each deployment on the cores its chips count (cpu_pinning)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,7 +105,17 @@ class RunSpec:
             "max_error_rate": self.max_error_rate,
             "error_window": self.error_window,
             "client_workers": self.client_workers,
+            "repeats": self.repeats,
+            "order": "interleaved" if self.interleaved else "sequential",
+            "warmup_max_requests": self.warmup_max_requests,
+            "steady_state": ({"ramp_fraction": self.steady_state_ramp}
+                             if self.steady_state_ramp > 0 else None),
         }
+
+    @property
+    def interleaved(self) -> bool:
+        """Interleaving needs fixed load points and more than one deployment."""
+        return self.interleave and self.bisect is None and len(self.deployments) > 1
 
 
 class RunObserver:
@@ -227,8 +244,11 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
     """Execute the run; returns the results dir (also when incomplete, unless nothing was measured)."""
     session = RunSession(spec, observer or RunObserver())
     try:
-        for dep_spec in spec.deployments:
-            session.measure_deployment(dep_spec)
+        if spec.interleaved:
+            session.measure_interleaved()
+        else:
+            for dep_spec in spec.deployments:
+                session.measure_deployment(dep_spec)
     except BaseException:
         session.status = "incomplete"
         raise
@@ -240,91 +260,115 @@ def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
 
 
 class RunSession:
-    """One run in progress: the results dir being written, the prompts of each load point, and
-    what run.json will say (status, failures, client health, telemetry status, load windows).
-    `run` drives it: `measure_deployment` for each deployment, then `finish`."""
+    """One run in progress: the results dir being written, the prompts of each load point, the
+    deployments alive, and what run.json will say (status, failures, client health, telemetry
+    status, warm-up, load windows). `run` drives it: `measure_interleaved` (every deployment alive,
+    load points in ABBA order) or `measure_deployment` for each deployment in turn, then `finish`."""
 
     def __init__(self, spec: RunSpec, observer: RunObserver):
         self.spec, self.obs = spec, observer
         self.out = Path(spec.out_dir)
         self.writer = ResultsWriter(self.out, overwrite=True)
         (self.out / "telemetry.jsonl").unlink(missing_ok=True)
-        self.writer.write_spec(spec.to_dict())
-        self.writer.write_env(collect_env(extra={"command": sys.argv}))
+        self.cpu_plan = plan_for_run(spec.deployments, spec.client_workers) if spec.pin_cores else None
+        client_pinning = pin_client(self.cpu_plan) if self.cpu_plan is not None else None
+        self.writer.write_spec({**spec.to_dict(),
+                                "cpu_plan": self.cpu_plan.to_dict() if self.cpu_plan else None})
+        self.writer.write_env(collect_env(extra={"command": sys.argv,
+                                                 "client_pinning": client_pinning}))
         self.clock = RunClock()
         self.tokenizer = load_tokenizer_for(spec.tokenizer_path) if spec.tokenizer_path else None
-        self.lp_requests: dict[str, list] = {}
+        self.lp_requests: dict[tuple[str, int], list] = {}
         self.count_note: str | None = None      # the last request_count_note shown
-        self.warmup = self._warmup_requests()
         self.status = "complete"
-        self.windows: dict[tuple[str, str], tuple[float, float]] = {}
+        self.windows: dict[tuple, tuple[float, float]] = {}
         self.failures: dict[str, str] = {}
         self.health: dict[str, dict] = {}
         self.telemetry: dict[str, dict] = {}
+        self.warmups: dict[str, dict] = {}
         self.seen_lps: dict[str, LoadPoint] = {}
+        self.live: dict[str, tuple[Any, dict, TelemetrySampler]] = {}   # name -> (dep, client, sampler)
+        self.client_sampler = client_sampler(self.out / "telemetry.jsonl", self.clock.now).start()
 
     # ------------------------------------------------------------------ prompts
 
-    def requests_for(self, lp: LoadPoint) -> list:
-        """The prompts of load point `lp`. Each load point gets its own (same length
-        distribution, a seed of its own): re-sent prompts would hit the server's prefix cache and
-        make later load points look fast. Every deployment gets the same prompts at the same
-        load point."""
-        if lp.name not in self.lp_requests:
+    def requests_for(self, lp: LoadPoint, repeat: int = 0) -> list:
+        """The prompts of load point `lp` in repeat `repeat`. Each (load point, repeat) gets its
+        own (same length distribution, a seed of its own: the i-th first seen uses workload seed
+        + 7919*i): re-sent prompts would hit the server's prefix cache and make later
+        measurements look fast. Every deployment gets the same prompts at the same point."""
+        key = (lp.name, repeat)
+        if key not in self.lp_requests:
             i = len(self.lp_requests)
             seed = self.spec.workload.seed + 7919 * i
             reqs = build_requests(replace(self.spec.workload, seed=seed), self.tokenizer,
                                   id_prefix=f"req-{i}")
-            self.lp_requests[lp.name] = reqs
+            self.lp_requests[key] = reqs
             note = request_count_note(self.spec.workload, len(reqs))
             if note and note != self.count_note:     # say it once, not per load point
                 self.obs.message(note)
                 self.count_note = note
-        return self.lp_requests[lp.name]
+        return self.lp_requests[key]
 
     def _warmup_requests(self) -> list:
-        n = self.spec.warmup_requests
-        if not n:
-            return []
+        """Warm-up prompts: the workload's prompt lengths, 8 output tokens, a seed of their own."""
         wl = self.spec.workload
         return build_requests(
-            WorkloadSpec(input_len=wl.input_len, output_len=8, num_requests=max(1, n),
+            WorkloadSpec(input_len=wl.input_len, output_len=LengthDist.fixed(8),
+                         num_requests=max(1, self.spec.warmup_max_requests,
+                                          self.spec.warmup_requests),
                          seed=wl.seed + 10_000, endpoint=wl.endpoint),
             self.tokenizer, id_prefix="warmup")
 
-    # ------------------------------------------------------------------ one deployment
+    # ------------------------------------------------------------------ deployments
 
-    def measure_deployment(self, dep_spec: EngineDeploymentSpec | ExternalDeploymentSpec) -> None:
-        """Start the deployment, warm it up, measure every load point, keep its step trace, stop
-        it. A deployment that fails to start, dies, or trips the error-rate stop is recorded in
-        `failures` and the run marked incomplete; the next deployment still runs."""
-        dep = make_deployment(dep_spec, self.out / "logs")
+    def start_deployment(self, dep_spec: EngineDeploymentSpec | ExternalDeploymentSpec) -> bool:
+        """Launch it on its cores, start its telemetry, warm it up; False if it did not start."""
+        cores = self.cpu_plan.for_deployment(dep_spec.name) if self.cpu_plan is not None else None
+        dep = make_deployment(dep_spec, self.out / "logs", cores=cores)
         if not self._start(dep_spec, dep):
-            return
+            return False
         sampler = TelemetrySampler(self.out / "telemetry.jsonl", dep.pids, clock_fn=self.clock.now,
                                    deployment=dep_spec.name, prometheus_url=dep.base_url,
                                    prometheus_allow=ENGINE_PROMETHEUS_ALLOW).start()
+        client = dict(deployment=dep_spec.name, clock=self.clock, model=dep.model_name,
+                      api_key=dep.api_key, timeout_s=self.spec.timeout_s,
+                      tokenize=self.tokenizer.tokenize if self.tokenizer else None)
+        self.live[dep_spec.name] = (dep, client, sampler)
+        self.warm_up(dep_spec.name)
+        return True
+
+    def warm_up(self, name: str) -> None:
+        """Warm-up requests one at a time until their latencies are stable (schedule.py)."""
+        if not self.spec.warmup_requests:
+            return
+        dep, client, _ = self.live[name]
+        tracker = WarmupTracker(min_requests=self.spec.warmup_requests,
+                                max_requests=max(self.spec.warmup_requests,
+                                                 self.spec.warmup_max_requests))
+        for req in self._warmup_requests():
+            result = _run_load(LoadGenerator(dep.base_url, self.spec.workload.endpoint, [req],
+                                             ArrivalSpec(kind="concurrency", concurrency=1),
+                                             load_point="warmup", **client))
+            rec = result.records[0] if result.records else None
+            tracker.add(rec.e2e_s if rec is not None and not rec.error else None)
+            if tracker.done:
+                break
+        self.warmups[name] = tracker.to_dict()
+        if not tracker.stable:
+            self.obs.message(f"{name}: warm-up latencies did not settle within "
+                             f"{tracker.max_requests} requests "
+                             f"({', '.join(f'{v * 1e3:.0f}' for v in tracker.latencies)} ms)")
+
+    def stop_deployment(self, name: str) -> None:
+        """Keep its step trace, stop its telemetry, stop it."""
+        dep, _, sampler = self.live.pop(name)
         try:
-            client = dict(deployment=dep_spec.name, clock=self.clock, model=dep.model_name,
-                          api_key=dep.api_key, timeout_s=self.spec.timeout_s,
-                          tokenize=self.tokenizer.tokenize if self.tokenizer else None)
-            if self.warmup:
-                _run_load(LoadGenerator(dep.base_url, self.spec.workload.endpoint, self.warmup,
-                                        ArrivalSpec(kind="concurrency", concurrency=1),
-                                        load_point="warmup", **client))
-            measured: dict[float, float] = {}   # rate -> joint SLO attainment (for --bisect)
-            for lp in plan_load_points(self.spec, measured):
-                self.seen_lps.setdefault(lp.name, lp)
-                if not dep.alive():
-                    self._fail(dep_spec.name, f"deployment died before load point {lp.name}")
-                    break
-                if not self._measure_load_point(dep_spec.name, dep.base_url, lp, client, measured):
-                    break
             steps = dep.fetch_steps()
             if steps:
-                self.writer.append_steps(steps, deployment=dep_spec.name)
+                self.writer.append_steps(steps, deployment=name)
         finally:
-            self.telemetry[dep_spec.name] = sampler.stop()
+            self.telemetry[name] = sampler.stop()
             dep.stop()
 
     def _start(self, dep_spec, dep) -> bool:
@@ -339,16 +383,62 @@ class RunSession:
         self.obs.deployment_ready(dep_spec.name, time.perf_counter() - t0)
         return True
 
+    # ------------------------------------------------------------------ the two orders
+
+    def measure_interleaved(self) -> None:
+        """Every deployment started (and warmed up) first; then each load point measured on every
+        deployment in ABBA order, `repeats` times. A deployment that dies or trips the error-rate
+        stop is dropped from the rest of the schedule; the others go on."""
+        try:
+            for dep_spec in self.spec.deployments:
+                self.start_deployment(dep_spec)
+            names = [d.name for d in self.spec.deployments]
+            for name, lp, r in interleaved_schedule(names, self.spec.load_points, self.spec.repeats):
+                if name not in self.live:
+                    continue
+                self.seen_lps.setdefault(lp.name, lp)
+                if not self._measure_if_alive(name, lp, r, {}):
+                    self.stop_deployment(name)
+        finally:
+            for name in list(self.live):
+                self.stop_deployment(name)
+
+    def measure_deployment(self, dep_spec: EngineDeploymentSpec | ExternalDeploymentSpec) -> None:
+        """One deployment alone: start, warm up, every load point (`repeats` times, or the goodput
+        search's adaptive points), step trace, stop. A deployment that fails to start, dies, or
+        trips the error-rate stop is recorded in `failures`; the next deployment still runs."""
+        if not self.start_deployment(dep_spec):
+            return
+        try:
+            for r in range(max(1, self.spec.repeats)):
+                measured: dict[float, float] = {}   # rate -> joint SLO attainment (--bisect)
+                for lp in plan_load_points(self.spec, measured):
+                    self.seen_lps.setdefault(lp.name, lp)
+                    if not self._measure_if_alive(dep_spec.name, lp, r, measured):
+                        return
+        finally:
+            self.stop_deployment(dep_spec.name)
+
+    def _measure_if_alive(self, name: str, lp: LoadPoint, repeat: int,
+                          measured: dict[float, float]) -> bool:
+        dep, client, _ = self.live[name]
+        if not dep.alive():
+            self._fail(name, f"deployment died before load point {lp.name}")
+            return False
+        return self._measure_load_point(name, dep.base_url, lp, client, measured, repeat)
+
     def _measure_load_point(self, deployment: str, url: str, lp: LoadPoint, client: dict,
-                            measured: dict[float, float]) -> bool:
+                            measured: dict[float, float], repeat: int = 0) -> bool:
         """Send one load point's requests, appending each record as it completes; False when the
         error-rate stop tripped (the deployment's remaining load points are skipped)."""
-        requests = self.requests_for(lp)
-        self.obs.load_point_starting(deployment, lp.name, len(requests))
+        requests = self.requests_for(lp, repeat)
+        label = lp.name if self.spec.repeats <= 1 else f"{lp.name} (repeat {repeat + 1})"
+        self.obs.load_point_starting(deployment, label, len(requests))
         stopper = ErrorRateStop(self.spec.max_error_rate, self.spec.error_window)
         gen: LoadGenerator | None = None
 
         def on_record(rec: RequestRecord) -> None:
+            rec.repeat = repeat
             self.writer.append_record(rec)
             self.obs.record(rec)
             if stopper.observe(bool(rec.error)) and gen is not None:
@@ -360,12 +450,13 @@ class RunSession:
             gen = LoadGenerator(url, self.spec.workload.endpoint, requests, lp.arrival,
                                 load_point=lp.name, on_record=on_record, **client)
             result = _run_load(gen)
-        self.windows[(deployment, lp.name)] = result.window
+        self.windows[(deployment, lp.name, repeat)] = result.window
         if lp.arrival.rate is not None:
             att = summarize(result.records, self.spec.slo, result.window).get("slo_attainment")
             measured[float(lp.arrival.rate)] = float(att) if att is not None else 0.0
-        self.health[f"{deployment}/{lp.name}"] = result.health.to_dict()
-        self.obs.load_point_done(deployment, lp.name, result.health.to_dict())
+        key = f"{deployment}/{lp.name}" + (f"/{repeat}" if repeat else "")
+        self.health[key] = result.health.to_dict()
+        self.obs.load_point_done(deployment, label, result.health.to_dict())
         if stopper.tripped:
             self._fail(deployment, f"stopped at load point {lp.name}: error rate over "
                                    f"{self.spec.max_error_rate:.0%} ({stopper.describe()})")
@@ -381,9 +472,16 @@ class RunSession:
 
     def finish(self) -> None:
         """Write run.json and requests.parquet / summary (also after a failure or Ctrl-C)."""
+        for name in list(self.live):
+            self.stop_deployment(name)
+        self.telemetry["client"] = self.client_sampler.stop()
         if self.spec.bisect is not None and self.seen_lps:  # the load points the search chose
             self.writer.write_spec({**self.spec.to_dict(),
+                                    "cpu_plan": self.cpu_plan.to_dict() if self.cpu_plan else None,
                                     "load_points": [lp.to_dict() for lp in self.seen_lps.values()]})
         self.writer.set_run_info(deployment_failures=self.failures, client_health=self.health,
-                                 telemetry=self.telemetry)
+                                 telemetry=self.telemetry, warmup=self.warmups,
+                                 load_windows=[{"deployment": d, "load_point": lp, "repeat": r,
+                                                "start_s": w[0], "end_s": w[1]}
+                                               for (d, lp, r), w in self.windows.items()])
         self.writer.finalize(status=self.status, windows=self.windows)
