@@ -33,6 +33,7 @@ from typing import Any, Iterable
 
 from . import metrics
 from .records import RECORD_COLUMNS, RequestRecord, arrow_schema
+from .spec import load_point_info
 
 SCHEMA_VERSION = 1
 
@@ -281,18 +282,6 @@ def _jsonable_slo(slo: Any) -> dict | None:
     return {"ttft_s": getattr(slo, "ttft_s", None), "tpot_s": getattr(slo, "tpot_s", None)}
 
 
-def _load_point_info(spec: dict | None) -> dict[str, dict]:
-    """name -> {arrival_kind, rate_rps, concurrency} from spec["load_points"] if present."""
-    out: dict[str, dict] = {}
-    for lp in (spec or {}).get("load_points") or []:
-        if not isinstance(lp, dict) or "name" not in lp:
-            continue
-        arr = lp.get("arrival") or {}
-        out[str(lp["name"])] = {"arrival_kind": arr.get("kind"), "rate_rps": arr.get("rate"),
-                                "concurrency": arr.get("concurrency")}
-    return out
-
-
 def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
                     windows: dict | None = None):
     """One row per deployment x load point (in order of first appearance)."""
@@ -303,7 +292,7 @@ def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
         [r.to_dict() if hasattr(r, "to_dict") else r for r in records], columns=RECORD_COLUMNS)
     if slo is None and spec:
         slo = spec.get("slo")
-    info = _load_point_info(spec)
+    info = load_point_info(spec)
     rows = []
     if len(df):
         for (dep, lp), g in df.groupby(["deployment", "load_point"], sort=False):
