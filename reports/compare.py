@@ -25,7 +25,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import RunData, itl_per_token, order_load_points
+from infer_bench.workloads import metrics
+
+from .data import RunData, order_load_points
 from .summary import Cell, Table, format_ms, format_pct, format_value
 
 # key, label, unit, better ("lower"/"higher"), per-request sample kind, percentile
@@ -116,7 +118,7 @@ def request_samples(run: RunData, dep: str, lp: Any, kind: str) -> np.ndarray:
     if kind == "tpot":
         return ok["tpot_s"].to_numpy(dtype=float)
     if kind == "itl":
-        parts = [itl_per_token(t, k) for t, k in zip(ok["chunk_times_s"], ok["chunk_tokens"])]
+        parts = [metrics.itl_per_token(t, k) for t, k in zip(ok["chunk_times_s"], ok["chunk_tokens"])]
         return np.concatenate(parts) if parts else np.empty(0)
     if kind == "met":
         slo = run.slo

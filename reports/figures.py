@@ -34,8 +34,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .data import (RunData, chunk_gaps, itl_per_token, itl_split, order_load_points, server_timings,
-                   spec_counters, token_prefill_flags)
+from infer_bench.workloads import metrics
+
+from .data import (RunData, itl_split, order_load_points, server_timings, spec_counters,
+                   token_prefill_flags)
 from .summary import goodput
 
 PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
@@ -206,7 +208,8 @@ def latency_cdfs(records: pd.DataFrame, colors: dict | None = None,
             d = sub[sub["deployment"] == dep]
             for i, (name, col, scale, unit) in enumerate(panels):
                 if col == "itl":
-                    parts = [itl_per_token(t, k) for t, k in zip(d["chunk_times_s"], d["chunk_tokens"])]
+                    parts = [metrics.itl_per_token(t, k)
+                             for t, k in zip(d["chunk_times_s"], d["chunk_tokens"])]
                     vals = np.concatenate(parts) if parts else np.empty(0)
                 else:
                     vals = d[col].to_numpy(dtype=float)
@@ -480,9 +483,9 @@ def itl_over_time(records: pd.DataFrame, steps: pd.DataFrame | None = None,
             d = sub[sub["deployment"] == dep]
             ts, gs = [], []
             for t, k in zip(d["chunk_times_s"], d["chunk_tokens"]):
-                a, g = chunk_gaps(t, k)
-                ts.append(a)
-                gs.append(g)
+                times = [c[0] for c in metrics.token_chunks(t, k)]
+                ts.append(np.asarray(times[1:], dtype=float))
+                gs.append(np.asarray(metrics.chunk_gaps(times), dtype=float))
             if not ts or not sum(len(a) for a in ts):
                 continue
             t_all, g_all = np.concatenate(ts), np.concatenate(gs)

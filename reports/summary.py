@@ -3,7 +3,7 @@
   format_ms / format_value   number formatting with sensible precision (ms for latencies)
   summary_table(summary)     SummaryTable: header + formatted rows, best value per load point flagged
   format_summary(summary)    the same as a DataFrame of strings (for the CLI / notebooks)
-  goodput(rates, att)        DistServe goodput: highest rate with attainment >= target, interpolated
+  goodput(rates, att)        workloads.metrics.goodput, flagged when it is a lower bound (all passed)
   verdict(summary)           short findings: best goodput, lowest p90 TTFT / TPOT per load point,
                              with the margin over the runner-up in %
 """
@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+from infer_bench.workloads import metrics
 
 
 def _num(v: Any) -> float:
@@ -180,40 +182,17 @@ class Goodput:
 
 
 def goodput(rates: Sequence[float], attainment: Sequence[float], target: float = 0.9) -> Goodput:
-    """DistServe goodput on a rate sweep, as `workloads.metrics.goodput` defines it: the highest
-    rate with joint attainment >= target, linearly interpolated between the last passing and the
-    first failing rate (first crossing counts); all pass -> the highest rate (a lower bound);
-    the lowest rate already fails -> 0."""
+    """`workloads.metrics.goodput` (the one definition: highest rate with joint attainment >=
+    target, interpolated) over the finite points, with `lower_bound` set when every rate
+    measured met the target (goodput >= the highest rate)."""
     r = np.asarray(rates, dtype=float)
     a = np.asarray(attainment, dtype=float)
     keep = np.isfinite(r) & np.isfinite(a)
     r, a = r[keep], a[keep]
     if not len(r):
         return Goodput(None)
-    all_pass = bool((a >= target).all())
-    try:
-        from infer_bench.workloads.metrics import goodput as _goodput  # the one definition
-    except ImportError:
-        _goodput = None
-    if _goodput is not None:
-        try:
-            g = _goodput(r.tolist(), a.tolist(), target)
-            return Goodput(None if g is None else float(g), lower_bound=all_pass)
-        except Exception:
-            pass
-    o = np.argsort(r, kind="stable")
-    r, a = r[o], a[o]
-    prev = None
-    for ri, ai in zip(r, a):
-        if ai < target:
-            if prev is None:
-                return Goodput(0.0)
-            r0, a0 = prev
-            if a0 == ai:
-                return Goodput(float(r0))
-            return Goodput(float(r0 + (a0 - target) / (a0 - ai) * (ri - r0)))
-        prev = (ri, ai)
-    return Goodput(float(r[-1]), lower_bound=True)
+    g = metrics.goodput(r.tolist(), a.tolist(), target)
+    return Goodput(None if g is None else float(g), lower_bound=bool((a >= target).all()))
 
 
 def goodputs(summary: pd.DataFrame, target: float = 0.9) -> dict[str, Goodput]:

@@ -193,8 +193,8 @@ def make_results_dir(path, n_deployments: int = 2, n_load_points: int = 2,
            "finished": "2025-01-01T12:03:10+00:00" if status == "complete" else None}
     (path / "run.json").write_text(json.dumps(run, indent=2))
     if with_summary:
-        from infer_bench.reports.data import summarize_records
-        summary = summarize_records(records, SLO, spec)
+        from infer_bench.workloads.results import compute_summary
+        summary = compute_summary(records, spec, slo=SLO)
         summary.to_csv(path / "summary.csv", index=False)
         rows_json = json.loads(summary.to_json(orient="records"))
         (path / "summary.json").write_text(json.dumps(

@@ -43,6 +43,14 @@ def test_itl_chunk_with_several_tokens():
     assert M.itl_per_token([1.0, 1.5], [1, 2]) == pytest.approx([0.25, 0.25])
 
 
+def test_itl_per_token_spreads_multi_token_chunks():
+    # (moved from test_report.py with the report's copy of itl_per_token: one definition now)
+    assert list(M.itl_per_token([1.0, 1.1, 1.4], [1, 1, 3])) == pytest.approx([0.1, 0.1, 0.1, 0.1])
+    assert len(M.itl_per_token([1.0], [5])) == 0
+    # the chunks the metrics look at: token-bearing ones only
+    assert M.token_chunks([1.0, 1.1, 1.4], [1, 0, 3]) == [(1.0, 1), (1.4, 3)]
+
+
 def test_first_chunk_with_two_tokens():
     # first chunk carries 2 tokens at 0.2, then 1 token at 0.3 and 0.5: n_output 4
     r = rec("a", 0.0, [0.2, 0.3, 0.5], [2, 1, 1])

@@ -13,7 +13,7 @@ import pytest
 
 from report_fixtures import MALICIOUS, make_results_dir
 from infer_bench.reports import figures as F
-from infer_bench.reports.data import itl_per_token, load_run
+from infer_bench.reports.data import load_run
 from infer_bench.reports.html import render_compare, render_report, safe_json_for_script
 from infer_bench.reports.summary import format_ms, goodput, summary_table, verdict
 
@@ -202,11 +202,6 @@ def test_goodput_definition():
     assert g.rate == 2 and g.lower_bound
     assert goodput([1, 2], [0.5, 0.2], 0.9).rate == 0.0
     assert goodput([], [], 0.9).rate is None
-
-
-def test_itl_per_token_spreads_multi_token_chunks():
-    assert list(itl_per_token([1.0, 1.1, 1.4], [1, 1, 3])) == pytest.approx([0.1, 0.1, 0.1, 0.1])
-    assert len(itl_per_token([1.0], [5])) == 0
 
 
 def test_render_compare(tmp_path, run_dir):

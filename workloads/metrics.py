@@ -49,7 +49,8 @@ LATENCY_METRICS = ("ttft", "itl", "tpot", "e2e", "chunk_gap", "ttft_from_intende
 
 # ---------------------------------------------------------------------------- per request
 
-def _token_chunks(chunk_times: Sequence[float], chunk_tokens: Sequence[int]):
+def token_chunks(chunk_times: Sequence[float], chunk_tokens: Sequence[int]) -> list[tuple[float, int]]:
+    """(time, tokens) of the chunks that carry >= 1 output token, in order."""
     return [(float(t), int(k)) for t, k in zip(chunk_times, chunk_tokens) if int(k) > 0]
 
 
@@ -80,7 +81,7 @@ def chunk_gaps(chunk_times: Sequence[float]) -> list[float]:
 
 def itl_per_token(chunk_times: Sequence[float], chunk_tokens: Sequence[int]) -> list[float]:
     """For each chunk after the first: k samples of gap/k (k = tokens in that chunk)."""
-    ch = _token_chunks(chunk_times, chunk_tokens)
+    ch = token_chunks(chunk_times, chunk_tokens)
     out: list[float] = []
     for (t0, _), (t1, k) in zip(ch, ch[1:]):
         out.extend([(t1 - t0) / k] * k)
