@@ -105,12 +105,6 @@ class RunData:
                 return float(s.iloc[0])
         return None
 
-    def deployment_spec(self, name: str) -> dict:
-        for d in self.spec.get("deployments") or []:
-            if isinstance(d, dict) and str(d.get("name")) == name:
-                return d
-        return {}
-
 
 def order_load_points(values: Iterable[Any]) -> list[Any]:
     """Unique load points; numeric ones sorted, otherwise in order of first appearance."""

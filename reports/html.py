@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -30,7 +30,7 @@ from .compare import compare_deltas, default_groups, deltas_table
 from .figures import (FigureSpec, deployment_colors, itl_interference, itl_interference_table,
                       itl_kinds, latency_cdfs, report_figures, throughput_latency,
                       ttft_breakdown, ttft_parts)
-from .summary import format_ms, format_pct, summary_table, verdict
+from .summary import format_ms, summary_table, verdict
 
 TEMPLATE = "report.html.j2"
 DEFAULT_TARGET = 0.9

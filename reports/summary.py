@@ -2,7 +2,6 @@
 
   format_ms / format_value   number formatting with sensible precision (ms for latencies)
   summary_table(summary)     SummaryTable: header + formatted rows, best value per load point flagged
-  format_summary(summary)    the same as a DataFrame of strings (for the CLI / notebooks)
   goodput(rates, att)        workloads.metrics.goodput, flagged when it is a lower bound (all passed)
   verdict(summary)           short findings: best goodput, lowest p90 TTFT / TPOT per load point,
                              with the margin over the runner-up in %
@@ -54,8 +53,6 @@ def format_value(v: Any, digits: int = 3) -> str:
     if f == 0:
         return "0"
     if abs(f) >= 10 ** digits or (f == int(f) and abs(f) >= 1 and digits > 3):
-        return f"{f:,.0f}"
-    if abs(f) >= 10 ** digits:
         return f"{f:,.0f}"
     mag = int(math.floor(math.log10(abs(f))))
     dec = max(0, digits - 1 - mag)
@@ -112,9 +109,6 @@ class SummaryTable:
     rows: list[list[Cell]] = field(default_factory=list)
     group_starts: list[int] = field(default_factory=list)  # row indexes where a load point begins
 
-    def to_dataframe(self) -> pd.DataFrame:
-        return pd.DataFrame([[c.text for c in r] for r in self.rows], columns=self.headers)
-
 
 def _order(summary: pd.DataFrame) -> pd.DataFrame:
     from .data import order_load_points
@@ -168,11 +162,6 @@ def summary_table(summary: pd.DataFrame, lp_labels: dict | None = None) -> Summa
     return table
 
 
-def format_summary(summary: pd.DataFrame, lp_labels: dict | None = None) -> pd.DataFrame:
-    """The summary table as strings (ms latencies), for printing."""
-    return summary_table(summary, lp_labels).to_dataframe()
-
-
 # ----------------------------------------------------------------------------- goodput
 
 @dataclass
@@ -213,10 +202,7 @@ def goodputs(summary: pd.DataFrame, target: float = 0.9) -> dict[str, Goodput]:
 @dataclass
 class Finding:
     text: str
-    winner: str | None = None
-    metric: str = ""
-    load_point: Any = None
-    margin_pct: float | None = None
+    metric: str = ""     # "goodput" or "p90" (per load point); "" for a remark
 
 
 def _margin(best: float, other: float, lower_better: bool) -> float | None:
@@ -271,13 +257,13 @@ def verdict(summary: pd.DataFrame, target: float = 0.9, lp_labels: dict | None =
             missing = [d for d, g in gps.items() if not g.rate]
             if missing:
                 txt += f"; {', '.join(missing)} missed {target:.0%} even at the lowest rate"
-            out.append(Finding(txt + ".", winner=w, metric="goodput", margin_pct=m))
+            out.append(Finding(txt + ".", metric="goodput"))
     if len(deps) < 2:
         return out
     for lp, grp in s.groupby("_lp", sort=True):
         lpv = grp["load_point"].iloc[0]
         label = str((lp_labels or {}).get(lpv, lpv))
-        parts, winners = [], []
+        parts = []
         for key, name in (("ttft_p90_s", "p90 TTFT"), ("tpot_p90_s", "p90 TPOT")):
             if key not in grp:
                 continue
@@ -293,7 +279,6 @@ def verdict(summary: pd.DataFrame, target: float = 0.9, lp_labels: dict | None =
             m = _margin(vw, v2, lower_better=True)
             how = f"{m:.0f}% below" if m is not None else "vs"
             parts.append(f"lowest {name} {w} ({format_ms(vw)} ms, {how} {r2} at {format_ms(v2)} ms)")
-            winners.append((w, key, m))
         if "slo_attainment" in grp:
             att = pd.to_numeric(grp["slo_attainment"], errors="coerce")
             d = pd.DataFrame({"dep": grp["deployment"].to_numpy(), "v": att.to_numpy()}).dropna()
@@ -305,7 +290,5 @@ def verdict(summary: pd.DataFrame, target: float = 0.9, lp_labels: dict | None =
                 else:
                     parts.append(f"SLO attainment tied at {format_pct(vw)}")
         if parts:
-            out.append(Finding(f"Load point {label}: " + "; ".join(parts) + ".",
-                               winner=winners[0][0] if winners else None, metric="p90",
-                               load_point=lpv, margin_pct=winners[0][2] if winners else None))
+            out.append(Finding(f"Load point {label}: " + "; ".join(parts) + ".", metric="p90"))
     return out
