@@ -172,14 +172,17 @@ def report(
     out: Optional[Path] = typer.Option(None, help="Where to write the HTML (default: DIR/report.html)."),
     format: Optional[str] = typer.Option(None, "--format", help="Also export the summary: csv, json or csv,json (into DIR)."),
 ):
-    """Re-render report.html from a results dir.
+    """Re-render report.html from a results dir (predicting its load points first when it has no
+    predictions.json yet).
 
     Example: infer-bench report results/run-20261129-120000 --format csv,json
     """
     from infer_bench.reports import export_summary, render_report
+    from infer_bench.workloads.planning.predict import write_predictions
 
     if not results_dir.is_dir():
         raise errors.UserError(f"no results dir at {results_dir}")
+    write_predictions(results_dir, overwrite=False)
     path = render_report(results_dir, out)
     console.print(f"report: [bold]{path}[/bold]")
     if format:

@@ -5,7 +5,7 @@ The report reads only a results dir (never `backends/`), through the one reader 
 stopped before its first request) still gives a RunData, with what it could read and a note why.
 Everything returned is normalised so figures and tables can assume the columns exist: list
 columns become Python lists, deployments and load points have a stable order; telemetry.jsonl
-is read here too.
+and predictions.json (written after the run by `workloads/planning/predict.py`) are read here too.
 
 Metrics come from `workloads/metrics.py` (the one definition); this module adds only what the
 report derives from server timing: which engine step produced each output token
@@ -25,13 +25,26 @@ import pandas as pd
 
 from infer_bench.workloads import metrics
 from infer_bench.workloads.records import RECORD_COLUMNS
-from infer_bench.workloads.results import ResultsError, load_results
+from infer_bench.workloads.results import ResultsError, load_predictions, load_results
 
 FLOAT_RECORD_COLUMNS = [
     "intended_send_s", "send_s", "first_token_s", "last_token_s", "end_s", "n_input", "n_output",
     "ttft_s", "tpot_s", "e2e_s", "server_queue_s", "server_prefill_s", "server_transfer_s",
     "server_admission_s", "server_decode_s",
 ]
+
+
+@dataclass
+class Predictions:
+    """predictions.json of a run: predicted vs measured per deployment x load point."""
+
+    rows: pd.DataFrame | None = None    # None: nothing predicted (the note says why)
+    note: str = ""                      # how the model was fitted, or why there are no rows
+    seconds: float = 0.0                # time the fit and re-simulation took
+
+    @property
+    def ok(self) -> bool:
+        return self.rows is not None and not self.rows.empty
 
 
 @dataclass
@@ -46,6 +59,7 @@ class RunData:
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     steps: pd.DataFrame | None = None
     telemetry: pd.DataFrame | None = None
+    predictions: Predictions | None = None   # None: the results dir has no predictions.json
     notes: list[str] = field(default_factory=list)   # problems met while reading
     summary_recomputed: bool = False
 
@@ -159,6 +173,7 @@ def load_run(results_dir: str | Path) -> RunData:
         data.records, data.summary, data.steps = res.records, res.summary, res.steps
         data.summary_recomputed = bool(res.summary_meta.get("recomputed"))
     data.telemetry = _read_jsonl(path / "telemetry.jsonl", data.notes)
+    data.predictions = _read_predictions(path, data.notes)
     data.records = normalize_records(data.records)
     data.summary = _normalize_summary(data.summary)
     if data.steps is not None and data.steps.empty:
@@ -166,6 +181,19 @@ def load_run(results_dir: str | Path) -> RunData:
     if data.telemetry is not None and data.telemetry.empty:
         data.telemetry = None
     return data
+
+
+def _read_predictions(path: Path, notes: list[str]) -> Predictions | None:
+    try:
+        body = load_predictions(path)
+    except ResultsError as exc:
+        notes.append(str(exc))
+        return None
+    if body is None:
+        return None
+    rows = body.get("rows")
+    return Predictions(rows=None if rows is None else pd.DataFrame(rows),
+                       note=str(body.get("note") or ""), seconds=float(body.get("seconds") or 0.0))
 
 
 def _read_json(p: Path, notes: list[str]) -> Any:

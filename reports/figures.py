@@ -19,7 +19,7 @@ Figures:
                       itl_interference_table: the same as numbers
   spec_decoding       draft acceptance-rate histogram and mean accepted tokens per verify step
   report_figures      all of the above that apply to one RunData, with titles and captions
-                      (predicted vs measured comes from predict.py)
+                      (predicted vs measured: predict.py, from the run's predictions.json)
 """
 
 from __future__ import annotations
@@ -625,8 +625,8 @@ class FigureSpec:
     note: str = ""                    # a short remark shown under the caption
 
 
-def report_figures(run: RunData, colors: dict | None = None, target: float = 0.9,
-                   predict: bool = True) -> list[FigureSpec]:
+def report_figures(run: RunData, colors: dict | None = None, target: float = 0.9
+                   ) -> list[FigureSpec]:
     """The report's figures for one run, in display order (sections without data are left
     out: TTFT split, ITL interference, speculative decoding, predicted vs measured)."""
     colors = colors or deployment_colors(run.deployments)
@@ -709,15 +709,15 @@ def report_figures(run: RunData, colors: dict | None = None, target: float = 0.9
             "Draft tokens accepted by the target model, from the server's per-request counters "
             "(spec_proposed, spec_accepted, spec_verify_steps). " + desc + ".",
             spec_decoding(spec, colors)))
-    if predict and run.steps is not None:
-        from .predict import predicted_vs_measured, prediction_figure, prediction_table
-        pred = predicted_vs_measured(run)
+    if run.predictions is not None:
+        from .predict import prediction_figure, prediction_table
+        pred = run.predictions
         out.append(FigureSpec(
             "predicted", "Predicted vs measured",
             "A step-time model fitted to this run's own engine steps, replayed on the measured "
-            "requests (workloads.planner.validate): predicted against measured p50/p90 TTFT and "
-            "TPOT and joint SLO attainment for every deployment and load point. Points on the "
-            "dashed y = x line are predicted exactly.",
+            "requests (workloads.planning.predict, stored in predictions.json): predicted against "
+            "measured p50/p90 TTFT and TPOT and joint SLO attainment for every deployment and "
+            "load point. Points on the dashed y = x line are predicted exactly.",
             prediction_figure(pred, colors, labels) if pred.ok else None,
             tables=[prediction_table(pred, labels)] if pred.ok else [],
             note=pred.note))

@@ -1,89 +1,27 @@
-"""Predicted vs measured: fit the latency model to the run's own engine steps and replay it.
+"""Predicted vs measured: the figure and table of the run's predictions.json.
 
-    predicted_vs_measured(run) -> Prediction
+    prediction_figure(predictions) -> go.Figure
+    prediction_table(predictions) -> summary.Table
 
-The step-time model is fitted to `steps.jsonl` per deployment (`workloads.profiler.
-fit_results_dir(dir, deployment=...)`: each deployment's own steps; deployments without steps get
-the first mono deployment's model) and `workloads.planner.validate(results_dir, models)`
-re-simulates every measured (deployment, load point) with the measured requests. Nothing here
-may break a report: every failure becomes `Prediction.note` and the section shows that note.
+The predictions themselves are computed after the run by `workloads/planning/predict.py` (a
+step-time model fitted to each deployment's own engine steps, every load point re-simulated with
+the measured requests) and read from the results dir by `data.load_run` (`RunData.predictions`).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .data import RunData
+from .data import Predictions
 from .figures import _colors_for, _f32, _style, empty_figure, esc
 from .summary import Cell, Table, format_ms, format_pct
 
 LATENCY_METRICS = [("ttft_p50_s", "TTFT p50", "circle"), ("ttft_p90_s", "TTFT p90", "diamond"),
                    ("tpot_p50_s", "TPOT p50", "square"), ("tpot_p90_s", "TPOT p90", "triangle-up")]
-
-
-@dataclass
-class Prediction:
-    rows: pd.DataFrame | None = None     # planner.validate's frame (None: not computed)
-    note: str = ""                      # why not, or how the model was fitted
-    seconds: float = 0.0
-    fit: dict = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.rows is not None and not self.rows.empty
-
-
-def predicted_vs_measured(run: RunData) -> Prediction:
-    """Fit + validate; never raises. Skipped (rows None, note set) when the run has no steps."""
-    if run.steps is None or run.steps.empty:
-        return Prediction(note="No engine step traces (steps.jsonl) in this run: nothing to fit "
-                               "a latency model to.")
-    t0 = time.perf_counter()
-    try:
-        from infer_bench.workloads.planning.planner import validate
-        from infer_bench.workloads.planning.profiler import fit_results_dir
-        lm = fit_results_dir(run.path)
-        models = {}
-        deps = run.steps["deployment"].astype(str).unique() if "deployment" in run.steps else []
-        for dep in deps:        # each deployment's own steps (disagg workers run 1 thread each)
-            try:
-                models[dep] = fit_results_dir(run.path, deployment=dep)
-            except Exception:  # noqa: BLE001 - too few steps: the default model below
-                pass
-        names = {str(n) for n in run.records["deployment"].unique()} \
-            if getattr(run, "records", None) is not None and "deployment" in run.records else set()
-        for name in names:
-            models.setdefault(name, lm)
-        rows = validate(run.path, models if models else lm)
-    except Exception as exc:  # the report must render whatever happens here
-        return Prediction(note=f"Predicted vs measured could not be computed "
-                               f"({type(exc).__name__}: {str(exc)[:300]}).",
-                          seconds=time.perf_counter() - t0)
-    dt = time.perf_counter() - t0
-    fit = dict(lm.fit or {})
-    per = []
-    for dep, m in models.items():
-        f = m.fit or {}
-        if m is lm and dep not in deps:
-            continue
-        per.append(f"{dep}: {f.get('n_rows', '?')} steps, median relative step error "
-                   f"{f.get('median_rel_err', float('nan')):.1%}"
-                   + (f", x{1 + m.colocated_slowdown:.2f} while another worker steps"
-                      if m.colocated_slowdown else ""))
-    note = ("Step-time model fitted per deployment to this run's own engine steps ("
-            + "; ".join(per) + ")" if per else "Step-time model fitted to this run's steps")
-    note += (f"; re-simulated every load point in {dt:.1f} s (in-sample: the held-out "
-             f"validation is bench/planner_validation.py).")
-    if rows is None or len(rows) == 0:
-        return Prediction(note="The latency model predicted no load points.", seconds=dt, fit=fit)
-    return Prediction(rows=pd.DataFrame(rows), note=note, seconds=dt, fit=fit)
 
 
 def _f(v) -> float:
@@ -94,7 +32,7 @@ def _f(v) -> float:
     return f
 
 
-def prediction_figure(pred: Prediction, colors: dict | None = None,
+def prediction_figure(pred: Predictions, colors: dict | None = None,
                       lp_labels: dict | None = None, title: str | None = None) -> go.Figure:
     """Predicted (y) against measured (x): p50/p90 TTFT and TPOT (ms, log axes) and joint SLO
     attainment (%), one marker per deployment x load point, with the y = x line."""
@@ -157,7 +95,7 @@ def prediction_figure(pred: Prediction, colors: dict | None = None,
     return _style(fig, title, height=500, top=130)
 
 
-def prediction_table(pred: Prediction, lp_labels: dict | None = None) -> Table:
+def prediction_table(pred: Predictions, lp_labels: dict | None = None) -> Table:
     """One row per deployment x load point: measured, predicted and the error of each metric."""
     t = Table(headers=["Load point", "Deployment"]
                       + [f"{n} (ms)" for _, n, _ in LATENCY_METRICS] + ["SLO attained"],

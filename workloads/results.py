@@ -17,6 +17,9 @@ Layout:
     summary.json     deployment, load_point, arrival_kind, rate_rps, concurrency, offered_rate_rps);
                      summary.json also has "goodput_rps" per deployment when a rate sweep exists
     steps.jsonl      optional engine step traces (dicts), one per line
+    predictions.json optional predicted vs measured (written by workloads/planning/predict.py after
+                     the run; `save_predictions` / `load_predictions` here): {"schema_version",
+                     "note", "seconds", "rows": [one row per deployment x load point] | null}
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .records import RECORD_COLUMNS, RequestRecord, arrow_schema
 from .spec import load_point_info
 
 SCHEMA_VERSION = 1
+PREDICTIONS_FILE = "predictions.json"
 
 
 class ResultsError(Exception):
@@ -179,7 +183,7 @@ class ResultsWriter:
         if not overwrite and (self.path / "requests.jsonl").exists():
             raise ResultsError(f"{self.path} already holds results (pass overwrite=True)")
         for name in ("requests.jsonl", "steps.jsonl", "requests.parquet", "summary.csv",
-                     "summary.json"):
+                     "summary.json", PREDICTIONS_FILE):
             (self.path / name).unlink(missing_ok=True)
         self.records: list[RequestRecord] = []
         self._spec: dict | None = None
@@ -322,6 +326,42 @@ def compute_goodput(summary, target: float = 0.9) -> dict[str, float | None]:
         if len(pts) >= 1:
             out[str(dep)] = metrics.goodput([p[0] for p in pts], [p[1] for p in pts], target)
     return out
+
+
+def _json_scalar(v: Any) -> Any:
+    """A numpy scalar as its Python value; NaN -> None."""
+    if hasattr(v, "item"):        # numpy scalar
+        v = v.item()
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def save_predictions(path: str | Path, rows: Iterable[dict] | None, *, note: str,
+                     seconds: float) -> Path:
+    """Write predictions.json into a results dir (atomically) and return its path. `rows`: one
+    dict per deployment x load point (`planning.planner.validate`'s columns: deployment,
+    load_point, n_requests, rate_rps, concurrency, and measured_/predicted_/error_/rel_error_ of
+    ttft_p50_s, ttft_p90_s, tpot_p50_s, tpot_p90_s, slo_attainment), None when nothing was
+    predicted; `note` says how the model was fitted, or why there are no rows."""
+    out = Path(path) / PREDICTIONS_FILE
+    body = {"schema_version": SCHEMA_VERSION, "note": note, "seconds": float(seconds),
+            "rows": None if rows is None else [{str(k): _json_scalar(v) for k, v in r.items()}
+                                               for r in rows]}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(_dump(body))
+    tmp.replace(out)
+    return out
+
+
+def load_predictions(path: str | Path) -> dict | None:
+    """predictions.json of a results dir as written by `save_predictions`; None when the run
+    has none. Raises ResultsError when the file is unreadable."""
+    p = Path(path) / PREDICTIONS_FILE
+    if not p.exists():
+        return None
+    body = _read_json(p, PREDICTIONS_FILE)
+    if not isinstance(body, dict) or not isinstance(body.get("rows"), (list, type(None))):
+        raise ResultsError(f"{p}: invalid {PREDICTIONS_FILE} (not an object with a rows list)")
+    return body
 
 
 @dataclass
