@@ -120,6 +120,14 @@ class RunData:
         return None
 
 
+def as_float(v: Any) -> float:
+    """float(v), NaN where v is None or not a number (cells of a summary / predictions row)."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def order_load_points(values: Iterable[Any]) -> list[Any]:
     """Unique load points; numeric ones sorted, otherwise in order of first appearance."""
     uniq = [v for v in _ordered_unique(values) if not _is_missing(v)]

@@ -55,7 +55,7 @@ import pandas as pd
 
 from .compare import DELTA_COLUMNS, compare_deltas, default_groups
 from .data import RunData, load_run
-from .figures import itl_kinds, spec_frame, ttft_parts
+from .frames import itl_kinds, spec_frame, ttft_parts
 from .summary import goodputs
 
 EXPORT_VERSION = 1

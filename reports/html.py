@@ -28,8 +28,8 @@ from markupsafe import Markup
 from .data import RunData, load_run, order_load_points
 from .compare import compare_deltas, default_groups, deltas_table
 from .figures import (FigureSpec, deployment_colors, itl_interference, itl_interference_table,
-                      itl_kinds, latency_cdfs, report_figures, throughput_latency,
-                      ttft_breakdown, ttft_parts)
+                      latency_cdfs, report_figures, throughput_latency, ttft_breakdown)
+from .frames import itl_kinds, ttft_parts
 from .summary import format_ms, summary_table, verdict
 
 TEMPLATE = "report.html.j2"

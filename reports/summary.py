@@ -18,18 +18,12 @@ import pandas as pd
 
 from infer_bench.workloads import metrics
 
-
-def _num(v: Any) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-    return f
+from .data import as_float, order_load_points
 
 
 def format_ms(seconds: Any) -> str:
     """Seconds -> milliseconds text: 3 significant digits below 100 ms, whole ms above."""
-    v = _num(seconds)
+    v = as_float(seconds)
     if not math.isfinite(v):
         return "–"
     ms = v * 1e3
@@ -47,7 +41,7 @@ def format_ms(seconds: Any) -> str:
 
 def format_value(v: Any, digits: int = 3) -> str:
     """A plain number with `digits` significant digits (thousands separated), '–' if missing."""
-    f = _num(v)
+    f = as_float(v)
     if not math.isfinite(f):
         return "–"
     if f == 0:
@@ -60,7 +54,7 @@ def format_value(v: Any, digits: int = 3) -> str:
 
 
 def format_pct(frac: Any) -> str:
-    f = _num(frac)
+    f = as_float(frac)
     return "–" if not math.isfinite(f) else f"{f * 100:.1f}%"
 
 
@@ -111,7 +105,6 @@ class SummaryTable:
 
 
 def _order(summary: pd.DataFrame) -> pd.DataFrame:
-    from .data import order_load_points
     s = summary.copy()
     lp_order = {lp: i for i, lp in enumerate(order_load_points(s["load_point"]))}
     dep_order = {d: i for i, d in enumerate(dict.fromkeys(s["deployment"]))}
@@ -152,7 +145,7 @@ def summary_table(summary: pd.DataFrame, lp_labels: dict | None = None) -> Summa
             row = [Cell(str((lp_labels or {}).get(lp, lp)), numeric=False),
                    Cell(str(r["deployment"]), numeric=False)]
             for key, _, fmt, _ in cols:
-                v = _num(r[key])
+                v = as_float(r[key])
                 c = Cell(fmt(r[key]))
                 c.best = key in best and math.isfinite(v) and v == best[key]
                 if key == "n_failed" and math.isfinite(v) and v > 0:

@@ -13,6 +13,7 @@ import pytest
 
 from report_fixtures import MALICIOUS, make_results_dir
 from infer_bench.reports import figures as F
+from infer_bench.reports import frames
 from infer_bench.reports.data import load_run
 from infer_bench.reports.html import render_compare, render_report, safe_json_for_script
 from infer_bench.reports.summary import format_ms, goodput, summary_table, verdict
@@ -291,7 +292,7 @@ def _fig(run, key):
 
 def test_ttft_breakdown(run_dir):
     run = load_run(run_dir)
-    parts = F.ttft_parts(run.records)
+    parts = frames.ttft_parts(run.records)
     by_dep = parts.groupby("deployment")[["queue", "prefill", "transfer", "admission", "rest",
                                           "unattributed"]].sum()
     # the external server reports no phases: everything unattributed; engines: nothing is
@@ -336,7 +337,7 @@ def test_token_prefill_flags_and_itl_split():
 
 def test_itl_interference(run_dir):
     run = load_run(run_dir)
-    kinds = F.itl_kinds(run.records)
+    kinds = frames.itl_kinds(run.records)
     mono = [v for (d, _), v in kinds.items() if d == "mono-2w"]
     assert mono and all(k.n_with_steps == k.n_requests for k in mono)
     itl = np.concatenate([k.itl for k in mono])
@@ -359,7 +360,7 @@ def test_spec_panel_only_with_data(run_dir, tmp_path):
     spec = _fig(run, "spec")
     assert _traces_with_data(spec.figure) >= 2
     assert "accepted per verify step" in spec.caption
-    sf = F.spec_frame(run.records)
+    sf = frames.spec_frame(run.records)
     assert set(sf["deployment"]) == {"mono-2w", "disagg-1p1d"}
     assert ((sf["acceptance"] >= 0) & (sf["acceptance"] <= 1)).all()
     d = make_results_dir(tmp_path / "nospec", n_deployments=2, n_load_points=1, n_requests=10,
