@@ -194,7 +194,7 @@ def report(
 def compare(
     results_dirs: list[Path] = typer.Argument(..., help="Two or more results dirs."),
     out: Path = typer.Option(Path("compare.html"), help="Where to write the comparison HTML."),
-    format: Optional[str] = typer.Option(None, "--format", help="Also export summaries and deltas: csv, json or csv,json (next to --out)."),
+    format: Optional[str] = typer.Option(None, "--format", help="Also export summaries and deltas: csv, json or csv,json (next to --out, named after it: OUT-summary.csv, OUT-deltas.csv)."),
 ):
     """Put several runs side by side in one HTML file.
 
@@ -210,7 +210,7 @@ def compare(
     path = render_compare(results_dirs, out)
     console.print(f"comparison: [bold]{path}[/bold]")
     if format:
-        for p in export_summary(results_dirs, out.parent, formats=format):
+        for p in export_summary(results_dirs, out.parent, formats=format, name=out.stem):
             console.print(f"export: {p}")
 
 

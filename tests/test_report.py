@@ -494,3 +494,30 @@ def test_export_summary(tmp_path, run_dir):
     assert deltas["rows"] and deltas["rows"][0]["baseline"] == "run-a"
     with pytest.raises(ValueError):
         R.export_summary(run_dir, tmp_path / "z", formats=("xlsx",))
+
+
+def test_compare_exports_named_after_out(tmp_path, run_dir):
+    """`infer-bench compare --format` names its exports after --out: two comparisons written
+    into one folder keep their own files."""
+    import subprocess
+    import sys
+    b = make_results_dir(tmp_path / "b", n_deployments=2, n_load_points=1, n_requests=8, seed=5,
+                         with_steps=False)
+    c = make_results_dir(tmp_path / "c", n_deployments=1, n_load_points=1, n_requests=8, seed=6,
+                         with_steps=False)
+    out = tmp_path / "cmp"
+    for dirs, name in (([run_dir, b], "ab"), ([run_dir, c], "ac.v2")):
+        proc = subprocess.run([sys.executable, "-m", "infer_bench.cli.main", "compare",
+                               *map(str, dirs), "--out", str(out / f"{name}.html"),
+                               "--format", "csv,json"], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{n}{suffix}" for n in ("ab", "ac.v2")
+        for suffix in (".html", "-summary.csv", "-summary.json", "-deltas.csv", "-deltas.json"))
+    ab = pd.read_csv(out / "ab-summary.csv")
+    ac = json.loads((out / "ac.v2-summary.json").read_text())
+    assert set(ab["run"]) == {"run-a", "b"} and {r["run"] for r in ac["rows"]} == {"run-a", "c"}
+    # the library: `name` prefixes the files (default report- / compare-, test_export_summary)
+    from infer_bench.reports import export_summary
+    assert [p.name for p in export_summary(b, tmp_path / "d", "json", name="x")] == ["x-summary.json"]
