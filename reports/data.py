@@ -25,7 +25,8 @@ import pandas as pd
 
 from infer_bench.workloads import metrics
 from infer_bench.workloads.records import RECORD_COLUMNS
-from infer_bench.workloads.results import ResultsError, load_predictions, load_results
+from infer_bench.workloads.results import (ResultsError, load_predictions, load_results,
+                                           summary_rates)
 
 FLOAT_RECORD_COLUMNS = [
     "intended_send_s", "send_s", "first_token_s", "last_token_s", "end_s", "n_input", "n_output",
@@ -284,9 +285,7 @@ def _normalize_summary(df: pd.DataFrame) -> pd.DataFrame:
     if "load_point" not in df:
         df["load_point"] = 0
     if "offered_rate_rps" in df:
-        off = pd.to_numeric(df["offered_rate_rps"], errors="coerce")
-        df["rate_rps"] = (pd.to_numeric(df["rate_rps"], errors="coerce").fillna(off)
-                          if "rate_rps" in df else off)
+        df["rate_rps"] = summary_rates(df)
     for col in df.columns:
         if col in ("deployment", "load_point"):
             continue

@@ -158,3 +158,19 @@ def test_server_timing_columns():
     assert r.server_cached_tokens == 16
     assert '"steps":[1,2]' in r.server_timing_json
     assert math.isclose(r.ttft_s, 0.1)
+
+
+def test_summary_rates_and_goodput_per_deployment():
+    import pandas as pd
+
+    from infer_bench.workloads.results import compute_goodput, summary_rates
+    s = pd.DataFrame({"deployment": ["a", "a", "a", "b"], "load_point": ["1", "2", "c4", "c4"],
+                      "rate_rps": [1.0, 2.0, None, None],
+                      "offered_rate_rps": [0.9, 2.2, 3.0, None],
+                      "slo_attainment": [1.0, 0.95, 0.5, 1.0]})
+    # the spec's rate where set, else the rate measured from the intended sends, else NaN
+    r = summary_rates(s)
+    assert r.tolist()[:3] == [1.0, 2.0, 3.0] and math.isnan(r.iloc[3])
+    assert summary_rates(s.drop(columns=["offered_rate_rps"])).tolist()[:2] == [1.0, 2.0]
+    gp = compute_goodput(s, 0.9)
+    assert gp == {"a": pytest.approx(2 + 0.05 / 0.45 * 1)}      # b has no rate: no goodput

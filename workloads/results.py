@@ -313,13 +313,25 @@ def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
     return pd.DataFrame(rows)
 
 
+def summary_rates(summary):
+    """The request rate of each summary row: `rate_rps` (the spec's offered rate) where set,
+    else `offered_rate_rps` (measured from the intended send times); NaN where neither is."""
+    import pandas as pd
+
+    nan = pd.Series(float("nan"), index=summary.index)
+    rate = pd.to_numeric(summary["rate_rps"], errors="coerce") if "rate_rps" in summary else nan
+    off = (pd.to_numeric(summary["offered_rate_rps"], errors="coerce")
+           if "offered_rate_rps" in summary else nan)
+    return rate.fillna(off).astype(float)
+
+
 def compute_goodput(summary, target: float = 0.9) -> dict[str, float | None]:
-    """Goodput per deployment over its load points with a rate (open-loop sweeps)."""
+    """Goodput per deployment over its load points with a rate (`summary_rates`)."""
     out: dict[str, float | None] = {}
     if summary is None or not len(summary) or "slo_attainment" not in summary:
         return out
     for dep, g in summary.groupby("deployment", sort=False):
-        rate = g["rate_rps"].where(g["rate_rps"].notna(), g["offered_rate_rps"])
+        rate = summary_rates(g)
         pts = [(float(r), float(a)) for r, a in zip(rate, g["slo_attainment"])
                if r is not None and a is not None and not (isinstance(r, float) and math.isnan(r))
                and not (isinstance(a, float) and math.isnan(a))]
