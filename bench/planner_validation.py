@@ -68,12 +68,10 @@ def run(rates: list[str], out: Path, a) -> None:
 
 
 def load_points_by_rate(spec: dict) -> dict[float, str]:
-    out = {}
-    for lp in spec.get("load_points") or []:
-        rate = (lp.get("arrival") or {}).get("rate")
-        if rate is not None:
-            out[round(float(rate), 9)] = str(lp["name"])
-    return out
+    from infer_bench.workloads.spec import load_point_info
+
+    return {round(float(info["rate_rps"]), 9): name
+            for name, info in load_point_info(spec).items() if info["rate_rps"] is not None}
 
 
 def foreign_cpu(results_dir: Path) -> dict[tuple[str, str], float]:

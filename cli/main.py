@@ -166,15 +166,18 @@ def report(
     out: Optional[Path] = typer.Option(None, help="Where to write the HTML (default: DIR/report.html)."),
     format: Optional[str] = typer.Option(None, "--format", help="Also export the summary: csv, json or csv,json (into DIR)."),
 ):
-    """Re-render report.html from a results dir.
+    """Re-render report.html from a results dir (predicting its load points first when it has no
+    predictions.json yet).
 
     \b
     Example: infer-bench report results/run-20261129-120000 --format csv,json
     """
     from infer_bench.reports import export_summary, render_report
+    from infer_bench.workloads.planning.predict import write_predictions
 
     if not results_dir.is_dir():
         raise errors.UserError(f"no results dir at {results_dir}")
+    write_predictions(results_dir, overwrite=False)
     path = render_report(results_dir, out)
     console.print(f"report: [bold]{path}[/bold]")
     if format:
@@ -186,7 +189,7 @@ def report(
 def compare(
     results_dirs: list[Path] = typer.Argument(..., help="Two or more results dirs."),
     out: Path = typer.Option(Path("compare.html"), help="Where to write the comparison HTML."),
-    format: Optional[str] = typer.Option(None, "--format", help="Also export summaries and deltas: csv, json or csv,json (next to --out)."),
+    format: Optional[str] = typer.Option(None, "--format", help="Also export summaries and deltas: csv, json or csv,json (next to --out, named after it: OUT-summary.csv, OUT-deltas.csv)."),
 ):
     """Put several runs side by side in one HTML file.
 
@@ -203,7 +206,7 @@ def compare(
     path = render_compare(results_dirs, out)
     console.print(f"comparison: [bold]{path}[/bold]")
     if format:
-        for p in export_summary(results_dirs, out.parent, formats=format):
+        for p in export_summary(results_dirs, out.parent, formats=format, name=out.stem):
             console.print(f"export: {p}")
 
 

@@ -1,8 +1,8 @@
 """`infer-bench run`: turn flags into a RunSpec, run it with rich progress, render the report.
 
 Thin glue: the model is resolved (and fetched once, with pip's progress bar) here so the engine
-subprocess starts from the cache; everything else is library code (workloads.runner,
-reports.html).
+subprocess starts from the cache; everything else is library code (workloads.runner, then
+workloads.planning.predict for predictions.json, then reports.html).
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def run(*, console: Console, model, url, served_model, api_key, modes, threads, 
     from infer_bench.backends.launch import EngineDeploymentSpec, ExternalDeploymentSpec
     from infer_bench.reports.html import render_report
     from infer_bench.workloads import runner
+    from infer_bench.workloads.planning.predict import write_predictions
     from infer_bench.workloads.spec import SLO, WorkloadSpec
 
     out = Path(out) if out else Path("results") / time.strftime("run-%Y%m%d-%H%M%S")
@@ -174,6 +175,7 @@ def run(*, console: Console, model, url, served_model, api_key, modes, threads, 
         obs.close()
     if (out / "requests.parquet").exists():
         print_summary(console, out)
+        write_predictions(out)
         path = render_report(out)
         console.print(f"results: {out}")
         console.print(f"report:  [bold]{path}[/bold]")

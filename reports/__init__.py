@@ -5,8 +5,11 @@ Public API (imported lazily so `import infer_bench.reports` stays cheap):
     render_compare(dirs, out_path, target=0.9, groups=None) -> Path
     export_summary(results_dir_or_dirs, out_dir, formats=("csv", "json"), groups=None,
                    target=0.9) -> list[Path]
-Modules: data (read a results dir), figures, summary (table + verdict), predict (predicted vs
-measured), compare (deltas with confidence intervals), export (CSV / JSON), html (rendering).
+Modules: data (read a results dir, predictions.json included), frames (per-request frames the
+figures and exports share), figures/ (one module per report section, `report_figures` assembles
+them), summary (table + verdict), compare (deltas with confidence intervals), export (CSV /
+JSON), html (rendering). Nothing here imports `backends/` or `workloads.planning`: predicted vs
+measured is computed by workloads/planning/predict.py and read from the results dir.
 """
 
 from __future__ import annotations

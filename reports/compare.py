@@ -2,6 +2,7 @@
 
     compare_deltas(runs, groups=None) -> DataFrame       # one row per (run group, deployment,
                                                          # load point, metric) vs the baseline
+    group_labels(runs, groups=None), run_names(runs)     # repeat groups; unique run names
     deltas_table(deltas) -> summary.Table                # the same, formatted for the report
 
 Runs are grouped by label (`groups`, default: each run's name); runs sharing a label are repeats
@@ -25,7 +26,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import RunData, itl_per_token, order_load_points
+from infer_bench.workloads import metrics
+
+from .data import RunData, order_load_points
 from .summary import Cell, Table, format_ms, format_pct, format_value
 
 # key, label, unit, better ("lower"/"higher"), per-request sample kind, percentile
@@ -116,7 +119,7 @@ def request_samples(run: RunData, dep: str, lp: Any, kind: str) -> np.ndarray:
     if kind == "tpot":
         return ok["tpot_s"].to_numpy(dtype=float)
     if kind == "itl":
-        parts = [itl_per_token(t, k) for t, k in zip(ok["chunk_times_s"], ok["chunk_tokens"])]
+        parts = [metrics.itl_per_token(t, k) for t, k in zip(ok["chunk_times_s"], ok["chunk_tokens"])]
         return np.concatenate(parts) if parts else np.empty(0)
     if kind == "met":
         slo = run.slo
@@ -140,8 +143,24 @@ def _value(run: RunData, dep: str, lp: Any, key: str) -> float:
     return float(v) if pd.notna(v) else float("nan")
 
 
-def default_groups(runs: Sequence[RunData]) -> list[str]:
-    return [r.name for r in runs]
+def group_labels(runs: Sequence[RunData], groups: Sequence[Any] | None = None) -> list[str]:
+    """One repeat-group label per run: `groups` as text, default each run's name (so repeats of
+    one named spec group together). ValueError when the count does not match."""
+    labels = [str(g) for g in groups] if groups is not None else [r.name for r in runs]
+    if len(labels) != len(runs):
+        raise ValueError("groups must give one label per results dir")
+    return labels
+
+
+def run_names(runs: Sequence[RunData]) -> list[str]:
+    """Each run's display name, made unique ("name (2)") when several runs share one."""
+    names: list[str] = []
+    for r in runs:
+        n = r.name
+        while n in names:
+            n = f"{n} ({len(names) + 1})"
+        names.append(n)
+    return names
 
 
 def compare_deltas(runs: Sequence[RunData], groups: Sequence[str] | None = None,
@@ -150,9 +169,7 @@ def compare_deltas(runs: Sequence[RunData], groups: Sequence[str] | None = None,
     `delta` = value - baseline_value (values: mean over the group's runs); `delta_rel` =
     delta / baseline_value; `significant`: the interval excludes 0; `better`: the change is an
     improvement (lower latency, higher throughput / attainment), None when not significant."""
-    groups = list(groups) if groups is not None else default_groups(runs)
-    if len(groups) != len(runs):
-        raise ValueError("groups must name one group per run")
+    groups = group_labels(runs, groups)
     order = list(dict.fromkeys(groups))
     rows: list[dict] = []
     if len(order) < 2:

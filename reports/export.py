@@ -1,12 +1,13 @@
 """Summary exports of one or several results dirs as CSV / JSON, with stable column names.
 
     export_summary(results_dir_or_dirs, out_dir, formats=("csv", "json"), groups=None,
-                   target=0.9) -> list[Path]
+                   target=0.9, name=None) -> list[Path]
 
-One results dir writes `report-summary.csv` / `report-summary.json`; several write
-`compare-summary.*` (the rows of every run) and `compare-deltas.*` (`compare.compare_deltas`
-against the first run / group). The names never clash with the results dir's own
-summary.csv / summary.json, so out_dir may be a results dir.
+Files are named `<name>-summary.csv` / `.json` (the rows of every run) and, for several dirs,
+`<name>-deltas.*` (`compare.compare_deltas` against the first run / group). `name` defaults to
+"report" for one dir and "compare" for several; `infer-bench compare --out X.html` passes X, so
+two comparisons written into one folder keep their own exports. The default names never clash
+with the results dir's own summary.csv / summary.json, so out_dir may be a results dir.
 
 Summary columns (in this order; every column is always present, empty / null when unknown;
 times in seconds, rates per second, shares as fractions 0..1):
@@ -53,9 +54,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .compare import DELTA_COLUMNS, compare_deltas, default_groups
+from .compare import DELTA_COLUMNS, compare_deltas, group_labels, run_names
 from .data import RunData, load_run
-from .figures import itl_kinds, spec_frame, ttft_parts
+from .frames import itl_kinds, spec_frame, ttft_parts
 from .summary import goodputs
 
 EXPORT_VERSION = 1
@@ -134,7 +135,7 @@ def summary_rows(run: RunData, run_name: str | None = None, group: str | None = 
 
 
 def _write(df: pd.DataFrame, columns: list[str], stem: Path, fmt: str, kind: str) -> Path:
-    out = stem.with_suffix("." + fmt)
+    out = stem.with_name(f"{stem.name}.{fmt}")     # (with_suffix would cut a dotted name)
     df = df.reindex(columns=columns)
     if fmt == "csv":
         df.to_csv(out, index=False)
@@ -148,11 +149,12 @@ def _write(df: pd.DataFrame, columns: list[str], stem: Path, fmt: str, kind: str
 
 def export_summary(results_dir_or_dirs: str | Path | Sequence[str | Path], out_dir: str | Path,
                    formats: Sequence[str] = FORMATS, groups: Sequence[str] | None = None,
-                   target: float = 0.9) -> list[Path]:
+                   target: float = 0.9, name: str | None = None) -> list[Path]:
     """Write the summary (and, for several dirs, the deltas) as CSV and/or JSON into out_dir
-    (created); returns the paths written. `formats`: any of "csv", "json" (a comma-separated
-    string is accepted too). `groups`: repeat labels as in render_compare. Raises ValueError
-    for an unknown format."""
+    (created) as `<name>-summary.*` / `<name>-deltas.*`; returns the paths written. `formats`:
+    any of "csv", "json" (a comma-separated string is accepted too). `groups`: repeat labels as
+    in render_compare. `name`: default "report" (one dir) / "compare" (several). Raises
+    ValueError for an unknown format."""
     if isinstance(formats, str):
         formats = [f for f in formats.split(",")]
     formats = [f.strip().lower() for f in formats if f and f.strip()]
@@ -164,25 +166,18 @@ def export_summary(results_dir_or_dirs: str | Path | Sequence[str | Path], out_d
     if not dirs:
         raise ValueError("export_summary needs at least one results dir")
     runs = [load_run(d) for d in dirs]
-    names: list[str] = []
-    for r in runs:
-        n = r.name
-        while n in names:
-            n = f"{n} ({len(names) + 1})"
-        names.append(n)
-    groups = [str(g) for g in (groups if groups is not None else default_groups(runs))]
-    if len(groups) != len(runs):
-        raise ValueError("groups must give one label per results dir")
+    names = run_names(runs)
+    groups = group_labels(runs, groups)
     summary = pd.concat([summary_rows(r, n, g, target) for r, n, g in zip(runs, names, groups)],
                         ignore_index=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    stem = "report-summary" if len(runs) == 1 else "compare-summary"
+    name = name or ("report" if len(runs) == 1 else "compare")
     for fmt in formats:
-        written.append(_write(summary, SUMMARY_COLUMNS, out / stem, fmt, "summary"))
+        written.append(_write(summary, SUMMARY_COLUMNS, out / f"{name}-summary", fmt, "summary"))
     if len(runs) > 1:
         deltas = compare_deltas(runs, groups)
         for fmt in formats:
-            written.append(_write(deltas, DELTA_COLUMNS, out / "compare-deltas", fmt, "deltas"))
+            written.append(_write(deltas, DELTA_COLUMNS, out / f"{name}-deltas", fmt, "deltas"))
     return written

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -26,11 +26,11 @@ import plotly.graph_objects as go
 from markupsafe import Markup
 
 from .data import RunData, load_run, order_load_points
-from .compare import compare_deltas, default_groups, deltas_table
+from .compare import compare_deltas, deltas_table, group_labels, run_names
 from .figures import (FigureSpec, deployment_colors, itl_interference, itl_interference_table,
-                      itl_kinds, latency_cdfs, report_figures, throughput_latency,
-                      ttft_breakdown, ttft_parts)
-from .summary import format_ms, format_pct, summary_table, verdict
+                      latency_cdfs, report_figures, throughput_latency, ttft_breakdown)
+from .frames import itl_kinds, ttft_parts
+from .summary import format_ms, summary_table, verdict
 
 TEMPLATE = "report.html.j2"
 DEFAULT_TARGET = 0.9
@@ -330,17 +330,8 @@ def render_compare(dirs: Sequence[str | Path], out_path: str | Path,
     if not dirs:
         raise ValueError("render_compare needs at least one results dir")
     runs = [load_run(d) for d in dirs]
-    if groups is None:
-        groups = default_groups(runs)
-    groups = [str(g) for g in groups]
-    if len(groups) != len(runs):
-        raise ValueError("groups must give one label per results dir")
-    names: list[str] = []
-    for r in runs:
-        n = r.name
-        while n in names:
-            n = f"{n} ({len(names) + 1})"
-        names.append(n)
+    groups = group_labels(runs, groups)
+    names = run_names(runs)
     recs, sums, views, warns, all_deps = [], [], [], [], []
     for run, name in zip(runs, names):
         prefix = f"{name} / "

@@ -2,8 +2,7 @@
 
   format_ms / format_value   number formatting with sensible precision (ms for latencies)
   summary_table(summary)     SummaryTable: header + formatted rows, best value per load point flagged
-  format_summary(summary)    the same as a DataFrame of strings (for the CLI / notebooks)
-  goodput(rates, att)        DistServe goodput: highest rate with attainment >= target, interpolated
+  goodput(rates, att)        workloads.metrics.goodput, flagged when it is a lower bound (all passed)
   verdict(summary)           short findings: best goodput, lowest p90 TTFT / TPOT per load point,
                              with the margin over the runner-up in %
 """
@@ -17,18 +16,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from infer_bench.workloads import metrics
 
-def _num(v: Any) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-    return f
+from .data import as_float, order_load_points
 
 
 def format_ms(seconds: Any) -> str:
     """Seconds -> milliseconds text: 3 significant digits below 100 ms, whole ms above."""
-    v = _num(seconds)
+    v = as_float(seconds)
     if not math.isfinite(v):
         return "–"
     ms = v * 1e3
@@ -46,14 +41,12 @@ def format_ms(seconds: Any) -> str:
 
 def format_value(v: Any, digits: int = 3) -> str:
     """A plain number with `digits` significant digits (thousands separated), '–' if missing."""
-    f = _num(v)
+    f = as_float(v)
     if not math.isfinite(f):
         return "–"
     if f == 0:
         return "0"
     if abs(f) >= 10 ** digits or (f == int(f) and abs(f) >= 1 and digits > 3):
-        return f"{f:,.0f}"
-    if abs(f) >= 10 ** digits:
         return f"{f:,.0f}"
     mag = int(math.floor(math.log10(abs(f))))
     dec = max(0, digits - 1 - mag)
@@ -61,7 +54,7 @@ def format_value(v: Any, digits: int = 3) -> str:
 
 
 def format_pct(frac: Any) -> str:
-    f = _num(frac)
+    f = as_float(frac)
     return "–" if not math.isfinite(f) else f"{f * 100:.1f}%"
 
 
@@ -110,12 +103,8 @@ class SummaryTable:
     rows: list[list[Cell]] = field(default_factory=list)
     group_starts: list[int] = field(default_factory=list)  # row indexes where a load point begins
 
-    def to_dataframe(self) -> pd.DataFrame:
-        return pd.DataFrame([[c.text for c in r] for r in self.rows], columns=self.headers)
-
 
 def _order(summary: pd.DataFrame) -> pd.DataFrame:
-    from .data import order_load_points
     s = summary.copy()
     lp_order = {lp: i for i, lp in enumerate(order_load_points(s["load_point"]))}
     dep_order = {d: i for i, d in enumerate(dict.fromkeys(s["deployment"]))}
@@ -156,7 +145,7 @@ def summary_table(summary: pd.DataFrame, lp_labels: dict | None = None) -> Summa
             row = [Cell(str((lp_labels or {}).get(lp, lp)), numeric=False),
                    Cell(str(r["deployment"]), numeric=False)]
             for key, _, fmt, _ in cols:
-                v = _num(r[key])
+                v = as_float(r[key])
                 c = Cell(fmt(r[key]))
                 c.best = key in best and math.isfinite(v) and v == best[key]
                 if key == "n_failed" and math.isfinite(v) and v > 0:
@@ -164,11 +153,6 @@ def summary_table(summary: pd.DataFrame, lp_labels: dict | None = None) -> Summa
                 row.append(c)
             table.rows.append(row)
     return table
-
-
-def format_summary(summary: pd.DataFrame, lp_labels: dict | None = None) -> pd.DataFrame:
-    """The summary table as strings (ms latencies), for printing."""
-    return summary_table(summary, lp_labels).to_dataframe()
 
 
 # ----------------------------------------------------------------------------- goodput
@@ -180,40 +164,17 @@ class Goodput:
 
 
 def goodput(rates: Sequence[float], attainment: Sequence[float], target: float = 0.9) -> Goodput:
-    """DistServe goodput on a rate sweep, as `workloads.metrics.goodput` defines it: the highest
-    rate with joint attainment >= target, linearly interpolated between the last passing and the
-    first failing rate (first crossing counts); all pass -> the highest rate (a lower bound);
-    the lowest rate already fails -> 0."""
+    """`workloads.metrics.goodput` (the one definition: highest rate with joint attainment >=
+    target, interpolated) over the finite points, with `lower_bound` set when every rate
+    measured met the target (goodput >= the highest rate)."""
     r = np.asarray(rates, dtype=float)
     a = np.asarray(attainment, dtype=float)
     keep = np.isfinite(r) & np.isfinite(a)
     r, a = r[keep], a[keep]
     if not len(r):
         return Goodput(None)
-    all_pass = bool((a >= target).all())
-    try:
-        from infer_bench.workloads.metrics import goodput as _goodput  # the one definition
-    except ImportError:
-        _goodput = None
-    if _goodput is not None:
-        try:
-            g = _goodput(r.tolist(), a.tolist(), target)
-            return Goodput(None if g is None else float(g), lower_bound=all_pass)
-        except Exception:
-            pass
-    o = np.argsort(r, kind="stable")
-    r, a = r[o], a[o]
-    prev = None
-    for ri, ai in zip(r, a):
-        if ai < target:
-            if prev is None:
-                return Goodput(0.0)
-            r0, a0 = prev
-            if a0 == ai:
-                return Goodput(float(r0))
-            return Goodput(float(r0 + (a0 - target) / (a0 - ai) * (ri - r0)))
-        prev = (ri, ai)
-    return Goodput(float(r[-1]), lower_bound=True)
+    g = metrics.goodput(r.tolist(), a.tolist(), target)
+    return Goodput(None if g is None else float(g), lower_bound=bool((a >= target).all()))
 
 
 def goodputs(summary: pd.DataFrame, target: float = 0.9) -> dict[str, Goodput]:
@@ -234,10 +195,7 @@ def goodputs(summary: pd.DataFrame, target: float = 0.9) -> dict[str, Goodput]:
 @dataclass
 class Finding:
     text: str
-    winner: str | None = None
-    metric: str = ""
-    load_point: Any = None
-    margin_pct: float | None = None
+    metric: str = ""     # "goodput" or "p90" (per load point); "" for a remark
 
 
 def _margin(best: float, other: float, lower_better: bool) -> float | None:
@@ -292,13 +250,13 @@ def verdict(summary: pd.DataFrame, target: float = 0.9, lp_labels: dict | None =
             missing = [d for d, g in gps.items() if not g.rate]
             if missing:
                 txt += f"; {', '.join(missing)} missed {target:.0%} even at the lowest rate"
-            out.append(Finding(txt + ".", winner=w, metric="goodput", margin_pct=m))
+            out.append(Finding(txt + ".", metric="goodput"))
     if len(deps) < 2:
         return out
     for lp, grp in s.groupby("_lp", sort=True):
         lpv = grp["load_point"].iloc[0]
         label = str((lp_labels or {}).get(lpv, lpv))
-        parts, winners = [], []
+        parts = []
         for key, name in (("ttft_p90_s", "p90 TTFT"), ("tpot_p90_s", "p90 TPOT")):
             if key not in grp:
                 continue
@@ -314,7 +272,6 @@ def verdict(summary: pd.DataFrame, target: float = 0.9, lp_labels: dict | None =
             m = _margin(vw, v2, lower_better=True)
             how = f"{m:.0f}% below" if m is not None else "vs"
             parts.append(f"lowest {name} {w} ({format_ms(vw)} ms, {how} {r2} at {format_ms(v2)} ms)")
-            winners.append((w, key, m))
         if "slo_attainment" in grp:
             att = pd.to_numeric(grp["slo_attainment"], errors="coerce")
             d = pd.DataFrame({"dep": grp["deployment"].to_numpy(), "v": att.to_numpy()}).dropna()
@@ -326,7 +283,5 @@ def verdict(summary: pd.DataFrame, target: float = 0.9, lp_labels: dict | None =
                 else:
                     parts.append(f"SLO attainment tied at {format_pct(vw)}")
         if parts:
-            out.append(Finding(f"Load point {label}: " + "; ".join(parts) + ".",
-                               winner=winners[0][0] if winners else None, metric="p90",
-                               load_point=lpv, margin_pct=winners[0][2] if winners else None))
+            out.append(Finding(f"Load point {label}: " + "; ".join(parts) + ".", metric="p90"))
     return out

@@ -1,8 +1,9 @@
 """Synthetic results dirs for the report tests (a helper module, not a test).
 
 `make_results_dir(path, ...)` writes a realistic results dir following docs/design.md
-(schema_version 1): run.json, spec.json, env.json, requests.parquet, summary.csv/json and
-steps.jsonl. It includes failed requests, multi-token chunks (as speculative decoding produces),
+(schema_version 1): run.json, spec.json, env.json, requests.parquet, summary.csv/json,
+steps.jsonl and, as `infer-bench run` writes it at the end, predictions.json
+(workloads/planning/predict.py). It includes failed requests, multi-token chunks (as speculative decoding produces),
 server-side queue/prefill timing for engine deployments, engine step traces with co-batched
 prefill, and a deployment named `<script>alert(1)</script>` (an external-URL deployment, so it
 has no server timing) to prove that names are escaped.
@@ -49,7 +50,8 @@ def make_results_dir(path, n_deployments: int = 2, n_load_points: int = 2,
                      with_steps: bool = True, with_summary: bool = True,
                      with_env: bool = True, with_telemetry: bool = False,
                      spec_deployments: tuple = ("mono-2w", "disagg-1p1d"),
-                     with_token_steps: bool = True, name: str | None = None) -> Path:
+                     with_token_steps: bool = True, name: str | None = None,
+                     with_predictions: bool = True) -> Path:
     """Write a synthetic results dir into `path` (created) and return it.
 
     n_requests is per deployment and load point. Load points are offered Poisson rates
@@ -193,8 +195,8 @@ def make_results_dir(path, n_deployments: int = 2, n_load_points: int = 2,
            "finished": "2025-01-01T12:03:10+00:00" if status == "complete" else None}
     (path / "run.json").write_text(json.dumps(run, indent=2))
     if with_summary:
-        from infer_bench.reports.data import summarize_records
-        summary = summarize_records(records, SLO, spec)
+        from infer_bench.workloads.results import compute_summary
+        summary = compute_summary(records, spec, slo=SLO)
         summary.to_csv(path / "summary.csv", index=False)
         rows_json = json.loads(summary.to_json(orient="records"))
         (path / "summary.json").write_text(json.dumps(
@@ -216,4 +218,7 @@ def make_results_dir(path, n_deployments: int = 2, n_load_points: int = 2,
         with (path / "steps.jsonl").open("w") as fh:
             for s in sorted(steps, key=lambda s: (s["deployment"], s["t_start"])):
                 fh.write(json.dumps(s) + "\n")
+    if with_predictions:
+        from infer_bench.workloads.planning.predict import write_predictions
+        write_predictions(path)
     return path

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from infer_bench.workloads.arrivals import gaps, send_times
-from infer_bench.workloads.spec import SLO, ArrivalSpec, LengthDist, LoadPoint, WorkloadSpec
+from infer_bench.workloads.spec import (SLO, ArrivalSpec, LengthDist, LoadPoint, WorkloadSpec,
+                                        load_point_info)
 
 
 def test_same_seed_same_times_bit_for_bit():
@@ -57,3 +58,16 @@ def test_spec_round_trip():
     assert x.mean() == pytest.approx(100, rel=0.02)
     y = LengthDist.parse("lognormal:100,0.5").sample(np.random.default_rng(0), 20000)
     assert y.mean() == pytest.approx(100, rel=0.03)
+
+
+def test_load_point_info_reads_rates_from_spec_json():
+    spec = {"load_points": [LoadPoint("p2", ArrivalSpec("poisson", rate=2.0)).to_dict(),
+                            LoadPoint("c4", ArrivalSpec("concurrency", concurrency=4)).to_dict(),
+                            {"arrival": {"kind": "poisson", "rate": 9.0}},     # no name: skipped
+                            {"name": "bare"}]}
+    info = load_point_info(spec)
+    assert list(info) == ["p2", "c4", "bare"]
+    assert info["p2"] == {"arrival_kind": "poisson", "rate_rps": 2.0, "concurrency": None}
+    assert info["c4"] == {"arrival_kind": "concurrency", "rate_rps": None, "concurrency": 4}
+    assert info["bare"] == {"arrival_kind": None, "rate_rps": None, "concurrency": None}
+    assert load_point_info(None) == {} and load_point_info({}) == {}

@@ -43,6 +43,14 @@ def test_itl_chunk_with_several_tokens():
     assert M.itl_per_token([1.0, 1.5], [1, 2]) == pytest.approx([0.25, 0.25])
 
 
+def test_itl_per_token_spreads_multi_token_chunks():
+    # (moved from test_report.py with the report's copy of itl_per_token: one definition now)
+    assert list(M.itl_per_token([1.0, 1.1, 1.4], [1, 1, 3])) == pytest.approx([0.1, 0.1, 0.1, 0.1])
+    assert len(M.itl_per_token([1.0], [5])) == 0
+    # the chunks the metrics look at: token-bearing ones only
+    assert M.token_chunks([1.0, 1.1, 1.4], [1, 0, 3]) == [(1.0, 1), (1.4, 3)]
+
+
 def test_first_chunk_with_two_tokens():
     # first chunk carries 2 tokens at 0.2, then 1 token at 0.3 and 0.5: n_output 4
     r = rec("a", 0.0, [0.2, 0.3, 0.5], [2, 1, 1])
@@ -194,3 +202,19 @@ def test_summary_rows_use_the_steady_state_from_the_spec_but_count_every_request
     assert row["ttft_p50_s"] == pytest.approx(0.5)
     [row] = compute_summary(rs, {"load_points": [{"name": "lp"}]}).to_dict("records")
     assert row["n_measured"] == 11 and row["ttft_p50_s"] == pytest.approx(0.5)
+
+
+def test_summary_rates_and_goodput_per_deployment():
+    import pandas as pd
+
+    from infer_bench.workloads.results import compute_goodput, summary_rates
+    s = pd.DataFrame({"deployment": ["a", "a", "a", "b"], "load_point": ["1", "2", "c4", "c4"],
+                      "rate_rps": [1.0, 2.0, None, None],
+                      "offered_rate_rps": [0.9, 2.2, 3.0, None],
+                      "slo_attainment": [1.0, 0.95, 0.5, 1.0]})
+    # the spec's rate where set, else the rate measured from the intended sends, else NaN
+    r = summary_rates(s)
+    assert r.tolist()[:3] == [1.0, 2.0, 3.0] and math.isnan(r.iloc[3])
+    assert summary_rates(s.drop(columns=["offered_rate_rps"])).tolist()[:2] == [1.0, 2.0]
+    gp = compute_goodput(s, 0.9)
+    assert gp == {"a": pytest.approx(2 + 0.05 / 0.45 * 1)}      # b has no rate: no goodput

@@ -31,7 +31,8 @@ def test_wheel_contents(wheel: Path):
     names = zipfile.ZipFile(wheel).namelist()
     for mod in ("infer_bench/cli/main.py", "infer_bench/workloads/__init__.py",
                 "infer_bench/backends/launch.py", "infer_bench/backends/engine/__init__.py",
-                "infer_bench/reports/__init__.py", "infer_bench/backends/engine/csrc/paged_decode.c",
+                "infer_bench/reports/__init__.py", "infer_bench/reports/figures/__init__.py",
+                "infer_bench/workloads/planning/predict.py", "infer_bench/backends/engine/csrc/paged_decode.c",
                 "infer_bench/backends/engine/csrc/paged_prefill.c", "infer_bench/backends/engine/csrc/parallel.h"):
         assert mod in names, mod
     assert not any(n.startswith("tests/") for n in names)

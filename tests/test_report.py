@@ -13,7 +13,8 @@ import pytest
 
 from report_fixtures import MALICIOUS, make_results_dir
 from infer_bench.reports import figures as F
-from infer_bench.reports.data import itl_per_token, load_run
+from infer_bench.reports import frames
+from infer_bench.reports.data import load_run
 from infer_bench.reports.html import render_compare, render_report, safe_json_for_script
 from infer_bench.reports.summary import format_ms, goodput, summary_table, verdict
 
@@ -97,13 +98,13 @@ def test_sections_present(report_text):
 
 
 def test_report_size_1000_requests(tmp_path):
-    from infer_bench.reports.predict import predicted_vs_measured
     d = make_results_dir(tmp_path / "big", n_deployments=4, n_load_points=2, n_requests=125)
     assert len(pd.read_parquet(d / "requests.parquet")) == 1000
     size = render_report(d).stat().st_size
     assert size < 15 * 1024 * 1024, size
-    # predicted vs measured (fit + validate re-simulation) stays cheap: < 5 s for 1000 requests
-    pred = predicted_vs_measured(load_run(d))
+    # predicted vs measured (fit + validate re-simulation, written to predictions.json by
+    # workloads/planning/predict.py as the run ends) stays cheap: < 5 s for 1000 requests
+    pred = load_run(d).predictions
     assert pred.ok, pred.note
     assert pred.seconds < 5.0, pred.seconds
 
@@ -204,11 +205,6 @@ def test_goodput_definition():
     assert goodput([], [], 0.9).rate is None
 
 
-def test_itl_per_token_spreads_multi_token_chunks():
-    assert list(itl_per_token([1.0, 1.1, 1.4], [1, 1, 3])) == pytest.approx([0.1, 0.1, 0.1, 0.1])
-    assert len(itl_per_token([1.0], [5])) == 0
-
-
 def test_render_compare(tmp_path, run_dir):
     b = make_results_dir(tmp_path / "run-b", n_deployments=2, n_load_points=3, n_requests=10, seed=1)
     out = render_compare([run_dir, b], tmp_path / "cmp.html")
@@ -225,11 +221,15 @@ def test_reports_never_import_backends():
     import ast
     from pathlib import Path
     root = Path(__file__).resolve().parents[1] / "reports"
-    for p in root.glob("*.py"):
+    files = list(root.rglob("*.py"))
+    assert len(files) >= 8
+    for p in files:
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
                 assert not any("backends" in n for n in names), p
+                # the report reads predictions.json; planning code runs before it (the CLI)
+                assert not any("planning" in n for n in names), p
 
 
 def test_reads_what_results_writer_writes(tmp_path):
@@ -292,7 +292,7 @@ def _fig(run, key):
 
 def test_ttft_breakdown(run_dir):
     run = load_run(run_dir)
-    parts = F.ttft_parts(run.records)
+    parts = frames.ttft_parts(run.records)
     by_dep = parts.groupby("deployment")[["queue", "prefill", "transfer", "admission", "rest",
                                           "unattributed"]].sum()
     # the external server reports no phases: everything unattributed; engines: nothing is
@@ -337,7 +337,7 @@ def test_token_prefill_flags_and_itl_split():
 
 def test_itl_interference(run_dir):
     run = load_run(run_dir)
-    kinds = F.itl_kinds(run.records)
+    kinds = frames.itl_kinds(run.records)
     mono = [v for (d, _), v in kinds.items() if d == "mono-2w"]
     assert mono and all(k.n_with_steps == k.n_requests for k in mono)
     itl = np.concatenate([k.itl for k in mono])
@@ -360,7 +360,7 @@ def test_spec_panel_only_with_data(run_dir, tmp_path):
     spec = _fig(run, "spec")
     assert _traces_with_data(spec.figure) >= 2
     assert "accepted per verify step" in spec.caption
-    sf = F.spec_frame(run.records)
+    sf = frames.spec_frame(run.records)
     assert set(sf["deployment"]) == {"mono-2w", "disagg-1p1d"}
     assert ((sf["acceptance"] >= 0) & (sf["acceptance"] <= 1)).all()
     d = make_results_dir(tmp_path / "nospec", n_deployments=2, n_load_points=1, n_requests=10,
@@ -372,8 +372,7 @@ def test_spec_panel_only_with_data(run_dir, tmp_path):
 
 
 def test_predicted_vs_measured_section(run_dir, report_text):
-    from infer_bench.reports.predict import predicted_vs_measured
-    pred = predicted_vs_measured(load_run(run_dir))
+    pred = load_run(run_dir).predictions       # predictions.json, written as the run ended
     assert pred.ok, pred.note
     assert len(pred.rows) == 9
     for m in ("ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "tpot_p90_s", "slo_attainment"):
@@ -390,11 +389,46 @@ def test_prediction_failure_is_only_a_note(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("simulator exploded <script>x</script>")
     monkeypatch.setattr(planner, "validate", boom)
+    # the prediction runs as the run ends (make_results_dir writes predictions.json like it)
     d = make_results_dir(tmp_path / "pf", n_deployments=2, n_load_points=1, n_requests=10)
     text = render_report(d).read_text(encoding="utf-8")
     assert "could not be computed (RuntimeError: simulator exploded" in text
     assert "<script>x</script>" not in _page_without_plotly(text)
     assert 'id="fig-cdf"' in text and 'data-target="plot-predicted"' not in text
+
+
+def test_predictions_written_by_planning_read_by_report(tmp_path):
+    import subprocess
+    import sys
+
+    from infer_bench.workloads.planning.predict import write_predictions
+    from infer_bench.workloads.results import PREDICTIONS_FILE, ResultsWriter
+    d = make_results_dir(tmp_path / "np", n_deployments=2, n_load_points=1, n_requests=10,
+                         with_predictions=False)
+    assert not (d / PREDICTIONS_FILE).exists() and load_run(d).predictions is None
+    assert 'id="fig-predicted"' not in render_report(d).read_text(encoding="utf-8")
+    # `infer-bench report DIR` predicts first when the file is missing, then renders
+    proc = subprocess.run([sys.executable, "-m", "infer_bench.cli.main", "report", str(d)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    body = json.loads((d / PREDICTIONS_FILE).read_text())
+    assert body["schema_version"] == 1 and len(body["rows"]) == 2
+    assert "re-simulated every load point" in body["note"]
+    assert 'id="fig-predicted"' in (d / "report.html").read_text(encoding="utf-8")
+    # an existing file is kept (overwrite=False), rewritten by default
+    (d / PREDICTIONS_FILE).write_text(json.dumps({"schema_version": 1, "note": "kept",
+                                                  "seconds": 0, "rows": None}))
+    write_predictions(d, overwrite=False)
+    assert load_run(d).predictions.note == "kept" and not load_run(d).predictions.ok
+    write_predictions(d)
+    assert load_run(d).predictions.ok
+    # nothing to fit without steps: no file
+    e = make_results_dir(tmp_path / "nosteps", n_deployments=1, n_load_points=1, n_requests=5,
+                         with_steps=False)
+    assert write_predictions(e) is None and not (e / PREDICTIONS_FILE).exists()
+    # a new run into the same dir drops the old predictions
+    ResultsWriter(d, overwrite=True).close()
+    assert not (d / PREDICTIONS_FILE).exists()
 
 
 def test_record_strings_escaped(report_text, run_dir):
@@ -460,3 +494,30 @@ def test_export_summary(tmp_path, run_dir):
     assert deltas["rows"] and deltas["rows"][0]["baseline"] == "run-a"
     with pytest.raises(ValueError):
         R.export_summary(run_dir, tmp_path / "z", formats=("xlsx",))
+
+
+def test_compare_exports_named_after_out(tmp_path, run_dir):
+    """`infer-bench compare --format` names its exports after --out: two comparisons written
+    into one folder keep their own files."""
+    import subprocess
+    import sys
+    b = make_results_dir(tmp_path / "b", n_deployments=2, n_load_points=1, n_requests=8, seed=5,
+                         with_steps=False)
+    c = make_results_dir(tmp_path / "c", n_deployments=1, n_load_points=1, n_requests=8, seed=6,
+                         with_steps=False)
+    out = tmp_path / "cmp"
+    for dirs, name in (([run_dir, b], "ab"), ([run_dir, c], "ac.v2")):
+        proc = subprocess.run([sys.executable, "-m", "infer_bench.cli.main", "compare",
+                               *map(str, dirs), "--out", str(out / f"{name}.html"),
+                               "--format", "csv,json"], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{n}{suffix}" for n in ("ab", "ac.v2")
+        for suffix in (".html", "-summary.csv", "-summary.json", "-deltas.csv", "-deltas.json"))
+    ab = pd.read_csv(out / "ab-summary.csv")
+    ac = json.loads((out / "ac.v2-summary.json").read_text())
+    assert set(ab["run"]) == {"run-a", "b"} and {r["run"] for r in ac["rows"]} == {"run-a", "c"}
+    # the library: `name` prefixes the files (default report- / compare-, test_export_summary)
+    from infer_bench.reports import export_summary
+    assert [p.name for p in export_summary(b, tmp_path / "d", "json", name="x")] == ["x-summary.json"]

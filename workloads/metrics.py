@@ -50,7 +50,8 @@ PERCENTILES = (50, 90, 95, 99)
 
 # ---------------------------------------------------------------------------- per request
 
-def _token_chunks(chunk_times: Sequence[float], chunk_tokens: Sequence[int]):
+def token_chunks(chunk_times: Sequence[float], chunk_tokens: Sequence[int]) -> list[tuple[float, int]]:
+    """(time, tokens) of the chunks that carry >= 1 output token, in order."""
     return [(float(t), int(k)) for t, k in zip(chunk_times, chunk_tokens) if int(k) > 0]
 
 
@@ -81,7 +82,7 @@ def chunk_gaps(chunk_times: Sequence[float]) -> list[float]:
 
 def itl_per_token(chunk_times: Sequence[float], chunk_tokens: Sequence[int]) -> list[float]:
     """For each chunk after the first: k samples of gap/k (k = tokens in that chunk)."""
-    ch = _token_chunks(chunk_times, chunk_tokens)
+    ch = token_chunks(chunk_times, chunk_tokens)
     out: list[float] = []
     for (t0, _), (t1, k) in zip(ch, ch[1:]):
         out.extend([(t1 - t0) / k] * k)

@@ -17,6 +17,9 @@ Layout:
     summary.json     deployment, load_point, arrival_kind, rate_rps, concurrency, offered_rate_rps);
                      summary.json also has "goodput_rps" per deployment when a rate sweep exists
     steps.jsonl      optional engine step traces (dicts), one per line
+    predictions.json optional predicted vs measured (written by workloads/planning/predict.py after
+                     the run; `save_predictions` / `load_predictions` here): {"schema_version",
+                     "note", "seconds", "rows": [one row per deployment x load point] | null}
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from typing import Any, Iterable
 
 from . import metrics
 from .records import RECORD_COLUMNS, RequestRecord, arrow_schema
+from .spec import load_point_info
 
 SCHEMA_VERSION = 1
+PREDICTIONS_FILE = "predictions.json"
 
 
 class ResultsError(Exception):
@@ -178,7 +183,7 @@ class ResultsWriter:
         if not overwrite and (self.path / "requests.jsonl").exists():
             raise ResultsError(f"{self.path} already holds results (pass overwrite=True)")
         for name in ("requests.jsonl", "steps.jsonl", "requests.parquet", "summary.csv",
-                     "summary.json"):
+                     "summary.json", PREDICTIONS_FILE):
             (self.path / name).unlink(missing_ok=True)
         self.records: list[RequestRecord] = []
         self._spec: dict | None = None
@@ -284,18 +289,6 @@ def _jsonable_slo(slo: Any) -> dict | None:
     return {"ttft_s": getattr(slo, "ttft_s", None), "tpot_s": getattr(slo, "tpot_s", None)}
 
 
-def _load_point_info(spec: dict | None) -> dict[str, dict]:
-    """name -> {arrival_kind, rate_rps, concurrency} from spec["load_points"] if present."""
-    out: dict[str, dict] = {}
-    for lp in (spec or {}).get("load_points") or []:
-        if not isinstance(lp, dict) or "name" not in lp:
-            continue
-        arr = lp.get("arrival") or {}
-        out[str(lp["name"])] = {"arrival_kind": arr.get("kind"), "rate_rps": arr.get("rate"),
-                                "concurrency": arr.get("concurrency")}
-    return out
-
-
 def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
                     windows: dict | None = None, by_repeat: bool = False):
     """One row per deployment x load point (in order of first appearance), pooled over repeats;
@@ -317,7 +310,7 @@ def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
     if slo is None and spec:
         slo = spec.get("slo")
     ramp = float(((spec or {}).get("steady_state") or {}).get("ramp_fraction") or 0.0)
-    info = _load_point_info(spec)
+    info = load_point_info(spec)
     keys = ["deployment", "load_point"] + (["repeat"] if by_repeat else [])
     rows = []
     for key, g in (df.groupby(keys, sort=False) if len(df) else []):
@@ -366,19 +359,67 @@ def _offered_rate(g) -> float | None:
     return n / span if span > 0 else None
 
 
+def summary_rates(summary):
+    """The request rate of each summary row: `rate_rps` (the spec's offered rate) where set,
+    else `offered_rate_rps` (measured from the intended send times); NaN where neither is."""
+    import pandas as pd
+
+    nan = pd.Series(float("nan"), index=summary.index)
+    rate = pd.to_numeric(summary["rate_rps"], errors="coerce") if "rate_rps" in summary else nan
+    off = (pd.to_numeric(summary["offered_rate_rps"], errors="coerce")
+           if "offered_rate_rps" in summary else nan)
+    return rate.fillna(off).astype(float)
+
+
 def compute_goodput(summary, target: float = 0.9) -> dict[str, float | None]:
-    """Goodput per deployment over its load points with a rate (open-loop sweeps)."""
+    """Goodput per deployment over its load points with a rate (`summary_rates`)."""
     out: dict[str, float | None] = {}
     if summary is None or not len(summary) or "slo_attainment" not in summary:
         return out
     for dep, g in summary.groupby("deployment", sort=False):
-        rate = g["rate_rps"].where(g["rate_rps"].notna(), g["offered_rate_rps"])
+        rate = summary_rates(g)
         pts = [(float(r), float(a)) for r, a in zip(rate, g["slo_attainment"])
                if r is not None and a is not None and not (isinstance(r, float) and math.isnan(r))
                and not (isinstance(a, float) and math.isnan(a))]
         if len(pts) >= 1:
             out[str(dep)] = metrics.goodput([p[0] for p in pts], [p[1] for p in pts], target)
     return out
+
+
+def _json_scalar(v: Any) -> Any:
+    """A numpy scalar as its Python value; NaN -> None."""
+    if hasattr(v, "item"):        # numpy scalar
+        v = v.item()
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def save_predictions(path: str | Path, rows: Iterable[dict] | None, *, note: str,
+                     seconds: float) -> Path:
+    """Write predictions.json into a results dir (atomically) and return its path. `rows`: one
+    dict per deployment x load point (`planning.planner.validate`'s columns: deployment,
+    load_point, n_requests, rate_rps, concurrency, and measured_/predicted_/error_/rel_error_ of
+    ttft_p50_s, ttft_p90_s, tpot_p50_s, tpot_p90_s, slo_attainment), None when nothing was
+    predicted; `note` says how the model was fitted, or why there are no rows."""
+    out = Path(path) / PREDICTIONS_FILE
+    body = {"schema_version": SCHEMA_VERSION, "note": note, "seconds": float(seconds),
+            "rows": None if rows is None else [{str(k): _json_scalar(v) for k, v in r.items()}
+                                               for r in rows]}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(_dump(body))
+    tmp.replace(out)
+    return out
+
+
+def load_predictions(path: str | Path) -> dict | None:
+    """predictions.json of a results dir as written by `save_predictions`; None when the run
+    has none. Raises ResultsError when the file is unreadable."""
+    p = Path(path) / PREDICTIONS_FILE
+    if not p.exists():
+        return None
+    body = _read_json(p, PREDICTIONS_FILE)
+    if not isinstance(body, dict) or not isinstance(body.get("rows"), (list, type(None))):
+        raise ResultsError(f"{p}: invalid {PREDICTIONS_FILE} (not an object with a rows list)")
+    return body
 
 
 @dataclass

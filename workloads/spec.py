@@ -4,13 +4,15 @@ and what counts as good (SLO).
 Role in the data flow: the CLI / runner builds these from flags or a TOML file;
 `workloads/datasets.build_requests` turns a WorkloadSpec into prompts, `workloads/arrivals.py` turns an
 ArrivalSpec into send times, `workloads/metrics.py` judges records against an SLO; `to_dict()` is
-what lands in spec.json (and `from_dict` reads it back).
+what lands in spec.json (and `from_dict` reads it back); `load_point_info(spec_json)` is the one
+reading of a load point's arrival (kind, offered rate, concurrency) from spec.json, used by the
+summary, the planner's validation and the benchmarks.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 LENGTH_KINDS = ("fixed", "uniform", "normal", "lognormal")
 ARRIVAL_KINDS = ("poisson", "constant", "gamma", "concurrency", "trace")
@@ -259,6 +261,22 @@ class LoadPoint:
         arr = d["arrival"]
         return cls(name=d["name"],
                    arrival=arr if isinstance(arr, ArrivalSpec) else ArrivalSpec.from_dict(arr))
+
+
+def load_point_info(spec: Mapping | None) -> dict[str, dict[str, Any]]:
+    """Load point name -> {"arrival_kind", "rate_rps", "concurrency"} from a spec.json dict
+    (`spec["load_points"]`: [{name, arrival: {kind, rate, concurrency, ...}}] as `LoadPoint.to_dict`
+    writes them). `rate_rps` is the offered rate of an open-loop arrival (None for closed-loop and
+    trace load points); a field the arrival lacks is None; entries without a name are skipped."""
+    out: dict[str, dict[str, Any]] = {}
+    for lp in (spec or {}).get("load_points") or []:
+        if not isinstance(lp, Mapping) or lp.get("name") is None:
+            continue
+        arr = lp.get("arrival")
+        arr = arr if isinstance(arr, Mapping) else {}
+        out[str(lp["name"])] = {"arrival_kind": arr.get("kind"), "rate_rps": arr.get("rate"),
+                                "concurrency": arr.get("concurrency")}
+    return out
 
 
 @dataclass

@@ -35,7 +35,7 @@ from .. import metrics
 from ..arrivals import send_times
 from .latency_model import LatencyModel
 from .simulator import (Deployment, InstanceConfig, Link, SimRequests, simulate, spec_lengths)
-from ..spec import ArrivalSpec, LengthDist, WorkloadSpec
+from ..spec import ArrivalSpec, LengthDist, WorkloadSpec, load_point_info
 
 SAME_BAND = 0.05
 
@@ -439,7 +439,7 @@ def validate(results_dir: str | Path, latency_model: "LatencyModel | dict[str, L
     spec = res.spec or {}
     slo = slo if slo is not None else spec.get("slo")
     deps = {str(d.get("name")): d for d in spec.get("deployments") or []}
-    lps = {str(lp.get("name")): lp for lp in spec.get("load_points") or []}
+    lps = load_point_info(spec)
     summary = res.summary
     metrics_ = ("ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "tpot_p90_s", "slo_attainment")
     rows = []
@@ -453,7 +453,7 @@ def validate(results_dir: str | Path, latency_model: "LatencyModel | dict[str, L
             continue
         dspec = deps.get(str(dep_name), {"name": dep_name, "mode": "mono"})
         dep = deployment_from_spec(dspec, link=link, lm=lm, wake_s=wake_s, intake_s=intake_s)
-        arr = (lps.get(str(lp_name)) or {}).get("arrival") or {}
+        info = lps.get(str(lp_name)) or {}
         g = g.sort_values("intended_send_s", na_position="last")
         n_in = g["n_input"].fillna(g["n_input"].median()).clip(lower=1).astype(int).to_numpy()
         n_out = np.where(g["n_output"].fillna(0).to_numpy() > 0, g["n_output"].fillna(0),
@@ -463,7 +463,7 @@ def validate(results_dir: str | Path, latency_model: "LatencyModel | dict[str, L
         if "send_s" in g:             # the actual send times, where measured
             sent = g["send_s"].to_numpy(float)
             t = np.where(np.isnan(sent), t, sent)
-        conc = int(arr["concurrency"]) if arr.get("kind") == "concurrency" else None
+        conc = int(info["concurrency"]) if info.get("arrival_kind") == "concurrency" else None
         if conc is None:
             t = t - np.nanmin(t)
             t = np.nan_to_num(t, nan=float(np.nanmax(t)) if np.isfinite(t).any() else 0.0)
@@ -479,7 +479,7 @@ def validate(results_dir: str | Path, latency_model: "LatencyModel | dict[str, L
         else:
             meas = metrics.summarize(g, slo)
         row = {"deployment": dep_name, "load_point": lp_name, "n_requests": len(g),
-               "rate_rps": arr.get("rate"), "concurrency": arr.get("concurrency")}
+               "rate_rps": info.get("rate_rps"), "concurrency": info.get("concurrency")}
         for m in metrics_:
             mv, pv = meas.get(m), pred.get(m)
             mv = None if mv is None or (isinstance(mv, float) and math.isnan(mv)) else float(mv)
