@@ -30,7 +30,8 @@ from .compare import compare_deltas, deltas_table, group_labels, run_names
 from .figures import (FigureSpec, deployment_colors, itl_interference, itl_interference_table,
                       latency_cdfs, report_figures, throughput_latency, ttft_breakdown)
 from .frames import itl_kinds, ttft_parts
-from .summary import format_ms, summary_table, verdict
+from .summary import format_ms, summary_table
+from .verdict import verdict, verdict_for_run
 
 TEMPLATE = "report.html.j2"
 DEFAULT_TARGET = 0.9
@@ -299,7 +300,7 @@ def build_context(run: RunData, target: float = DEFAULT_TARGET) -> dict:
         meta.append(("SLO", slo_text))
     return dict(
         title=run.name, compare=False, runs=[view], header_meta=meta,
-        verdict=[f.text for f in verdict(run.summary, target, labels, chips=_chips(run.spec))],
+        verdict=[f.text for f in verdict_for_run(run, target, labels, chips=_chips(run.spec))],
         table=summary_table(run.summary, labels), text_cols=2, dep_col=2, colors=colors,
         slo_text=slo_text,
         summary_note=("This summary was recomputed from requests (the results dir had none)."
@@ -402,7 +403,8 @@ def render_compare(dirs: Sequence[str | Path], out_path: str | Path,
     meta = [("runs", str(len(runs))), ("requests", f"{len(records):,}")]
     ctx = dict(
         title="Comparison: " + " vs ".join(names), compare=True, runs=views, header_meta=meta,
-        verdict=[f.text for f in verdict(summary, target)] if not summary.empty else [],
+        verdict=[f.text for f in verdict(records, summary, slo=slo or None, deployments=all_deps,
+                                          spec=runs[0].spec, target=target, load_points=lps)],
         table=summary_table(summary), text_cols=2, dep_col=2, colors=colors,
         slo_text=_slo_text(slo), summary_note="Deployments are named 'run / deployment'.",
         figures=_figs_ctx(figs), sections=sections, warnings=warns,

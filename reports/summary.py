@@ -3,7 +3,7 @@
   format_ms / format_value   number formatting with sensible precision (ms for latencies)
   summary_table(summary)     SummaryTable: header + formatted rows, best value per load point flagged
   goodput(rates, att)        workloads.metrics.goodput, flagged when it is a lower bound (all passed)
-  verdict(summary)           short findings: best goodput, lowest p90 TTFT / TPOT per load point,
+  (the verdict itself is reports/verdict.py: intervals from workloads.stats)
                              with the margin over the runner-up in %
 """
 
@@ -196,92 +196,3 @@ def goodputs(summary: pd.DataFrame, target: float = 0.9) -> dict[str, Goodput]:
 class Finding:
     text: str
     metric: str = ""     # "goodput" or "p90" (per load point); "" for a remark
-
-
-def _margin(best: float, other: float, lower_better: bool) -> float | None:
-    if not (math.isfinite(best) and math.isfinite(other)) or other == best:
-        return 0.0 if other == best else None
-    if lower_better:
-        return (other - best) / other * 100 if other else None
-    return (best - other) / other * 100 if other else None
-
-
-def verdict(summary: pd.DataFrame, target: float = 0.9, lp_labels: dict | None = None,
-            chips: dict | None = None) -> list[Finding]:
-    """Who wins on goodput and on p90 TTFT / TPOT at each load point, with the margin in %.
-    With `chips` (deployment -> chips or CPU workers it occupies, prefill and decode together),
-    goodput is ranked per chip, as DistServe compares deployments."""
-    out: list[Finding] = []
-    if summary is None or summary.empty or "deployment" not in summary:
-        return out
-    s = _order(summary)
-    deps = list(dict.fromkeys(s["deployment"]))
-    if len(deps) < 2:
-        out.append(Finding(f"One deployment measured ({deps[0]}); nothing to compare."
-                           if deps else "No deployments measured."))
-    # goodput across load points
-    gps = goodputs(s, target)
-    n_lps = s["load_point"].nunique()
-    if len(deps) >= 2 and n_lps > 1 and gps:
-        known = {d: g for d, g in gps.items() if g.rate}
-        if not known:
-            out.append(Finding(f"Goodput: no deployment reached {target:.0%} SLO attainment at any "
-                               "measured rate.", metric="goodput"))
-        else:
-            per = {d: max(1, int((chips or {}).get(d) or 1)) for d in known}
-            ranked = sorted(known.items(), key=lambda kv: kv[1].rate / per[kv[0]], reverse=True)
-            (w, gw) = ranked[0]
-            listing = ", ".join(
-                f"{d} {'≥ ' if g.lower_bound else ''}{format_value(g.rate)}"
-                + (f" ({format_value(g.rate / per[d])} per chip on {per[d]})" if chips else "")
-                for d, g in ranked)
-            txt = (f"Goodput at {target:.0%} joint SLO attainment (req/s): {listing}. "
-                   f"Best{' per chip' if chips else ''}: {w}")
-            m = None
-            if len(ranked) > 1:
-                (r2, g2) = ranked[1]
-                m = _margin(gw.rate / per[w], g2.rate / per[r2], lower_better=False)
-                tie = gw.lower_bound and g2.lower_bound
-                if tie:
-                    txt += (f"; {r2} also met the target at every rate measured, so the sweep does "
-                            "not separate them")
-                elif m is not None:
-                    txt += f", {m:.0f}% above {r2} ({'≥ ' if g2.lower_bound else ''}{format_value(g2.rate)} req/s)"
-            missing = [d for d, g in gps.items() if not g.rate]
-            if missing:
-                txt += f"; {', '.join(missing)} missed {target:.0%} even at the lowest rate"
-            out.append(Finding(txt + ".", metric="goodput"))
-    if len(deps) < 2:
-        return out
-    for lp, grp in s.groupby("_lp", sort=True):
-        lpv = grp["load_point"].iloc[0]
-        label = str((lp_labels or {}).get(lpv, lpv))
-        parts = []
-        for key, name in (("ttft_p90_s", "p90 TTFT"), ("tpot_p90_s", "p90 TPOT")):
-            if key not in grp:
-                continue
-            vals = pd.to_numeric(grp[key], errors="coerce")
-            if "n_failed" in grp and "n_requests" in grp:
-                vals = vals.where(pd.to_numeric(grp["n_requests"], errors="coerce")
-                                  > pd.to_numeric(grp["n_failed"], errors="coerce").fillna(0))
-            d = pd.DataFrame({"dep": grp["deployment"].to_numpy(), "v": vals.to_numpy()}).dropna()
-            if len(d) < 2:
-                continue
-            d = d.sort_values("v", kind="stable")
-            (w, vw), (r2, v2) = d.iloc[0].tolist(), d.iloc[1].tolist()
-            m = _margin(vw, v2, lower_better=True)
-            how = f"{m:.0f}% below" if m is not None else "vs"
-            parts.append(f"lowest {name} {w} ({format_ms(vw)} ms, {how} {r2} at {format_ms(v2)} ms)")
-        if "slo_attainment" in grp:
-            att = pd.to_numeric(grp["slo_attainment"], errors="coerce")
-            d = pd.DataFrame({"dep": grp["deployment"].to_numpy(), "v": att.to_numpy()}).dropna()
-            if len(d) >= 2:
-                d = d.sort_values("v", ascending=False, kind="stable")
-                (w, vw), (r2, v2) = d.iloc[0].tolist(), d.iloc[1].tolist()
-                if vw != v2:
-                    parts.append(f"highest SLO attainment {w} ({format_pct(vw)} vs {format_pct(v2)})")
-                else:
-                    parts.append(f"SLO attainment tied at {format_pct(vw)}")
-        if parts:
-            out.append(Finding(f"Load point {label}: " + "; ".join(parts) + ".", metric="p90"))
-    return out

@@ -16,7 +16,8 @@ from infer_bench.reports import figures as F
 from infer_bench.reports import frames
 from infer_bench.reports.data import load_run
 from infer_bench.reports.html import render_compare, render_report, safe_json_for_script
-from infer_bench.reports.summary import format_ms, goodput, summary_table, verdict
+from infer_bench.reports.summary import format_ms, goodput, summary_table
+from infer_bench.reports.verdict import verdict_for_run
 
 PLOTLY_JS_RE = re.compile(r'<script id="plotly-js">.*?</script>', re.S)
 
@@ -191,9 +192,15 @@ def test_summary_table_and_verdict(run_dir):
     assert any(c.best for r in t.rows for c in r)
     ttft_col = t.headers.index("TTFT p90 (ms)")
     assert all(re.fullmatch(r"[\d,]+(\.\d+)?|–", r[ttft_col].text) for r in t.rows)
-    v = verdict(run.summary)
-    assert v and v[0].metric == "goodput"
-    assert any("% below" in f.text for f in v)
+    v = verdict_for_run(run)
+    assert v and v[0].metric == "goodput" and "95% CI" in v[0].text
+    per_lp = [f for f in v if f.metric == "load_point"]
+    assert len(per_lp) == 3
+    # the fixture's second deployment is 15% slower to first token at every rate: named where
+    # the interval excludes no difference, never as a bare point estimate
+    assert any("TTFT p50: mono-2w" in f.text and "% lower (95% CI" in f.text for f in per_lp)
+    assert all("no significant difference" in f.text or "% lower" in f.text
+               or "% higher" in f.text or "pp" in f.text for f in per_lp)
     assert format_ms(0.0123) == "12.3" and format_ms(1.5) == "1,500" and format_ms(None) == "–"
 
 

@@ -1,0 +1,180 @@
+"""The verdict: who wins on what, only where the measurements can tell, in sentences.
+
+Role in the data flow: `reports/html.py` calls `verdict_for_run(run)` (one results dir) and
+`verdict(...)` (the compare page's pooled records); the figures and their intervals come from
+`workloads.comparisons` / `workloads.stats` (the same implementation `compare` and the gates use).
+A winner is named only where the 95% interval of the difference excludes no-difference; otherwise
+the sentence says "no significant difference (±x%)", x being the largest relative difference the
+data cannot rule out. Goodput per chip: each deployment's goodput interval (block bootstrap of its
+SLO hits) divided by its chips; a winner only where the two intervals do not overlap (conservative:
+non-overlap implies a significant difference, not the other way round). An attainment curve that
+rises with the rate beyond its intervals is flagged and its goodput not read. The verdict also
+says how much each figure rests on: attainment intervals wider than ±5 points (and the requests
+±5 would take), p99 figures with fewer than 5 samples beyond them, and where the client's lateness
+changed attainment (it is counted from the intended send time).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from infer_bench.workloads import comparisons as C
+from infer_bench.workloads import stats
+from infer_bench.workloads.results import summary_rates
+
+from .summary import Finding, format_value
+
+VERDICT_KEYS = ("ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p90_s", "itl_p99_s",
+                "output_throughput_tps", "slo_attainment")
+
+
+def _ramp(spec: Mapping | None) -> float:
+    return float(((spec or {}).get("steady_state") or {}).get("ramp_fraction") or 0.0)
+
+
+def _phrase(c: stats.Comparison, label: str) -> str:
+    text = stats.describe(c)
+    if c.significant:
+        return f"{label}: {text}"
+    return f"{label}: {text}"
+
+
+def _goodput_finding(records, deps: Sequence[str], rates: Mapping[Any, float], slo, ramp: float,
+                     target: float, chips: Mapping[str, int] | None) -> list[Finding]:
+    out: list[Finding] = []
+    gps = {d: C.goodput_evidence(records, d, rates, slo=slo, ramp_fraction=ramp, target=target)
+           for d in deps}
+    gps = {d: g for d, g in gps.items() if g is not None}
+    if len(gps) < 2:
+        return out
+    per = {d: max(1, int((chips or {}).get(d) or 1)) for d in gps}
+    parts, readable = [], {}
+    for d, g in gps.items():
+        if not g.monotone:
+            pairs = ", ".join(f"{a:g} → {b:g} req/s" for a, b in g.offending)
+            out.append(Finding(f"{d}: SLO attainment rises with the rate beyond its intervals "
+                               f"({pairs}); its goodput is not read from this curve (noise or "
+                               "drift: measure more requests per point or add --repeats).",
+                               metric="goodput"))
+            continue
+        k = per[d]
+        ge = "≥ " if g.lower_bound else ""
+        parts.append(f"{d} {ge}{format_value(g.rate / k)} (95% CI {format_value(g.lo / k)}–"
+                     f"{format_value(g.hi / k)}{'+' if g.hi_censored else ''}) per chip on {k}")
+        readable[d] = (g.rate / k, g.lo / k, g.hi / k, g)
+    if not parts:
+        return out
+    txt = f"Goodput at {target:.0%} joint SLO attainment, req/s per chip: " + "; ".join(parts) + "."
+    if len(readable) >= 2:
+        ranked = sorted(readable.items(), key=lambda kv: kv[1][0], reverse=True)
+        (w, (rw, lw, hw, gw)), (r2, (rr, lr, hr, g2)) = ranked[0], ranked[1]
+        if gw.lower_bound and g2.lower_bound:
+            txt += (" Both met the target at every rate measured: the sweep does not separate "
+                    "them (measure higher rates).")
+        elif lw > hr:
+            txt += f" Best per chip: {w} (the intervals do not overlap)."
+        else:
+            txt += f" No significant difference per chip between {w} and {r2} (the intervals overlap)."
+    out.insert(0, Finding(txt, metric="goodput"))
+    return out
+
+
+def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deployments: Sequence[str],
+            spec: Mapping | None = None, target: float = 0.9,
+            lp_labels: Mapping | None = None, chips: Mapping[str, int] | None = None,
+            load_points: Sequence[Any] | None = None) -> list[Finding]:
+    """Findings for the first two deployments measured (the others are listed in the summary)."""
+    out: list[Finding] = []
+    if records is None or records.empty or "deployment" not in records:
+        return [Finding("No requests measured.")]
+    present = [d for d in deployments if (records["deployment"] == d).any()]
+    if len(present) < 2:
+        return [Finding(f"One deployment measured ({present[0]}); nothing to compare."
+                        if present else "No deployments measured.")]
+    if len(present) > 2:
+        out.append(Finding(f"Comparing {present[0]} and {present[1]}; "
+                           f"{', '.join(present[2:])} appear in the tables only."))
+    a, b = present[0], present[1]
+    ramp = _ramp(spec)
+    lps = list(load_points) if load_points is not None else list(
+        dict.fromkeys(records["load_point"]))
+    rates: dict[Any, float] = {}
+    if summary is not None and not summary.empty and "load_point" in summary:
+        s = summary[summary["deployment"] == a]
+        for lp, r in zip(s["load_point"], summary_rates(s)):
+            if r == r:
+                rates[lp] = float(r)
+    if len(rates) >= 1:
+        out.extend(_goodput_finding(records, [a, b], rates, slo, ramp, target, chips))
+    thin, tails = [], set()
+    for lp in lps:
+        cs = C.compare_load_point(records, [a, b], lp, slo=slo, ramp_fraction=ramp,
+                                  keys=VERDICT_KEYS)
+        if not cs:
+            continue
+        label = str((lp_labels or {}).get(lp, lp))
+        won = [c for c in cs if c.significant]
+        tied = [c for c in cs if not c.significant]
+        bits = [_phrase(c, C.BY_KEY[c.metric].label) for c in won]
+        if tied:
+            bits.append("no significant difference in "
+                        + ", ".join(f"{C.BY_KEY[c.metric].label} ({_tie_width(c)})" for c in tied))
+        out.append(Finding(f"At {label}: " + "; ".join(bits) + ".", metric="load_point"))
+        for c in cs:
+            h = C.BY_KEY[c.metric]
+            if h.stat == "p99" and min(c.n_a, c.n_b) > 0 and \
+                    stats.tail_count(int(min(c.n_a, c.n_b)), "p99") < 5:
+                tails.add(h.label)
+        for d in (a, b):
+            ev = C.attainment_evidence(records, d, lp, slo=slo, ramp_fraction=ramp)
+            if ev.get("n") and ev["halfwidth"] > 0.05:
+                thin.append((label, d, ev))
+    if thin:
+        worst = max(thin, key=lambda t: t[2]["halfwidth"])
+        label, d, ev = worst
+        out.append(Finding(
+            f"Sample size: attainment intervals are up to ±{ev['halfwidth'] * 100:.0f} points "
+            f"({d} at {label}: {ev['n']} requests, {ev['n_eff']:.0f} effective); ±5 points would "
+            f"take about {ev['requests_for_5pt']} requests per load point. A verdict on attainment "
+            "or goodput from these points is tentative.", metric="sample_size"))
+    if tails:
+        out.append(Finding(f"{', '.join(sorted(tails))}: fewer than 5 samples lie beyond the 99th "
+                           "percentile, so these figures rest on the few slowest requests.",
+                           metric="sample_size"))
+    out.extend(_omission_findings(summary, lp_labels))
+    return out
+
+
+def _tie_width(c: stats.Comparison) -> str:
+    text = stats.describe(c)
+    return text[text.index("(") + 1:text.rindex(")")] if "(" in text else "no interval"
+
+
+def _omission_findings(summary: pd.DataFrame | None, lp_labels) -> list[Finding]:
+    if summary is None or summary.empty or "slo_attainment_from_send" not in summary:
+        return []
+    out = []
+    for _, r in summary.iterrows():
+        a, s = r.get("slo_attainment"), r.get("slo_attainment_from_send")
+        try:
+            a, s = float(a), float(s)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(a) and math.isfinite(s) and abs(a - s) >= 0.01:
+            label = (lp_labels or {}).get(r["load_point"], r["load_point"])
+            out.append(Finding(
+                f"{r['deployment']} at {label}: the client sent late, so attainment counted from "
+                f"the intended send time ({a:.0%}, used here) differs from the actual send "
+                f"({s:.0%}).", metric="omission"))
+    return out
+
+
+def verdict_for_run(run, target: float = 0.9, lp_labels: Mapping | None = None,
+                    chips: Mapping[str, int] | None = None) -> list[Finding]:
+    """The verdict of one results dir (`reports.data.RunData`)."""
+    return verdict(run.records, run.summary, slo=run.slo or None, deployments=run.deployments,
+                   spec=run.spec, target=target, lp_labels=lp_labels, chips=chips,
+                   load_points=run.load_points)

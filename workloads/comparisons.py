@@ -1,0 +1,211 @@
+"""Deployment against deployment (or run against run) on one load point: the per-request evidence
+and the statistical comparison of every headline figure. One implementation for the report's
+verdict, `compare` and the pipeline gates.
+
+Role in the data flow: callers hand over request records (requests.parquet rows: one results dir,
+or several runs' records tagged with `repeat`), the SLO and the steady-state ramp of spec.json;
+this module picks each (deployment, load point, repeat)'s measured requests (metrics.steady_state),
+turns them into per-request series IN SEND ORDER, and asks `workloads.stats` for the interval
+(block bootstrap within a run, Welch over repeats when there are >= 3 a side, Wilson/Newcombe
+for attainment). Pure: no files, no printing.
+
+The figures (`HEADLINE`): TTFT p50/p90/p99 and E2E p90 counted from the INTENDED send time (open
+loop: a late client cannot hide queueing; closed loop: the same as from the actual send), TPOT
+p90 (per request), ITL p99 (per token: the tokens of the requests in send order form the series,
+so a stall that hits the concurrent requests together stays inside one block), output throughput
+(each measured request's output tokens x n / window: the mean is tokens per second; failed
+requests give 0), joint SLO attainment (per-request hits; failed requests miss).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import metrics, stats
+
+
+@dataclass(frozen=True)
+class Headline:
+    key: str            # summary-style name
+    label: str          # for sentences
+    kind: str           # ttft, e2e, tpot, itl, throughput, attainment
+    stat: str           # p50 / p90 / p99 / mean (attainment: the share)
+    lower_is_better: bool = True
+
+
+HEADLINE: tuple[Headline, ...] = (
+    Headline("ttft_p50_s", "TTFT p50", "ttft", "p50"),
+    Headline("ttft_p90_s", "TTFT p90", "ttft", "p90"),
+    Headline("ttft_p99_s", "TTFT p99", "ttft", "p99"),
+    Headline("tpot_p90_s", "TPOT p90", "tpot", "p90"),
+    Headline("itl_p99_s", "ITL p99", "itl", "p99"),
+    Headline("e2e_p90_s", "E2E p90", "e2e", "p90"),
+    Headline("output_throughput_tps", "output throughput", "throughput", "mean", False),
+    Headline("slo_attainment", "SLO attainment", "attainment", "mean", False),
+)
+BY_KEY = {h.key: h for h in HEADLINE}
+
+
+def _records(records) -> list[dict]:
+    if hasattr(records, "to_dict"):
+        return records.to_dict("records")
+    return [r if isinstance(r, Mapping) else r.to_dict() for r in records]
+
+
+def _num(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return f
+
+
+def _send_key(r: Mapping) -> float:
+    v = _num(r.get("intended_send_s"))
+    return v if math.isfinite(v) else _num(r.get("send_s"))
+
+
+def measured_groups(records, deployment: str, load_point: Any,
+                    ramp_fraction: float = 0.0) -> list[tuple[list[dict], tuple | None]]:
+    """The measured requests of one deployment x load point, per repeat, in send order, each with
+    its throughput window: (records, (start, end)) for every repeat present."""
+    rows = [r for r in _records(records)
+            if r.get("deployment") == deployment and str(r.get("load_point")) == str(load_point)]
+    by_rep: dict[int, list[dict]] = {}
+    for r in rows:
+        rep = _num(r.get("repeat"))
+        by_rep.setdefault(int(rep) if math.isfinite(rep) else 0, []).append(r)
+    out = []
+    for rep in sorted(by_rep):
+        rs = sorted(by_rep[rep], key=_send_key)
+        if ramp_fraction > 0:
+            kept, win = metrics.steady_state(rs, ramp_fraction)
+        else:
+            kept, win = rs, metrics.default_window(rs)
+        out.append((sorted(kept, key=_send_key), win))
+    return out
+
+
+def series(group: tuple[list[dict], tuple | None], kind: str, slo: Any = None) -> np.ndarray:
+    """The per-request (ITL: per-token) values of one measured group in send order; NaN where a
+    request failed or the value is undefined."""
+    rows, win = group
+    nan = float("nan")
+    if kind == "itl":
+        out: list[float] = []
+        for r in rows:
+            if not metrics.is_failed(r):
+                out.extend(metrics.itl_per_token(list(r.get("chunk_times_s") or []),
+                                                 list(r.get("chunk_tokens") or [])))
+        return np.asarray(out, dtype=float)
+    if kind == "attainment":
+        return np.asarray([1.0 if all(metrics.slo_checks(r, slo)) else 0.0 for r in rows])
+    if kind == "throughput":
+        dur = (win[1] - win[0]) if win else 0.0
+        if not rows or dur <= 0:
+            return np.asarray([], dtype=float)
+        scale = len(rows) / dur
+        return np.asarray([0.0 if metrics.is_failed(r) else _num(r.get("n_output")) * scale
+                           for r in rows], dtype=float)
+    col = {"ttft": ("ttft_from_intended_s", "ttft_s"), "e2e": ("e2e_from_intended_s", "e2e_s"),
+           "tpot": ("tpot_s",)}[kind]
+    vals = []
+    for r in rows:
+        v = nan
+        if not metrics.is_failed(r):
+            for c in col:
+                v = _num(r.get(c))
+                if math.isfinite(v):
+                    break
+        vals.append(v)
+    return np.asarray(vals, dtype=float)
+
+
+def compare_groups(groups_a, groups_b, headline: Headline, *, name_a: str, name_b: str,
+                   slo: Any = None, seed: int = 0) -> stats.Comparison:
+    """B against A on one headline figure; groups: `measured_groups` of each side (one per
+    repeat or run)."""
+    if headline.kind == "attainment":
+        ha = np.concatenate([series(g, "attainment", slo) for g in groups_a] or [np.empty(0)])
+        hb = np.concatenate([series(g, "attainment", slo) for g in groups_b] or [np.empty(0)])
+        if not len(ha) or not len(hb):
+            nan = float("nan")
+            return stats.Comparison(headline.key, name_a, name_b, nan, nan, nan, nan, nan, nan,
+                                    nan, nan, "none", len(ha), len(hb), False, None, False,
+                                    scale="points", note="no requests on a side")
+        return stats.compare_attainment(ha, hb, metric=headline.key, name_a=name_a,
+                                        name_b=name_b)
+    ra = [series(g, headline.kind, slo) for g in groups_a]
+    rb = [series(g, headline.kind, slo) for g in groups_b]
+    return stats.compare_runs(ra, rb, headline.stat, metric=headline.key, name_a=name_a,
+                              name_b=name_b, lower_is_better=headline.lower_is_better, seed=seed)
+
+
+def oriented(c: stats.Comparison, groups: Mapping[str, list], headline: Headline, slo: Any = None,
+             seed: int = 0) -> stats.Comparison:
+    """The comparison with the winner as side B (so `stats.describe` names it), recomputed with
+    the sides swapped when A won."""
+    if c.significant and c.better == c.a:
+        return compare_groups(groups[c.b], groups[c.a], headline, name_a=c.b, name_b=c.a,
+                              slo=slo, seed=seed)
+    return c
+
+
+def compare_load_point(records, deployments: Sequence[str], load_point: Any, *, slo: Any = None,
+                       ramp_fraction: float = 0.0, keys: Iterable[str] | None = None,
+                       seed: int = 0) -> list[stats.Comparison]:
+    """Every headline figure at one load point, the second deployment against the first (the
+    winner named as B where there is one). Deployments with no measured request are skipped."""
+    if len(deployments) < 2:
+        return []
+    a, b = deployments[0], deployments[1]
+    groups = {d: measured_groups(records, d, load_point, ramp_fraction) for d in (a, b)}
+    if not any(g for g, _ in groups[a]) or not any(g for g, _ in groups[b]):
+        return []
+    out = []
+    for key in (keys or [h.key for h in HEADLINE]):
+        h = BY_KEY[key]
+        c = compare_groups(groups[a], groups[b], h, name_a=a, name_b=b, slo=slo, seed=seed)
+        out.append(oriented(c, groups, h, slo, seed))
+    return out
+
+
+def attainment_evidence(records, deployment: str, load_point: Any, *, slo: Any = None,
+                        ramp_fraction: float = 0.0) -> dict[str, Any]:
+    """Attainment of one deployment x load point with its Wilson interval (effective n), its
+    half-width, and how many requests would make it +-5 points."""
+    hits = np.concatenate([series(g, "attainment", slo)
+                           for g in measured_groups(records, deployment, load_point,
+                                                    ramp_fraction)] or [np.empty(0)])
+    if not len(hits):
+        return {"n": 0}
+    iv = stats.attainment_interval(hits)
+    p = float(hits.mean())
+    design = len(hits) / iv.n if iv.n and iv.n > 0 else 1.0
+    return {"n": int(len(hits)), "n_eff": float(iv.n), "attainment": p, "lo": iv.lo,
+            "hi": iv.hi, "halfwidth": (iv.hi - iv.lo) / 2,
+            "requests_for_5pt": stats.requests_for_halfwidth(min(max(p, 0.0), 1.0),
+                                                             design_effect=design)}
+
+
+def goodput_evidence(records, deployment: str, rates: Mapping[Any, float], *, slo: Any = None,
+                     ramp_fraction: float = 0.0, target: float = 0.9,
+                     seed: int = 0) -> stats.GoodputInterval | None:
+    """Goodput of one deployment with its interval and monotonicity check, from the SLO hits of
+    each load point that has a rate (`rates`: load point -> req/s)."""
+    lps = [lp for lp, r in rates.items() if r is not None and math.isfinite(r)]
+    mets, rs = [], []
+    for lp in lps:
+        hits = np.concatenate([series(g, "attainment", slo)
+                               for g in measured_groups(records, deployment, lp, ramp_fraction)]
+                              or [np.empty(0)])
+        if len(hits):
+            mets.append(hits)
+            rs.append(float(rates[lp]))
+    if not rs:
+        return None
+    return stats.goodput_interval(rs, mets, target=target, seed=seed)
