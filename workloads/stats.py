@@ -159,7 +159,8 @@ def rowwise_statistic(samples: np.ndarray, stat: str | float | None = "p90") -> 
     hi = np.minimum(lo + 1, np.maximum(cnt - 1, 0))
     rows = np.arange(s.shape[0])
     v_lo, v_hi = srt[rows, lo], srt[rows, hi]
-    val = v_lo + (h - lo) * np.where(hi > lo, v_hi - v_lo, 0.0)
+    with np.errstate(invalid="ignore"):              # rows of no finite value: inf - inf
+        val = v_lo + (h - lo) * np.where(hi > lo, v_hi - v_lo, 0.0)
     out[has] = val[has]
     return out
 
@@ -603,21 +604,19 @@ def compare_proportions(k_a: float, n_a: float, k_b: float, n_b: float, *, metri
                         name_a: str = "A", name_b: str = "B", higher_is_better: bool = True,
                         confidence: float = CONFIDENCE, method: str = "newcombe") -> Comparison:
     """B vs A on a proportion (k of n each; may be effective counts): Newcombe's hybrid score
-    interval of p_b - p_a; the ratio p_b / p_a with the score interval (statsmodels)."""
+    interval of p_b - p_a; the ratio p_b / p_a with the log interval, 0.5 added to the counts
+    (statsmodels "log-adjusted"; shown for reference: a proportion is described by its
+    difference)."""
     if n_a <= 0 or n_b <= 0:
         raise ValueError("each side needs at least one request")
     pa, pb = k_a / n_a, k_b / n_b
     lo, hi = confint_proportions_2indep(k_b, n_b, k_a, n_a, method="newcomb", compare="diff",
                                         alpha=1 - confidence)
-    if k_a > 0:
-        r_lo, r_hi = confint_proportions_2indep(k_b, n_b, k_a, n_a, method="score",
-                                                compare="ratio", alpha=1 - confidence)
-        r_lo, r_hi = float(r_lo), float(r_hi)
-    else:
-        r_lo = r_hi = float("nan")
+    r_lo, r_hi = confint_proportions_2indep(k_b, n_b, k_a, n_a, method="log-adjusted",
+                                            compare="ratio", alpha=1 - confidence)
     sig, better = _decide(float(lo), float(hi), pb - pa, name_a, name_b, not higher_is_better)
     return Comparison(metric, name_a, name_b, pa, pb, pb - pa, float(lo), float(hi),
-                      _ratio(pb, pa), r_lo, r_hi, method, n_a, n_b, sig, better,
+                      _ratio(pb, pa), float(r_lo), float(r_hi), method, n_a, n_b, sig, better,
                       not higher_is_better, confidence, "points")
 
 
