@@ -4,88 +4,107 @@ implementation.
 
 Role in the data flow: callers pass per-request values of one deployment x load point IN SEND
 ORDER (e.g. the `ttft_s` column of requests.parquet sorted by `send_s`, NaN for a failed request),
-per-request SLO hits (0/1), or one value per repeat; this module returns intervals and
-`Comparison` / `GoodputInterval` objects. It reads no files and imports nothing from
-`backends/` or `reports/`; the only project import is `workloads/metrics.py` (the goodput rule).
+per-request SLO hits (0/1, NaN = failed = miss), or one value per repeat; this module returns
+`Interval`, `Comparison` and `GoodputInterval` objects and one-line wordings. It reads no files;
+its only project import is `workloads/metrics.py` (the goodput rule). Validation: simulated data
+with a known truth in `workloads/stats_sim.py`, asserted in tests/test_stats.py, tabulated by
+bench/stats_coverage.py. All intervals are 95% unless `confidence` says otherwise.
 
-Why not plain iid bootstrap: requests of one load point are not independent. Under queueing a
-slow request delays the ones queued behind it, so consecutive latencies are positively
-correlated (a burst gives a run of slow TTFTs). An iid bootstrap over such requests treats 200
-correlated values as 200 independent ones and its intervals are too narrow (the naive bootstrap
-in tests/test_stats.py and bench/stats_coverage.py covers ~80% at nominal 95% for AR(1) phi=0.6).
+Why not an iid bootstrap: requests of one load point are not independent. Under queueing a slow
+request delays the ones queued behind it, so consecutive latencies are positively correlated (a
+burst gives a run of slow TTFTs) and 200 requests carry the information of far fewer. Resampling
+them as independent gives intervals that are too narrow: for p90 of 200 lognormal latencies with
+AR(1) correlation 0.5, the iid percentile bootstrap covers ~82% at nominal 95% and calls a winner
+between two samples of the SAME process ~10% of the time at 50 a side (the block bootstrap below:
+~96% and ~3.5%).
 
-1. One run, per-request samples: circular block bootstrap over requests in send order (Politis &
-   Romano 1992): each replicate glues together ceil(n/b) blocks of b consecutive requests that
-   start at uniform random positions and wrap around the end, so short-range dependence survives
-   inside each block and every request has the same chance to be drawn.
-   Block length: Politis & White (2004, with the Patton-Politis-White 2009 correction) for the
-   circular bootstrap, b = (2 G^2 / D)^(1/3) n^(1/3) with G and D from flat-top-kernel sums of the
-   autocovariances up to an automatically picked lag (`block_length`). It is computed on the RANKS
-   of the values, so one huge outlier does not dictate it and the choice is the same for any
-   monotone transform (ms vs s, log): quantiles depend on the data only through ranks. Why not a
-   fixed ceil(n^(1/3)): it ignores the data; it is too long for independent requests (wider
-   intervals than needed) and too short for strongly queued ones (under-coverage). b is clamped
-   to [1, max(1, min(3 sqrt(n), n/3))].
+1. One run, per-request samples (`interval`, `bootstrap_comparison`). Circular block bootstrap
+   over requests in send order (Politis & Romano 1992): a replicate glues ceil(n/b) runs of b
+   consecutive requests starting at uniform random positions, wrapping around the end, so the
+   short-range dependence survives inside each run and every request is equally likely.
+   Dependence (`dependence`), read from the RANKS of the successful values (quantiles depend on
+   the data only through ranks; one huge outlier cannot dictate it; ms or s, raw or log give the
+   same answer): the long-run variance g = sum_k R(k) and G = sum_k |k| R(k) are estimated twice,
+   by Politis-White flat-top kernel sums with Politis' automatic lag (2004, as corrected by
+   Patton, Politis & White 2009) and by an AR(1) plug-in from the lag-1 autocorrelation (Andrews
+   1991 style, Kendall-bias-corrected); the more dependent reading (larger g) is used. Why both:
+   the nonparametric lag rule needs |rho| > 2 sqrt(log10(n)/n) to see any dependence (0.28 at
+   n = 100) and so missed phi = 0.3 queueing at 50-150 requests (mean coverage 85-89%), while the
+   AR(1) reading sees it and the kernel reading still catches longer-memory dependence. Why not a
+   fixed ceil(n^(1/3)): it ignores the data (too long for independent requests, too short for
+   strongly queued ones). From (g, G): block length b = (2 G^2 / D_CB)^(1/3) n^(1/3), D_CB =
+   (4/3) g^2 (Politis-White for the circular bootstrap), clamped to [1, min(3 sqrt n, n/3)];
+   effective sample size n_eff = n R(0) / g.
+   Three corrections, each measured to matter in the coverage tables: (a) percentiles use the
+   smoothed bootstrap (Gaussian jitter of 0.5 sd n^(-1/5), on the log scale when all values are
+   > 0): the plain bootstrap of a sample quantile takes few distinct values, and its p90
+   interval covered 89-93% even for independent requests (n = 50-150); (b) the block
+   bootstrap's variance is biased low by G / b (Politis-White): replicates are stretched about
+   their median (on the log scale for positive statistics) by
+   sqrt(g / (g - G/b) * n_eff / (n_eff - 1)), the first ratio capped at 4; (c) the percentile
+   interval is read at the expanded level that spans t_{n_eff - 1} instead of z standard errors
+   (Hesterberg's expanded percentile interval, with n_eff).
    Statistic: the mean or a percentile (numpy's linear interpolation, as metrics.py). Failed
    requests (NaN) keep their slot in the send order, so blocks span them, and are dropped from
    each replicate's statistic: a latency percentile is over successful requests only, and the
-   number of successes varies across replicates as it would across runs. Interval: percentile
-   interval of the replicates. n_boot=1000 by default (the 2.5/97.5% points move by ~1% of the
-   interval's width between seeds). Deterministic given `seed`.
-   Difference and ratio of two independent samples (two deployments): each side is resampled
-   with its own block length from its own child seed; the replicates of stat_b - stat_a and
-   stat_b / stat_a give the intervals. For stat_a > 0, stat_b - stat_a > 0 exactly when
-   stat_b / stat_a > 1 replicate by replicate, so the difference interval excludes 0 exactly
-   when the ratio interval excludes 1 (same decision, two units).
-   Limits: a p99 of 200 requests is decided by the 2-3 slowest; its interval is honest about
-   being wide, but bootstrap coverage of extreme quantiles is poor when fewer than ~5 requests
-   lie beyond the quantile (n * (1 - q) < 5); `tail_count` reports that number.
+   number of successes varies across replicates as it would across runs.
+   Two independent samples (two deployments): each side is resampled with its own dependence
+   from its own child seed (SeedSequence.spawn); replicates of stat_b - stat_a and stat_b /
+   stat_a give the intervals, read at one level (expanded with the Welch-Satterthwaite df of the
+   two sides' n_eff). For stat_a > 0, stat_b - stat_a > 0 exactly when stat_b / stat_a > 1 in
+   every replicate, so the difference interval excludes 0 exactly when the ratio interval
+   excludes 1 (one decision, two units). n_boot = 1000 by default; deterministic given `seed`.
+   Limits (bench/stats_coverage.py): coverage falls with strong correlation and few requests
+   (p90 at phi = 0.6: ~85-90% at 50-100 requests, ~92% at 200); an extreme percentile with fewer
+   than ~5 requests beyond it (`tail_count` = n (1 - q) < 5: p99 of anything under 500) is
+   decided by the few slowest requests and no resampling interval covers it well (p99 of 100:
+   ~75%). A verdict should not rest on such a figure.
 
-2. Repeats: when a figure was measured in r repeats per side, the per-repeat values are
-   independent (separate runs), and they carry the run-to-run variance (placement, caches,
-   thermal state, other tenants) that a within-run bootstrap cannot see. Interval of the
-   difference of means: Welch's t (scipy.stats.ttest_ind(equal_var=False)); of the ratio of
-   means: Fieller's theorem with the same t and variances, so the ratio interval excludes 1
-   exactly when the difference interval excludes 0 (it may be unbounded when mean_a itself is not
-   distinguishable from 0; reported as +-inf).
-   `compare_runs` picks repeats when every side has r >= REPEATS_MIN = 3, else the block
-   bootstrap (each repeat resampled on its own, the statistic averaged over repeats, r = 1 the
-   plain case). Why 3: with 2 repeats per side the Welch variance rests on 1 degree of freedom
-   per side, the Welch df falls to 1-2 and t_0.975 to 4.3-12.7, so the interval is both very
-   wide and unreliable (the variance estimate of 2 values is 0 to 5x the truth, 90% of the
-   time); from 3 per side (df >= 2, t <= 4.3) it is a usable and honest interval. With 2 repeats
-   the bootstrap over both repeats' requests is tighter but blind to run-to-run variance: its
-   method is "block-bootstrap" so a report can say so.
+2. Repeats (`repeats_comparison`, `compare_runs`). Per-repeat values are independent (separate
+   runs) and carry the run-to-run variance (placement, caches, thermal state, other tenants)
+   that a within-run bootstrap cannot see. Difference of means: Welch's t interval
+   (scipy.stats.ttest_ind(equal_var=False)); ratio of means: Fieller's interval with the same t
+   and variances, so it excludes 1 exactly when the difference interval excludes 0 (unbounded,
+   +-inf, when mean_a itself is not distinguishable from 0). `compare_runs` uses repeats when
+   every side has r >= REPEATS_MIN = 3, else the block bootstrap (each repeat resampled on its
+   own, the statistic averaged over the side's repeats; r = 1 is the plain case). Why 3: with 2
+   per side each variance rests on 1 degree of freedom (an estimate between 0.001x and 5x the
+   truth, 95% of the time), the Welch df falls to 1-2 and t_0.975 to 4.3-12.7, so the interval is
+   very wide AND erratic; from 3 per side (df >= 2, t <= 4.3) it is usable. The price of the
+   bootstrap at r = 2 is blindness to run-to-run variance: with runs that differ by a random 10%
+   it calls a winner between identical setups ~7% of the time instead of 5%; its method says
+   "block-bootstrap" so a report can say the interval is within-run.
 
-3. Attainment (a share of requests meeting the SLO; failed requests are misses): Wilson score
-   interval (statsmodels proportion_confint(method="wilson")): unlike the Wald interval it stays
-   inside [0, 1] and keeps its coverage near p = 0.9-1, where attainment lives. Difference of two
-   attainments: Newcombe's hybrid score interval (statsmodels confint_proportions_2indep(
-   method="newcomb")), built from the two Wilson intervals. Misses cluster under queueing like
-   latencies do, so `attainment_interval` / `compare_attainment` replace n by an effective
-   sample size n_eff = n * var / long-run variance of the 0/1 sequence in send order (Kish's
-   design effect; long-run variance with the same flat-top kernel and lag as the block length),
-   clamped to [n / b_max, n], and the count by p * n_eff. Independent requests give n_eff ~ n.
-   `requests_for_halfwidth(p)`: the fewest requests for which the Wilson interval at proportion
-   p has half-width <= 5 points (times a design effect if given).
+3. Attainment (`attainment_interval`, `compare_attainment`, `compare_proportions`). The share of
+   requests meeting the SLO (failed requests miss). Wilson score interval (statsmodels
+   proportion_confint(method="wilson")): unlike Wald it stays in [0, 1] and keeps its coverage
+   near p = 0.9-1, where attainment lives. Difference: Newcombe's hybrid score interval
+   (statsmodels confint_proportions_2indep(method="newcomb")), built from the two Wilson
+   intervals. Misses cluster under queueing like latencies do, so by default n is replaced by
+   the effective sample size of the 0/1 sequence in send order (`effective_n`, the same
+   `dependence` reading: Kish's design effect) and the count by p * n_eff; independent requests
+   give n_eff ~ n. `requests_for_halfwidth(p)`: the fewest requests for which the Wilson interval
+   at proportion p is +-5 points or tighter (141 at p = 0.9), times a design effect n / n_eff.
 
-4. Goodput (metrics.goodput: the highest rate whose attainment >= target, interpolated between
-   the last passing and the first failing rate): each rate's SLO hits are block-bootstrapped
-   (own blocks, own child seed), goodput is read from every replicate curve with the same
-   first-crossing rule (`goodput_replicates`, equal to metrics.goodput row by row), and the
-   interval is the percentiles of those readings. The interval's upper end equal to the highest
-   rate measured is censored (the sweep stopped there; `hi_censored`). Monotonicity: attainment
-   should not rise with rate. A pair of rates r_i < r_j whose Newcombe interval of
-   attainment_j - attainment_i lies above 0 is a rise beyond noise (one-sided 2.5% per pair at
-   95%): the curve is flagged (`monotone=False`, `offending` the pairs) and no goodput is read
-   (rate, lo, hi None): its first crossing would be an accident of the sweep.
+4. Goodput (`goodput_interval`; metrics.goodput: the highest rate whose attainment >= target,
+   interpolated between the last passing and the first failing rate). Each rate's SLO hits are
+   block-bootstrapped (own dependence, own child seed); goodput is read from every replicate
+   curve with the same first-crossing rule (`goodput_replicates`, equal to metrics.goodput row by
+   row); the interval is the percentiles of those readings. An upper end at the highest rate
+   measured is censored (the sweep stopped there: `hi_censored`). Monotonicity: attainment
+   should not rise with rate. Any pair of rates r_i < r_j whose Newcombe interval (effective n)
+   of attainment_j - attainment_i lies above 0 is a rise beyond noise (one-sided 2.5% per pair):
+   the curve is flagged (`monotone=False`, `offending` = those pairs) and no goodput is read
+   (rate, lo, hi None), since its first crossing would be an accident of the sweep.
 
-5. Decision: `Comparison` (B vs A; diff = B - A, ratio = B / A; `significant` = the interval of
-   the difference excludes 0; `better` = the name of the better side when significant) and
-   `describe(c)`: "B 23% lower (95% CI 12-31%)" or "no significant difference (+-x%)", where x is
-   the half-width of the ratio interval around 1, max(ratio_hi - 1, 1 - ratio_lo): the largest
-   relative difference the data cannot rule out, either way. Attainments are described in
-   percentage points of the difference instead ("B 12.0 pp higher ...").
+5. Decision (`Comparison`, `describe`). B against A: diff = B - A, ratio = B / A, each with its
+   interval; `significant` = the difference interval excludes 0; `better` = the name of the
+   better side when significant (lower latency by default; `lower_is_better=False` for
+   throughput; higher for attainment). `describe(c)`: "B 23% lower (95% CI 12–31%)" when
+   significant, else "no significant difference (±x%)" where x is the half-width of the ratio
+   interval around 1, max(ratio_hi - 1, 1 - ratio_lo): the largest relative difference, either
+   way, that the data cannot rule out. Proportions are described by their difference in
+   percentage points ("B 12.0 pp higher (95% CI 3.1–20.5 pp)", "±x pp").
 """
 
 from __future__ import annotations

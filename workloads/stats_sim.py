@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy import signal
@@ -189,10 +188,3 @@ def repeats_coverage(r: int = 3, n: int = 50, phi: float = 0.3, run_sd: float = 
                            min_repeats=min_repeats)
         hits += not c.significant
     return Study(hits, n_sets)
-
-
-STUDIES: dict[str, Callable[..., Study]] = {
-    "interval": interval_coverage, "comparison": comparison_study, "wilson": wilson_coverage,
-    "attainment_diff": attainment_diff_coverage, "goodput": goodput_coverage,
-    "repeats": repeats_coverage,
-}
