@@ -266,6 +266,10 @@ def test_describe():
     assert not same.significant
     assert S.describe(same).startswith("no significant difference (±")
     assert S.describe(S.repeats_comparison([1.0], [1.0])) == "no interval"
+    # no ratio (A's value is not positive): the difference itself
+    c = S.Comparison("x", "A", "B", 0.0, -2.0, -2.0, -3.0, -1.0, float("nan"), float("nan"),
+                     float("nan"), "repeats-welch", 3, 3, True, "B")
+    assert S.describe(c) == "B lower by 2 (95% CI 1–3)"
 
 
 # ---------------------------------------------------------------------------- validation

@@ -810,7 +810,8 @@ def describe(c: Comparison) -> str:
         return ("no significant difference (interval unbounded)" if not math.isfinite(w)
                 else f"no significant difference (±{_pct(w)}%)")
     word = "lower" if c.diff < 0 else "higher"
-    if not math.isfinite(c.ratio):
-        return f"{c.b} {word}"
+    if not all(math.isfinite(v) for v in (c.ratio, c.ratio_lo, c.ratio_hi)):
+        lo, hi = sorted((abs(c.diff_lo), abs(c.diff_hi)))
+        return f"{c.b} {word} by {abs(c.diff):.3g} ({conf} {lo:.3g}–{hi:.3g})"
     lo, hi = sorted((abs(1 - c.ratio_lo), abs(1 - c.ratio_hi)))
     return f"{c.b} {_pct(abs(1 - c.ratio))}% {word} ({conf} {_pct(lo)}–{_pct(hi)}%)"
