@@ -94,9 +94,6 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
     if len(present) < 2:
         return [Finding(f"One deployment measured ({present[0]}); nothing to compare."
                         if present else "No deployments measured.")]
-    if len(present) > 2:
-        out.append(Finding(f"Comparing {present[0]} and {present[1]}; "
-                           f"{', '.join(present[2:])} appear in the tables only."))
     a, b = present[0], present[1]
     ramp = _ramp(spec)
     lps = list(load_points) if load_points is not None else list(
@@ -145,6 +142,9 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
                            "percentile, so these figures rest on the few slowest requests.",
                            metric="sample_size"))
     out.extend(_omission_findings(summary, lp_labels))
+    if len(present) > 2:
+        out.append(Finding(f"The verdict compares {a} and {b}; {', '.join(present[2:])} "
+                           "appear in the tables and figures only."))
     return out
 
 

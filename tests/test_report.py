@@ -196,9 +196,11 @@ def test_summary_table_and_verdict(run_dir):
     assert v and v[0].metric == "goodput" and "95% CI" in v[0].text
     per_lp = [f for f in v if f.metric == "load_point"]
     assert len(per_lp) == 3
-    # the fixture's second deployment is 15% slower to first token at every rate: named where
-    # the interval excludes no difference, never as a bare point estimate
-    assert any("TTFT p50: mono-2w" in f.text and "% lower (95% CI" in f.text for f in per_lp)
+    # past mono-2w's capacity (4 req/s) the other deployment's TTFT is far lower: a winner with
+    # its interval; at low load the noise of 15 requests hides the fixture's 15% difference, and
+    # the verdict says so instead of naming a winner from point estimates
+    assert "TTFT p90: " in per_lp[-1].text and "% lower (95% CI" in per_lp[-1].text
+    assert any("no significant difference in TTFT p50 (±" in f.text for f in per_lp[:2])
     assert all("no significant difference" in f.text or "% lower" in f.text
                or "% higher" in f.text or "pp" in f.text for f in per_lp)
     assert format_ms(0.0123) == "12.3" and format_ms(1.5) == "1,500" and format_ms(None) == "–"
