@@ -9,13 +9,12 @@ Runs are grouped by label (`groups`, default: each run's name); runs sharing a l
 of one configuration. The first group is the baseline; every other group is compared with it on
 each (deployment, load point) that both measured (matched by name / label).
 
-Confidence interval of a delta (95%):
-  * both sides have >= 2 repeats: Welch t-interval of the difference of the per-run means
-    (`ci_method` "t-runs"); one side with a single run: that side's variance taken as 0;
-  * one run on each side: percentile bootstrap of the difference of the statistic, resampling
-    the per-request samples of both runs independently (`ci_method` "bootstrap-requests";
-    per-token samples for ITL; attainment resamples requests, failed ones count as misses);
-  * otherwise (throughput of a single pair: one number per run) no interval ("none").
+Confidence interval of a delta (95%): `workloads.comparisons.compare_groups`, the one
+implementation the verdict and the gates use too. Each run contributes its measured requests
+(steady state, per repeat) in send order; with >= 3 runs or repeats on each side, Welch's interval
+over the per-run statistics ("repeats-welch"); otherwise the block bootstrap of the per-request
+series, which respects the correlation of queued requests ("block-bootstrap"; ITL per token);
+attainment by Newcombe's interval on effective sample sizes ("newcombe-neff").
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from infer_bench.workloads import metrics
+from infer_bench.workloads.comparisons import BY_KEY, compare_groups, measured_groups
 
 from .data import RunData, order_load_points
 from .summary import Cell, Table, format_ms, format_pct, format_value
@@ -44,92 +43,15 @@ HEADLINE: list[tuple[str, str, str, str, str | None, float | None]] = [
 DELTA_COLUMNS = ["baseline", "group", "deployment", "load_point", "metric", "baseline_value",
                  "value", "delta", "delta_rel", "ci_low", "ci_high", "ci_method",
                  "n_runs_baseline", "n_runs", "significant", "better"]
-# 0.975 quantiles of Student's t for df = 1..30
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
-
-def t975(df: float) -> float:
-    """0.975 quantile of Student's t (interpolated in df; 1.96 + 2.4/df beyond 30)."""
-    if not math.isfinite(df) or df <= 0:
-        return float("nan")
-    if df >= 30:
-        return 1.959964 + 2.4 / df if df < 1e6 else 1.959964
-    lo = max(1, int(math.floor(df)))
-    hi = min(30, lo + 1)
-    f = df - lo
-    return _T975[lo - 1] * (1 - f) + _T975[hi - 1] * f
-
-
-def welch_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """95% interval of mean(b) - mean(a) (Welch); a side with one value has variance 0."""
-    a = np.asarray([x for x in a if math.isfinite(x)], dtype=float)
-    b = np.asarray([x for x in b if math.isfinite(x)], dtype=float)
-    if not len(a) or not len(b) or len(a) + len(b) < 3:
-        return float("nan"), float("nan")
-    va = a.var(ddof=1) / len(a) if len(a) > 1 else 0.0
-    vb = b.var(ddof=1) / len(b) if len(b) > 1 else 0.0
-    d = b.mean() - a.mean()
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return d, d
-    num = (va + vb) ** 2
-    den = ((va ** 2) / (len(a) - 1) if len(a) > 1 else 0.0) + ((vb ** 2) / (len(b) - 1) if len(b) > 1 else 0.0)
-    df = num / den if den > 0 else float("inf")
-    t = t975(df)
-    return d - t * se, d + t * se
-
-
-def _boot_stat(x: np.ndarray, q: float | None, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """n_boot bootstrap replicates of the q-th percentile (None: the mean) of x."""
-    n = len(x)
-    out = np.empty(n_boot)
-    per = max(1, int(4_000_000 // max(n, 1)))
-    for s in range(0, n_boot, per):
-        m = min(per, n_boot - s)
-        samp = x[rng.integers(0, n, size=(m, n))]
-        out[s:s + m] = samp.mean(axis=1) if q is None else np.percentile(samp, q, axis=1)
+def _groups(runs: Sequence[RunData], dep: str, lp: Any) -> list:
+    """Measured requests of one deployment x load point in every run of a group (one entry per
+    run and repeat), steady state as each run's spec says."""
+    out = []
+    for r in runs:
+        ramp = float(((r.spec or {}).get("steady_state") or {}).get("ramp_fraction") or 0.0)
+        if not r.records.empty:
+            out += [grp for grp in measured_groups(r.records, dep, lp, ramp) if grp[0]]
     return out
-
-
-def bootstrap_interval(a: np.ndarray, b: np.ndarray, q: float | None, n_boot: int = 1000,
-                       seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of stat(b) - stat(a), stat = q-th percentile or mean."""
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if len(a) < 2 or len(b) < 2:
-        return float("nan"), float("nan")
-    n_boot = int(min(n_boot, max(200, 2e7 / max(len(a), len(b)))))  # bounded work
-    rng = np.random.default_rng(seed)
-    diff = _boot_stat(b, q, n_boot, rng) - _boot_stat(a, q, n_boot, rng)
-    return float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))
-
-
-def request_samples(run: RunData, dep: str, lp: Any, kind: str) -> np.ndarray:
-    """Per-request (ITL: per-token) samples of one deployment x load point."""
-    r = run.records
-    if r.empty:
-        return np.empty(0)
-    g = r[(r["deployment"] == dep) & (r["load_point"].astype(str) == str(lp))]
-    ok = g[g["error"].isna()]
-    if kind == "ttft":
-        return ok["ttft_s"].to_numpy(dtype=float)
-    if kind == "tpot":
-        return ok["tpot_s"].to_numpy(dtype=float)
-    if kind == "itl":
-        parts = [metrics.itl_per_token(t, k) for t, k in zip(ok["chunk_times_s"], ok["chunk_tokens"])]
-        return np.concatenate(parts) if parts else np.empty(0)
-    if kind == "met":
-        slo = run.slo
-        met = g["error"].isna().to_numpy() & g["ttft_s"].notna().to_numpy()
-        if isinstance(slo.get("ttft_s"), (int, float)):
-            met &= (g["ttft_s"] <= float(slo["ttft_s"])).to_numpy()
-        if isinstance(slo.get("tpot_s"), (int, float)):
-            met &= (g["tpot_s"].isna() | (g["tpot_s"] <= float(slo["tpot_s"]))).to_numpy()
-        return met.astype(float)
-    return np.empty(0)
 
 
 def _value(run: RunData, dep: str, lp: Any, key: str) -> float:
@@ -193,7 +115,9 @@ def compare_deltas(runs: Sequence[RunData], groups: Sequence[str] | None = None,
         for dep, lp in keys(members[g]):
             if (dep, str(lp)) not in [(d, str(l)) for d, l in base_keys]:
                 continue
-            for key, _, _, better, kind, q in HEADLINE:
+            ga = _groups(members[base], dep, lp)
+            gb = _groups(members[g], dep, lp)
+            for key, _, _, better, _, _ in HEADLINE:
                 va = [_value(r, dep, lp, key) for r in members[base]]
                 vb = [_value(r, dep, lp, key) for r in members[g]]
                 va = [v for v in va if math.isfinite(v)]
@@ -204,15 +128,10 @@ def compare_deltas(runs: Sequence[RunData], groups: Sequence[str] | None = None,
                 delta = b_mean - a_mean
                 lo = hi = float("nan")
                 method = "none"
-                if len(va) + len(vb) >= 3:
-                    lo, hi = welch_interval(va, vb)
-                    method = "t-runs"
-                elif kind is not None:
-                    sa = request_samples(members[base][0], dep, lp, kind)
-                    sb = request_samples(members[g][0], dep, lp, kind)
-                    lo, hi = bootstrap_interval(sa, sb, q, n_boot, seed)
-                    if math.isfinite(lo):
-                        method = "bootstrap-requests"
+                if key in BY_KEY and ga and gb:
+                    c = compare_groups(ga, gb, BY_KEY[key], name_a=base, name_b=g,
+                                       slo=members[base][0].slo or None, seed=seed)
+                    lo, hi, method = c.diff_lo, c.diff_hi, c.method
                 sig = bool(math.isfinite(lo) and (lo > 0 or hi < 0))
                 improved = None
                 if sig:

@@ -396,9 +396,10 @@ def render_compare(dirs: Sequence[str | Path], out_path: str | Path,
                      + ("Repeats (runs with the same label): "
                         + ", ".join(f"{g} ×{n}" for g, n in reps.items()) + ". "
                         if any(n > 1 for n in reps.values()) else "")
-                     + "With repeats on both sides the 95% interval is a Welch t-interval of the "
-                       "per-run values; with one run each it is a bootstrap of the per-request "
-                       "samples."),
+                     + "With 3 or more repeats on both sides the 95% interval is a Welch "
+                       "t-interval of the per-run values; otherwise a block bootstrap of the "
+                       "per-request samples in send order (queued requests are correlated); "
+                       "attainment by Newcombe's interval. The same statistics as the verdict."),
             note=note, tables=[table] if table is not None and table.rows else []))
     meta = [("runs", str(len(runs))), ("requests", f"{len(records):,}")]
     ctx = dict(

@@ -452,31 +452,26 @@ def test_record_strings_escaped(report_text, run_dir):
 
 
 def test_compare_deltas_repeats_and_pairs(tmp_path):
-    from infer_bench.reports.compare import (bootstrap_interval, compare_deltas, t975,
-                                             welch_interval)
-    assert t975(1) == pytest.approx(12.706) and t975(1e9) == pytest.approx(1.96, abs=1e-3)
-    lo, hi = welch_interval([1.0, 1.2, 0.9], [2.0, 2.1, 1.8])
-    assert 0 < lo < 0.9 < hi
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(1.0, 0.1, 400), rng.normal(1.05, 0.1, 400)
-    lo, hi = bootstrap_interval(a, b, 50, n_boot=400)
-    assert lo < 0.05 < hi and hi - lo < 0.1
-    # repeats: 2 runs of A, 2 of B (same spec names -> grouped by name by default)
+    from infer_bench.reports.compare import compare_deltas
+    # repeats: 3 runs of A, 3 of B (same spec names -> grouped by name by default): Welch over runs
     dirs = [make_results_dir(tmp_path / f"{g}{i}", n_deployments=2, n_load_points=1,
                              n_requests=12, seed=7 * i + (g == "B"), name=g)
-            for g in "AB" for i in range(2)]
+            for g in "AB" for i in range(3)]
     runs = [load_run(d) for d in dirs]
     deltas = compare_deltas(runs)
-    assert set(deltas["ci_method"]) <= {"t-runs"} and len(deltas)
-    assert (deltas["n_runs"] == 2).all() and (deltas["baseline"] == "A").all()
+    meth = dict(zip(deltas["metric"], deltas["ci_method"]))
+    assert meth["ttft_p90_s"] == "repeats-welch" and meth["slo_attainment"] == "newcombe-neff"
+    assert (deltas["n_runs"] == 3).all() and (deltas["baseline"] == "A").all()
     assert {"ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "itl_p99_s", "request_throughput_rps",
             "slo_attainment"} <= set(deltas["metric"])
-    ok = deltas.dropna(subset=["ci_low"])
-    assert ((ok["ci_low"] <= ok["delta"] + 1e-12) & (ok["delta"] <= ok["ci_high"] + 1e-12)).all()
-    # one run each: bootstrap of per-request samples (throughput has no CI)
-    pair = compare_deltas(runs[:1] + runs[2:3])
+    # one run each: the block bootstrap of per-request samples, throughput included
+    pair = compare_deltas(runs[:1] + runs[3:4])
     meth = dict(zip(pair["metric"], pair["ci_method"]))
-    assert meth["ttft_p90_s"] == "bootstrap-requests" and meth["request_throughput_rps"] == "none"
+    assert meth["ttft_p90_s"] == "block-bootstrap" and meth["request_throughput_rps"] == "block-bootstrap"
+    # A/A: a run against itself is never a significant difference
+    same = compare_deltas([runs[0], runs[0]], groups=["x", "y"])
+    assert len(same) and not same["significant"].any()
+    dirs = dirs[:2] + dirs[3:5]
     out = render_compare(dirs, tmp_path / "rep.html").read_text(encoding="utf-8")
     assert 'id="deltas"' in out and "Differences vs A" in out and "A ×2, B ×2" in out
     assert "CI [" in out and MALICIOUS not in _page_without_plotly(out)

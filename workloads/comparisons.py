@@ -13,8 +13,8 @@ The figures (`HEADLINE`): TTFT p50/p90/p99 and E2E p90 counted from the INTENDED
 loop: a late client cannot hide queueing; closed loop: the same as from the actual send), TPOT
 p90 (per request), ITL p99 (per token: the tokens of the requests in send order form the series,
 so a stall that hits the concurrent requests together stays inside one block), output throughput
-(each measured request's output tokens x n / window: the mean is tokens per second; failed
-requests give 0), joint SLO attainment (per-request hits; failed requests miss).
+and request throughput (each measured request's output tokens, or 1, x n / window: the mean is
+tokens or requests per second; failed requests give 0), joint SLO attainment (per-request hits; failed requests miss).
 """
 
 from __future__ import annotations
@@ -41,10 +41,12 @@ HEADLINE: tuple[Headline, ...] = (
     Headline("ttft_p50_s", "TTFT p50", "ttft", "p50"),
     Headline("ttft_p90_s", "TTFT p90", "ttft", "p90"),
     Headline("ttft_p99_s", "TTFT p99", "ttft", "p99"),
+    Headline("tpot_p50_s", "TPOT p50", "tpot", "p50"),
     Headline("tpot_p90_s", "TPOT p90", "tpot", "p90"),
     Headline("itl_p99_s", "ITL p99", "itl", "p99"),
     Headline("e2e_p90_s", "E2E p90", "e2e", "p90"),
     Headline("output_throughput_tps", "output throughput", "throughput", "mean", False),
+    Headline("request_throughput_rps", "request throughput", "requests", "mean", False),
     Headline("slo_attainment", "SLO attainment", "attainment", "mean", False),
 )
 BY_KEY = {h.key: h for h in HEADLINE}
@@ -104,12 +106,13 @@ def series(group: tuple[list[dict], tuple | None], kind: str, slo: Any = None) -
         return np.asarray(out, dtype=float)
     if kind == "attainment":
         return np.asarray([1.0 if all(metrics.slo_checks(r, slo)) else 0.0 for r in rows])
-    if kind == "throughput":
+    if kind in ("throughput", "requests"):
         dur = (win[1] - win[0]) if win else 0.0
         if not rows or dur <= 0:
             return np.asarray([], dtype=float)
         scale = len(rows) / dur
-        return np.asarray([0.0 if metrics.is_failed(r) else _num(r.get("n_output")) * scale
+        return np.asarray([0.0 if metrics.is_failed(r) else
+                           (_num(r.get("n_output")) if kind == "throughput" else 1.0) * scale
                            for r in rows], dtype=float)
     col = {"ttft": ("ttft_from_intended_s", "ttft_s"), "e2e": ("e2e_from_intended_s", "e2e_s"),
            "tpot": ("tpot_s",)}[kind]
