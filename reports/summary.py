@@ -195,4 +195,5 @@ def goodputs(summary: pd.DataFrame, target: float = 0.9) -> dict[str, Goodput]:
 @dataclass
 class Finding:
     text: str
-    metric: str = ""     # "goodput" or "p90" (per load point); "" for a remark
+    metric: str = ""     # goodput, load_point, sample_size, omission; "" for a remark
+    winners: tuple = ()  # (figure, deployment) pairs named as significantly better

@@ -119,7 +119,8 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
         if tied:
             bits.append("no significant difference in "
                         + ", ".join(f"{C.BY_KEY[c.metric].label} ({_tie_width(c)})" for c in tied))
-        out.append(Finding(f"At {label}: " + "; ".join(bits) + ".", metric="load_point"))
+        out.append(Finding(f"At {label}: " + "; ".join(bits) + ".", metric="load_point",
+                           winners=tuple((c.metric, c.better) for c in won)))
         for c in cs:
             h = C.BY_KEY[c.metric]
             if h.stat == "p99" and min(c.n_a, c.n_b) > 0 and \
@@ -142,6 +143,14 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
                            "percentile, so these figures rest on the few slowest requests.",
                            metric="sample_size"))
     out.extend(_omission_findings(summary, lp_labels))
+    if any(f.metric == "load_point" for f in out):
+        each = 1 - 0.05 / len(VERDICT_KEYS)
+        out.append(Finding(
+            f"How to read this: at each load point the {len(VERDICT_KEYS)} figures are one family "
+            f"at 95% confidence (each interval at {each:.1%}, Bonferroni), so two identical "
+            "deployments get a winner on any of them at most 5% of the time; \"±x%\" is the "
+            "largest difference the data cannot rule out. Latencies are counted from the "
+            "intended send time.", metric="method"))
     if len(present) > 2:
         out.append(Finding(f"The verdict compares {a} and {b}; {', '.join(present[2:])} "
                            "appear in the tables and figures only."))

@@ -199,7 +199,7 @@ def test_summary_table_and_verdict(run_dir):
     # past mono-2w's capacity (4 req/s) the other deployment's TTFT is far lower: a winner with
     # its interval; at low load the noise of 15 requests hides the fixture's 15% difference, and
     # the verdict says so instead of naming a winner from point estimates
-    assert "TTFT p90: " in per_lp[-1].text and "% lower (95% CI" in per_lp[-1].text
+    assert "TTFT p90: " in per_lp[-1].text and "% lower (99.3% CI" in per_lp[-1].text
     assert any("no significant difference in TTFT p50 (±" in f.text for f in per_lp[:2])
     assert all("no significant difference" in f.text or "% lower" in f.text
                or "% higher" in f.text or "pp" in f.text for f in per_lp)

@@ -13,8 +13,8 @@ The figures (`HEADLINE`): TTFT p50/p90/p99 and E2E p90 counted from the INTENDED
 loop: a late client cannot hide queueing; closed loop: the same as from the actual send), TPOT
 p90 (per request), ITL p99 (per token: the tokens of the requests in send order form the series,
 so a stall that hits the concurrent requests together stays inside one block), output throughput
-and request throughput (each measured request's output tokens, or 1, x n / window: the mean is
-tokens or requests per second; failed requests give 0), joint SLO attainment (per-request hits; failed requests miss).
+and request throughput (the steady-state window cut into equal time bins, each bin's tokens or
+completed requests per second: their mean is the throughput, their spread over time its noise), joint SLO attainment (per-request hits; failed requests miss).
 """
 
 from __future__ import annotations
@@ -107,13 +107,7 @@ def series(group: tuple[list[dict], tuple | None], kind: str, slo: Any = None) -
     if kind == "attainment":
         return np.asarray([1.0 if all(metrics.slo_checks(r, slo)) else 0.0 for r in rows])
     if kind in ("throughput", "requests"):
-        dur = (win[1] - win[0]) if win else 0.0
-        if not rows or dur <= 0:
-            return np.asarray([], dtype=float)
-        scale = len(rows) / dur
-        return np.asarray([0.0 if metrics.is_failed(r) else
-                           (_num(r.get("n_output")) if kind == "throughput" else 1.0) * scale
-                           for r in rows], dtype=float)
+        return _rate_bins(rows, win, tokens=kind == "throughput")
     col = {"ttft": ("ttft_from_intended_s", "ttft_s"), "e2e": ("e2e_from_intended_s", "e2e_s"),
            "tpot": ("tpot_s",)}[kind]
     vals = []
@@ -128,8 +122,42 @@ def series(group: tuple[list[dict], tuple | None], kind: str, slo: Any = None) -
     return np.asarray(vals, dtype=float)
 
 
+def _rate_bins(rows: list[dict], win: tuple | None, tokens: bool) -> np.ndarray:
+    """Throughput as a time series: the window cut into equal bins (5-20, ~4 requests each), each
+    bin's output tokens (or completed requests) per second. Their mean is the window's
+    throughput; their spread is how much it varies over the run (a per-request view would see
+    none: with fixed output lengths every request carries the same tokens)."""
+    if not win or win[1] <= win[0] or not rows:
+        return np.asarray([], dtype=float)
+    lo, hi = float(win[0]), float(win[1])
+    k = int(min(20, max(5, len(rows) // 4)))
+    edges = np.linspace(lo, hi, k + 1)
+    counts = np.zeros(k)
+    for r in rows:
+        if metrics.is_failed(r):
+            continue
+        if tokens:
+            times = np.asarray(list(r.get("chunk_times_s") or []), dtype=float)
+            toks = np.asarray(list(r.get("chunk_tokens") or []), dtype=float)
+            if not len(times):
+                continue
+            total, n_out = toks.sum(), _num(r.get("n_output"))
+            if total > 0 and math.isfinite(n_out) and n_out > total:
+                toks = toks * (n_out / total)
+        else:
+            last = _num(r.get("last_token_s"))
+            if not math.isfinite(last):
+                continue
+            times, toks = np.asarray([last]), np.asarray([1.0])
+        inside = (times >= lo) & (times <= hi)
+        idx = np.clip(np.searchsorted(edges, times[inside], side="right") - 1, 0, k - 1)
+        np.add.at(counts, idx, toks[inside])
+    return counts / ((hi - lo) / k)
+
+
 def compare_groups(groups_a, groups_b, headline: Headline, *, name_a: str, name_b: str,
-                   slo: Any = None, seed: int = 0) -> stats.Comparison:
+                   slo: Any = None, seed: int = 0,
+                   confidence: float = stats.CONFIDENCE) -> stats.Comparison:
     """B against A on one headline figure; groups: `measured_groups` of each side (one per
     repeat or run)."""
     if headline.kind == "attainment":
@@ -139,13 +167,15 @@ def compare_groups(groups_a, groups_b, headline: Headline, *, name_a: str, name_
             nan = float("nan")
             return stats.Comparison(headline.key, name_a, name_b, nan, nan, nan, nan, nan, nan,
                                     nan, nan, "none", len(ha), len(hb), False, None, False,
-                                    scale="points", note="no requests on a side")
+                                    confidence=confidence, scale="points",
+                                    note="no requests on a side")
         return stats.compare_attainment(ha, hb, metric=headline.key, name_a=name_a,
-                                        name_b=name_b)
+                                        name_b=name_b, confidence=confidence)
     ra = [series(g, headline.kind, slo) for g in groups_a]
     rb = [series(g, headline.kind, slo) for g in groups_b]
     return stats.compare_runs(ra, rb, headline.stat, metric=headline.key, name_a=name_a,
-                              name_b=name_b, lower_is_better=headline.lower_is_better, seed=seed)
+                              name_b=name_b, lower_is_better=headline.lower_is_better, seed=seed,
+                              confidence=confidence)
 
 
 def oriented(c: stats.Comparison, groups: Mapping[str, list], headline: Headline, slo: Any = None,
@@ -154,15 +184,19 @@ def oriented(c: stats.Comparison, groups: Mapping[str, list], headline: Headline
     the sides swapped when A won."""
     if c.significant and c.better == c.a:
         return compare_groups(groups[c.b], groups[c.a], headline, name_a=c.b, name_b=c.a,
-                              slo=slo, seed=seed)
+                              slo=slo, seed=seed, confidence=c.confidence)
     return c
 
 
 def compare_load_point(records, deployments: Sequence[str], load_point: Any, *, slo: Any = None,
                        ramp_fraction: float = 0.0, keys: Iterable[str] | None = None,
-                       seed: int = 0) -> list[stats.Comparison]:
+                       seed: int = 0, family_confidence: float = stats.CONFIDENCE
+                       ) -> list[stats.Comparison]:
     """Every headline figure at one load point, the second deployment against the first (the
-    winner named as B where there is one). Deployments with no measured request are skipped."""
+    winner named as B where there is one). Deployments with no measured request are skipped.
+    The figures form one family: each interval is at 1 - (1 - family_confidence) / m
+    (Bonferroni over the m figures), so that two identical deployments get a winner on ANY of
+    them at most 5% of the time, not ~5% per figure."""
     if len(deployments) < 2:
         return []
     a, b = deployments[0], deployments[1]
@@ -170,9 +204,12 @@ def compare_load_point(records, deployments: Sequence[str], load_point: Any, *, 
     if not any(g for g, _ in groups[a]) or not any(g for g, _ in groups[b]):
         return []
     out = []
-    for key in (keys or [h.key for h in HEADLINE]):
+    keys = list(keys or [h.key for h in HEADLINE])
+    each = 1.0 - (1.0 - family_confidence) / max(1, len(keys))
+    for key in keys:
         h = BY_KEY[key]
-        c = compare_groups(groups[a], groups[b], h, name_a=a, name_b=b, slo=slo, seed=seed)
+        c = compare_groups(groups[a], groups[b], h, name_a=a, name_b=b, slo=slo, seed=seed,
+                           confidence=each)
         out.append(oriented(c, groups, h, slo, seed))
     return out
 

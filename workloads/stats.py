@@ -793,7 +793,7 @@ def describe(c: Comparison) -> str:
     """One phrase for a comparison: "B 23% lower (95% CI 12–31%)" / "no significant difference
     (±8%)" (±: half-width of the ratio interval around 1); proportions in percentage points:
     "B 12.0 pp higher (95% CI 3.1–20.5 pp)" / "no significant difference (±6.0 pp)"."""
-    conf = f"{c.confidence * 100:.0f}% CI"
+    conf = f"{c.confidence * 100:.3g}% CI"
     if c.scale == "points":
         if not (math.isfinite(c.diff_lo) and math.isfinite(c.diff_hi)):
             return "no interval"

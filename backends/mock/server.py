@@ -12,6 +12,10 @@ did. Behaviour for a streamed request received at t_r:
 - every `fail_every`-th request (1-based count) gets HTTP `fail_status`; with `stream_error_after`
   set, every `stream_error_every`-th request streams that many chunks then an {"error": ...} event;
   `disconnect_after` chunks: the connection is dropped without [DONE];
+- `ttft_sigma` > 0: ttft_s is multiplied per request by a seeded lognormal factor; with
+  `serial_prefill` first tokens are produced one request at a time (a one-server queue), so
+  TTFT includes the wait behind earlier requests and neighbours' latencies are correlated, as on
+  a loaded engine (used by the verdict's A/A and A/B tests);
 - `usage_delta`: usage.completion_tokens is reported that much off the truth (a server that lies
   about its token counts, for the client's cross-check);
 - the schedule is absolute (no drift); all streams share one timer (`mock_http.Ticker`: chunks
@@ -42,6 +46,8 @@ import argparse
 import asyncio
 import gc
 import json
+import math
+import random
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -70,6 +76,9 @@ class MockConfig:
     server_timing: dict | None = None
     model: str = "mock-model"
     usage_delta: int = 0
+    ttft_sigma: float = 0.0                # > 0: each request's TTFT is ttft_s * lognormal(0, sigma)
+    serial_prefill: bool = False           # first tokens one at a time: TTFT includes queueing
+    seed: int = 0                          # of the TTFT jitter
 
 
 @dataclass
@@ -121,6 +130,21 @@ class _MockApp:
         self.log = log
         self.ticker = ticker
         self.count = 0
+        self.rng = random.Random(cfg.seed)
+        self.busy_until = 0.0               # serial_prefill: when the "prefill" in progress ends
+
+    def first_token_delay(self, t_recv: float) -> float:
+        """Seconds from receipt to the first chunk: ttft_s, optionally lognormal-jittered, and
+        with `serial_prefill` behind the requests still in their "prefill" (a one-server queue,
+        so latencies of requests close in time are correlated, as on a real engine)."""
+        cfg = self.cfg
+        service = cfg.ttft_s * (math.exp(self.rng.gauss(0.0, cfg.ttft_sigma))
+                                if cfg.ttft_sigma > 0 else 1.0)
+        if not cfg.serial_prefill:
+            return service
+        start = max(t_recv, self.busy_until)
+        self.busy_until = start + service
+        return self.busy_until - t_recv
 
     def __call__(self, conn: ServerConn, req: Request) -> None:
         path = req.path
@@ -246,7 +270,8 @@ class _MockApp:
                 final["infer_bench"] = cfg.server_timing
             tail = event(final)
         tail += event(b"[DONE]")
-        targets = [t_recv + cfg.ttft_s + j * k * cfg.token_delay_s for j in range(len(sizes))]
+        first = self.first_token_delay(t_recv)
+        targets = [t_recv + first + j * k * cfg.token_delay_s for j in range(len(sizes))]
         error_at = (cfg.stream_error_after if cfg.stream_error_every
                     and n % cfg.stream_error_every == 0 else None)
         drop_at = (cfg.disconnect_after if cfg.disconnect_every
@@ -325,6 +350,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--usage-delta", type=int, default=0,
                    help="report usage.completion_tokens this far off the truth")
     p.add_argument("--fail-every", type=int, default=0, help="every N-th request gets HTTP 500")
+    p.add_argument("--ttft-sigma", type=float, default=0.0,
+                   help="lognormal jitter of each request's TTFT (sigma of the log)")
+    p.add_argument("--serial-prefill", action="store_true",
+                   help="first tokens one request at a time: TTFT includes queueing")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TTFT jitter")
     return p
 
 
@@ -332,7 +362,8 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return dict(ttft_s=args.ttft_ms / 1e3, token_delay_s=args.token_delay_ms / 1e3,
                 tokens_per_chunk=args.tokens_per_chunk, output_tokens=args.output_tokens,
                 include_token_ids=args.include_token_ids, usage_delta=args.usage_delta,
-                fail_every=args.fail_every)
+                fail_every=args.fail_every, ttft_sigma=args.ttft_sigma,
+                serial_prefill=args.serial_prefill, seed=args.seed)
 
 
 async def serve(host: str = "127.0.0.1", port: int = 8100, *, ready=None,
