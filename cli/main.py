@@ -34,6 +34,7 @@ err_console = Console(stderr=True)
 
 @app.command()
 def run(
+    ctx: typer.Context,
     model: str = typer.Option("smollm2-135m", help="Engine model: registry name, HF dir, .gguf file or hub id."),
     url: Optional[str] = typer.Option(None, help="Benchmark an external OpenAI-compatible server instead of the engine."),
     served_model: Optional[str] = typer.Option(None, help="Model name to send to --url (default: first of /v1/models)."),
@@ -60,12 +61,23 @@ def run(
     tokenizer: Optional[str] = typer.Option(None, help="Local tokenizer/model dir for exact prompt lengths (default: the engine model's)."),
     bisect: Optional[str] = typer.Option(None, help="Goodput search instead of --rates: LO:HI[:ITERATIONS] req/s (see `sweep`)."),
     workers: int = typer.Option(1, min=1, help="Client processes: shard each load point's client over N processes (send times precomputed) for rates one process cannot drive precisely (see `selftest`)."),
+    repeats: int = typer.Option(1, min=1, help="Measure every load point this many times (fresh prompts each); 3+ gives intervals over repeats."),
+    interleave: bool = typer.Option(True, "--interleave/--sequential", help="Interleave load points across deployments (A B, B A, ...; all alive at once) or run one deployment after another."),
+    steady_state: float = typer.Option(0.1, min=0.0, max=0.5, help="Share of each load point's send span left out of percentiles and attainment as ramp-up (0: keep every request)."),
+    pin_cores: bool = typer.Option(True, "--pin-cores/--no-pin-cores", help="Pin each engine deployment to the cores its chips count, the client to spare cores."),
+    check: Optional[list[str]] = typer.Option(None, "--check", help="Pass/fail gate, repeatable: [DEP:]METRIC OP VALUE[UNIT], e.g. 'ttft_p90<2s', 'attainment>=0.9'. Exit code 3 when one fails."),
 ):
     """Run the same workload against each deployment and write a results dir with report.html.
 
+    With no workload flags (and no --url) it runs the default scenarios, short chat prompts and
+    long prompts with a tight TPOT SLO, where mono and disaggregated serving are expected to win
+    different figures; each scenario gets its own results dir and an index report.html.
+    Exit codes: 0 ok, 1 run incomplete, 2 bad flags, 3 a --check failed, 130 interrupted.
+
     \b
-    Example: infer-bench run --rates 0.5,1 --num-requests 16
-    Example: infer-bench run --url http://127.0.0.1:8000 --rates 2,4
+    Example: infer-bench run
+    Example: infer-bench run --rates 0.5,1 --num-requests 16 --repeats 3
+    Example: infer-bench run --url http://127.0.0.1:8000 --rates 2,4 --check 'ttft_p90<2s'
     """
     from . import run_cmd
 
@@ -96,7 +108,16 @@ def run(
     for m in modes:
         if m not in ("mono", "disagg"):
             raise errors.UserError(f"unknown deployment {m!r}: use mono or disagg")
+    from click.core import ParameterSource
+
+    shaping = ("rates", "concurrency", "num_requests", "input_len", "output_len", "workload",
+               "dataset", "shared_prefix_len", "slo_ttft", "slo_tpot", "bisect", "url", "arrival",
+               "burstiness", "endpoint")
+    scenarios = all(ctx.get_parameter_source(p) in (ParameterSource.DEFAULT, None)
+                    for p in shaping)
     run_cmd.run(
+        scenarios=scenarios, repeats=repeats, interleave=interleave, steady_state=steady_state,
+        pin_cores=pin_cores, checks=check or [],
         console=console, model=model, url=url, served_model=served_model, api_key=api_key,
         modes=modes, threads=threads, rates=rate_list, concurrency=conc_list,
         num_requests=num_requests, input_len=input_len, output_len=output_len, endpoint=endpoint,
@@ -165,6 +186,7 @@ def report(
     results_dir: Path = typer.Argument(..., help="A results dir written by `infer-bench run`."),
     out: Optional[Path] = typer.Option(None, help="Where to write the HTML (default: DIR/report.html)."),
     format: Optional[str] = typer.Option(None, "--format", help="Also export the summary: csv, json or csv,json (into DIR)."),
+    check: Optional[list[str]] = typer.Option(None, "--check", help="Pass/fail gate on the results, repeatable (see `run --check`); exit code 3 when one fails."),
 ):
     """Re-render report.html from a results dir (predicting its load points first when it has no
     predictions.json yet).
@@ -183,6 +205,9 @@ def report(
     if format:
         for p in export_summary(results_dir, results_dir, formats=format):
             console.print(f"export: {p}")
+    if check:
+        from . import run_cmd
+        run_cmd.apply_checks(console, [results_dir], check)
 
 
 @app.command()
@@ -190,11 +215,15 @@ def compare(
     results_dirs: list[Path] = typer.Argument(..., help="Two or more results dirs."),
     out: Path = typer.Option(Path("compare.html"), help="Where to write the comparison HTML."),
     format: Optional[str] = typer.Option(None, "--format", help="Also export summaries and deltas: csv, json or csv,json (next to --out, named after it: OUT-summary.csv, OUT-deltas.csv)."),
+    fail_if_worse: bool = typer.Option(False, "--fail-if-worse", help="Exit 4 when a run is significantly worse than the first on any headline figure (an insignificant change never fails)."),
 ):
     """Put several runs side by side in one HTML file.
 
+    Exit codes: 0 ok, 2 bad arguments, 4 --fail-if-worse found a significant regression.
+
     \b
     Example: infer-bench compare results/run-a results/run-b --out compare.html
+    Example: infer-bench compare results/base results/new --fail-if-worse
     """
     from infer_bench.reports import export_summary, render_compare
 
@@ -208,6 +237,21 @@ def compare(
     if format:
         for p in export_summary(results_dirs, out.parent, formats=format, name=out.stem):
             console.print(f"export: {p}")
+    if fail_if_worse:
+        from infer_bench.reports.compare import compare_deltas, regressions
+        from infer_bench.reports.data import load_run
+        from infer_bench.workloads.gates import EXIT_REGRESSION
+
+        worse = regressions(compare_deltas([load_run(d) for d in results_dirs]))
+        for r in worse.to_dict("records"):
+            console.print(f"[red]regression[/red] {r['group']} vs {r['baseline']}: "
+                          f"{r['deployment']} @ {r['load_point']} {r['metric']} "
+                          f"{r['baseline_value']:.4g} -> {r['value']:.4g} "
+                          f"(interval of the change {r['ci_low']:.4g}..{r['ci_high']:.4g}, 95% over the figures together)",
+                          highlight=False)
+        if len(worse):
+            raise typer.Exit(EXIT_REGRESSION)
+        console.print("no significant regression")
 
 
 @app.command()

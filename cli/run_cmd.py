@@ -113,16 +113,16 @@ def print_summary(console: Console, results_dir: Path) -> None:
     console.print(table)
 
 
-def run(*, console: Console, model, url, served_model, api_key, modes, threads, rates, concurrency,
+def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
+        steady_state: float = 0.1, pin_cores: bool = True, checks=(), console: Console, model, url, served_model, api_key, modes, threads, rates, concurrency,
         num_requests, input_len, output_len, endpoint, seed, slo_ttft,
         workload="synthetic", dataset=None, shared_prefix_len=0, arrival="poisson", burstiness=1.0, slo_tpot, warmup, timeout,
         out, tokenizer=None, bisect=None, workers: int = 1) -> None:
     from infer_bench.backends.launch import EngineDeploymentSpec, ExternalDeploymentSpec
-    from infer_bench.reports.html import render_report
     from infer_bench.workloads import runner
-    from infer_bench.workloads.planning.predict import write_predictions
     from infer_bench.workloads.spec import SLO, WorkloadSpec
 
+    parse_checks(checks)                       # bad --check: one line before anything runs
     out = Path(out) if out else Path("results") / time.strftime("run-%Y%m%d-%H%M%S")
     if url:
         deployments = [ExternalDeploymentSpec(name="external", url=url, model=served_model, api_key=api_key)]
@@ -156,14 +156,34 @@ def run(*, console: Console, model, url, served_model, api_key, modes, threads, 
     else:
         load_points = runner.default_load_points(rates or ([0.5, 1.0] if not concurrency else None), concurrency,
                                                  seed, kind=arrival, burstiness=burstiness)
-    spec = runner.RunSpec(
-        deployments=deployments,
-        workload=wl,
-        load_points=load_points,
-        slo=SLO(ttft_s=slo_ttft, tpot_s=slo_tpot), out_dir=out, warmup_requests=warmup,
-        timeout_s=timeout, tokenizer_path=tok_path, name=out.name, bisect=bisect,
-        client_workers=int(workers),
-    )
+    common = dict(deployments=deployments, out_dir=out, warmup_requests=warmup,
+                  timeout_s=timeout, tokenizer_path=tok_path, bisect=bisect,
+                  client_workers=int(workers), repeats=int(repeats), interleave=interleave,
+                  steady_state_ramp=float(steady_state), pin_cores=pin_cores)
+    if scenarios:
+        dirs = run_scenarios(console, common, seed=seed, endpoint=endpoint)
+    else:
+        spec = runner.RunSpec(workload=wl, load_points=load_points,
+                              slo=SLO(ttft_s=slo_ttft, tpot_s=slo_tpot), name=out.name, **common)
+        execute(console, spec)
+        dirs = [out]
+    if checks:
+        apply_checks(console, dirs, checks)
+    for d in dirs:
+        run_info = _read_run_info(d)
+        if run_info.get("status") == "incomplete":
+            why = "; ".join(f"{k}: {v}" for k, v in (run_info.get("deployment_failures") or {}).items())
+            raise RunIncomplete(f"run incomplete ({why or 'see run.json'}); what was measured is in {d}")
+
+
+def execute(console: Console, spec) -> Path:
+    """Run one RunSpec with progress bars, then predict, print the summary and render the
+    report (also after Ctrl-C, which is re-raised once the report is written)."""
+    from infer_bench.reports.html import render_report
+    from infer_bench.workloads import runner
+    from infer_bench.workloads.planning.predict import write_predictions
+
+    out = Path(spec.out_dir)
     obs = ProgressObserver(console)
     interrupted = False
     try:
@@ -174,17 +194,64 @@ def run(*, console: Console, model, url, served_model, api_key, modes, threads, 
     finally:
         obs.close()
     if (out / "requests.parquet").exists():
-        print_summary(console, out)
         write_predictions(out)
+        print_summary(console, out)
         path = render_report(out)
         console.print(f"results: {out}")
         console.print(f"report:  [bold]{path}[/bold]")
     if interrupted:
         raise KeyboardInterrupt
-    run_info = _read_run_info(out)
-    if run_info.get("status") == "incomplete":
-        why = "; ".join(f"{k}: {v}" for k, v in (run_info.get("deployment_failures") or {}).items())
-        raise RunIncomplete(f"run incomplete ({why or 'see run.json'}); what was measured is in {out}")
+    return out
+
+
+def run_scenarios(console: Console, common: dict, *, seed: int, endpoint: str) -> list[Path]:
+    """The default run: every scenario of workloads/scenarios.py as its own results dir under
+    `common["out_dir"]`, then the index report (reports/scenarios.py) beside them."""
+    from dataclasses import replace
+
+    from infer_bench.reports.scenarios import render_scenarios
+    from infer_bench.workloads import runner
+    from infer_bench.workloads.scenarios import default_scenarios, estimate_seconds
+
+    out = Path(common["out_dir"])
+    scs = default_scenarios(seed)
+    est = estimate_seconds(scs, len(common["deployments"]), repeats=common["repeats"])
+    console.print(f"default run: {len(scs)} scenarios ({', '.join(s.name for s in scs)}) x "
+                  f"{len(common['deployments'])} deployments, about {est / 60:.0f} min "
+                  "(give --rates or other workload flags for a single custom run)")
+    dirs = []
+    for sc in scs:
+        console.rule(f"{sc.name}: {sc.title}")
+        spec = runner.RunSpec(**{**common, "out_dir": out / sc.name},
+                              workload=replace(sc.workload, endpoint=endpoint),
+                              load_points=sc.load_points, slo=sc.slo, name=sc.name,
+                              scenario=sc.to_dict())
+        dirs.append(execute(console, spec))
+    path = render_scenarios(out, dirs)
+    console.print(f"index report: [bold]{path}[/bold]")
+    return dirs
+
+
+def parse_checks(checks) -> list:
+    from infer_bench.workloads.gates import CheckError, parse_check
+
+    try:
+        return [parse_check(c) for c in checks or []]
+    except CheckError as e:
+        raise UserError(str(e)) from None
+
+
+def apply_checks(console: Console, dirs, checks) -> None:
+    """Evaluate the --check gates on the results dirs; print a line each; exit 3 if one fails."""
+    import typer
+
+    from infer_bench.workloads.gates import EXIT_CHECK_FAILED, check_results
+
+    results = check_results(dirs, parse_checks(checks))
+    for r in results:
+        console.print(("[green]" if r.passed else "[red]") + r.line() + "[/]", highlight=False)
+    if not all(r.passed for r in results):
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 class RunIncomplete(Exception):

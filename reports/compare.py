@@ -14,7 +14,10 @@ implementation the verdict and the gates use too. Each run contributes its measu
 (steady state, per repeat) in send order; with >= 3 runs or repeats on each side, Welch's interval
 over the per-run statistics ("repeats-welch"); otherwise the block bootstrap of the per-request
 series, which respects the correlation of queued requests ("block-bootstrap"; ITL per token);
-attainment by Newcombe's interval on effective sample sizes ("newcombe-neff").
+attainment by Newcombe's interval on effective sample sizes ("newcombe-neff"). The headline
+figures of one deployment x load point form one 95% family (Bonferroni: each interval at
+1 - 0.05/7), so a run compared with an identical one shows a significant change on any of them
+at most 5% of the time.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ HEADLINE: list[tuple[str, str, str, str, str | None, float | None]] = [
     ("request_throughput_rps", "Throughput", "req/s", "higher", None, None),
     ("slo_attainment", "SLO attained", "%", "higher", "met", None),
 ]
+# The headline figures of one deployment x load point are one family at 95% (Bonferroni), as in
+# the verdict: comparing a run with an identical one flags a change on any of them <= 5% of the time.
+EACH = 1.0 - 0.05 / len(HEADLINE)
 DELTA_COLUMNS = ["baseline", "group", "deployment", "load_point", "metric", "baseline_value",
                  "value", "delta", "delta_rel", "ci_low", "ci_high", "ci_method",
                  "n_runs_baseline", "n_runs", "significant", "better"]
@@ -130,7 +136,8 @@ def compare_deltas(runs: Sequence[RunData], groups: Sequence[str] | None = None,
                 method = "none"
                 if key in BY_KEY and ga and gb:
                     c = compare_groups(ga, gb, BY_KEY[key], name_a=base, name_b=g,
-                                       slo=members[base][0].slo or None, seed=seed)
+                                       slo=members[base][0].slo or None, seed=seed,
+                                       confidence=EACH)
                     lo, hi, method = c.diff_lo, c.diff_hi, c.method
                 sig = bool(math.isfinite(lo) and (lo > 0 or hi < 0))
                 improved = None
@@ -205,3 +212,11 @@ def deltas_table(deltas: pd.DataFrame, lp_labels: dict | None = None) -> Table:
                     row.append(Cell(text, sub=sub, sub2=sub2, cls=cls))
                 t.rows.append(row)
     return t
+
+
+def regressions(deltas: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `compare_deltas` that are significant changes for the worse (what
+    `infer-bench compare --fail-if-worse` fails on); insignificant changes never count."""
+    if deltas is None or deltas.empty:
+        return pd.DataFrame(columns=DELTA_COLUMNS)
+    return deltas[deltas["significant"].astype(bool) & (deltas["better"] == False)]  # noqa: E712

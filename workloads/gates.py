@@ -143,3 +143,36 @@ def evaluate(checks: Sequence[Check], summary_rows: Sequence[Mapping[str, Any]],
         out.append(CheckResult(check=c, passed=bool(rows) and all(r["passed"] for r in rows),
                                rows=rows))
     return out
+
+
+def check_results(results_dirs, checks: Sequence[Check], target: float = 0.9) -> list[CheckResult]:
+    """Evaluate `checks` on one or more results dirs (a default run's scenarios: every row of
+    every dir must pass; deployments are named `scenario/deployment` when there are several)."""
+    from pathlib import Path
+
+    from .results import compute_goodput, load_results
+
+    rows: list[dict] = []
+    gps: dict[str, float | None] = {}
+    dirs = [Path(d) for d in results_dirs]
+    for d in dirs:
+        res = load_results(d)
+        prefix = f"{d.name}/" if len(dirs) > 1 else ""
+        s = res.summary
+        if s is None or not len(s):
+            continue
+        for r in s.to_dict("records"):
+            rows.append({**r, "deployment": prefix + str(r["deployment"])})
+        for dep, g in compute_goodput(s, target).items():
+            gps[prefix + dep] = g
+    if len(dirs) > 1:     # "mono:..." matches the deployment in every scenario
+        out = []
+        for c in checks:
+            if c.deployment is None or "/" in c.deployment:
+                out += evaluate([c], rows, gps)
+            else:
+                sub = [r for r in rows if str(r["deployment"]).split("/", 1)[-1] == c.deployment]
+                subg = {k: v for k, v in gps.items() if k.split("/", 1)[-1] == c.deployment}
+                out += evaluate([Check(c.text, c.metric, c.op, c.threshold, None)], sub, subg)
+        return out
+    return evaluate(checks, rows, gps)

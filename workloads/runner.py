@@ -89,6 +89,7 @@ class RunSpec:
     warmup_max_requests: int = 8     # warm-up goes on until stable (schedule.WarmupTracker) or this
     steady_state_ramp: float = 0.1   # share of each load point's send span left out as ramp-up
     pin_cores: bool = True           # each deployment on the cores its chips count (cpu_pinning)
+    scenario: dict | None = None     # the default run's scenario this run measures (scenarios.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +111,7 @@ class RunSpec:
             "warmup_max_requests": self.warmup_max_requests,
             "steady_state": ({"ramp_fraction": self.steady_state_ramp}
                              if self.steady_state_ramp > 0 else None),
+            "scenario": self.scenario,
         }
 
     @property

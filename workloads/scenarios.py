@@ -36,11 +36,12 @@ class Scenario:
     workload: WorkloadSpec
     slo: SLO
     load_points: list[LoadPoint] = field(default_factory=list)
-    focus: tuple[str, ...] = ()            # the summary metrics the expectation is about
+    focus: tuple[str, ...] = ()            # the verdict figures the expectation is about
+    expected_mode: str = ""                # the deployment mode expected ahead on them
 
     def to_dict(self) -> dict:
         return {"name": self.name, "title": self.title, "expectation": self.expectation,
-                "focus": list(self.focus)}
+                "focus": list(self.focus), "expected_mode": self.expected_mode}
 
 
 def _poisson(rate: float, seed: int) -> LoadPoint:
@@ -57,7 +58,7 @@ def default_scenarios(seed: int = 0) -> list[Scenario]:
                               num_requests=30, seed=seed),
         slo=SLO(ttft_s=1.0, tpot_s=0.2),
         load_points=[_poisson(1.0, seed), _poisson(2.0, seed)],
-        focus=("ttft_p90_s", "ttft_p50_s", "goodput_per_chip"))
+        focus=("ttft_p50_s", "ttft_p90_s"), expected_mode="mono")
     long_prompt = Scenario(
         name="long-prompt", title="Long prompts, tight TPOT SLO",
         expectation=("disaggregated expected ahead on TPOT and ITL tails: on mono every new "
@@ -66,11 +67,11 @@ def default_scenarios(seed: int = 0) -> list[Scenario]:
                               num_requests=16, seed=seed + 1),
         slo=SLO(ttft_s=10.0, tpot_s=0.08),
         load_points=[_poisson(0.2, seed + 1)],
-        focus=("itl_p99_s", "tpot_p90_s", "slo_attainment"))
+        focus=("itl_p99_s", "tpot_p90_s"), expected_mode="disagg")
     return [chat, long_prompt]
 
 
-def estimate_seconds(scenarios: list[Scenario], n_deployments: int,
+def estimate_seconds(scenarios: list[Scenario], n_deployments: int, repeats: int = 1,
                      startup_s: float = 20.0, drain_s: float = 5.0) -> float:
     """A rough wall-time estimate printed before a run starts: per deployment and scenario, the
     start-up and warm-up, then each load point's send span plus a drain."""
@@ -80,6 +81,6 @@ def estimate_seconds(scenarios: list[Scenario], n_deployments: int,
         for lp in sc.load_points:
             rate = lp.arrival.rate
             n = sc.workload.num_requests
-            per_dep += (n / rate if rate else n * 2.0) + drain_s
+            per_dep += ((n / rate if rate else n * 2.0) + drain_s) * max(1, repeats)
         total += per_dep * n_deployments
     return total
