@@ -108,13 +108,12 @@ def run(
     for m in modes:
         if m not in ("mono", "disagg"):
             raise errors.UserError(f"unknown deployment {m!r}: use mono or disagg")
-    from click.core import ParameterSource
-
     shaping = ("rates", "concurrency", "num_requests", "input_len", "output_len", "workload",
                "dataset", "shared_prefix_len", "slo_ttft", "slo_tpot", "bisect", "url", "arrival",
                "burstiness", "endpoint")
-    scenarios = all(ctx.get_parameter_source(p) in (ParameterSource.DEFAULT, None)
-                    for p in shaping)
+    # (compared by name: typer ships its own copy of click's ParameterSource)
+    scenarios = all(getattr(ctx.get_parameter_source(p), "name", "DEFAULT") in
+                    ("DEFAULT", "DEFAULT_MAP") for p in shaping)
     run_cmd.run(
         scenarios=scenarios, repeats=repeats, interleave=interleave, steady_state=steady_state,
         pin_cores=pin_cores, checks=check or [],

@@ -37,3 +37,17 @@ def test_index_page_states_each_scenario_outcome(tmp_path):
     # spec): against the chat expectation (mono ahead on TTFT) the page must say so
     assert "Contrary to expectation" in text or "Not confirmed" in text or "As expected" in text
     assert "<script>alert(1)</script>" not in text         # names are escaped
+
+
+def test_run_without_workload_flags_runs_the_scenarios(monkeypatch):
+    from typer.testing import CliRunner
+
+    import infer_bench.cli.run_cmd as run_cmd
+    from infer_bench.cli.main import app
+
+    seen = []
+    monkeypatch.setattr(run_cmd, "run", lambda **kw: seen.append(kw["scenarios"]))
+    for args in (["run"], ["run", "--repeats", "2"], ["run", "--rates", "1"],
+                 ["run", "--input-len", "64"], ["run", "--url", "http://127.0.0.1:9"]):
+        assert CliRunner().invoke(app, args).exit_code == 0
+    assert seen == [True, True, False, False, False]
