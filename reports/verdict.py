@@ -158,8 +158,17 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
 
 
 def _tie_width(c: stats.Comparison) -> str:
+    """The "±x%" of an insignificant comparison; "±>100%" where the data cannot rule out a
+    difference of any size (an overloaded point whose queue kept growing)."""
     text = stats.describe(c)
-    return text[text.index("(") + 1:text.rindex(")")] if "(" in text else "no interval"
+    inner = text[text.index("(") + 1:text.rindex(")")] if "(" in text else "no interval"
+    if inner.startswith("±") and inner.endswith("%") and not inner.endswith("pp"):
+        try:
+            if float(inner[1:-1]) > 100:
+                return "±>100%"
+        except ValueError:
+            pass
+    return inner
 
 
 def _omission_findings(summary: pd.DataFrame | None, lp_labels) -> list[Finding]:

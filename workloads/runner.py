@@ -357,7 +357,10 @@ class RunSession:
             if tracker.done:
                 break
         self.warmups[name] = tracker.to_dict()
-        if not tracker.stable:
+        if tracker.stable:
+            self.obs.message(f"{name}: warm after {len(tracker.latencies)} requests "
+                             f"(last {tracker.latencies[-1] * 1e3:.0f} ms)")
+        else:
             self.obs.message(f"{name}: warm-up latencies did not settle within "
                              f"{tracker.max_requests} requests "
                              f"({', '.join(f'{v * 1e3:.0f}' for v in tracker.latencies)} ms)")
