@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestServer
 
 from conftest import free_port
 from infer_bench.backends.engine.http.app import build_app
+from infer_bench.backends.engine.stats import EngineStats, StepTimeHistogram
 
 MODEL = "tiny"
 
@@ -109,6 +110,7 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.steps: list[dict] = []
         self.max_model_len = 128
+        self.vocab_size = FakeTokenizer.vocab_size
 
     async def generate(self, request_id, prompt_token_ids, params):
         self.blocks[request_id] = len(prompt_token_ids) // 4 + 1
@@ -135,8 +137,11 @@ class FakeEngine:
             self.aborted.append(request_id)
 
     def stats(self):
-        return {"running": len(self.blocks), "waiting": 0,
-                "kv_blocks_used": sum(self.blocks.values()), "kv_blocks_free": 100}
+        step_time = StepTimeHistogram()
+        for step in self.steps:
+            step_time.observe(step["duration_s"])
+        return EngineStats(running=len(self.blocks), kv_blocks_used=sum(self.blocks.values()),
+                           kv_blocks_free=100, steps_total=len(self.steps), step_time=step_time)
 
     def step_trace(self):
         return list(self.steps)
@@ -169,13 +174,13 @@ async def test_fake_engine_stream_and_disconnect():
         r = await s.post(url, json={**body, "max_tokens": 100})
         assert r.status == 200
         await r.content.readuntil(b"\n\n")
-        assert engine.stats()["kv_blocks_used"] > 0
+        assert engine.stats().kv_blocks_used > 0
         r.close()
         for _ in range(100):
-            if engine.stats()["kv_blocks_used"] == 0:
+            if engine.stats().kv_blocks_used == 0:
                 break
             await asyncio.sleep(0.02)
-        assert engine.stats()["kv_blocks_used"] == 0 and len(engine.aborted) == 1
+        assert engine.stats().kv_blocks_used == 0 and len(engine.aborted) == 1
 
         # Non-streaming disconnect (handler cancellation) also aborts.
         task = asyncio.create_task(s.post(url, json={**body, "stream": False,
@@ -183,10 +188,10 @@ async def test_fake_engine_stream_and_disconnect():
         await asyncio.sleep(0.2)
         task.cancel()
         for _ in range(100):
-            if engine.stats()["kv_blocks_used"] == 0:
+            if engine.stats().kv_blocks_used == 0:
                 break
             await asyncio.sleep(0.02)
-        assert engine.stats()["kv_blocks_used"] == 0 and len(engine.aborted) == 2
+        assert engine.stats().kv_blocks_used == 0 and len(engine.aborted) == 2
 
         async with s.get(srv.make_url("/metrics")) as r:
             m = parse_prometheus(await r.text())
@@ -461,16 +466,16 @@ async def test_bad_requests_get_json_4xx_and_server_keeps_serving(real_server):
 
 async def test_client_disconnect_mid_stream_frees_kv_blocks(real_server):
     s, engine, tok = real_server
-    assert await wait_for(lambda: engine.stats()["kv_blocks_used"] == 0)
+    assert await wait_for(lambda: engine.stats().kv_blocks_used == 0)
     r = await s.post("/v1/completions", json={"prompt": "a long story", "max_tokens": 200,
                                               "ignore_eos": True, "stream": True})
     assert r.status == 200
     await r.content.readuntil(b"\n\n")
     await r.content.readuntil(b"\n\n")
-    assert engine.stats()["kv_blocks_used"] > 0
+    assert engine.stats().kv_blocks_used > 0
     r.close()  # drop the connection mid-stream
-    assert await wait_for(lambda: engine.stats()["kv_blocks_used"] == 0
-                          and engine.stats()["running"] == 0), engine.stats()
+    assert await wait_for(lambda: engine.stats().kv_blocks_used == 0
+                          and engine.stats().running == 0), engine.stats()
     rid = next(reversed(engine.outputs))
     assert len(engine.outputs[rid]) < 200
 

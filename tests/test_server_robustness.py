@@ -233,7 +233,7 @@ async def test_every_field_validated_with_json_4xx_and_server_keeps_serving(load
         async with s.get("/metrics") as r:
             m = parse_prometheus(await r.text())
         assert m['infer_bench_http_errors_total{status="400"}'] >= 40
-        assert await wait_for(lambda: input_engine.stats()["kv_blocks_used"] == 0)
+        assert await wait_for(lambda: input_engine.stats().kv_blocks_used == 0)
 
 
 async def test_oversized_content_length_is_413_without_reading_the_body():
@@ -280,7 +280,7 @@ async def test_full_waiting_queue_gets_429_with_retry_after(loaded):
             first = await s.post("/v1/completions", json=body)  # takes the only running slot
             assert first.status == 200
             await first.content.readuntil(b"\n\n")
-            assert engine.stats()["running"] == 1
+            assert engine.stats().running == 1
 
             async def one():
                 async with s.post("/v1/completions", json={**body, "max_tokens": 3}) as r:
@@ -305,7 +305,7 @@ async def test_full_waiting_queue_gets_429_with_retry_after(loaded):
                 m = parse_prometheus(await r.text())
             assert m['infer_bench_requests_rejected_total{reason="overloaded"}'] == 2
             assert m['infer_bench_http_errors_total{status="429"}'] == 2
-            assert await wait_for(lambda: engine.stats()["kv_blocks_used"] == 0)
+            assert await wait_for(lambda: engine.stats().kv_blocks_used == 0)
     finally:
         engine.shutdown()
 
@@ -330,7 +330,7 @@ async def test_draining_gets_503_with_retry_after_and_in_flight_streams_are_abor
             assert events[-1] == "[DONE]"
             assert events[-2]["choices"][0]["finish_reason"] == "abort"
             assert len(await asyncio.wait_for(stopping, 10)) == 1
-            assert engine.stats()["kv_blocks_used"] == 0
+            assert engine.stats().kv_blocks_used == 0
     finally:
         await runner.cleanup()
 
@@ -357,14 +357,14 @@ async def test_kv_exhaustion_preempts_and_every_request_completes(loaded):
             results = await asyncio.wait_for(
                 asyncio.gather(*(one(i, i % 2 == 0) for i in range(6))), 120)
             assert results == [("length", 60)] * 6
-            assert engine.stats()["preemptions_total"] > 0
+            assert engine.stats().preemptions_total > 0
             # One request that alone outgrows the whole pool ends with "length", not an error.
             async with s.post("/v1/completions", json={"prompt": "big", "max_tokens": 120,
                                                        "ignore_eos": True}) as r:
                 j = await r.json()
                 assert r.status == 200 and j["choices"][0]["finish_reason"] == "length"
-            assert await wait_for(lambda: engine.stats()["kv_blocks_used"] == 0
-                                  and engine.stats()["running"] == 0)
+            assert await wait_for(lambda: engine.stats().kv_blocks_used == 0
+                                  and engine.stats().running == 0)
     finally:
         engine.shutdown()
 
@@ -500,7 +500,7 @@ async def test_request_timeout_aborts_with_finish_reason_abort_and_an_error():
         n_streamed = sum(len(e["choices"][0]["token_ids"]) for e in events[:-4])
         assert 1 <= n_streamed < 100 and usage["completion_tokens"] == n_streamed
         assert len(stream_text(events[:-3])) == n_streamed
-        assert len(engine.aborted) == 1 and engine.stats()["kv_blocks_used"] == 0
+        assert len(engine.aborted) == 1 and engine.stats().kv_blocks_used == 0
 
         async with s.post("/v1/completions", json={"prompt": "slow", "max_tokens": 100}) as r:
             assert r.status == 200
@@ -508,7 +508,7 @@ async def test_request_timeout_aborts_with_finish_reason_abort_and_an_error():
         assert j["choices"][0]["finish_reason"] == "abort"
         assert j["error"]["code"] == "request_timeout"
         assert 1 <= j["usage"]["completion_tokens"] == len(j["choices"][0]["text"])
-        assert len(engine.aborted) == 2 and engine.stats()["kv_blocks_used"] == 0
+        assert len(engine.aborted) == 2 and engine.stats().kv_blocks_used == 0
 
         # Timed out before the first token (still queued): same ending, no tokens.
         engine.delay = 2.0
@@ -518,7 +518,7 @@ async def test_request_timeout_aborts_with_finish_reason_abort_and_an_error():
         assert events[0]["choices"][0]["finish_reason"] == "abort"
         assert events[0]["choices"][0]["delta"]["role"] == "assistant"
         assert events[1]["error"]["code"] == "request_timeout" and events[2] == "[DONE]"
-        assert engine.stats()["kv_blocks_used"] == 0
+        assert engine.stats().kv_blocks_used == 0
 
         engine.delay = 0.001  # fast requests are untouched
         async with s.post("/v1/completions", json={"prompt": "quick", "max_tokens": 5}) as r:
@@ -541,7 +541,7 @@ async def test_request_timeout_with_the_real_engine_frees_blocks(loaded):
                 events = await read_sse(r)
             assert events[-2]["error"]["code"] == "request_timeout"
             assert events[-3]["choices"][0]["finish_reason"] == "abort"
-            assert await wait_for(lambda: engine.stats()["kv_blocks_used"] == 0
-                                  and engine.stats()["running"] == 0), engine.stats()
+            assert await wait_for(lambda: engine.stats().kv_blocks_used == 0
+                                  and engine.stats().running == 0), engine.stats()
     finally:
         engine.shutdown()

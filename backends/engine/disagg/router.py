@@ -43,6 +43,7 @@ from typing import AsyncIterator
 
 from ..engine import RequestOutput
 from ..http.protocol import RequestError
+from ..stats import EngineStats, combine
 from .wire import PeerClosed, async_recv, encode, params_to_dict, unlink_shm
 
 log = logging.getLogger("infer_bench.engine.disagg.router")
@@ -87,7 +88,7 @@ class WorkerHandle:
         self.writer: asyncio.StreamWriter | None = None
         self.alive = False
         self.ready: dict = {}
-        self.stats: dict = {}
+        self.stats = EngineStats()   # the worker's latest snapshot (sent with "ready" and "trace")
         self.trace: deque = deque(maxlen=100_000)
         self.inflight: set[str] = set()
         self.inflight_tokens = 0
@@ -324,10 +325,10 @@ class DisaggEngine:
                 r["worker"], r["role"] = w.name, w.role
                 w.trace.append(r)
             if msg.get("stats"):
-                w.stats = msg["stats"]
+                w.stats = EngineStats.from_dict(msg["stats"])
         elif t == "ready":
             w.ready = msg
-            w.stats = {"kv_blocks_free": msg["num_blocks"], "kv_blocks_total": msg["num_blocks"]}
+            w.stats = EngineStats.from_dict(msg["stats"])
             fut = self._waiters.pop(w.name, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -401,7 +402,7 @@ class DisaggEngine:
         alive = [w for w in self.workers if w.role == "decode" and w.alive]
         if not alive:
             return None
-        return min(alive, key=lambda w: (len(w.inflight), -int(w.stats.get("kv_blocks_free", 0)),
+        return min(alive, key=lambda w: (len(w.inflight), -w.stats.kv_blocks_free,
                                          w.rank))
 
     def _pick_prefill(self) -> WorkerHandle | None:
@@ -522,29 +523,10 @@ class DisaggEngine:
         return code, {"status": status, "mode": "disagg", "roles": roles,
                       "workers": [w.describe() for w in self.workers]}
 
-    def stats(self) -> dict:
-        total: dict = {}
-        for w in self.workers:
-            if not w.alive:
-                continue
-            for k, v in w.stats.items():
-                if isinstance(v, bool):
-                    continue
-                if isinstance(v, (int, float)):
-                    total[k] = total.get(k, 0) + v
-                elif isinstance(v, dict):
-                    sub = total.setdefault(k, {})
-                    for kk, vv in v.items():
-                        if isinstance(vv, (int, float)):
-                            sub[kk] = sub.get(kk, 0) + vv
-        q = total.get("prefix_queried_tokens")
-        if q:
-            total["prefix_hit_rate"] = total.get("prefix_hit_tokens", 0) / q
-        if "spec_acceptance_rate" in total:  # a ratio: recompute from the summed counts
-            proposed = total.get("spec_proposed_total", 0)
-            total["spec_acceptance_rate"] = total.get("spec_accepted_total", 0) / proposed if proposed else 0.0
-        for role in ("prefill", "decode"):
-            total[f"workers_alive_{role}"] = sum(1 for w in self.workers if w.role == role and w.alive)
+    def stats(self) -> EngineStats:
+        total = combine([w.stats for w in self.workers if w.alive])
+        total.workers_alive_prefill = sum(1 for w in self.workers if w.role == "prefill" and w.alive)
+        total.workers_alive_decode = sum(1 for w in self.workers if w.role == "decode" and w.alive)
         return total
 
     def step_trace(self) -> list[dict]:

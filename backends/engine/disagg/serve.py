@@ -138,8 +138,7 @@ async def _serve(cfg, opts, tokenizer, desc: str) -> int:
             return 2
         name, extra = default_model_names(cfg)
         api_key = resolve_api_key(cfg)
-        app = build_app(engine, tokenizer, name, max_model_len=engine.max_model_len,
-                        vocab_size=engine.vocab_size, extra_model_names=extra, model_root=desc,
+        app = build_app(engine, tokenizer, name, extra_model_names=extra, model_root=desc,
                         max_body_bytes=cfg.max_body_bytes, api_key=api_key,
                         max_waiting_requests=cfg.max_waiting_requests or None,
                         request_timeout_s=cfg.request_timeout_s or None,

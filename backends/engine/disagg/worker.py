@@ -44,6 +44,7 @@ import torch
 
 from ..engine import EngineConfig, LLMEngine
 from ..sequence import Sequence, SequenceStatus
+from ..stats import DisaggWorkerStats, EngineStats
 from .transport import (MAX_SLICE_RUNS, DistGroup, KVLayout, LinkThrottle, ShmPool, copy_runs,
                         gather_runs, run_indices,
                         scatter_runs, slot_runs)
@@ -342,10 +343,11 @@ class WorkerEngine(LLMEngine):
             self.drop_import(r)
         return rids
 
-    def stats(self) -> dict:
+    def stats(self) -> EngineStats:
         s = super().stats()
-        s.update(disagg_imports=len(self.imports), disagg_pending_reserves=len(self.pending_reserves),
-                 disagg_exports=len(self.exports))
+        s.disagg = DisaggWorkerStats(imports=len(self.imports),
+                                     pending_reserves=len(self.pending_reserves),
+                                     exports=len(self.exports))
         return s
 
     def dump_cached_kv(self, token_ids: list[int]) -> torch.Tensor:
@@ -444,7 +446,7 @@ class WorkerRuntime:
         ready = {"type": "ready", "name": self.name, "role": self.role,
                  "layout": eng.layout.to_dict(), "num_blocks": eng.block_manager.num_blocks,
                  "max_model_len": eng.max_model_len, "vocab_size": eng.model_config.vocab_size,
-                 "pid": os.getpid()}
+                 "pid": os.getpid(), "stats": eng.stats().to_dict()}
         if self.role == "decode":
             if self.transport == "shm":
                 self.shm_pool = ShmPool(cfg["shm_name"], eng.layout, create=True)
@@ -551,7 +553,7 @@ class WorkerRuntime:
         rows = [r for r in list(self.engine.trace)[-4096:] if r["step"] > self._trace_sent]
         if rows:
             self._trace_sent = rows[-1]["step"]
-        self._send({"type": "trace", "rows": rows, "stats": self.engine.stats()})
+        self._send({"type": "trace", "rows": rows, "stats": self.engine.stats().to_dict()})
 
     # ---- messages --------------------------------------------------------------------------
     def _send(self, msg: dict) -> None:

@@ -156,14 +156,8 @@ async def _serve(cfg: ServerConfig, loaded) -> int:
 
     engine = AsyncEngine(make_engine_config(cfg), loaded)
     name, extra = default_model_names(cfg)
-    max_model_len = cfg.max_model_len or getattr(getattr(engine, "config", None),
-                                                 "max_model_len", None)
-    if not isinstance(max_model_len, int):
-        max_model_len = getattr(loaded.config, "max_position_embeddings", None)
     api_key = resolve_api_key(cfg)
-    app = build_app(engine, loaded.tokenizer, name, max_model_len=max_model_len,
-                    vocab_size=getattr(loaded.config, "vocab_size", None),
-                    extra_model_names=extra, model_root=loaded.source_description,
+    app = build_app(engine, loaded.tokenizer, name, extra_model_names=extra, model_root=loaded.source_description,
                     max_body_bytes=cfg.max_body_bytes, api_key=api_key,
                     max_waiting_requests=cfg.max_waiting_requests or None,
                     request_timeout_s=cfg.request_timeout_s or None,
