@@ -18,19 +18,13 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
+from .errors import ModelLoadError
 from .model import LlamaForCausalLM
 from .tokenizer import Tokenizer
 
 HUB_ALLOW_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
                       "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                       "chat_template.jinja", "chat_template.json"]
-
-
-class ModelLoadError(Exception):
-    """A model source could not be resolved or loaded; str(e) is one line."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass
@@ -40,6 +34,21 @@ class LoadedModel:
     config: ModelConfig
     source_description: str
     path: Path | None = None
+
+
+DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+               "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """A --dtype value: "auto"/None -> None (default_dtype for the device); else a torch dtype."""
+    if name is None or name == "auto":
+        return None
+    try:
+        return DTYPE_NAMES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of auto, {', '.join(DTYPE_NAMES)}") from None
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
@@ -161,3 +170,25 @@ def load_model(source: str | Path, device: str | torch.device = "cpu",
     raise ModelLoadError(
         f"model source '{src}' not found: not a directory, a .gguf file, a registry name "
         f"({', '.join(sorted(model_store.REGISTRY))}) or a hub id like org/name")
+
+
+def load_tokenizer(source: str) -> tuple[Tokenizer, str]:
+    """(tokenizer, source description) without loading the weights where the source allows it
+    (a HF directory or a registry model; other sources are loaded whole on the CPU). The
+    disaggregated router uses it: it tokenizes but runs no model. Raises ModelLoadError."""
+    from . import model_store
+
+    path = Path(source).expanduser()
+    directory = None
+    if path.is_dir():
+        directory, desc = path, f"{path}"
+    elif source in model_store.REGISTRY:
+        directory, desc = Path(model_store.ensure_model(source)), model_store.describe(source)
+    if directory is None or not (directory / "config.json").exists():
+        loaded = load_model(source, "cpu")
+        return loaded.tokenizer, loaded.source_description
+    try:
+        cfg = ModelConfig.from_hf_dict(json.loads((directory / "config.json").read_text()))
+        return Tokenizer.from_pretrained(directory, extra_eos_ids=cfg.eos_token_ids), desc
+    except Exception as e:  # noqa: BLE001 - a broken config or tokenizer: one line
+        raise ModelLoadError(f"cannot load the tokenizer from {directory}: {_one_line(e)}") from e

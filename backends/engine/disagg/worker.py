@@ -434,8 +434,7 @@ class WorkerRuntime:
         cfg = self.cfg
         threads = int(cfg.get("num_threads") or 1)
         torch.set_num_threads(threads)
-        from ..loader import load_model
-        from ..http.serve import parse_dtype
+        from ..loader import load_model, parse_dtype
 
         loaded = load_model(cfg["model"], cfg.get("device", "cpu"), parse_dtype(cfg.get("dtype")))
         econf = dict(cfg.get("engine") or {})
