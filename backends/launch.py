@@ -1,7 +1,7 @@
 """Deployments: where a run's requests go, launched and torn down around each measurement.
 
 A deployment is either the reference engine started as real server processes on loopback
-(`EngineDeployment`: `python -m infer_bench.backends.engine.http.serve ...`, one process per worker),
+(`EngineDeployment`: `python -m infer_bench.cli serve ...`, one process per disagg worker besides),
 or an external OpenAI-compatible server given by URL (`ExternalDeployment`: vLLM, SGLang, Dynamo,
 llama.cpp...). Both expose the same small interface to the runner: `start()` (returns once the
 server answers its health check, or raises `DeploymentError` with a one-line reason), `base_url`,
@@ -117,9 +117,9 @@ class EngineDeployment:
     def command(self) -> list[str]:
         s = self.spec
         cmd = [
-            sys.executable, "-m", "infer_bench.backends.engine.http.serve",
+            sys.executable, "-m", "infer_bench.cli", "serve",
             "--model", s.model, "--host", "127.0.0.1", "--port", str(self.port),
-            "--device", s.device, "--dtype", s.dtype, "--num-threads", str(s.num_threads),
+            "--device", s.device, "--dtype", s.dtype, "--threads", str(s.num_threads),
             "--served-model-name", s.model,
         ]
         if s.mode != "mono":

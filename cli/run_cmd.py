@@ -20,7 +20,7 @@ from .errors import UserError
 def resolve_model(model: str, console: Console) -> str | None:
     """Fetch a registry model once; return a local dir holding its tokenizer (or None)."""
     from infer_bench.backends.engine import model_store
-    from infer_bench.backends.engine.loader import ModelLoadError, _looks_like_hub_id
+    from infer_bench.backends.engine.loader import ModelLoadError, looks_like_hub_id
 
     if model in model_store.REGISTRY:
         if not model_store.is_cached(model):
@@ -31,7 +31,7 @@ def resolve_model(model: str, console: Console) -> str | None:
         return str(path) if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists() else None
     if path.is_file():
         return None
-    if _looks_like_hub_id(model):
+    if looks_like_hub_id(model):
         return None
     raise ModelLoadError(f"model '{model}' not found: not a directory, a .gguf file, a registry name "
                          f"({', '.join(model_store.REGISTRY)}) or a hub id like org/name")

@@ -2,8 +2,8 @@
 
 Three layers: (1) a fake engine with AsyncEngine's API (fast; checks the server's own logic,
 including disconnect -> abort); (2) the real AsyncEngine on a tiny random model, served
-in-process by aiohttp's TestServer; (3) the real `python -m infer_bench.backends.engine.http.serve`
-subprocess, stopped with SIGTERM, leaving no orphan.
+in-process by aiohttp's TestServer; (3) the real `python -m infer_bench.cli serve` subprocess,
+stopped with SIGTERM, leaving no orphan.
 """
 
 from __future__ import annotations
@@ -486,14 +486,14 @@ async def test_client_disconnect_mid_stream_frees_kv_blocks(real_server):
 
 def _spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([sys.executable, "-m", "infer_bench.backends.engine.http.serve", *args],
+    return subprocess.Popen([sys.executable, "-m", "infer_bench.cli", "serve", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_serve_subprocess_ready_request_sigterm_no_orphan(tiny_model_dir):
     psutil = pytest.importorskip("psutil")
     port = free_port()
-    proc = _spawn(["--model", str(tiny_model_dir), "--port", str(port), "--num-threads", "1",
+    proc = _spawn(["--model", str(tiny_model_dir), "--port", str(port), "--threads", "1",
                    "--kv-cache-gb", "0.01", "--served-model-name", MODEL])
     try:
         deadline = time.monotonic() + 120

@@ -439,39 +439,45 @@ async def test_api_key_never_reaches_the_logs(caplog):
     assert KEY not in text and KEY[5:15] not in text
 
 
-def test_serve_config_api_key_flag_env_and_repr(monkeypatch):
-    monkeypatch.delenv(serve_mod.API_KEY_ENV, raising=False)
-    cfg = serve_mod.config_from_args(["--model", "m"])
-    assert cfg.host == "127.0.0.1"  # loopback unless told otherwise
-    assert cfg.api_key is None and serve_mod.resolve_api_key(cfg) is None
-    assert cfg.max_waiting_requests == 256 and cfg.request_timeout_s is None
-    cfg = serve_mod.config_from_args(["--model", "m", "--api-key", KEY,
-                                      "--max-waiting-requests", "3", "--request-timeout-s",
-                                      "2.5", "--body-timeout-s", "4", "--access-log"])
-    assert serve_mod.resolve_api_key(cfg) == KEY and KEY not in repr(cfg)
-    assert (cfg.max_waiting_requests, cfg.request_timeout_s, cfg.body_timeout_s,
-            cfg.access_log) == (3, 2.5, 4.0, True)
-    monkeypatch.setenv(serve_mod.API_KEY_ENV, "from-env")
-    assert serve_mod.resolve_api_key(serve_mod.config_from_args(["--model", "m"])) == "from-env"
-    # the typer command builds ServerConfig(**fields) without api_key: the env still applies
-    assert serve_mod.resolve_api_key(serve_mod.ServerConfig(model="m")) == "from-env"
-    assert serve_mod.resolve_api_key(serve_mod.ServerConfig(model="m", api_key=KEY)) == KEY
-    monkeypatch.setenv(serve_mod.API_KEY_ENV, "")
-    assert serve_mod.resolve_api_key(serve_mod.ServerConfig(model="m")) is None
-    import inspect
-    assert inspect.signature(start_site).parameters["host"].default == "127.0.0.1"
-    assert serve_mod.ServerConfig(model="m").host == "127.0.0.1"
-
-
-def test_cli_serve_command_still_builds_a_server_config(monkeypatch):
+def serve_settings(monkeypatch, *argv):
+    """The ServeSettings `infer-bench serve ARGV` hands to the engine (no server is started)."""
     typer_testing = pytest.importorskip("typer.testing")
     from infer_bench.cli.main import app as cli_app
 
     seen = []
-    monkeypatch.setattr(serve_mod, "run_server", lambda cfg: seen.append(cfg) or 0)
-    res = typer_testing.CliRunner().invoke(cli_app, ["serve", "--model", "m", "--port", "8123"])
+    monkeypatch.setattr(serve_mod, "serve", lambda settings: seen.append(settings) or 0)
+    res = typer_testing.CliRunner().invoke(cli_app, ["serve", *argv])
     assert res.exit_code == 0, res.output
-    (cfg,) = seen
+    (settings,) = seen
+    return settings
+
+
+def test_serve_config_api_key_flag_env_and_repr(monkeypatch):
+    monkeypatch.delenv(serve_mod.API_KEY_ENV, raising=False)
+    cfg = serve_settings(monkeypatch, "--model", "m")
+    assert cfg.host == "127.0.0.1"  # loopback unless told otherwise
+    assert cfg.api_key is None and serve_mod.resolve_api_key(cfg) is None
+    assert cfg.max_waiting_requests == 256 and cfg.request_timeout_s is None
+    cfg = serve_settings(monkeypatch, "--model", "m", "--api-key", KEY,
+                         "--max-waiting-requests", "3", "--request-timeout-s",
+                         "2.5", "--body-timeout-s", "4", "--access-log")
+    assert serve_mod.resolve_api_key(cfg) == KEY and KEY not in repr(cfg)
+    assert (cfg.max_waiting_requests, cfg.request_timeout_s, cfg.body_timeout_s,
+            cfg.access_log) == (3, 2.5, 4.0, True)
+    monkeypatch.setenv(serve_mod.API_KEY_ENV, "from-env")
+    assert serve_mod.resolve_api_key(serve_settings(monkeypatch, "--model", "m")) == "from-env"
+    # settings built without api_key (library callers): the env still applies
+    assert serve_mod.resolve_api_key(serve_mod.ServeSettings(model="m")) == "from-env"
+    assert serve_mod.resolve_api_key(serve_mod.ServeSettings(model="m", api_key=KEY)) == KEY
+    monkeypatch.setenv(serve_mod.API_KEY_ENV, "")
+    assert serve_mod.resolve_api_key(serve_mod.ServeSettings(model="m")) is None
+    import inspect
+    assert inspect.signature(start_site).parameters["host"].default == "127.0.0.1"
+    assert serve_mod.ServeSettings(model="m").host == "127.0.0.1"
+
+
+def test_cli_serve_command_builds_serve_settings(monkeypatch):
+    cfg = serve_settings(monkeypatch, "--model", "m", "--port", "8123")
     assert (cfg.model, cfg.port, cfg.host, cfg.api_key) == ("m", 8123, "127.0.0.1", None)
     assert cfg.max_waiting_requests == 256
 

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import AsyncIterator
 
 import torch
@@ -406,6 +406,19 @@ class LLMEngine:
     def step_trace(self) -> list[dict]:
         return list(self.trace)
 
+    def config_report(self) -> dict:
+        """The configuration this engine runs with, JSON-ready: EngineConfig as given, and what
+        it resolved to (served as GET /v1/engine/config)."""
+        def plain(v):
+            return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+
+        kv = self.cache.kv
+        return {"config": {f.name: plain(getattr(self.config, f.name)) for f in fields(self.config)},
+                "resolved": {"device": str(kv.device), "dtype": str(kv.dtype).removeprefix("torch."),
+                             "num_kv_blocks": self.block_manager.num_blocks,
+                             "kv_cache_bytes": self.cache.nbytes,
+                             "max_model_len": self.max_model_len}}
+
 
 class AsyncEngine:
     """Runs `LLMEngine.step()` in a background thread; asyncio callers stream their outputs.
@@ -531,6 +544,9 @@ class AsyncEngine:
 
     def step_trace(self) -> list[dict]:
         return self.engine.step_trace()
+
+    def config_report(self) -> dict:
+        return self.engine.config_report()
 
     def shutdown(self) -> None:
         with self._cond:

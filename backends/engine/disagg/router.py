@@ -2,7 +2,7 @@
 
 Role in the data flow:
 
-    server.build_app(DisaggEngine)  (the same HTTP front end as mono: protocol.py parsing, SSE)
+    http/serve.py -> app.build_app(DisaggEngine)  (the same HTTP front end as mono: protocol.py, SSE)
       -> DisaggEngine.generate(request_id, prompt_token_ids, SamplingParams)
          1. pick a decode worker by load (fewest requests in flight, then most free KV blocks)
             and a prefill worker (fewest prompt tokens in flight);
@@ -528,6 +528,16 @@ class DisaggEngine:
         total.workers_alive_prefill = sum(1 for w in self.workers if w.role == "prefill" and w.alive)
         total.workers_alive_decode = sum(1 for w in self.workers if w.role == "decode" and w.alive)
         return total
+
+    def config_report(self) -> dict:
+        """The deployment's configuration: the router's options and each worker's own report."""
+        o = self.opts
+        return {"mode": "disagg", "prefill_workers": o.prefill_workers,
+                "decode_workers": o.decode_workers, "num_threads": o.num_threads,
+                "threads_per_worker": o.threads_per_worker(), "transport": o.transport,
+                "layerwise": self.layerwise, "kv_link_gbps": o.kv_link_gbps,
+                "disagg_threshold": self.disagg_threshold,
+                "workers": {w.name: w.ready.get("config") for w in self.workers}}
 
     def step_trace(self) -> list[dict]:
         rows = [r for w in self.workers for r in list(w.trace)]

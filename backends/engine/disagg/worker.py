@@ -445,7 +445,7 @@ class WorkerRuntime:
         ready = {"type": "ready", "name": self.name, "role": self.role,
                  "layout": eng.layout.to_dict(), "num_blocks": eng.block_manager.num_blocks,
                  "max_model_len": eng.max_model_len, "vocab_size": eng.model_config.vocab_size,
-                 "pid": os.getpid(), "stats": eng.stats().to_dict()}
+                 "pid": os.getpid(), "stats": eng.stats().to_dict(), "config": eng.config_report()}
         if self.role == "decode":
             if self.transport == "shm":
                 self.shm_pool = ShmPool(cfg["shm_name"], eng.layout, create=True)

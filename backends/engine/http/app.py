@@ -11,7 +11,8 @@ Role in the data flow:
 
 Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
 GET /metrics (Prometheus text from engine.stats() and the server's own counters),
-GET /debug/steps (engine.step_trace() as JSON, saved into the results dir after a run).
+GET /debug/steps (engine.step_trace() as JSON, saved into the results dir after a run),
+GET /v1/engine/config (engine.config_report(): the engine options as they reached the engine).
 
 Errors are JSON in OpenAI's shape everywhere (400 bad input, 401 missing/wrong API key, 404
 unknown path or model, 405 wrong method, 408 body not received in time, 413 body too large, 429
@@ -20,7 +21,8 @@ request whose client goes away is aborted in the engine, so its KV blocks are fr
 next SSE write fails, or (non-streaming, or before the first token) aiohttp cancels the handler —
 run the app with `handler_cancellation=True` (`start_site()` does).
 
-Robustness and security (build_app's keyword arguments; serve.py's flags):
+Robustness and security (build_app's keyword arguments; serve.py's ServeSettings, from
+`infer-bench serve`'s flags):
 
 - `api_key`: every endpoint but /health needs `Authorization: Bearer KEY` (constant-time compare)
   else 401. The key is never logged; the optional access log (`start_site(access_log=True)`)
@@ -42,7 +44,7 @@ Robustness and security (build_app's keyword arguments; serve.py's flags):
   *reading* a stream (the handler waits on the socket; the engine finishes the request as usual).
   HTTP-level garbage is answered by aiohttp's parser itself (plain-text 400, before any handler).
 
-`build_app()` is used by serve.py (the process entry point) and by the tests.
+`build_app()` is used by serve.py (the server lifecycle, mono and disagg) and by the tests.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -299,6 +301,7 @@ class ServerState:
         self.request_timeout_s: float | None = None
         self.body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S
         self.awaiting_first: int = 0   # in flight here, no output from the engine yet
+        self.health: Callable[[], tuple[int, dict]] | None = None
 
     def num_waiting(self) -> int:
         """Requests in flight here that are not in the engine's running batch: queued in the
@@ -427,6 +430,9 @@ async def handle_health(request: web.Request) -> web.Response:
     if state.draining:
         return web.json_response({"status": "draining"}, status=503,
                                  headers={"Retry-After": str(RETRY_AFTER_S)})
+    if state.health is not None:
+        code, body = state.health()
+        return web.json_response(body, status=code)
     return web.json_response({"status": "ok"})
 
 
@@ -450,6 +456,11 @@ def engine_stats(engine: Any) -> EngineStats | None:
     except Exception:
         log.warning("engine.stats() failed", exc_info=True)
         return None
+
+
+async def handle_engine_config(request: web.Request) -> web.Response:
+    """engine.config_report(): the configuration the engine runs with, as it reports it."""
+    return web.json_response(get_state(request.app).engine.config_report())
 
 
 async def handle_debug_steps(request: web.Request) -> web.Response:
@@ -796,15 +807,18 @@ def build_app(
     max_waiting_requests: int | None = DEFAULT_MAX_WAITING_REQUESTS,
     request_timeout_s: float | None = None,
     body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S,
+    health: Callable[[], tuple[int, dict]] | None = None,
 ) -> web.Application:
     """The OpenAI-compatible app around a running engine.
 
-    engine: AsyncEngine-like: generate/abort/step_trace, stats() -> EngineStats, and the
-    attributes max_model_len (the context window prompts are checked against) and vocab_size
-    (the bound for token-id prompts); tokenizer: encode / apply_chat_template; model_name: the
-    name clients must send as "model" (also accepted: extra_model_names).
+    engine: AsyncEngine-like: generate/abort/step_trace/config_report, stats() -> EngineStats,
+    and the attributes max_model_len (the context window prompts are checked against) and
+    vocab_size (the bound for token-id prompts); tokenizer: encode / apply_chat_template;
+    model_name: the name clients must send as "model" (also accepted: extra_model_names).
     api_key (None/"": no auth), max_waiting_requests (None: unbounded), request_timeout_s (None:
-    none), body_timeout_s (None: none): see the module docstring.
+    none), body_timeout_s (None: none): see the module docstring. health: GET /health's
+    (status code, JSON body) while not draining (default: 200 {"status": "ok"}); the disagg
+    router's reports its workers.
     Run it with `handler_cancellation=True` (see start_site) so disconnects abort requests.
     """
     if max_waiting_requests is not None and max_waiting_requests < 1:
@@ -820,6 +834,7 @@ def build_app(
     state.max_waiting_requests = max_waiting_requests
     state.request_timeout_s = request_timeout_s
     state.body_timeout_s = body_timeout_s
+    state.health = health
     app[STATE_KEY] = state
     app.router.add_post("/v1/completions", handle_completions)
     app.router.add_post("/v1/chat/completions", handle_chat)
@@ -827,6 +842,7 @@ def build_app(
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/debug/steps", handle_debug_steps)
+    app.router.add_get("/v1/engine/config", handle_engine_config)
     return app
 
 
