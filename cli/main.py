@@ -43,13 +43,13 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 @app.command()
+@engine_options
 def run(
     model: str = typer.Option("smollm2-135m", help="Engine model: registry name, HF dir, .gguf file or hub id."),
     url: Optional[str] = typer.Option(None, help="Benchmark an external OpenAI-compatible server instead of the engine."),
     served_model: Optional[str] = typer.Option(None, help="Model name to send to --url (default: first of /v1/models)."),
     api_key: Optional[str] = typer.Option(None, envvar="INFER_BENCH_API_KEY", help="Bearer token for --url."),
     deployments: str = typer.Option("mono,disagg", help="Engine deployments to compare, comma-separated: mono, disagg (1P1D, same total threads)."),
-    threads: int = typer.Option(2, min=1, help="Total CPU threads per deployment (split across workers)."),
     rates: Optional[str] = typer.Option(None, help="Poisson request rates (req/s), comma-separated, one load point each."),
     concurrency: Optional[str] = typer.Option(None, help="Closed-loop concurrency levels instead of rates, comma-separated."),
     num_requests: int = typer.Option(16, min=1, help="Requests per load point."),
@@ -70,6 +70,7 @@ def run(
     tokenizer: Optional[str] = typer.Option(None, help="Local tokenizer/model dir for exact prompt lengths (default: the engine model's)."),
     bisect: Optional[str] = typer.Option(None, help="Goodput search instead of --rates: LO:HI[:ITERATIONS] req/s (see `sweep`)."),
     workers: int = typer.Option(1, min=1, help="Client processes: shard each load point's client over N processes (send times precomputed) for rates one process cannot drive precisely (see `selftest`)."),
+    engine: EngineOptions = None,
 ):
     """Run the same workload against each deployment and write a results dir with report.html.
 
@@ -107,7 +108,7 @@ def run(
             raise errors.UserError(f"unknown deployment {m!r}: use mono or disagg")
     run_cmd.run(
         console=console, model=model, url=url, served_model=served_model, api_key=api_key,
-        modes=modes, threads=threads, rates=rate_list, concurrency=conc_list,
+        modes=modes, engine=engine, rates=rate_list, concurrency=conc_list,
         num_requests=num_requests, input_len=input_len, output_len=output_len, endpoint=endpoint,
         seed=seed, workload=workload, dataset=dataset, shared_prefix_len=shared_prefix_len,
         arrival=arrival, burstiness=burstiness, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out, tokenizer=tokenizer, bisect=bisect_spec,

@@ -1,9 +1,12 @@
-"""The engine options are one definition (cli/engine_options.py): `infer-bench serve` reads
-every one of them, with the engine's defaults, and maps them to EngineConfig by name."""
+"""The engine options are one definition (cli/engine_options.py) that reaches every engine:
+`infer-bench serve` and `infer-bench run` take the same flags, backends/launch.py writes them back
+as `infer-bench serve` flags that parse to the same values, serve maps them to EngineConfig by
+name, and a run's engines report the values they were given (GET /v1/engine/config)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import subprocess
 import sys
@@ -11,8 +14,10 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from infer_bench.backends import launch
 from infer_bench.backends.engine.http import serve as serve_mod
 from infer_bench.cli import main as cli_main
+from infer_bench.cli import run_cmd
 from infer_bench.cli.engine_options import EngineOptions
 
 # A value other than the default for every engine option, and the flags that say so.
@@ -50,10 +55,15 @@ def test_every_option_has_a_non_default_value_here():
     assert all(NON_DEFAULT[k] != fields[k] for k in fields)
 
 
-def test_serve_reads_every_engine_flag(monkeypatch):
+def test_serve_and_run_read_the_same_flags_into_the_same_options(monkeypatch):
     settings = serve_settings(monkeypatch, "--model", "m", *ARGV)
     assert {k: getattr(settings, k) for k in NON_DEFAULT} == NON_DEFAULT
 
+    seen = {}
+    monkeypatch.setattr(run_cmd, "run", lambda **kw: seen.update(kw))
+    res = invoke("run", "--model", "m", *ARGV)
+    assert res.exit_code == 0, res.output
+    assert seen["engine"] == EngineOptions(**NON_DEFAULT)
 
 
 def test_defaults_are_the_engines(monkeypatch):
@@ -62,6 +72,35 @@ def test_defaults_are_the_engines(monkeypatch):
     assert {k: getattr(settings, k) for k in NON_DEFAULT} == EngineOptions().as_dict()
     assert serve_mod.engine_config(settings) == serve_mod.engine_config(
         serve_mod.ServeSettings(model="m"))
+
+
+def test_every_option_survives_the_launch_command(monkeypatch, tmp_path):
+    """What a run launches parses back to what the run was given (the launch flags cannot
+    drift from serve's)."""
+    spec = launch.EngineDeploymentSpec(name="d", model="m", model_path="/models/m", mode="disagg",
+                                       **NON_DEFAULT)
+    cmd = launch.EngineDeployment(spec, tmp_path).command()
+    assert cmd[:4] == [sys.executable, "-m", "infer_bench.cli", "serve"]
+    settings = serve_settings(monkeypatch, *cmd[4:])
+    assert {k: getattr(settings, k) for k in NON_DEFAULT} == NON_DEFAULT
+    assert (settings.model, settings.served_model_name, settings.mode) == ("/models/m", "m", "disagg")
+    # mono: the defaults come back as the defaults (disagg flags are left out)
+    mono = launch.EngineDeploymentSpec(name="mono", model="m")
+    settings = serve_settings(monkeypatch, *launch.EngineDeployment(mono, tmp_path).command()[4:])
+    assert settings.mode == "mono" and settings.num_threads == mono.num_threads == 2
+    assert {k: getattr(settings, k) for k in NON_DEFAULT if k != "num_threads"} == \
+        {k: v for k, v in EngineOptions().as_dict().items() if k != "num_threads"}
+
+
+def test_run_gives_every_deployment_every_option(tmp_path):
+    specs = run_cmd.engine_deployments("m", tmp_path, ["mono", "disagg"],
+                                       EngineOptions(**NON_DEFAULT))
+    assert [(s.name, s.mode) for s in specs] == [("mono", "mono"), ("disagg-2p3d", "disagg")]
+    for s in specs:
+        assert {k: getattr(s, k) for k in NON_DEFAULT} == NON_DEFAULT
+        assert (s.model, s.model_path) == ("m", str(tmp_path))
+    (mono,) = run_cmd.engine_deployments("m", tmp_path, ["mono"], EngineOptions())
+    assert mono.num_threads == run_cmd.DEFAULT_THREADS
 
 
 def test_serve_maps_settings_to_engine_config_by_name():
@@ -119,7 +158,8 @@ def test_bad_engine_options_are_one_line(args, fragment):
 
 def test_serve_help_looks_like_the_others():
     serve_help = cli("serve", "--help")
-    assert serve_help.returncode == 0
+    run_help = cli("run", "--help")
+    assert serve_help.returncode == run_help.returncode == 0
     assert serve_help.stdout.startswith("Usage: infer-bench serve [OPTIONS]")
     examples = [ln.strip() for ln in serve_help.stdout.splitlines() if "Example:" in ln]
     assert len(examples) >= 2 and all(ln.startswith("Example: infer-bench serve") for ln in examples)
@@ -128,3 +168,35 @@ def test_serve_help_looks_like_the_others():
                     "--prefix-caching / --no-prefix-caching", "--spec", "--kv-transport",
                     "--layerwise / --no-layerwise", "--prefill-workers"}
     assert engine_flags <= set(flags.findall(serve_help.stdout))
+    assert engine_flags <= set(flags.findall(run_help.stdout))
+
+
+def test_run_passes_engine_options_to_every_engine(tmp_path, tiny_model_dir, monkeypatch):
+    """Acceptance: `infer-bench run --kv-cache-gb 1 --max-num-batched-tokens 256` reaches the
+    engine of both deployments it starts. Each engine's own report (GET /v1/engine/config, read
+    as soon as it is ready) has the values, and its KV pool is 1 GiB; spec.json records them."""
+    reports = {}
+    real_start = launch.EngineDeployment.start
+
+    def start(self):
+        real_start(self)
+        reports[self.spec.name] = launch.http_get_json(self.base_url + "/v1/engine/config")
+
+    monkeypatch.setattr(launch.EngineDeployment, "start", start)
+    out = tmp_path / "run"
+    res = invoke("run", "--model", str(tiny_model_dir), "--deployments", "mono,disagg",
+                 "--kv-cache-gb", "1", "--max-num-batched-tokens", "256", "--rates", "4",
+                 "--num-requests", "3", "--input-len", "16", "--output-len", "4", "--warmup", "0",
+                 "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert set(reports) == {"mono", "disagg-1p1d"}
+    engines = {"mono": reports["mono"], **reports["disagg-1p1d"]["workers"]}
+    assert set(engines) == {"mono", "prefill-0", "decode-0"}
+    for name, rep in engines.items():
+        assert rep["config"]["kv_cache_gb"] == 1 and rep["config"]["max_num_batched_tokens"] == 256, name
+        assert 0.99 * 2**30 < rep["resolved"]["kv_cache_bytes"] <= 2**30, name
+    spec = json.loads((out / "spec.json").read_text())
+    for dep in spec["deployments"]:
+        assert (dep["kv_cache_gb"], dep["max_num_batched_tokens"]) == (1, 256)
+        assert dep["model_path"] == str(tiny_model_dir) and dep["model"] == str(tiny_model_dir)
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
