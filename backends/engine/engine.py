@@ -152,13 +152,6 @@ class LLMEngine:
         self.trace: deque[dict] = deque(maxlen=100_000)
         self.step_times = StepTimeHistogram()
 
-    @classmethod
-    def from_source(cls, source: str, config: EngineConfig | None = None) -> "LLMEngine":
-        from .loader import load_model
-        config = config or EngineConfig()
-        dtype = getattr(torch, config.dtype) if isinstance(config.dtype, str) else config.dtype
-        return cls(config, load_model(source, config.device, dtype))
-
     # ---- requests -------------------------------------------------------------------------
     def validate_request(self, request_id: str, prompt_token_ids, params: SamplingParams) -> None:
         """Raise ValueError (clear message) if the request can never run. No state change."""

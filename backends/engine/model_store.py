@@ -41,7 +41,6 @@ REGISTRY: dict[str, dict] = {
         "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     },
 }
-DEFAULT_MODEL = "smollm2-135m"
 META_FILE = "infer_bench_meta.json"
 
 

@@ -59,8 +59,6 @@ from .sampling import SamplingParams, apply_top_k_top_p
 from .sequence import Sequence, SequenceStatus
 from .stats import SpecStats
 
-SPEC_METHODS = (None, "ngram", "draft")
-
 
 def parse_spec_flag(value: str | None) -> dict:
     """`--spec` value -> EngineConfig kwargs: "ngram" | "draft:<model source>" | "" / "none"."""
