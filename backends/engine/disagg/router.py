@@ -19,7 +19,7 @@ Role in the data flow:
       worker and role), health() (ok / degraded / unavailable).
 
 Workers are separate OS processes (`python -m infer_bench.backends.engine.disagg.worker`), each
-with its own engine and torch threads (the deployment's --num-threads split evenly); each is
+with its own engine and torch threads (the deployment's --threads split evenly); each is
 connected to the router by a socketpair it inherits (JSON frames, wire.py). The router does no
 torch work. A worker that dies (its socket closes) fails its in-flight requests at once (503
 before the first token, an error event mid-stream), is no longer chosen, and is reported by
