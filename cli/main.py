@@ -49,7 +49,7 @@ def run(
     url: Optional[str] = typer.Option(None, help="Benchmark an external OpenAI-compatible server instead of the engine."),
     served_model: Optional[str] = typer.Option(None, help="Model name to send to --url (default: first of /v1/models)."),
     api_key: Optional[str] = typer.Option(None, envvar="INFER_BENCH_API_KEY", help="Bearer token for --url."),
-    deployments: str = typer.Option("mono,disagg", help="Engine deployments to compare, comma-separated: mono, disagg (1P1D, same total threads)."),
+    deployments: str = typer.Option("mono,disagg", help="Engine deployments to compare, comma-separated: mono, disagg (--prefill-workers x --decode-workers, default 1P1D; same total --threads)."),
     rates: Optional[str] = typer.Option(None, help="Poisson request rates (req/s), comma-separated, one load point each."),
     concurrency: Optional[str] = typer.Option(None, help="Closed-loop concurrency levels instead of rates, comma-separated."),
     num_requests: int = typer.Option(16, min=1, help="Requests per load point."),
