@@ -1,7 +1,8 @@
 """Deployments: where a run's requests go, launched and torn down around each measurement.
 
 A deployment is either the reference engine started as real server processes on loopback
-(`EngineDeployment`: `python -m infer_bench.backends.engine.http.serve ...`, one process per worker),
+(`EngineDeployment`: `python -m infer_bench.cli serve ...` with the spec's engine options as its
+flags, one process per disagg worker besides),
 or an external OpenAI-compatible server given by URL (`ExternalDeployment`: vLLM, SGLang, Dynamo,
 llama.cpp...). Both expose the same small interface to the runner: `start()` (returns once the
 server answers its health check, or raises `DeploymentError` with a one-line reason), `base_url`,
@@ -52,12 +53,15 @@ def http_get_json(url: str, timeout: float = 5.0, headers: dict | None = None):
 
 @dataclass
 class EngineDeploymentSpec:
-    """How to launch the reference engine for one deployment of a run."""
+    """How to launch the reference engine for one deployment of a run. The engine options have
+    the names of the CLI's EngineOptions (cli/engine_options.py) and of `infer-bench serve`'s
+    ServeSettings; None means the engine's default. `command()` writes them as serve's flags."""
 
     name: str = "mono"
-    model: str = "smollm2-135m"
+    model: str = "smollm2-135m"      # as given: the model name clients send, and spec.json's
+    model_path: str | None = None    # where the engine loads it from (resolved once); None: model
     mode: str = "mono"  # "mono" or "disagg"
-    num_threads: int = 2
+    num_threads: int = 2             # the deployment's total (disagg: split across workers)
     prefill_workers: int = 1
     decode_workers: int = 1
     device: str = "cpu"
@@ -65,8 +69,16 @@ class EngineDeploymentSpec:
     kv_cache_gb: float | None = None
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
+    max_model_len: int | None = None
+    block_size: int | None = None
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
+    speculation: str | None = None   # --spec: ngram | draft:MODEL
+    spec_k: int | None = None
+    kv_transport: str = "shm"
+    layerwise: bool = True
+    kv_link_gbps: float | None = None
+    disagg_threshold: int | None = None
     extra_args: list[str] = field(default_factory=list)
 
     kind: str = "engine"
@@ -127,20 +139,27 @@ class EngineDeployment:
     def command(self) -> list[str]:
         s = self.spec
         cmd = [
-            sys.executable, "-m", "infer_bench.backends.engine.http.serve",
-            "--model", s.model, "--host", "127.0.0.1", "--port", str(self.port),
-            "--device", s.device, "--dtype", s.dtype, "--num-threads", str(s.num_threads),
-            "--served-model-name", s.model,
+            sys.executable, "-m", "infer_bench.cli", "serve",
+            "--model", s.model_path or s.model, "--served-model-name", s.model,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--device", s.device, "--dtype", s.dtype, "--threads", str(s.num_threads),
         ]
         if s.mode != "mono":
             cmd += ["--mode", s.mode, "--prefill-workers", str(s.prefill_workers),
-                    "--decode-workers", str(s.decode_workers)]
-        if s.kv_cache_gb is not None:
-            cmd += ["--kv-cache-gb", str(s.kv_cache_gb)]
-        if s.max_num_batched_tokens is not None:
-            cmd += ["--max-num-batched-tokens", str(s.max_num_batched_tokens)]
-        if s.max_num_seqs is not None:
-            cmd += ["--max-num-seqs", str(s.max_num_seqs)]
+                    "--decode-workers", str(s.decode_workers), "--kv-transport", s.kv_transport]
+            if not s.layerwise:
+                cmd.append("--no-layerwise")
+            if s.kv_link_gbps is not None:
+                cmd += ["--kv-link-gbps", str(s.kv_link_gbps)]
+            if s.disagg_threshold is not None:
+                cmd += ["--disagg-threshold", str(s.disagg_threshold)]
+        for flag, value in (("--kv-cache-gb", s.kv_cache_gb),
+                            ("--max-num-batched-tokens", s.max_num_batched_tokens),
+                            ("--max-num-seqs", s.max_num_seqs), ("--max-model-len", s.max_model_len),
+                            ("--block-size", s.block_size), ("--spec", s.speculation),
+                            ("--spec-k", s.spec_k)):
+            if value is not None:
+                cmd += [flag, str(value)]
         if not s.enable_prefix_caching:
             cmd.append("--no-prefix-caching")
         if not s.enable_chunked_prefill:

@@ -290,7 +290,7 @@ def bench_batch(lm, hf, args) -> None:
         ours.append(useful / t)
         st = eng.stats()
         print(f"  round {r}: ours {t:7.1f} s = {ours[-1]:6.1f} tok/s  (steps {eng.step_id}, preemptions "
-              f"{eng.scheduler.num_preemptions}, kv blocks {st.get('kv_blocks_total', '?')})  ({load()})", flush=True)
+              f"{eng.scheduler.num_preemptions}, kv blocks {st.kv_blocks_total})  ({load()})", flush=True)
         del eng
         t = 0.0
         for b in range(0, n, args.hf_batch):

@@ -133,8 +133,9 @@ def run_once(engine: LLMEngine, prompts, max_tokens: int, batch: int):
     tokens = sum(per_step_tokens.get(t["step"], 0) for t in steps)
     wall = sum(t["wall_s"] for t in steps)
     s1 = engine.stats()
-    delta = {k: s1[k] - s0[k] for k in ("spec_proposed_total", "spec_accepted_total")}
-    delta["verify_steps"] = s1.get("spec_verify_steps_total", 0) - s0.get("spec_verify_steps_total", 0)
+    delta = {"spec_proposed_total": s1.spec.proposed_total - s0.spec.proposed_total,
+             "spec_accepted_total": s1.spec.accepted_total - s0.spec.accepted_total,
+             "verify_steps": s1.spec.verify_steps_total - s0.spec.verify_steps_total}
     return tokens / wall, outs, delta, tokens / max(1, len(steps)) / batch
 
 

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from . import errors
 from .parsing import positive_floats, positive_ints
+from .engine_options import EngineOptions, engine_options
 
 app = typer.Typer(
     name="infer-bench",
@@ -33,14 +34,14 @@ err_console = Console(stderr=True)
 
 
 @app.command()
+@engine_options
 def run(
     ctx: typer.Context,
     model: str = typer.Option("smollm2-135m", help="Engine model: registry name, HF dir, .gguf file or hub id."),
     url: Optional[str] = typer.Option(None, help="Benchmark an external OpenAI-compatible server instead of the engine."),
     served_model: Optional[str] = typer.Option(None, help="Model name to send to --url (default: first of /v1/models)."),
     api_key: Optional[str] = typer.Option(None, envvar="INFER_BENCH_API_KEY", help="Bearer token for --url."),
-    deployments: str = typer.Option("mono,disagg", help="Engine deployments to compare, comma-separated: mono, disagg (1P1D, same total threads)."),
-    threads: int = typer.Option(2, min=1, help="Total CPU threads per deployment (split across workers)."),
+    deployments: str = typer.Option("mono,disagg", help="Engine deployments to compare, comma-separated: mono, disagg (--prefill-workers x --decode-workers, default 1P1D; same total --threads)."),
     rates: Optional[str] = typer.Option(None, help="Poisson request rates (req/s), comma-separated, one load point each."),
     concurrency: Optional[str] = typer.Option(None, help="Closed-loop concurrency levels instead of rates, comma-separated."),
     num_requests: int = typer.Option(16, min=1, help="Requests per load point (multi_turn: conversations; a warning says how many requests that makes)."),
@@ -66,6 +67,7 @@ def run(
     steady_state: float = typer.Option(0.1, min=0.0, max=0.5, help="Share of each load point's send span left out of percentiles and attainment as ramp-up (0: keep every request)."),
     pin_cores: bool = typer.Option(True, "--pin-cores/--no-pin-cores", help="Pin each engine deployment to the cores its chips count, the client to spare cores."),
     check: Optional[list[str]] = typer.Option(None, "--check", help="Pass/fail gate, repeatable: [DEP:]METRIC OP VALUE[UNIT], e.g. 'ttft_p90<2s', 'attainment>=0.9'. Exit code 3 when one fails."),
+    engine: EngineOptions = None,
 ):
     """Run the same workload against each deployment and write a results dir with report.html.
 
@@ -118,7 +120,7 @@ def run(
         scenarios=scenarios, repeats=repeats, interleave=interleave, steady_state=steady_state,
         pin_cores=pin_cores, checks=check or [],
         console=console, model=model, url=url, served_model=served_model, api_key=api_key,
-        modes=modes, threads=threads, rates=rate_list, concurrency=conc_list,
+        modes=modes, engine=engine, rates=rate_list, concurrency=conc_list,
         num_requests=num_requests, input_len=input_len, output_len=output_len, endpoint=endpoint,
         seed=seed, workload=workload, dataset=dataset, shared_prefix_len=shared_prefix_len,
         arrival=arrival, burstiness=burstiness, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out, tokenizer=tokenizer, bisect=bisect_spec,
@@ -148,36 +150,51 @@ def sweep(
         raise typer.Exit(rv)
 
 
-SERVE_EXAMPLE = "Example: infer-bench serve --model smollm2-135m --port 8000"
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-             add_help_option=False)
-def serve(ctx: typer.Context):
-    """Serve the reference engine over an OpenAI-compatible HTTP API (all flags: --help).
+@app.command()
+@engine_options
+def serve(
+    model: str = typer.Option("smollm2-135m", help="Model: registry name, HF dir, .gguf file or hub id."),
+    host: str = typer.Option("127.0.0.1", help="Bind address (beyond loopback, set an API key)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port (0: a free one)."),
+    mode: str = typer.Option("mono", help="mono: one engine does prefill and decode; disagg: prefill and decode worker processes (the options marked Disagg:)."),
+    served_model_name: Optional[str] = typer.Option(None, help="Name clients send as 'model' (default: the --model string)."),
+    seed: Optional[int] = typer.Option(None, help="Sampler seed of requests that bring none."),
+    api_key: Optional[str] = typer.Option(None, help="Require 'Authorization: Bearer KEY' on every endpoint but /health (default: $INFER_BENCH_API_KEY, preferred: a command line is visible to every local user)."),
+    max_waiting_requests: int = typer.Option(256, min=0, help="Requests allowed to wait for the running batch; more get 429 (0: unbounded)."),
+    request_timeout_s: Optional[float] = typer.Option(None, min=0, help="Abort a request still running after this many seconds (default: never)."),
+    body_timeout_s: float = typer.Option(30.0, min=0, help="408 when a request body is not received within this many seconds (0: no limit)."),
+    max_body_bytes: int = typer.Option(16 * 1024 * 1024, min=1, help="413 for larger request bodies."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log one line per request (address, request line, status; no headers)."),
+    log_level: str = typer.Option("warning", help="debug, info, warning or error."),
+    old_num_threads: Optional[int] = typer.Option(None, "--num-threads", min=1, hidden=True, help="Deprecated: --threads."),
+    engine: EngineOptions = None,
+):
+    """Serve the reference engine over an OpenAI-compatible HTTP API (/v1/completions,
+    /v1/chat/completions, /v1/models, /health, /metrics, /debug/steps) until SIGTERM or Ctrl-C.
 
     \b
     Example: infer-bench serve --model smollm2-135m --port 8000
+    Example: infer-bench serve --mode disagg --prefill-workers 1 --decode-workers 1 --threads 2
+    Example: infer-bench serve --kv-cache-gb 1 --max-num-batched-tokens 256 --no-prefix-caching
     """
+    import dataclasses
+
     from infer_bench.backends.engine.http import serve as engine_serve
 
-    args = list(ctx.args)
-    parser = engine_serve.build_arg_parser()
-    parser.prog = "infer-bench serve"
-    if "--help" in args or "-h" in args:
-        console.print(parser.format_help(), highlight=False, markup=False)
-        console.print(SERVE_EXAMPLE + "\n         infer-bench serve --mode disagg --prefill-workers 1 "
-                      "--decode-workers 1 --num-threads 2", highlight=False, markup=False)
-        return
-    if not any(a == "--model" or a.startswith("--model=") for a in args):
-        args = ["--model", "smollm2-135m", *args]
-
-    def fail(message: str):
-        raise errors.UserError(f"{message} (see: infer-bench serve --help)")
-
-    parser.error = fail  # one clear line instead of argparse's usage block
-    parser.parse_args(args)
-    raise typer.Exit(engine_serve.main(args) or 0)
+    if mode not in engine_serve.MODES:
+        raise errors.UserError(f"--mode must be {' or '.join(engine_serve.MODES)}, got {mode!r}")
+    if old_num_threads is not None:
+        if engine.num_threads is not None and engine.num_threads != old_num_threads:
+            raise errors.UserError("--num-threads is the old name of --threads: give one of them")
+        err_console.print("warning: --num-threads is deprecated; use --threads", highlight=False)
+        engine = dataclasses.replace(engine, num_threads=old_num_threads)
+    settings = engine_serve.ServeSettings(
+        model=model, host=host, port=port, mode=mode, served_model_name=served_model_name,
+        seed=seed, api_key=api_key, max_waiting_requests=max_waiting_requests,
+        request_timeout_s=request_timeout_s, body_timeout_s=body_timeout_s,
+        max_body_bytes=max_body_bytes, access_log=access_log, log_level=log_level,
+        **engine.as_dict())
+    raise typer.Exit(engine_serve.serve(settings) or 0)
 
 
 @app.command()
@@ -297,7 +314,7 @@ def _mro_names(exc: BaseException) -> set[str]:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: one clear line on expected errors, never a traceback."""
     try:
-        rv = app(args=argv, standalone_mode=False)
+        rv = app(args=argv, prog_name="infer-bench", standalone_mode=False)
         # Non-standalone typer returns the exit code of typer.Exit (130 for Ctrl-C) as the value.
         if isinstance(rv, int) and not isinstance(rv, bool):
             if rv == 130:

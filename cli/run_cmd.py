@@ -1,8 +1,10 @@
 """`infer-bench run`: turn flags into a RunSpec, run it with rich progress, render the report.
 
-Thin glue: the model is resolved (and fetched once, with pip's progress bar) here so the engine
-subprocess starts from the cache; everything else is library code (workloads.runner, then
-workloads.planning.predict for predictions.json, then reports.html).
+Thin glue: the engine model is resolved here, once (fetched once, with pip's progress bar), and
+every engine deployment loads it from that local path with the engine options given (cli/
+engine_options.py); everything else is library code (workloads.runner, then
+workloads.planning.predict for predictions.json, then reports.html; reports.scenarios for the
+default run's index page).
 """
 
 from __future__ import annotations
@@ -14,27 +16,44 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .engine_options import EngineOptions
 from .errors import UserError
 
 
-def resolve_model(model: str, console: Console) -> str | None:
-    """Fetch a registry model once; return a local dir holding its tokenizer (or None)."""
-    from infer_bench.backends.engine import model_store
-    from infer_bench.backends.engine.loader import ModelLoadError, _looks_like_hub_id
+DEFAULT_THREADS = 2   # per deployment when --threads is not given (mono and 1P1D on 2 cores)
 
-    if model in model_store.REGISTRY:
-        if not model_store.is_cached(model):
-            console.print(f"fetching default model [bold]{model}[/bold] (once; cached under {model_store.cache_root()})")
-        return str(model_store.ensure_model(model, progress=True))
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return str(path) if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists() else None
-    if path.is_file():
-        return None
-    if _looks_like_hub_id(model):
-        return None
-    raise ModelLoadError(f"model '{model}' not found: not a directory, a .gguf file, a registry name "
-                         f"({', '.join(model_store.REGISTRY)}) or a hub id like org/name")
+
+def resolve_model(model: str, console: Console) -> Path:
+    """The engine model as a local path (a registry model or a hub id fetched once)."""
+    from infer_bench.backends.engine import model_store
+    from infer_bench.backends.engine.loader import resolve_source
+
+    if model in model_store.REGISTRY and not Path(model).expanduser().exists() \
+            and not model_store.is_cached(model):
+        console.print(f"fetching default model [bold]{model}[/bold] (once; cached under {model_store.cache_root()})")
+    return resolve_source(model, progress=True)
+
+
+def tokenizer_dir(path: Path) -> str | None:
+    """The model's directory when it holds a tokenizer (a .gguf file: None, the default)."""
+    if path.is_dir() and ((path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists()):
+        return str(path)
+    return None
+
+
+def engine_deployments(model: str, model_path: Path, modes: list[str], engine: EngineOptions):
+    """One EngineDeploymentSpec per mode, each with every engine option of the run; disagg is
+    --prefill-workers x --decode-workers, sharing the deployment's --threads."""
+    from infer_bench.backends.launch import EngineDeploymentSpec
+
+    opts = engine.as_dict()
+    opts["num_threads"] = engine.num_threads or DEFAULT_THREADS
+    specs = []
+    for mode in modes:
+        name = "mono" if mode == "mono" else f"disagg-{engine.prefill_workers}p{engine.decode_workers}d"
+        specs.append(EngineDeploymentSpec(name=name, model=model, model_path=str(model_path),
+                                          mode=mode, **opts))
+    return specs
 
 
 class ProgressObserver:
@@ -114,11 +133,12 @@ def print_summary(console: Console, results_dir: Path) -> None:
 
 
 def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
-        steady_state: float = 0.1, pin_cores: bool = True, checks=(), console: Console, model, url, served_model, api_key, modes, threads, rates, concurrency,
+        steady_state: float = 0.1, pin_cores: bool = True, checks=(), console: Console, model,
+        url, served_model, api_key, modes, engine: EngineOptions, rates, concurrency,
         num_requests, input_len, output_len, endpoint, seed, slo_ttft,
         workload="synthetic", dataset=None, shared_prefix_len=0, arrival="poisson", burstiness=1.0, slo_tpot, warmup, timeout,
         out, tokenizer=None, bisect=None, workers: int = 1) -> None:
-    from infer_bench.backends.launch import EngineDeploymentSpec, ExternalDeploymentSpec
+    from infer_bench.backends.launch import ExternalDeploymentSpec
     from infer_bench.workloads import runner
     from infer_bench.workloads.spec import SLO, WorkloadSpec
 
@@ -128,15 +148,9 @@ def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
         deployments = [ExternalDeploymentSpec(name="external", url=url, model=served_model, api_key=api_key)]
         tok_path = tokenizer
     else:
-        tok_path = tokenizer or resolve_model(model, console)
-        deployments = []
-        for mode in modes:
-            if mode == "mono":
-                deployments.append(EngineDeploymentSpec(name="mono", model=model, mode="mono", num_threads=threads))
-            else:
-                # --num-threads is the deployment's total; the router splits it across workers.
-                deployments.append(EngineDeploymentSpec(name="disagg-1p1d", model=model, mode="disagg",
-                                                        num_threads=threads, prefill_workers=1, decode_workers=1))
+        model_path = resolve_model(model, console)
+        tok_path = tokenizer or tokenizer_dir(model_path)
+        deployments = engine_deployments(model, model_path, modes, engine)
     if tok_path is not None and not Path(tok_path).exists():
         raise UserError(f"tokenizer path {tok_path} does not exist")
     if workload == "shared_prefix" and not shared_prefix_len:

@@ -217,7 +217,7 @@ def test_step_trace_and_stats_cover_all_workers(loop, shm2p1d):
     assert {(r["worker"], r["role"]) for r in rows} >= {("prefill-0", "prefill"), ("prefill-1", "prefill"),
                                                        ("decode-0", "decode")}
     st = shm2p1d.stats()
-    assert st["workers_alive_prefill"] == 2 and st["kv_blocks_total"] == 3 * 256
+    assert st.workers_alive_prefill == 2 and st.kv_blocks_total == 3 * 256
     code, h = shm2p1d.health()
     assert code == 200 and h["status"] == "ok"
 

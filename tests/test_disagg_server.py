@@ -54,9 +54,9 @@ def server(tiny_model_dir, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("disagg-log") / "server.log"
     before = set(_shm_segments())
-    cmd = [sys.executable, "-m", "infer_bench.backends.engine.http.serve", "--model", str(tiny_model_dir),
+    cmd = [sys.executable, "-m", "infer_bench.cli", "serve", "--model", str(tiny_model_dir),
            "--served-model-name", "tiny", "--port", str(port), "--mode", "disagg",
-           "--prefill-workers", "1", "--decode-workers", "2", "--num-threads", "3",
+           "--prefill-workers", "1", "--decode-workers", "2", "--threads", "3",
            "--kv-cache-gb", "0.01", "--block-size", "4"]
     fh = open(log, "wb")
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)

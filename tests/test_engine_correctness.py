@@ -134,8 +134,8 @@ def test_timing_and_trace(loaded, workload):
             assert b["decode_batch"] == steps[sid]["n_decode_seqs"]
     assert sum(finals[k].timing["preemptions"] for k in finals) == engine.scheduler.num_preemptions > 0
     st = engine.stats()
-    assert st["generation_tokens_total"] == sum(max_tokens)
-    assert st["step_time_buckets"]["+Inf"] == st["steps_total"] == len(steps)
+    assert st.generation_tokens_total == sum(max_tokens)
+    assert st.step_time.count == st.steps_total == len(steps)
 
 
 def test_prefix_hits_reported(loaded):
@@ -148,7 +148,7 @@ def test_prefix_hits_reported(loaded):
         for out in engine.step():
             final = out
     assert final.timing["num_cached_tokens"] == 28  # 7 full blocks of the shared 30 tokens
-    assert engine.stats()["prefix_hit_rate"] > 0
+    assert engine.stats().prefix_hit_rate > 0
 
 
 def test_seeded_sampling_reproducible(loaded, workload):
@@ -284,8 +284,8 @@ async def test_async_engine_matches_sync(loaded, workload, hf_reference):
         assert [r[0] for r in results] == hf_reference
         assert all(r[1].finished and r[1].finish_reason == "length" and r[1].timing for r in results)
         st = engine.stats()
-        assert st["running"] == st["waiting"] == 0 and st["kv_blocks_used"] == 0
-        assert len(engine.step_trace()) == st["steps_total"] > 0
+        assert st.running == st.waiting == 0 and st.kv_blocks_used == 0
+        assert len(engine.step_trace()) == st.steps_total > 0
         with pytest.raises(ValueError, match="empty"):
             await _consume(engine, "bad", [], greedy(1))
     finally:
@@ -303,26 +303,26 @@ async def test_async_cancel_aborts_request(loaded):
 
         task = asyncio.create_task(consumer())
         await asyncio.wait_for(got_first.wait(), 30)
-        assert engine.stats()["kv_blocks_used"] > 0
+        assert engine.stats().kv_blocks_used > 0
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         for _ in range(200):
             st = engine.stats()
-            if st["running"] == 0 and st["kv_blocks_used"] == 0:
+            if st.running == 0 and st.kv_blocks_used == 0:
                 break
             await asyncio.sleep(0.01)
-        assert st["running"] == 0 and st["kv_blocks_used"] == 0
+        assert st.running == 0 and st.kv_blocks_used == 0
         # a consumer that stops early (break) also aborts
         gen = engine.generate("brk", list(range(3, 40)), greedy(1000))
         async for _ in gen:
             break
         await gen.aclose()
         for _ in range(200):
-            if engine.stats()["kv_blocks_used"] == 0:
+            if engine.stats().kv_blocks_used == 0:
                 break
             await asyncio.sleep(0.01)
-        assert engine.stats()["kv_blocks_used"] == 0
+        assert engine.stats().kv_blocks_used == 0
         # the engine keeps serving
         toks, last = await _consume(engine, "after", [5, 6, 7], greedy(3))
         assert len(toks) == 3 and last.finish_reason == "length"

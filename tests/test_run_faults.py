@@ -105,7 +105,7 @@ def test_engine_killed_mid_run_cleans_up(tmp_path, tiny_model_dir):
                     "--warmup", "0", "--out", str(out))
     wait_for_records(out, 5, cli)
     children = psutil.Process(cli.pid).children(recursive=True)
-    engine = [c for c in children if "infer_bench.backends.engine.http.serve" in " ".join(c.cmdline())]
+    engine = [c for c in children if c.cmdline()[2:4] == ["infer_bench.cli", "serve"]]
     assert engine, [c.cmdline() for c in children]
     engine[0].kill()
     _, err = cli.communicate(timeout=120)

@@ -2,8 +2,8 @@
 
 Three layers: (1) a fake engine with AsyncEngine's API (fast; checks the server's own logic,
 including disconnect -> abort); (2) the real AsyncEngine on a tiny random model, served
-in-process by aiohttp's TestServer; (3) the real `python -m infer_bench.backends.engine.http.serve`
-subprocess, stopped with SIGTERM, leaving no orphan.
+in-process by aiohttp's TestServer; (3) the real `python -m infer_bench.cli serve` subprocess,
+stopped with SIGTERM, leaving no orphan.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestServer
 
 from conftest import free_port
 from infer_bench.backends.engine.http.app import build_app
+from infer_bench.backends.engine.stats import EngineStats, StepTimeHistogram
 
 MODEL = "tiny"
 
@@ -109,6 +110,7 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.steps: list[dict] = []
         self.max_model_len = 128
+        self.vocab_size = FakeTokenizer.vocab_size
 
     async def generate(self, request_id, prompt_token_ids, params):
         self.blocks[request_id] = len(prompt_token_ids) // 4 + 1
@@ -135,8 +137,11 @@ class FakeEngine:
             self.aborted.append(request_id)
 
     def stats(self):
-        return {"running": len(self.blocks), "waiting": 0,
-                "kv_blocks_used": sum(self.blocks.values()), "kv_blocks_free": 100}
+        step_time = StepTimeHistogram()
+        for step in self.steps:
+            step_time.observe(step["duration_s"])
+        return EngineStats(running=len(self.blocks), kv_blocks_used=sum(self.blocks.values()),
+                           kv_blocks_free=100, steps_total=len(self.steps), step_time=step_time)
 
     def step_trace(self):
         return list(self.steps)
@@ -169,13 +174,13 @@ async def test_fake_engine_stream_and_disconnect():
         r = await s.post(url, json={**body, "max_tokens": 100})
         assert r.status == 200
         await r.content.readuntil(b"\n\n")
-        assert engine.stats()["kv_blocks_used"] > 0
+        assert engine.stats().kv_blocks_used > 0
         r.close()
         for _ in range(100):
-            if engine.stats()["kv_blocks_used"] == 0:
+            if engine.stats().kv_blocks_used == 0:
                 break
             await asyncio.sleep(0.02)
-        assert engine.stats()["kv_blocks_used"] == 0 and len(engine.aborted) == 1
+        assert engine.stats().kv_blocks_used == 0 and len(engine.aborted) == 1
 
         # Non-streaming disconnect (handler cancellation) also aborts.
         task = asyncio.create_task(s.post(url, json={**body, "stream": False,
@@ -183,10 +188,10 @@ async def test_fake_engine_stream_and_disconnect():
         await asyncio.sleep(0.2)
         task.cancel()
         for _ in range(100):
-            if engine.stats()["kv_blocks_used"] == 0:
+            if engine.stats().kv_blocks_used == 0:
                 break
             await asyncio.sleep(0.02)
-        assert engine.stats()["kv_blocks_used"] == 0 and len(engine.aborted) == 2
+        assert engine.stats().kv_blocks_used == 0 and len(engine.aborted) == 2
 
         async with s.get(srv.make_url("/metrics")) as r:
             m = parse_prometheus(await r.text())
@@ -461,16 +466,16 @@ async def test_bad_requests_get_json_4xx_and_server_keeps_serving(real_server):
 
 async def test_client_disconnect_mid_stream_frees_kv_blocks(real_server):
     s, engine, tok = real_server
-    assert await wait_for(lambda: engine.stats()["kv_blocks_used"] == 0)
+    assert await wait_for(lambda: engine.stats().kv_blocks_used == 0)
     r = await s.post("/v1/completions", json={"prompt": "a long story", "max_tokens": 200,
                                               "ignore_eos": True, "stream": True})
     assert r.status == 200
     await r.content.readuntil(b"\n\n")
     await r.content.readuntil(b"\n\n")
-    assert engine.stats()["kv_blocks_used"] > 0
+    assert engine.stats().kv_blocks_used > 0
     r.close()  # drop the connection mid-stream
-    assert await wait_for(lambda: engine.stats()["kv_blocks_used"] == 0
-                          and engine.stats()["running"] == 0), engine.stats()
+    assert await wait_for(lambda: engine.stats().kv_blocks_used == 0
+                          and engine.stats().running == 0), engine.stats()
     rid = next(reversed(engine.outputs))
     assert len(engine.outputs[rid]) < 200
 
@@ -481,14 +486,14 @@ async def test_client_disconnect_mid_stream_frees_kv_blocks(real_server):
 
 def _spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([sys.executable, "-m", "infer_bench.backends.engine.http.serve", *args],
+    return subprocess.Popen([sys.executable, "-m", "infer_bench.cli", "serve", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_serve_subprocess_ready_request_sigterm_no_orphan(tiny_model_dir):
     psutil = pytest.importorskip("psutil")
     port = free_port()
-    proc = _spawn(["--model", str(tiny_model_dir), "--port", str(port), "--num-threads", "1",
+    proc = _spawn(["--model", str(tiny_model_dir), "--port", str(port), "--threads", "1",
                    "--kv-cache-gb", "0.01", "--served-model-name", MODEL])
     try:
         deadline = time.monotonic() + 120

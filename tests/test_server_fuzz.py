@@ -344,8 +344,8 @@ def fuzz_engine(tiny_model_dir):
 async def test_fuzz_http_and_raw_sockets(fuzz_engine, caplog):
     engine, tok = fuzz_engine
     caplog.set_level(logging.WARNING)
-    start_free = engine.stats()["kv_blocks_free"]
-    total_blocks = engine.stats()["kv_blocks_total"]
+    start_free = engine.stats().kv_blocks_free
+    total_blocks = engine.stats().kv_blocks_total
     app = build_app(engine, tok, MODEL, max_body_bytes=MAX_BODY, body_timeout_s=1.0)
     state = get_state(app)
     rng = random.Random(SEED)
@@ -441,8 +441,8 @@ async def test_fuzz_http_and_raw_sockets(fuzz_engine, caplog):
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             st = engine.stats()
-            if not state.inflight and st["running"] == 0 and st["waiting"] == 0 \
-                    and st["kv_blocks_used"] == 0:
+            if not state.inflight and st.running == 0 and st.waiting == 0 \
+                    and st.kv_blocks_used == 0:
                 break
             await asyncio.sleep(0.05)
         st = engine.stats()
@@ -467,6 +467,6 @@ async def test_fuzz_http_and_raw_sockets(fuzz_engine, caplog):
             and "Can not decode content-encoding" not in (r.exc_text or "")))]
     assert not errors, "\n".join(f"{r.name}: {r.getMessage()} {r.exc_text}" for r in errors[:3])
     assert not state.inflight and state.awaiting_first == 0
-    assert st["running"] == 0 and st["waiting"] == 0, st
-    assert st["kv_blocks_used"] == 0, st
-    assert st["kv_blocks_free"] == start_free == total_blocks, st
+    assert st.running == 0 and st.waiting == 0, st
+    assert st.kv_blocks_used == 0, st
+    assert st.kv_blocks_free == start_free == total_blocks, st

@@ -233,7 +233,7 @@ async def test_every_field_validated_with_json_4xx_and_server_keeps_serving(load
         async with s.get("/metrics") as r:
             m = parse_prometheus(await r.text())
         assert m['infer_bench_http_errors_total{status="400"}'] >= 40
-        assert await wait_for(lambda: input_engine.stats()["kv_blocks_used"] == 0)
+        assert await wait_for(lambda: input_engine.stats().kv_blocks_used == 0)
 
 
 async def test_oversized_content_length_is_413_without_reading_the_body():
@@ -280,7 +280,7 @@ async def test_full_waiting_queue_gets_429_with_retry_after(loaded):
             first = await s.post("/v1/completions", json=body)  # takes the only running slot
             assert first.status == 200
             await first.content.readuntil(b"\n\n")
-            assert engine.stats()["running"] == 1
+            assert engine.stats().running == 1
 
             async def one():
                 async with s.post("/v1/completions", json={**body, "max_tokens": 3}) as r:
@@ -305,7 +305,7 @@ async def test_full_waiting_queue_gets_429_with_retry_after(loaded):
                 m = parse_prometheus(await r.text())
             assert m['infer_bench_requests_rejected_total{reason="overloaded"}'] == 2
             assert m['infer_bench_http_errors_total{status="429"}'] == 2
-            assert await wait_for(lambda: engine.stats()["kv_blocks_used"] == 0)
+            assert await wait_for(lambda: engine.stats().kv_blocks_used == 0)
     finally:
         engine.shutdown()
 
@@ -330,7 +330,7 @@ async def test_draining_gets_503_with_retry_after_and_in_flight_streams_are_abor
             assert events[-1] == "[DONE]"
             assert events[-2]["choices"][0]["finish_reason"] == "abort"
             assert len(await asyncio.wait_for(stopping, 10)) == 1
-            assert engine.stats()["kv_blocks_used"] == 0
+            assert engine.stats().kv_blocks_used == 0
     finally:
         await runner.cleanup()
 
@@ -357,14 +357,14 @@ async def test_kv_exhaustion_preempts_and_every_request_completes(loaded):
             results = await asyncio.wait_for(
                 asyncio.gather(*(one(i, i % 2 == 0) for i in range(6))), 120)
             assert results == [("length", 60)] * 6
-            assert engine.stats()["preemptions_total"] > 0
+            assert engine.stats().preemptions_total > 0
             # One request that alone outgrows the whole pool ends with "length", not an error.
             async with s.post("/v1/completions", json={"prompt": "big", "max_tokens": 120,
                                                        "ignore_eos": True}) as r:
                 j = await r.json()
                 assert r.status == 200 and j["choices"][0]["finish_reason"] == "length"
-            assert await wait_for(lambda: engine.stats()["kv_blocks_used"] == 0
-                                  and engine.stats()["running"] == 0)
+            assert await wait_for(lambda: engine.stats().kv_blocks_used == 0
+                                  and engine.stats().running == 0)
     finally:
         engine.shutdown()
 
@@ -439,39 +439,45 @@ async def test_api_key_never_reaches_the_logs(caplog):
     assert KEY not in text and KEY[5:15] not in text
 
 
-def test_serve_config_api_key_flag_env_and_repr(monkeypatch):
-    monkeypatch.delenv(serve_mod.API_KEY_ENV, raising=False)
-    cfg = serve_mod.config_from_args(["--model", "m"])
-    assert cfg.host == "127.0.0.1"  # loopback unless told otherwise
-    assert cfg.api_key is None and serve_mod.resolve_api_key(cfg) is None
-    assert cfg.max_waiting_requests == 256 and cfg.request_timeout_s is None
-    cfg = serve_mod.config_from_args(["--model", "m", "--api-key", KEY,
-                                      "--max-waiting-requests", "3", "--request-timeout-s",
-                                      "2.5", "--body-timeout-s", "4", "--access-log"])
-    assert serve_mod.resolve_api_key(cfg) == KEY and KEY not in repr(cfg)
-    assert (cfg.max_waiting_requests, cfg.request_timeout_s, cfg.body_timeout_s,
-            cfg.access_log) == (3, 2.5, 4.0, True)
-    monkeypatch.setenv(serve_mod.API_KEY_ENV, "from-env")
-    assert serve_mod.resolve_api_key(serve_mod.config_from_args(["--model", "m"])) == "from-env"
-    # the typer command builds ServerConfig(**fields) without api_key: the env still applies
-    assert serve_mod.resolve_api_key(serve_mod.ServerConfig(model="m")) == "from-env"
-    assert serve_mod.resolve_api_key(serve_mod.ServerConfig(model="m", api_key=KEY)) == KEY
-    monkeypatch.setenv(serve_mod.API_KEY_ENV, "")
-    assert serve_mod.resolve_api_key(serve_mod.ServerConfig(model="m")) is None
-    import inspect
-    assert inspect.signature(start_site).parameters["host"].default == "127.0.0.1"
-    assert serve_mod.ServerConfig(model="m").host == "127.0.0.1"
-
-
-def test_cli_serve_command_still_builds_a_server_config(monkeypatch):
+def serve_settings(monkeypatch, *argv):
+    """The ServeSettings `infer-bench serve ARGV` hands to the engine (no server is started)."""
     typer_testing = pytest.importorskip("typer.testing")
     from infer_bench.cli.main import app as cli_app
 
     seen = []
-    monkeypatch.setattr(serve_mod, "run_server", lambda cfg: seen.append(cfg) or 0)
-    res = typer_testing.CliRunner().invoke(cli_app, ["serve", "--model", "m", "--port", "8123"])
+    monkeypatch.setattr(serve_mod, "serve", lambda settings: seen.append(settings) or 0)
+    res = typer_testing.CliRunner().invoke(cli_app, ["serve", *argv])
     assert res.exit_code == 0, res.output
-    (cfg,) = seen
+    (settings,) = seen
+    return settings
+
+
+def test_serve_config_api_key_flag_env_and_repr(monkeypatch):
+    monkeypatch.delenv(serve_mod.API_KEY_ENV, raising=False)
+    cfg = serve_settings(monkeypatch, "--model", "m")
+    assert cfg.host == "127.0.0.1"  # loopback unless told otherwise
+    assert cfg.api_key is None and serve_mod.resolve_api_key(cfg) is None
+    assert cfg.max_waiting_requests == 256 and cfg.request_timeout_s is None
+    cfg = serve_settings(monkeypatch, "--model", "m", "--api-key", KEY,
+                         "--max-waiting-requests", "3", "--request-timeout-s",
+                         "2.5", "--body-timeout-s", "4", "--access-log")
+    assert serve_mod.resolve_api_key(cfg) == KEY and KEY not in repr(cfg)
+    assert (cfg.max_waiting_requests, cfg.request_timeout_s, cfg.body_timeout_s,
+            cfg.access_log) == (3, 2.5, 4.0, True)
+    monkeypatch.setenv(serve_mod.API_KEY_ENV, "from-env")
+    assert serve_mod.resolve_api_key(serve_settings(monkeypatch, "--model", "m")) == "from-env"
+    # settings built without api_key (library callers): the env still applies
+    assert serve_mod.resolve_api_key(serve_mod.ServeSettings(model="m")) == "from-env"
+    assert serve_mod.resolve_api_key(serve_mod.ServeSettings(model="m", api_key=KEY)) == KEY
+    monkeypatch.setenv(serve_mod.API_KEY_ENV, "")
+    assert serve_mod.resolve_api_key(serve_mod.ServeSettings(model="m")) is None
+    import inspect
+    assert inspect.signature(start_site).parameters["host"].default == "127.0.0.1"
+    assert serve_mod.ServeSettings(model="m").host == "127.0.0.1"
+
+
+def test_cli_serve_command_builds_serve_settings(monkeypatch):
+    cfg = serve_settings(monkeypatch, "--model", "m", "--port", "8123")
     assert (cfg.model, cfg.port, cfg.host, cfg.api_key) == ("m", 8123, "127.0.0.1", None)
     assert cfg.max_waiting_requests == 256
 
@@ -500,7 +506,7 @@ async def test_request_timeout_aborts_with_finish_reason_abort_and_an_error():
         n_streamed = sum(len(e["choices"][0]["token_ids"]) for e in events[:-4])
         assert 1 <= n_streamed < 100 and usage["completion_tokens"] == n_streamed
         assert len(stream_text(events[:-3])) == n_streamed
-        assert len(engine.aborted) == 1 and engine.stats()["kv_blocks_used"] == 0
+        assert len(engine.aborted) == 1 and engine.stats().kv_blocks_used == 0
 
         async with s.post("/v1/completions", json={"prompt": "slow", "max_tokens": 100}) as r:
             assert r.status == 200
@@ -508,7 +514,7 @@ async def test_request_timeout_aborts_with_finish_reason_abort_and_an_error():
         assert j["choices"][0]["finish_reason"] == "abort"
         assert j["error"]["code"] == "request_timeout"
         assert 1 <= j["usage"]["completion_tokens"] == len(j["choices"][0]["text"])
-        assert len(engine.aborted) == 2 and engine.stats()["kv_blocks_used"] == 0
+        assert len(engine.aborted) == 2 and engine.stats().kv_blocks_used == 0
 
         # Timed out before the first token (still queued): same ending, no tokens.
         engine.delay = 2.0
@@ -518,7 +524,7 @@ async def test_request_timeout_aborts_with_finish_reason_abort_and_an_error():
         assert events[0]["choices"][0]["finish_reason"] == "abort"
         assert events[0]["choices"][0]["delta"]["role"] == "assistant"
         assert events[1]["error"]["code"] == "request_timeout" and events[2] == "[DONE]"
-        assert engine.stats()["kv_blocks_used"] == 0
+        assert engine.stats().kv_blocks_used == 0
 
         engine.delay = 0.001  # fast requests are untouched
         async with s.post("/v1/completions", json={"prompt": "quick", "max_tokens": 5}) as r:
@@ -541,7 +547,7 @@ async def test_request_timeout_with_the_real_engine_frees_blocks(loaded):
                 events = await read_sse(r)
             assert events[-2]["error"]["code"] == "request_timeout"
             assert events[-3]["choices"][0]["finish_reason"] == "abort"
-            assert await wait_for(lambda: engine.stats()["kv_blocks_used"] == 0
-                                  and engine.stats()["running"] == 0), engine.stats()
+            assert await wait_for(lambda: engine.stats().kv_blocks_used == 0
+                                  and engine.stats().running == 0), engine.stats()
     finally:
         engine.shutdown()

@@ -164,8 +164,8 @@ def test_ngram_greedy_identical(loaded, prompts, reference, prefix, budget):
                        enable_prefix_caching=prefix, max_num_batched_tokens=budget)
     assert outs == reference
     st = engine.stats()
-    assert st["spec_proposed_total"] > 0 and st["spec_accepted_total"] > 0
-    assert st["spec_accepted_total"] <= st["spec_proposed_total"]
+    assert st.spec.proposed_total > 0 and st.spec.accepted_total > 0
+    assert st.spec.accepted_total <= st.spec.proposed_total
     assert_pools_empty(engine)
 
 
@@ -175,8 +175,8 @@ def test_draft_other_model_greedy_identical(loaded, other_draft, prompts, refere
                        spec_draft_model=other_draft, spec_k=k)
     assert outs == reference
     st = engine.stats()
-    assert st["spec_proposed_total"] > 0
-    assert st["spec_accepted_total"] < st["spec_proposed_total"]   # a different model: rejections
+    assert st.spec.proposed_total > 0
+    assert st.spec.accepted_total < st.spec.proposed_total   # a different model: rejections
     assert_pools_empty(engine)
 
 
@@ -185,8 +185,8 @@ def test_draft_equal_to_target_accepts_everything(loaded, prompts, reference):
                        spec_draft_model=loaded, spec_k=4)
     assert outs == reference
     st = engine.stats()
-    assert st["spec_proposed_total"] > 0
-    assert st["spec_accepted_total"] == st["spec_proposed_total"]
+    assert st.spec.proposed_total > 0
+    assert st.spec.accepted_total == st.spec.proposed_total
     assert_pools_empty(engine)
 
 
@@ -196,8 +196,8 @@ def test_draft_equal_to_target_sampling_accepts_everything(loaded, prompts):
               for i in range(len(prompts))]
     engine, outs = run(loaded, prompts, params, spec_method="draft", spec_draft_model=loaded)
     st = engine.stats()
-    assert st["spec_proposed_total"] > 0
-    assert st["spec_accepted_total"] == st["spec_proposed_total"]
+    assert st.spec.proposed_total > 0
+    assert st.spec.accepted_total == st.spec.proposed_total
     assert all(len(o) == 20 for o in outs)
 
 
@@ -236,7 +236,7 @@ def test_preemption(loaded, prompts, reference, method):
                        spec_method=method, spec_draft_model=loaded)
     assert outs == reference
     assert engine.scheduler.num_preemptions > 0
-    assert engine.stats()["spec_accepted_total"] > 0
+    assert engine.stats().spec.accepted_total > 0
     assert_pools_empty(engine)
 
 
@@ -306,7 +306,7 @@ def test_async_engine_timing_and_metrics(loaded, prompts, reference):
                     "spec_mean_accepted_len"} <= set(timing)
         assert sum(t["spec_accepted"] for _, t in results) > 0
         stats = engine.stats()
-        assert stats["spec_accepted_total"] == sum(t["spec_accepted"] for _, t in results)
+        assert stats.spec.accepted_total == sum(t["spec_accepted"] for _, t in results)
         text = render_metrics(stats, ServerMetrics(), "tiny")
         assert "infer_bench_engine_spec_proposed_total" in text
         assert "infer_bench_engine_spec_accepted_total" in text
@@ -317,7 +317,7 @@ def test_async_engine_timing_and_metrics(loaded, prompts, reference):
 def test_off_by_default(loaded, prompts):
     engine, _ = run(loaded, prompts[:2], [greedy(5)] * 2)
     assert engine.spec is None
-    assert engine.stats()["spec_proposed_total"] == 0
+    assert engine.stats().spec.proposed_total == 0
 
 
 def test_disaggregated_decode_workers_speculate(tiny_model_dir, loaded, prompts, reference):

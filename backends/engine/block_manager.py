@@ -173,9 +173,6 @@ class BlockManager:
             block.hash, block.key = h, (parent, tokens)
             self.hash_to_block[h] = block.block_id
 
-    def reset_prefix_counters(self) -> None:
-        self.prefix_queried_tokens = self.prefix_hit_tokens = 0
-
     # ---- internals --------------------------------------------------------------------------
     def _ref(self, bid: int) -> None:
         block = self.blocks[bid]

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import AsyncIterator
 
 import torch
@@ -37,10 +37,10 @@ from .paged_attention import KVCache, default_kv_budget_bytes, kv_bytes_per_bloc
 from .sampling import Sampler, SamplingParams
 from .scheduler import Scheduler
 from .sequence import Sequence, SequenceStatus
+from .stats import EngineStats, SpecStats, StepTimeHistogram
 
 log = logging.getLogger(__name__)
 
-STEP_TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CPU_DEFAULT_KV_CAP_BYTES = 2 * 2**30
 
 
@@ -150,15 +150,7 @@ class LLMEngine:
         self.num_prompt_tokens = 0
         self.num_finished = 0
         self.trace: deque[dict] = deque(maxlen=100_000)
-        self.step_time_counts = [0] * (len(STEP_TIME_BUCKETS) + 1)
-        self.step_time_sum = 0.0
-
-    @classmethod
-    def from_source(cls, source: str, config: EngineConfig | None = None) -> "LLMEngine":
-        from .loader import load_model
-        config = config or EngineConfig()
-        dtype = getattr(torch, config.dtype) if isinstance(config.dtype, str) else config.dtype
-        return cls(config, load_model(source, config.device, dtype))
+        self.step_times = StepTimeHistogram()
 
     # ---- requests -------------------------------------------------------------------------
     def validate_request(self, request_id: str, prompt_token_ids, params: SamplingParams) -> None:
@@ -365,11 +357,7 @@ class LLMEngine:
                            "n_decode_seqs": n_decode, "n_seqs": n_seqs,
                            "n_prefill_seqs": n_seqs - n_decode, "n_context_tokens": n_context,
                            "blocks_used": self.block_manager.num_used_blocks})
-        i = 0
-        while i < len(STEP_TIME_BUCKETS) and wall > STEP_TIME_BUCKETS[i]:
-            i += 1
-        self.step_time_counts[i] += 1
-        self.step_time_sum += wall
+        self.step_times.observe(wall)
 
     # ---- conveniences ---------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
@@ -386,37 +374,43 @@ class LLMEngine:
                     result[out.request_id].extend(out.new_token_ids)
         return [result[rid] for rid in ids]
 
-    def stats(self) -> dict:
+    def stats(self) -> EngineStats:
         bm = self.block_manager
-        cum, buckets = 0, {}
-        for le, c in zip(STEP_TIME_BUCKETS + (float("inf"),), self.step_time_counts):
-            cum += c
-            buckets["+Inf" if le == float("inf") else str(le)] = cum
-        return {
-            "running": len(self.scheduler.running),
-            "waiting": len(self.scheduler.waiting),
-            "kv_blocks_total": bm.num_blocks,
-            "kv_blocks_used": bm.num_used_blocks,
-            "kv_blocks_free": bm.num_free_blocks,
-            "kv_blocks_cached": bm.num_cached_blocks,
-            "block_size": bm.block_size,
-            "prefix_hit_rate": bm.prefix_hit_rate,
-            "prefix_hit_tokens": bm.prefix_hit_tokens,
-            "prefix_queried_tokens": bm.prefix_queried_tokens,
-            "prompt_tokens_total": self.num_prompt_tokens,
-            "generation_tokens_total": self.num_generated_tokens,
-            "requests_finished_total": self.num_finished,
-            "preemptions_total": self.scheduler.num_preemptions,
-            "steps_total": self.step_id,
-            "step_time_buckets": buckets,
-            "step_time_sum_s": self.step_time_sum,
-            "step_time_count": cum,
-            **(self.spec.stats() if self.spec is not None else
-               {"spec_proposed_total": 0, "spec_accepted_total": 0}),
-        }
+        return EngineStats(
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting),
+            kv_blocks_total=bm.num_blocks,
+            kv_blocks_used=bm.num_used_blocks,
+            kv_blocks_free=bm.num_free_blocks,
+            kv_blocks_cached=bm.num_cached_blocks,
+            block_size=bm.block_size,
+            prefix_hit_rate=bm.prefix_hit_rate,
+            prefix_hit_tokens=bm.prefix_hit_tokens,
+            prefix_queried_tokens=bm.prefix_queried_tokens,
+            prompt_tokens_total=self.num_prompt_tokens,
+            generation_tokens_total=self.num_generated_tokens,
+            requests_finished_total=self.num_finished,
+            preemptions_total=self.scheduler.num_preemptions,
+            steps_total=self.step_id,
+            step_time=self.step_times.copy(),
+            spec=self.spec.stats() if self.spec is not None else SpecStats(),
+        )
 
     def step_trace(self) -> list[dict]:
         return list(self.trace)
+
+    def config_report(self) -> dict:
+        """The configuration this engine runs with, JSON-ready: EngineConfig as given, and what
+        it resolved to (served as GET /v1/engine/config)."""
+        def plain(v):
+            return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+
+        kv = self.cache.kv
+        return {"config": {f.name: plain(getattr(self.config, f.name)) for f in fields(self.config)},
+                "resolved": {"device": str(kv.device), "dtype": str(kv.dtype).removeprefix("torch."),
+                             "num_kv_blocks": self.block_manager.num_blocks,
+                             "kv_cache_bytes": self.cache.nbytes,
+                             "max_model_len": self.max_model_len}}
 
 
 class AsyncEngine:
@@ -442,12 +436,12 @@ class AsyncEngine:
         return self.engine.tokenizer
 
     @property
-    def model_config(self):
-        return self.engine.model_config
-
-    @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.model_config.vocab_size
 
     # ---- engine thread --------------------------------------------------------------------
     def _run(self) -> None:
@@ -538,11 +532,14 @@ class AsyncEngine:
             self._aborts.append(request_id)
             self._cond.notify()
 
-    def stats(self) -> dict:
+    def stats(self) -> EngineStats:
         return self.engine.stats()
 
     def step_trace(self) -> list[dict]:
         return self.engine.step_trace()
+
+    def config_report(self) -> dict:
+        return self.engine.config_report()
 
     def shutdown(self) -> None:
         with self._cond:

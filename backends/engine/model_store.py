@@ -28,7 +28,8 @@ import time
 import zipfile
 from pathlib import Path
 
-from .loader import ModelLoadError
+from .cache_dir import cache_root
+from .errors import ModelLoadError
 
 REGISTRY: dict[str, dict] = {
     "smollm2-135m": {
@@ -40,12 +41,7 @@ REGISTRY: dict[str, dict] = {
         "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     },
 }
-DEFAULT_MODEL = "smollm2-135m"
 META_FILE = "infer_bench_meta.json"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("INFER_BENCH_CACHE") or Path.home() / ".cache" / "infer-bench").expanduser()
 
 
 def model_dir(name: str) -> Path:

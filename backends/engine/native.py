@@ -32,6 +32,8 @@ import sys
 import threading
 from pathlib import Path
 
+from .cache_dir import cache_root
+
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
@@ -108,8 +110,6 @@ def _compile_and_link(cc: str, src: Path, lib: Path, omp: Path | None) -> None:
 
 
 def _build(name: str) -> Path:
-    from .model_store import cache_root
-
     src = CSRC / f"{name}.c"
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
     if cc is None:

@@ -57,8 +57,7 @@ from .block_manager import BlockManager
 from .paged_attention import KVCache, PagedAttention, SeqSlice
 from .sampling import SamplingParams, apply_top_k_top_p
 from .sequence import Sequence, SequenceStatus
-
-SPEC_METHODS = (None, "ngram", "draft")
+from .stats import SpecStats
 
 
 def parse_spec_flag(value: str | None) -> dict:
@@ -352,14 +351,15 @@ class SpecDecoder:
         if self.draft is not None:
             self.draft.release_finished()
 
-    def stats(self) -> dict:
-        return {
-            "spec_proposed_total": self.proposed_total,
-            "spec_accepted_total": self.accepted_total,
-            "spec_verify_steps_total": self.verify_steps_total,
-            "spec_acceptance_rate": self.accepted_total / self.proposed_total if self.proposed_total else 0.0,
-            "spec_draft_kv_blocks_used": self.draft.bm.num_used_blocks if self.draft else 0,
-        }
+    def stats(self) -> SpecStats:
+        return SpecStats(
+            enabled=True,
+            proposed_total=self.proposed_total,
+            accepted_total=self.accepted_total,
+            verify_steps_total=self.verify_steps_total,
+            acceptance_rate=self.accepted_total / self.proposed_total if self.proposed_total else 0.0,
+            draft_kv_blocks_used=self.draft.bm.num_used_blocks if self.draft else 0,
+        )
 
 
 def timing_fields(seq: Sequence) -> dict:

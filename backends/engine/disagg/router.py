@@ -2,7 +2,7 @@
 
 Role in the data flow:
 
-    server.build_app(DisaggEngine)  (the same HTTP front end as mono: protocol.py parsing, SSE)
+    http/serve.py -> app.build_app(DisaggEngine)  (the same HTTP front end as mono: protocol.py, SSE)
       -> DisaggEngine.generate(request_id, prompt_token_ids, SamplingParams)
          1. pick a decode worker by load (fewest requests in flight, then most free KV blocks)
             and a prefill worker (fewest prompt tokens in flight);
@@ -19,10 +19,11 @@ Role in the data flow:
       worker and role), health() (ok / degraded / unavailable).
 
 Workers are separate OS processes (`python -m infer_bench.backends.engine.disagg.worker`), each
-with its own engine and torch threads (the deployment's --num-threads split evenly), pinned to
-the CPUs that $INFER_BENCH_CPUS_PREFILL / _DECODE give its role when the launcher sets them
+with its own engine and torch threads (the deployment's --threads split evenly), pinned to the
+CPUs that $INFER_BENCH_CPUS_PREFILL / _DECODE give its role when the launcher sets them
 (cpu_affinity.py; `describe()` shows them); each is connected to the router by a socketpair it
-inherits (JSON frames, wire.py). The router does no torch work. A worker that dies (its socket closes) fails its in-flight requests at once (503
+inherits (JSON frames, wire.py). The router does no torch work. A worker that dies (its socket
+closes) fails its in-flight requests at once (503
 before the first token, an error event mid-stream), is no longer chosen, and is reported by
 health(); its shared-memory segment is unlinked. shutdown() stops every worker and unlinks every
 segment.
@@ -45,6 +46,7 @@ from typing import AsyncIterator
 from ..cpu_affinity import ENV_SELF, pin_threads, worker_cpus
 from ..engine import RequestOutput
 from ..http.protocol import RequestError
+from ..stats import EngineStats, combine
 from .wire import PeerClosed, async_recv, encode, params_to_dict, unlink_shm
 
 log = logging.getLogger("infer_bench.engine.disagg.router")
@@ -89,7 +91,7 @@ class WorkerHandle:
         self.writer: asyncio.StreamWriter | None = None
         self.alive = False
         self.ready: dict = {}
-        self.stats: dict = {}
+        self.stats = EngineStats()   # the worker's latest snapshot (sent with "ready" and "trace")
         self.trace: deque = deque(maxlen=100_000)
         self.inflight: set[str] = set()
         self.inflight_tokens = 0
@@ -337,10 +339,10 @@ class DisaggEngine:
                 r["worker"], r["role"] = w.name, w.role
                 w.trace.append(r)
             if msg.get("stats"):
-                w.stats = msg["stats"]
+                w.stats = EngineStats.from_dict(msg["stats"])
         elif t == "ready":
             w.ready = msg
-            w.stats = {"kv_blocks_free": msg["num_blocks"], "kv_blocks_total": msg["num_blocks"]}
+            w.stats = EngineStats.from_dict(msg["stats"])
             fut = self._waiters.pop(w.name, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -414,7 +416,7 @@ class DisaggEngine:
         alive = [w for w in self.workers if w.role == "decode" and w.alive]
         if not alive:
             return None
-        return min(alive, key=lambda w: (len(w.inflight), -int(w.stats.get("kv_blocks_free", 0)),
+        return min(alive, key=lambda w: (len(w.inflight), -w.stats.kv_blocks_free,
                                          w.rank))
 
     def _pick_prefill(self) -> WorkerHandle | None:
@@ -535,30 +537,21 @@ class DisaggEngine:
         return code, {"status": status, "mode": "disagg", "roles": roles,
                       "workers": [w.describe() for w in self.workers]}
 
-    def stats(self) -> dict:
-        total: dict = {}
-        for w in self.workers:
-            if not w.alive:
-                continue
-            for k, v in w.stats.items():
-                if isinstance(v, bool):
-                    continue
-                if isinstance(v, (int, float)):
-                    total[k] = total.get(k, 0) + v
-                elif isinstance(v, dict):
-                    sub = total.setdefault(k, {})
-                    for kk, vv in v.items():
-                        if isinstance(vv, (int, float)):
-                            sub[kk] = sub.get(kk, 0) + vv
-        q = total.get("prefix_queried_tokens")
-        if q:
-            total["prefix_hit_rate"] = total.get("prefix_hit_tokens", 0) / q
-        if "spec_acceptance_rate" in total:  # a ratio: recompute from the summed counts
-            proposed = total.get("spec_proposed_total", 0)
-            total["spec_acceptance_rate"] = total.get("spec_accepted_total", 0) / proposed if proposed else 0.0
-        for role in ("prefill", "decode"):
-            total[f"workers_alive_{role}"] = sum(1 for w in self.workers if w.role == role and w.alive)
+    def stats(self) -> EngineStats:
+        total = combine([w.stats for w in self.workers if w.alive])
+        total.workers_alive_prefill = sum(1 for w in self.workers if w.role == "prefill" and w.alive)
+        total.workers_alive_decode = sum(1 for w in self.workers if w.role == "decode" and w.alive)
         return total
+
+    def config_report(self) -> dict:
+        """The deployment's configuration: the router's options and each worker's own report."""
+        o = self.opts
+        return {"mode": "disagg", "prefill_workers": o.prefill_workers,
+                "decode_workers": o.decode_workers, "num_threads": o.num_threads,
+                "threads_per_worker": o.threads_per_worker(), "transport": o.transport,
+                "layerwise": self.layerwise, "kv_link_gbps": o.kv_link_gbps,
+                "disagg_threshold": self.disagg_threshold,
+                "workers": {w.name: w.ready.get("config") for w in self.workers}}
 
     def step_trace(self) -> list[dict]:
         rows = [r for w in self.workers for r in list(w.trace)]

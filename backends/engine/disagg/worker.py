@@ -45,6 +45,7 @@ import torch
 from ..cpu_affinity import pin_from_env
 from ..engine import EngineConfig, LLMEngine
 from ..sequence import Sequence, SequenceStatus
+from ..stats import DisaggWorkerStats, EngineStats
 from .transport import (MAX_SLICE_RUNS, DistGroup, KVLayout, LinkThrottle, ShmPool, copy_runs,
                         gather_runs, run_indices,
                         scatter_runs, slot_runs)
@@ -343,10 +344,11 @@ class WorkerEngine(LLMEngine):
             self.drop_import(r)
         return rids
 
-    def stats(self) -> dict:
+    def stats(self) -> EngineStats:
         s = super().stats()
-        s.update(disagg_imports=len(self.imports), disagg_pending_reserves=len(self.pending_reserves),
-                 disagg_exports=len(self.exports))
+        s.disagg = DisaggWorkerStats(imports=len(self.imports),
+                                     pending_reserves=len(self.pending_reserves),
+                                     exports=len(self.exports))
         return s
 
     def dump_cached_kv(self, token_ids: list[int]) -> torch.Tensor:
@@ -433,8 +435,7 @@ class WorkerRuntime:
         cfg = self.cfg
         threads = int(cfg.get("num_threads") or 1)
         torch.set_num_threads(threads)
-        from ..loader import load_model
-        from ..http.serve import parse_dtype
+        from ..loader import load_model, parse_dtype
 
         loaded = load_model(cfg["model"], cfg.get("device", "cpu"), parse_dtype(cfg.get("dtype")))
         econf = dict(cfg.get("engine") or {})
@@ -445,7 +446,7 @@ class WorkerRuntime:
         ready = {"type": "ready", "name": self.name, "role": self.role,
                  "layout": eng.layout.to_dict(), "num_blocks": eng.block_manager.num_blocks,
                  "max_model_len": eng.max_model_len, "vocab_size": eng.model_config.vocab_size,
-                 "pid": os.getpid()}
+                 "pid": os.getpid(), "stats": eng.stats().to_dict(), "config": eng.config_report()}
         if self.role == "decode":
             if self.transport == "shm":
                 self.shm_pool = ShmPool(cfg["shm_name"], eng.layout, create=True)
@@ -552,7 +553,7 @@ class WorkerRuntime:
         rows = [r for r in list(self.engine.trace)[-4096:] if r["step"] > self._trace_sent]
         if rows:
             self._trace_sent = rows[-1]["step"]
-        self._send({"type": "trace", "rows": rows, "stats": self.engine.stats()})
+        self._send({"type": "trace", "rows": rows, "stats": self.engine.stats().to_dict()})
 
     # ---- messages --------------------------------------------------------------------------
     def _send(self, msg: dict) -> None:

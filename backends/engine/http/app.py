@@ -11,7 +11,8 @@ Role in the data flow:
 
 Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
 GET /metrics (Prometheus text from engine.stats() and the server's own counters),
-GET /debug/steps (engine.step_trace() as JSON, saved into the results dir after a run).
+GET /debug/steps (engine.step_trace() as JSON, saved into the results dir after a run),
+GET /v1/engine/config (engine.config_report(): the engine options as they reached the engine).
 
 Errors are JSON in OpenAI's shape everywhere (400 bad input, 401 missing/wrong API key, 404
 unknown path or model, 405 wrong method, 408 body not received in time, 413 body too large, 429
@@ -20,7 +21,8 @@ request whose client goes away is aborted in the engine, so its KV blocks are fr
 next SSE write fails, or (non-streaming, or before the first token) aiohttp cancels the handler —
 run the app with `handler_cancellation=True` (`start_site()` does).
 
-Robustness and security (build_app's keyword arguments; serve.py's flags):
+Robustness and security (build_app's keyword arguments; serve.py's ServeSettings, from
+`infer-bench serve`'s flags):
 
 - `api_key`: every endpoint but /health needs `Authorization: Bearer KEY` (constant-time compare)
   else 401. The key is never logged; the optional access log (`start_site(access_log=True)`)
@@ -42,7 +44,7 @@ Robustness and security (build_app's keyword arguments; serve.py's flags):
   *reading* a stream (the handler waits on the socket; the engine finishes the request as usual).
   HTTP-level garbage is answered by aiohttp's parser itself (plain-text 400, before any handler).
 
-`build_app()` is used by serve.py (the process entry point) and by the tests.
+`build_app()` is used by serve.py (the server lifecycle, mono and disagg) and by the tests.
 """
 
 from __future__ import annotations
@@ -54,12 +56,13 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from ..stats import EngineStats
 from . import protocol
 from .protocol import RequestError
 
@@ -75,8 +78,6 @@ UNAUTHENTICATED_PATHS = frozenset({"/health"})
 # Typed application keys (aiohttp >= 3.9 warns on string keys).
 STATE_KEY = web.AppKey("infer_bench_state", object)
 
-STEP_TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                     10.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0)
 FINISH_REASONS = ("stop", "length", "abort")
@@ -125,52 +126,74 @@ def _fmt(v: Any) -> str:
     return repr(v)
 
 
-def _num(v: Any) -> float | int | None:
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, (int, float)):
-        return v
-    return None
-
-
-def _first(stats: dict, *names: str) -> float | int | None:
-    for n in names:
-        v = _num(stats.get(n))
-        if v is not None:
-            return v
-    return None
-
-
-# Engine stats -> (metric name, type, help, candidate keys in engine.stats()).
-_ENGINE_GAUGES = [
+# Engine statistics with a name of their own: (metric, type, help, EngineStats -> value).
+ENGINE_METRICS = [
     ("infer_bench_num_requests_running", "gauge", "Requests in the running batch.",
-     ("running", "num_running", "num_requests_running")),
+     lambda s: s.running),
     ("infer_bench_num_requests_waiting", "gauge", "Requests waiting for admission.",
-     ("waiting", "num_waiting", "num_requests_waiting")),
+     lambda s: s.waiting),
     ("infer_bench_num_preemptions_total", "counter", "Preemptions (recompute) so far.",
-     ("preemptions_total", "num_preemptions", "preemptions")),
+     lambda s: s.preemptions_total),
     ("infer_bench_kv_blocks_used", "gauge", "KV-cache blocks in use by sequences.",
-     ("kv_blocks_used", "blocks_used", "num_used_blocks", "used_blocks")),
+     lambda s: s.kv_blocks_used),
     ("infer_bench_kv_blocks_free", "gauge", "KV-cache blocks free (including evictable cached).",
-     ("kv_blocks_free", "blocks_free", "num_free_blocks", "free_blocks")),
+     lambda s: s.kv_blocks_free),
     ("infer_bench_kv_blocks_total", "gauge", "KV-cache blocks in the pool.",
-     ("kv_blocks_total", "num_blocks", "blocks_total", "total_blocks")),
-    ("infer_bench_kv_cache_usage_ratio", "gauge", "Share of KV-cache blocks in use (0..1).",
-     ("kv_cache_usage", "kv_usage", "kv_cache_usage_ratio")),
+     lambda s: s.kv_blocks_total),
     ("infer_bench_prefix_cache_hit_rate", "gauge",
      "Prefix cache hit rate: prompt tokens served from cache / prompt tokens looked up.",
-     ("prefix_hit_rate", "prefix_cache_hit_rate", "prefix_cache_hit_ratio")),
+     lambda s: s.prefix_hit_rate),
     ("infer_bench_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from cache.",
-     ("prefix_hit_tokens", "prefix_cache_hit_tokens", "cached_tokens")),
+     lambda s: s.prefix_hit_tokens),
     ("infer_bench_prefix_cache_queried_tokens_total", "counter",
      "Prompt tokens looked up in the prefix cache.",
-     ("prefix_queried_tokens", "prefix_cache_queried_tokens")),
+     lambda s: s.prefix_queried_tokens),
     ("infer_bench_engine_steps_total", "counter", "Engine steps (forward passes) so far.",
-     ("steps_total", "num_steps", "steps")),
+     lambda s: s.steps_total),
     ("infer_bench_kv_blocks_cached", "gauge",
      "Unreferenced KV blocks kept for prefix reuse (evictable).",
-     ("kv_blocks_cached", "num_cached_blocks")),
+     lambda s: s.kv_blocks_cached),
 ]
+
+
+def engine_extra_metrics(s: EngineStats) -> list[tuple[str, str, Any]]:
+    """The other engine statistics as `infer_bench_engine_<key>` (key, help, value), by key.
+    Speculation's verify steps, acceptance rate and draft blocks appear only when it is on; the
+    disagg hand-offs on disaggregated deployments; workers alive on the disagg router."""
+    rows = [
+        ("block_size", "Tokens per KV block.", s.block_size),
+        ("generation_tokens_total", "Output tokens generated by the engine.",
+         s.generation_tokens_total),
+        ("prompt_tokens_total", "Prompt tokens of requests added to the engine.",
+         s.prompt_tokens_total),
+        ("requests_finished_total", "Requests the engine finished (any reason).",
+         s.requests_finished_total),
+        ("spec_proposed_total", "Speculative tokens proposed.", s.spec.proposed_total),
+        ("spec_accepted_total", "Speculative tokens accepted.", s.spec.accepted_total),
+    ]
+    if s.spec.enabled:
+        rows += [
+            ("spec_verify_steps_total", "Speculative verify steps (one per speculating decode).",
+             s.spec.verify_steps_total),
+            ("spec_acceptance_rate", "Speculative tokens accepted / proposed.",
+             s.spec.acceptance_rate),
+            ("spec_draft_kv_blocks_used", "KV blocks in use by the draft model.",
+             s.spec.draft_kv_blocks_used),
+        ]
+    if s.disagg is not None:
+        rows += [
+            ("disagg_imports", "Requests whose prompt KV a decode worker receives or holds.",
+             s.disagg.imports),
+            ("disagg_pending_reserves", "Decode-worker reservations waiting for free blocks.",
+             s.disagg.pending_reserves),
+            ("disagg_exports", "Requests whose KV a prefill worker is sending.",
+             s.disagg.exports),
+        ]
+    if s.workers_alive_prefill is not None:
+        rows.append(("workers_alive_prefill", "Prefill workers alive.", s.workers_alive_prefill))
+    if s.workers_alive_decode is not None:
+        rows.append(("workers_alive_decode", "Decode workers alive.", s.workers_alive_decode))
+    return sorted(rows)
 
 
 class ServerMetrics:
@@ -187,65 +210,28 @@ class ServerMetrics:
         self.rejected = {"overloaded": 0, "draining": 0, "unauthorized": 0}
         self.e2e = Histogram(LATENCY_BUCKETS)
         self.ttft = Histogram(LATENCY_BUCKETS)
-        self.step_time = Histogram(STEP_TIME_BUCKETS)
-        self._steps_seen: int = 0          # step-trace entries already folded into step_time
-
-    def fold_step_trace(self, trace: list) -> None:
-        """Fold new step durations (from engine.step_trace()) into the step-time histogram."""
-        if len(trace) < self._steps_seen:  # trace was reset or is a ring buffer that wrapped
-            self._steps_seen = 0
-        for entry in trace[self._steps_seen:]:
-            if isinstance(entry, dict):
-                d = _first(entry, "duration_s", "step_time_s", "dt_s", "elapsed_s", "time_s")
-                if d is not None:
-                    self.step_time.observe(float(d))
-        self._steps_seen = len(trace)
 
 
-def render_metrics(stats: dict, m: ServerMetrics, model_name: str) -> str:
-    """Prometheus text exposition (version 0.0.4) of engine.stats() plus the server's counters.
-
-    The step-time histogram comes from the engine's cumulative buckets (stats keys
-    `step_time_buckets` {le: cumulative count}, `step_time_sum_s`, `step_time_count`) when it
-    reports them, else from the durations in engine.step_trace() (`m.step_time`)."""
+def render_metrics(stats: EngineStats | None, m: ServerMetrics, model_name: str) -> str:
+    """Prometheus text exposition (version 0.0.4) of engine.stats() and the server's counters
+    (no engine lines when the engine could not report its stats)."""
     lines: list[str] = []
-    stats = dict(stats)
-    hist = stats.pop("step_time_buckets", None)
-    h_sum = stats.pop("step_time_sum_s", None)
-    h_count = stats.pop("step_time_count", None)
-    stats = _flatten(stats)
-    seen: set[str] = set()
-    for name, typ, help_, keys in _ENGINE_GAUGES:
-        v = _first(stats, *keys)
-        seen.update(keys)
-        if v is None:
-            continue
-        lines += [f"# HELP {name} {help_}", f"# TYPE {name} {typ}", f"{name} {_fmt(v)}"]
-    # Everything else numeric the engine reports, so new stats show up without a server change.
-    for k in sorted(stats):
-        v = _num(stats[k])
-        if v is None or k in seen:
-            continue
-        safe = "".join(c if c.isalnum() or c == "_" else "_" for c in str(k))
-        name = f"infer_bench_engine_{safe}"
-        typ = "counter" if safe.endswith("_total") else "gauge"
-        lines += [f"# HELP {name} engine.stats()['{k}']", f"# TYPE {name} {typ}",
-                  f"{name} {_fmt(v)}"]
-
-    name = "infer_bench_step_duration_seconds"
-    help_ = "Engine step (one forward pass over the batch) wall time."
-    if isinstance(hist, dict) and hist:
-        lines += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
-        items = sorted(((float(le), c) for le, c in hist.items()), key=lambda x: x[0])
-        for le, c in items:
+    if stats is not None:
+        for name, typ, help_, value in ENGINE_METRICS:
+            lines += [f"# HELP {name} {help_}", f"# TYPE {name} {typ}",
+                      f"{name} {_fmt(value(stats))}"]
+        for key, help_, v in engine_extra_metrics(stats):
+            name = f"infer_bench_engine_{key}"
+            typ = "counter" if key.endswith("_total") else "gauge"
+            lines += [f"# HELP {name} {help_}", f"# TYPE {name} {typ}", f"{name} {_fmt(v)}"]
+        name = "infer_bench_step_duration_seconds"
+        lines += [f"# HELP {name} Engine step (one forward pass over the batch) wall time.",
+                  f"# TYPE {name} histogram"]
+        for le, c in stats.step_time.cumulative():
             label = "+Inf" if le == float("inf") else f"{le:g}"
-            lines.append(f'{name}_bucket{{le="{label}"}} {_fmt(c)}')
-        if not items or items[-1][0] != float("inf"):
-            lines.append(f'{name}_bucket{{le="+Inf"}} {_fmt(h_count or 0)}')
-        lines.append(f"{name}_sum {_fmt(h_sum or 0.0)}")
-        lines.append(f"{name}_count {_fmt(h_count if h_count is not None else items[-1][1])}")
-    else:
-        lines += m.step_time.render(name, help_)
+            lines.append(f'{name}_bucket{{le="{label}"}} {c}')
+        lines.append(f"{name}_sum {_fmt(stats.step_time.sum_s)}")
+        lines.append(f"{name}_count {stats.step_time.count}")
 
     name = "infer_bench_requests_total"
     lines += [f"# HELP {name} Finished requests by finish reason.", f"# TYPE {name} counter"]
@@ -287,18 +273,6 @@ def render_metrics(stats: dict, m: ServerMetrics, model_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _flatten(stats: dict) -> dict:
-    """One level of nesting ({"kv": {"used": 3}} -> kv_used) so nothing is lost."""
-    flat: dict = {}
-    for k, v in stats.items():
-        if isinstance(v, dict):
-            for k2, v2 in v.items():
-                flat.setdefault(f"{k}_{k2}", v2)
-        else:
-            flat[k] = v
-    return flat
-
-
 def _escape_label(s: str) -> str:
     return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -327,15 +301,16 @@ class ServerState:
         self.request_timeout_s: float | None = None
         self.body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S
         self.awaiting_first: int = 0   # in flight here, no output from the engine yet
+        self.health: Callable[[], tuple[int, dict]] | None = None
 
     def num_waiting(self) -> int:
         """Requests in flight here that are not in the engine's running batch: queued in the
         engine (or in AsyncEngine's hand-over list, which stats() does not see yet), or
-        preempted. Without a `running` stat: those that have had no output yet."""
-        running = _num(_engine_stats(self.engine).get("running"))
-        if running is None:
+        preempted. Without engine stats: those that have had no output yet."""
+        stats = engine_stats(self.engine)
+        if stats is None:
             return self.awaiting_first
-        return max(len(self.inflight) - int(running), 0)
+        return max(len(self.inflight) - stats.running, 0)
 
     def check_admission(self) -> None:
         """Raise 503 (draining) or 429 (waiting queue full), with Retry-After."""
@@ -368,17 +343,6 @@ def _safe_abort(engine: Any, request_id: str) -> None:
 
 def get_state(app: web.Application) -> ServerState:
     return app[STATE_KEY]  # type: ignore[return-value]
-
-
-def _guess_max_model_len(engine: Any) -> int | None:
-    for path in (("config", "max_model_len"), ("engine_config", "max_model_len"),
-                 ("cfg", "max_model_len"), ("max_model_len",)):
-        obj = engine
-        for attr in path:
-            obj = getattr(obj, attr, None)
-        if isinstance(obj, int) and not isinstance(obj, bool) and obj > 0:
-            return obj
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,6 +430,9 @@ async def handle_health(request: web.Request) -> web.Response:
     if state.draining:
         return web.json_response({"status": "draining"}, status=503,
                                  headers={"Retry-After": str(RETRY_AFTER_S)})
+    if state.health is not None:
+        code, body = state.health()
+        return web.json_response(body, status=code)
     return web.json_response({"status": "ok"})
 
 
@@ -477,21 +444,23 @@ async def handle_models(request: web.Request) -> web.Response:
 
 async def handle_metrics(request: web.Request) -> web.Response:
     state = get_state(request.app)
-    stats = _engine_stats(state.engine)
-    if "step_time_buckets" not in stats:
-        state.metrics.fold_step_trace(_step_trace(state.engine))
-    text = render_metrics(stats, state.metrics, state.model_names[0])
+    text = render_metrics(engine_stats(state.engine), state.metrics, state.model_names[0])
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Prometheus-Format": "0.0.4"})
 
 
-def _engine_stats(engine: Any) -> dict:
+def engine_stats(engine: Any) -> EngineStats | None:
+    """engine.stats(), or None (logged) if the engine failed to report them."""
     try:
-        stats = engine.stats()
+        return engine.stats()
     except Exception:
         log.warning("engine.stats() failed", exc_info=True)
-        return {}
-    return stats if isinstance(stats, dict) else {}
+        return None
+
+
+async def handle_engine_config(request: web.Request) -> web.Response:
+    """engine.config_report(): the configuration the engine runs with, as it reports it."""
+    return web.json_response(get_state(request.app).engine.config_report())
 
 
 async def handle_debug_steps(request: web.Request) -> web.Response:
@@ -831,8 +800,6 @@ def build_app(
     tokenizer: Any,
     model_name: str,
     *,
-    max_model_len: int | None = None,
-    vocab_size: int | None = None,
     extra_model_names: Sequence[str] = (),
     model_root: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -840,37 +807,34 @@ def build_app(
     max_waiting_requests: int | None = DEFAULT_MAX_WAITING_REQUESTS,
     request_timeout_s: float | None = None,
     body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S,
+    health: Callable[[], tuple[int, dict]] | None = None,
 ) -> web.Application:
     """The OpenAI-compatible app around a running engine.
 
-    engine: AsyncEngine-like (generate/abort/stats/step_trace); tokenizer: encode /
-    apply_chat_template; model_name: the name clients must send as "model" (also accepted:
-    extra_model_names); max_model_len: the context window (default: engine.config.max_model_len
-    if present); vocab_size: bound for token-id prompts (default: tokenizer.vocab_size).
+    engine: AsyncEngine-like: generate/abort/step_trace/config_report, stats() -> EngineStats,
+    and the attributes max_model_len (the context window prompts are checked against) and
+    vocab_size (the bound for token-id prompts); tokenizer: encode / apply_chat_template;
+    model_name: the name clients must send as "model" (also accepted: extra_model_names).
     api_key (None/"": no auth), max_waiting_requests (None: unbounded), request_timeout_s (None:
-    none), body_timeout_s (None: none): see the module docstring.
+    none), body_timeout_s (None: none): see the module docstring. health: GET /health's
+    (status code, JSON body) while not draining (default: 200 {"status": "ok"}); the disagg
+    router's reports its workers.
     Run it with `handler_cancellation=True` (see start_site) so disconnects abort requests.
     """
     if max_waiting_requests is not None and max_waiting_requests < 1:
         raise ValueError(f"max_waiting_requests must be >= 1 or None, got {max_waiting_requests}")
     if request_timeout_s is not None and not request_timeout_s > 0:
         raise ValueError(f"request_timeout_s must be > 0 or None, got {request_timeout_s}")
-    if max_model_len is None:
-        max_model_len = _guess_max_model_len(engine)
-    if vocab_size is None:  # the model's (may exceed the tokenizer's), else the tokenizer's
-        for vs in (getattr(getattr(engine, "model_config", None), "vocab_size", None),
-                   getattr(tokenizer, "vocab_size", None)):
-            if isinstance(vs, int) and not isinstance(vs, bool):
-                vocab_size = vs
-                break
     names = [model_name] + [n for n in extra_model_names if n and n != model_name]
     app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
-    state = ServerState(engine, tokenizer, names, max_model_len, vocab_size, model_root)
+    state = ServerState(engine, tokenizer, names, engine.max_model_len, engine.vocab_size,
+                        model_root)
     state.max_body_bytes = max_body_bytes
     state.api_key = api_key.encode("utf-8") if api_key else None
     state.max_waiting_requests = max_waiting_requests
     state.request_timeout_s = request_timeout_s
     state.body_timeout_s = body_timeout_s
+    state.health = health
     app[STATE_KEY] = state
     app.router.add_post("/v1/completions", handle_completions)
     app.router.add_post("/v1/chat/completions", handle_chat)
@@ -878,6 +842,7 @@ def build_app(
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/debug/steps", handle_debug_steps)
+    app.router.add_get("/v1/engine/config", handle_engine_config)
     return app
 
 

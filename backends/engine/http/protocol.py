@@ -2,9 +2,9 @@
 
 Role in the data flow:
 
-    HTTP body (bytes) --server.py--> decode_json_body() --> parse_completion_request() /
+    HTTP body (bytes) --app.py--> decode_json_body() --> parse_completion_request() /
     parse_chat_request() --> EngineRequest(prompt_token_ids, SamplingParams, stream, ...)
-    --server.py--> AsyncEngine.generate() --> RequestOutputs --> the builders below
+    --app.py--> AsyncEngine.generate() --> RequestOutputs --> the builders below
     (completion_response, completion_chunk, chat_response, chat_chunk, usage_chunk,
     sse_event, SSE_DONE) --> HTTP response / SSE stream.
 

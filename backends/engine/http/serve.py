@@ -1,174 +1,205 @@
-"""Server process entry point: one reference-engine worker behind the OpenAI HTTP API.
+"""The server process of a reference-engine deployment, mono or disaggregated: `serve(settings)`.
 
 Role in the data flow:
 
-    backends/deployment.py (or a person, or `infer-bench serve`)
-      -> `python -m infer_bench.backends.engine.http.serve --model SOURCE --port N ...`
-      -> pin to $INFER_BENCH_CPUS when set (cpu_affinity.py)
-      -> run_server(ServerConfig): torch threads -> loader.load_model() -> AsyncEngine
-         -> server.build_app() -> listen -> prints "infer-bench engine ready: http://HOST:PORT"
-      -> GET /health answers 200 from then on; SIGTERM/SIGINT: stop accepting, abort in-flight
-         requests, shut the engine down, exit 0.
+    `infer-bench serve ...` (cli/main.py: Typer parses the flags, the engine options are
+    cli/engine_options.py's) -> ServeSettings -> serve(settings):
+      mono:   torch threads -> loader.load_model() -> AsyncEngine(engine_config(settings))
+      disagg: loader.load_tokenizer() (the router runs no model) -> DisaggEngine(disagg_options())
+              whose start() spawns the prefill/decode workers and waits until they are linked
+      -> app.build_app(engine, ...) -> listen -> prints "infer-bench engine ready: http://HOST:PORT"
+      -> GET /health answers 200 from then on (disagg: DisaggEngine.health(): ok / degraded /
+         unavailable); SIGTERM/SIGINT: stop accepting, abort in-flight requests, shut the engine
+         down (disagg: every worker stopped, every shared-memory segment unlinked), exit 0.
+    backends/launch.py starts deployments as `python -m infer_bench.cli serve ...` subprocesses;
+    serve() first pins itself to $INFER_BENCH_CPUS when the launcher set it (cpu_affinity.py).
 
-Exit codes: 0 clean shutdown; 2 the model could not be loaded (one line on stderr) or the port
-could not be bound. Argparse only: the engine must not import the project's cli/ package.
+One lifecycle for both modes: the same signal handling (a second signal exits at once), one
+build_app call, the engine shut down once. No argv parsing here: the CLI owns the flags, and the
+engine does not import cli/.
 
-Security: binds 127.0.0.1 unless --host says otherwise. `--api-key KEY` (or the environment
+Exit codes: 0 clean shutdown (also a signal during the disagg start-up); 2 the model could not be
+loaded, the settings do not make an engine, the workers did not start, or the port could not be
+bound (one line on stderr each).
+
+Security: binds 127.0.0.1 unless settings.host says otherwise. `api_key` (or the environment
 variable INFER_BENCH_API_KEY, preferred: a command line is visible to every local user) makes
 every endpoint but /health require `Authorization: Bearer KEY`; the key is never printed or
-logged (ServerConfig hides it from repr). Overload and faults: --max-waiting-requests (429 past
-it), --request-timeout-s (abort), --body-timeout-s (408); see server.py.
+logged (ServeSettings hides it from repr). Overload and faults: max_waiting_requests (429 past
+it), request_timeout_s (abort), body_timeout_s (408); see app.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import dataclasses
-import inspect
 import logging
 import os
 import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 log = logging.getLogger("infer_bench.engine.serve")
 
 READY_PREFIX = "infer-bench engine ready:"
 API_KEY_ENV = "INFER_BENCH_API_KEY"
-DEFAULT_MAX_WAITING_REQUESTS = 256   # = server.DEFAULT_MAX_WAITING_REQUESTS (no aiohttp here)
+DEFAULT_MAX_WAITING_REQUESTS = 256   # = app.DEFAULT_MAX_WAITING_REQUESTS (no aiohttp import here)
 DEFAULT_BODY_TIMEOUT_S = 30.0
+MODES = ("mono", "disagg")
 
 
 @dataclass
-class ServerConfig:
-    """Everything `run_server` needs. None means "the engine's default"."""
+class ServeSettings:
+    """Everything `serve` needs. For the engine options, None means "the engine's default"."""
 
     model: str
     host: str = "127.0.0.1"
     port: int = 8000
-    device: str = "cpu"
-    dtype: str = "auto"                      # auto | float32 | float16 | bfloat16
-    num_threads: int | None = None           # torch.set_num_threads before loading
-    kv_cache_gb: float | None = None
-    max_num_batched_tokens: int | None = None
-    max_num_seqs: int | None = None
-    max_model_len: int | None = None
-    block_size: int | None = None
-    enable_prefix_caching: bool = True
-    enable_chunked_prefill: bool = True
-    served_model_name: str | None = None     # default: the --model string
-    seed: int | None = None
+    served_model_name: str | None = None     # default: the model string
+    seed: int | None = None                  # sampler seed of requests without their own
     max_body_bytes: int = 16 * 1024 * 1024
     log_level: str = "warning"
-    mode: str = "mono"                       # only "mono" is served by this module
-    prefill_workers: int = 1
-    decode_workers: int = 1
-    disagg: dict = field(default_factory=dict)  # --mode disagg options (disagg/serve.py)
     # None: read INFER_BENCH_API_KEY; "" or unset: no auth. Hidden from repr (never logged).
     api_key: str | None = field(default=None, repr=False)
     max_waiting_requests: int | None = DEFAULT_MAX_WAITING_REQUESTS  # None/0: unbounded
     request_timeout_s: float | None = None   # None/0: no server-side request timeout
     body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S
     access_log: bool = False                 # one line per request (never headers)
-    spec: str | None = None                  # speculative decoding: "ngram" | "draft:<model>"
-    spec_k: int | None = None                # proposals per step (engine default 4)
+    mode: str = "mono"                       # mono | disagg
+    # Engine options (the CLI's EngineOptions fields, same names).
+    device: str = "cpu"
+    dtype: str = "auto"                      # auto | float32 | float16 | bfloat16 (loader.parse_dtype)
+    num_threads: int | None = None           # the deployment's total torch threads (disagg: split)
+    kv_cache_gb: float | None = None         # per engine (disagg: per worker)
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    max_model_len: int | None = None
+    block_size: int | None = None
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    speculation: str | None = None           # "ngram" | "draft:<model>" (spec_decode.parse_spec_flag)
+    spec_k: int | None = None                # proposals per step
+    prefill_workers: int = 1                 # disagg only, like the four below
+    decode_workers: int = 1
+    kv_transport: str = "shm"                # shm | dist
+    layerwise: bool = True
+    kv_link_gbps: float | None = None
+    disagg_threshold: int | None = None
 
 
-def resolve_api_key(cfg: ServerConfig) -> str | None:
-    """The key to enforce: cfg.api_key, else $INFER_BENCH_API_KEY; empty means none."""
-    key = cfg.api_key if cfg.api_key is not None else os.environ.get(API_KEY_ENV)
+def resolve_api_key(settings: ServeSettings) -> str | None:
+    """The key to enforce: settings.api_key, else $INFER_BENCH_API_KEY; empty means none."""
+    key = settings.api_key if settings.api_key is not None else os.environ.get(API_KEY_ENV)
     key = (key or "").strip()
     return key or None
 
 
-# ServerConfig field -> candidate EngineConfig field names (first one that exists wins).
-_ENGINE_FIELDS = {
-    "device": ("device",),
-    "kv_cache_gb": ("kv_cache_gb", "kv_cache_memory_gb", "kv_cache_size_gb"),
-    "max_num_batched_tokens": ("max_num_batched_tokens",),
-    "max_num_seqs": ("max_num_seqs",),
-    "max_model_len": ("max_model_len",),
-    "block_size": ("block_size",),
-    "enable_prefix_caching": ("enable_prefix_caching", "prefix_caching"),
-    "enable_chunked_prefill": ("enable_chunked_prefill", "chunked_prefill"),
-    "seed": ("seed",),
-    "num_threads": ("num_threads",),
-    "spec_k": ("spec_k",),
-}
+def _given(**kwargs: Any) -> dict:
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def parse_dtype(name: str | None):
-    """"auto"/None -> None (the loader's default for the device); else a torch dtype."""
-    import torch
-
-    if name is None or name == "auto":
-        return None
-    table = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-             "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    try:
-        return table[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use one of auto, {', '.join(table)}") from None
-
-
-def make_engine_config(cfg: ServerConfig):
-    """ServerConfig -> EngineConfig, passing only what was set and what EngineConfig has."""
+def engine_config(s: ServeSettings):
+    """The EngineConfig of the settings (one engine; disagg: each worker's, less its threads).
+    Raises ValueError on values the engine refuses."""
     from ..engine import EngineConfig
+    from ..spec_decode import parse_spec_flag
 
-    if dataclasses.is_dataclass(EngineConfig):
-        known = {f.name for f in dataclasses.fields(EngineConfig)}
-    else:
-        known = set(inspect.signature(EngineConfig).parameters)
-    kwargs = {}
-    for ours, candidates in _ENGINE_FIELDS.items():
-        value = getattr(cfg, ours)
-        if value is None:
-            continue
-        name = next((c for c in candidates if c in known), None)
-        if name is None:
-            default = ServerConfig.__dataclass_fields__[ours].default
-            if value != default:
-                log.warning("engine has no setting for %s; ignoring %s=%r", ours, ours, value)
-            continue
-        kwargs[name] = value
-    if cfg.spec:
-        from ..spec_decode import parse_spec_flag
-        kwargs.update(parse_spec_flag(cfg.spec))
-    return EngineConfig(**kwargs)
+    return EngineConfig(
+        device=s.device, num_threads=s.num_threads,
+        enable_prefix_caching=s.enable_prefix_caching,
+        enable_chunked_prefill=s.enable_chunked_prefill,
+        **_given(kv_cache_gb=s.kv_cache_gb, max_num_batched_tokens=s.max_num_batched_tokens,
+                 max_num_seqs=s.max_num_seqs, max_model_len=s.max_model_len,
+                 block_size=s.block_size, seed=s.seed, spec_k=s.spec_k),
+        **parse_spec_flag(s.speculation))
 
 
-def default_model_names(cfg: ServerConfig) -> tuple[str, list[str]]:
-    """(served name, extra accepted names): the --model string, also its file/dir name."""
-    name = cfg.served_model_name or cfg.model
+def disagg_options(s: ServeSettings):
+    """The DisaggOptions of the settings: per-worker EngineConfig fields (threads are the
+    deployment's total, split by the router; the workers load the model in `dtype`)."""
+    import dataclasses
+
+    from ..disagg.router import DisaggOptions
+
+    engine = dataclasses.asdict(engine_config(s))
+    del engine["num_threads"], engine["dtype"]
+    return DisaggOptions(model=s.model, prefill_workers=s.prefill_workers,
+                         decode_workers=s.decode_workers, num_threads=s.num_threads,
+                         device=s.device, dtype=s.dtype, engine=engine, transport=s.kv_transport,
+                         layerwise=s.layerwise, kv_link_gbps=s.kv_link_gbps,
+                         disagg_threshold=s.disagg_threshold)
+
+
+def default_model_names(s: ServeSettings) -> tuple[str, list[str]]:
+    """(served name, extra accepted names): the model string, also its file/dir name."""
+    name = s.served_model_name or s.model
     extra = []
-    if not cfg.served_model_name:
-        base = Path(cfg.model).name
+    if not s.served_model_name:
+        base = Path(s.model).name
         if base and base != name:
             extra.append(base)
     return name, extra
 
 
-async def _serve(cfg: ServerConfig, loaded) -> int:
-    from ..engine import AsyncEngine
-    from .app import build_app, start_site, stop_site
+@dataclass
+class Served:
+    """An engine ready to be served, and what differs between mono and disagg around it."""
 
-    engine = AsyncEngine(make_engine_config(cfg), loaded)
-    name, extra = default_model_names(cfg)
-    max_model_len = cfg.max_model_len or getattr(getattr(engine, "config", None),
-                                                 "max_model_len", None)
-    if not isinstance(max_model_len, int):
-        max_model_len = getattr(loaded.config, "max_position_embeddings", None)
-    api_key = resolve_api_key(cfg)
-    app = build_app(engine, loaded.tokenizer, name, max_model_len=max_model_len,
-                    vocab_size=getattr(loaded.config, "vocab_size", None),
-                    extra_model_names=extra, model_root=loaded.source_description,
-                    max_body_bytes=cfg.max_body_bytes, api_key=api_key,
-                    max_waiting_requests=cfg.max_waiting_requests or None,
-                    request_timeout_s=cfg.request_timeout_s or None,
-                    body_timeout_s=cfg.body_timeout_s or None)
+    engine: Any                                   # AsyncEngine or DisaggEngine
+    tokenizer: Any
+    model_root: str                               # the model's description (/v1/models, ready line)
+    shutdown: Callable[[], Awaitable[None]]
+    start: Callable[[], Awaitable[Any]] | None = None    # disagg: spawn and link the workers
+    health: Callable[[], tuple[int, dict]] | None = None
+    on_signal: Callable[[], None] | None = None          # called at once on SIGTERM/SIGINT
+    ready_detail: str = ""                        # appended to the ready line
+
+
+def load_mono(s: ServeSettings) -> Served:
+    """Load the model and start one AsyncEngine. Raises ModelLoadError / ValueError."""
+    import torch
+
+    from ..engine import AsyncEngine
+    from ..loader import load_model, parse_dtype
+
+    if s.num_threads:
+        torch.set_num_threads(s.num_threads)
+    config = engine_config(s)   # bad settings fail before the model is loaded
+    loaded = load_model(s.model, s.device, parse_dtype(s.dtype))
+    engine = AsyncEngine(config, loaded)
+    return Served(engine, loaded.tokenizer, loaded.source_description,
+                  shutdown=lambda: asyncio.to_thread(engine.shutdown))
+
+
+def load_disagg(s: ServeSettings) -> Served:
+    """The router's tokenizer and a DisaggEngine (workers start in `Served.start`)."""
+    from ..disagg.router import DisaggEngine
+    from ..loader import load_tokenizer, parse_dtype
+
+    opts = disagg_options(s)
+    parse_dtype(s.dtype)  # a bad dtype fails here, not in every worker
+    tokenizer, desc = load_tokenizer(s.model)
+    engine = DisaggEngine(opts, tokenizer)
+
+    def on_signal() -> None:
+        engine.stopping = True  # the workers get the signal too: their exits are expected
+
+    link = f", link {opts.kv_link_gbps:g} Gb/s" if opts.kv_link_gbps else ""
+    detail = (f"; disagg {opts.prefill_workers}P{opts.decode_workers}D, "
+              f"{opts.threads_per_worker()} thread(s)/worker, kv transport {opts.transport}"
+              f"{', layer-wise' if opts.layerwise else ''}{link}")
+    return Served(engine, tokenizer, desc, shutdown=engine.shutdown, start=engine.start,
+                  health=engine.health, on_signal=on_signal, ready_detail=detail)
+
+
+def _say(message: str) -> None:
+    print(f"infer-bench serve: {message}", file=sys.stderr, flush=True)
+
+
+async def run_served(s: ServeSettings, served: Served) -> int:
+    """Serve until SIGTERM/SIGINT; the exit code. The engine is shut down once, on every path."""
+    from .app import build_app, start_site, stop_site
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -176,161 +207,81 @@ async def _serve(cfg: ServerConfig, loaded) -> int:
 
     def _on_signal(signum: int) -> None:
         received.append(signum)
+        if served.on_signal is not None:
+            served.on_signal()
         if len(received) > 1:  # second signal: do not wait any longer
             os._exit(130 if signum == signal.SIGINT else 143)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, sig)
-
     try:
+        if served.start is not None:
+            start = asyncio.ensure_future(served.start())
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([start, stopped], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not start.done():  # a signal during start-up
+                start.cancel()
+                return 0
+            try:
+                start.result()
+            except Exception as e:  # noqa: BLE001 - workers that did not start: one line
+                _say(str(e))
+                return 2
+        name, extra = default_model_names(s)
+        api_key = resolve_api_key(s)
+        app = build_app(served.engine, served.tokenizer, name, extra_model_names=extra,
+                        model_root=served.model_root, max_body_bytes=s.max_body_bytes,
+                        api_key=api_key, max_waiting_requests=s.max_waiting_requests or None,
+                        request_timeout_s=s.request_timeout_s or None,
+                        body_timeout_s=s.body_timeout_s or None, health=served.health)
         try:
-            runner, url = await start_site(app, cfg.host, cfg.port,
-                                           access_log=cfg.access_log)
+            runner, url = await start_site(app, s.host, s.port, access_log=s.access_log)
         except OSError as e:
-            print(f"infer-bench serve: cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}",
-                  file=sys.stderr, flush=True)
-            await _shutdown_engine(engine)
+            _say(f"cannot listen on {s.host}:{s.port}: {e.strerror or e}")
             return 2
-        print(f"{READY_PREFIX} {url} (model '{name}': {loaded.source_description})", flush=True)
+        print(f"{READY_PREFIX} {url} (model '{name}': {served.model_root}{served.ready_detail})",
+              flush=True)
         if api_key:
-            print("infer-bench serve: API key required (Authorization: Bearer ...) on every "
-                  "endpoint but /health", file=sys.stderr, flush=True)
-        elif cfg.host not in ("127.0.0.1", "localhost", "::1"):
-            print(f"infer-bench serve: warning: listening on {cfg.host} without an API key",
-                  file=sys.stderr, flush=True)
+            _say("API key required (Authorization: Bearer ...) on every endpoint but /health")
+        elif s.host not in ("127.0.0.1", "localhost", "::1"):
+            _say(f"warning: listening on {s.host} without an API key")
         await stop.wait()
-        print("infer-bench serve: shutting down", file=sys.stderr, flush=True)
+        _say("shutting down")
         aborted = await stop_site(app, runner)
         if aborted:
-            print(f"infer-bench serve: aborted {len(aborted)} in-flight request(s)",
-                  file=sys.stderr, flush=True)
-        await _shutdown_engine(engine)
+            _say(f"aborted {len(aborted)} in-flight request(s)")
         return 0
     finally:
+        await served.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
 
-async def _shutdown_engine(engine) -> None:
-    shutdown = getattr(engine, "shutdown", None)
-    if shutdown is None:
-        return
-    res = shutdown()
-    if inspect.isawaitable(res):
-        await res
+def serve(s: ServeSettings) -> int:
+    """Load, serve until SIGTERM/SIGINT, return 0. Any failure to start (see the module
+    docstring) prints one line to stderr and raises SystemExit(2)."""
+    from ..cpu_affinity import pin_from_env
+    from ..errors import ModelLoadError
 
-
-def run_server(cfg: ServerConfig) -> int:
-    """Load the model, serve until SIGTERM/SIGINT, return 0. On a model that cannot be loaded
-    (or a port that cannot be bound) print one line to stderr and raise SystemExit(2)."""
-    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
+    pin_from_env()  # $INFER_BENCH_CPUS from the launcher, before the model loads (all threads)
+    logging.basicConfig(level=getattr(logging, s.log_level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if cfg.access_log:
+    if s.access_log:
         logging.getLogger("aiohttp.access").setLevel(logging.INFO)
-    if cfg.mode == "disagg":  # router + prefill/decode worker processes
-        from ..disagg.serve import run_disagg_server
-        return run_disagg_server(cfg)
-    if cfg.mode != "mono":
-        print(f"infer-bench serve: --mode {cfg.mode} is not available: this server runs one "
-              f"monolithic engine (--mode mono)", file=sys.stderr, flush=True)
-        raise SystemExit(2)
-    import torch
-
-    from ..loader import ModelLoadError, load_model
-
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
-    try:
-        dtype = parse_dtype(cfg.dtype)
-    except ValueError as e:
-        print(f"infer-bench serve: {e}", file=sys.stderr, flush=True)
+    if s.mode not in MODES:
+        _say(f"unknown mode {s.mode!r} (use {' or '.join(MODES)})")
         raise SystemExit(2)
     try:
-        loaded = load_model(cfg.model, cfg.device, dtype)
+        served = load_disagg(s) if s.mode == "disagg" else load_mono(s)
     except ModelLoadError as e:
-        print(f"infer-bench serve: cannot load model: {e}", file=sys.stderr, flush=True)
+        _say(f"cannot load model: {e}")
         raise SystemExit(2)
-    rc = asyncio.run(_serve(cfg, loaded))
+    except (ValueError, TypeError) as e:
+        _say(str(e))
+        raise SystemExit(2)
+    rc = asyncio.run(run_served(s, served))
     if rc:
         raise SystemExit(rc)
     return 0
-
-
-def build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m infer_bench.backends.engine.http.serve",
-        description="Serve a model with the infer-bench reference engine (OpenAI-compatible "
-                    "HTTP API: /v1/completions, /v1/chat/completions, /v1/models, /health, "
-                    "/metrics, /debug/steps).")
-    p.add_argument("--model", required=True,
-                   help="HF directory, .gguf file, hub id, or registry name (smollm2-135m)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--num-threads", type=int, default=None, help="torch threads")
-    p.add_argument("--kv-cache-gb", type=float, default=None, help="KV-cache pool size (GB)")
-    p.add_argument("--max-num-batched-tokens", type=int, default=None)
-    p.add_argument("--max-num-seqs", type=int, default=None)
-    p.add_argument("--max-model-len", type=int, default=None, help="context window")
-    p.add_argument("--block-size", type=int, default=None, help="tokens per KV block")
-    p.add_argument("--no-prefix-caching", action="store_true")
-    p.add_argument("--no-chunked-prefill", action="store_true")
-    p.add_argument("--served-model-name", default=None,
-                   help="name clients send as 'model' (default: the --model string)")
-    p.add_argument("--seed", type=int, default=None, help="sampler seed")
-    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
-    p.add_argument("--log-level", default="warning")
-    p.add_argument("--mode", default="mono", choices=["mono", "disagg"],
-                   help="mono: one engine does prefill and decode; disagg: prefill and decode workers")
-    p.add_argument("--prefill-workers", type=int, default=1, help="(disagg only)")
-    p.add_argument("--decode-workers", type=int, default=1, help="(disagg only)")
-    from ..disagg.serve import add_disagg_arguments
-    add_disagg_arguments(p)
-    p.add_argument("--api-key", default=None,
-                   help=f"require 'Authorization: Bearer KEY' on every endpoint but /health "
-                        f"(default: ${API_KEY_ENV}, which is preferred: argv is visible to all)")
-    p.add_argument("--max-waiting-requests", type=int, default=DEFAULT_MAX_WAITING_REQUESTS,
-                   help="requests allowed to wait for the running batch; more get 429 "
-                        "(0: unbounded)")
-    p.add_argument("--request-timeout-s", type=float, default=None,
-                   help="abort a request still running after this many seconds (default: none)")
-    p.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S,
-                   help="408 if the request body is not received within this (0: no limit)")
-    p.add_argument("--access-log", action="store_true",
-                   help="log one line per request (address, request line, status; no headers)")
-    p.add_argument("--spec", default=None, metavar="ngram|draft:MODEL",
-                   help="speculative decoding: n-gram prompt lookup, or a draft model (same tokenizer)")
-    p.add_argument("--spec-k", type=int, default=None, help="speculative tokens per step (default 4)")
-    return p
-
-
-def config_from_args(argv: list[str] | None = None) -> ServerConfig:
-    a = build_arg_parser().parse_args(argv)
-    return ServerConfig(
-        model=a.model, host=a.host, port=a.port, device=a.device, dtype=a.dtype,
-        num_threads=a.num_threads, kv_cache_gb=a.kv_cache_gb,
-        max_num_batched_tokens=a.max_num_batched_tokens, max_num_seqs=a.max_num_seqs,
-        max_model_len=a.max_model_len, block_size=a.block_size,
-        enable_prefix_caching=not a.no_prefix_caching,
-        enable_chunked_prefill=not a.no_chunked_prefill,
-        served_model_name=a.served_model_name, seed=a.seed, max_body_bytes=a.max_body_bytes,
-        log_level=a.log_level, mode=a.mode, prefill_workers=a.prefill_workers,
-        decode_workers=a.decode_workers, api_key=a.api_key,
-        max_waiting_requests=a.max_waiting_requests, request_timeout_s=a.request_timeout_s,
-        body_timeout_s=a.body_timeout_s, access_log=a.access_log, spec=a.spec, spec_k=a.spec_k)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from ..cpu_affinity import pin_from_env
-    pin_from_env()  # $INFER_BENCH_CPUS from the launcher, before torch starts any thread
-    cfg = config_from_args(argv)
-    if cfg.mode == "disagg":
-        from ..disagg.serve import disagg_options_from_args
-        cfg.disagg = disagg_options_from_args(build_arg_parser().parse_args(argv))
-    return run_server(cfg)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
