@@ -112,7 +112,7 @@ class FakeEngine:
         self.max_model_len = 128
         self.vocab_size = FakeTokenizer.vocab_size
 
-    async def generate(self, request_id, prompt_token_ids, params):
+    async def generate(self, request_id, prompt_token_ids, params, arrival_time=None):
         self.blocks[request_id] = len(prompt_token_ids) // 4 + 1
         n = 0
         while True:
@@ -202,7 +202,7 @@ async def test_fake_engine_stream_and_disconnect():
 
 async def test_fake_engine_refusal_is_400_and_server_keeps_serving():
     class Refusing(FakeEngine):
-        async def generate(self, request_id, prompt_token_ids, params):
+        async def generate(self, request_id, prompt_token_ids, params, arrival_time=None):
             if bytes(prompt_token_ids) == b"refuse":
                 raise ValueError("prompt + max_tokens need 99 KV blocks; the pool has 4")
             async for out in super().generate(request_id, prompt_token_ids, params):
@@ -232,7 +232,7 @@ class RecordingEngine:
         self.inner = engine
         self.outputs: dict[str, list] = {}
 
-    async def generate(self, request_id, prompt_token_ids, params):
+    async def generate(self, request_id, prompt_token_ids, params, arrival_time=None):
         outs = self.outputs.setdefault(request_id, [])
         async for out in self.inner.generate(request_id, prompt_token_ids, params):
             outs.append(out)
@@ -548,3 +548,52 @@ def test_serve_subprocess_bad_model_exits_2(tmp_path):
     assert proc.returncode == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "cannot load model" in lines[0], err
+
+
+async def test_arrival_is_stamped_when_the_bytes_land_not_when_the_busy_loop_gets_to_them():
+    """The handler runs late when the event loop is busy; the engine must still get the time
+    the request arrived (http/arrival.py), so that wait shows as queue time."""
+    import socket
+    import sys
+    import threading
+    import time as _time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("TCP_INFO is Linux's")
+
+    class Recording(FakeEngine):
+        arrivals: list = []
+
+        async def generate(self, request_id, prompt_token_ids, params, arrival_time=None):
+            self.arrivals.append((arrival_time, _time.perf_counter()))
+            async for out in super().generate(request_id, prompt_token_ids, params):
+                yield out
+
+    engine = Recording()
+    app = build_app(engine, FakeTokenizer(), MODEL)
+    async with TestServer(app, host="127.0.0.1") as srv:
+        body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 2}).encode()
+        raw = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+        sent = []
+
+        def client():
+            with socket.create_connection((srv.host, srv.port)) as c:
+                sent.append(_time.perf_counter())
+                c.sendall(raw)
+                while c.recv(65536):
+                    pass
+
+        t = threading.Thread(target=client)
+        t.start()
+        while not sent:
+            _time.sleep(0.001)
+        _time.sleep(0.3)                     # the loop is busy: nobody reads the request
+        for _ in range(200):
+            if engine.arrivals:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(t.join, 5)
+    arrival, handled = engine.arrivals[0]
+    assert handled - sent[0] >= 0.29                      # the handler really ran late
+    assert arrival == pytest.approx(sent[0], abs=0.02)    # the stamp did not

@@ -490,8 +490,11 @@ class AsyncEngine:
 
     # ---- event-loop API -------------------------------------------------------------------
     async def generate(self, request_id: str, prompt_token_ids: list[int],
-                       params: SamplingParams | None = None) -> AsyncIterator[RequestOutput]:
+                       params: SamplingParams | None = None, *,
+                       arrival_time: float | None = None) -> AsyncIterator[RequestOutput]:
         """Stream the request's outputs; the last one has finished=True (and timing).
+        `arrival_time` (perf_counter clock): when the request's bytes arrived (the HTTP side
+        takes it from the kernel, http/arrival.py); default now. Queue time starts there.
 
         Raises ValueError before anything is queued if the request can never run. Cancelling or
         closing the generator before the end aborts the request (its KV blocks are freed).
@@ -507,7 +510,8 @@ class AsyncEngine:
             if request_id in self._queues:
                 raise ValueError(f"request id {request_id!r} is already in use")
             self._queues[request_id] = (loop, queue)
-            self._new.append((request_id, prompt_token_ids, params, time.perf_counter()))
+            self._new.append((request_id, prompt_token_ids, params,
+                              time.perf_counter() if arrival_time is None else arrival_time))
             self._cond.notify()
         finished = False
         try:

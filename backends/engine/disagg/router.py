@@ -450,8 +450,8 @@ class DisaggEngine:
 
     # ---- the AsyncEngine API ---------------------------------------------------------------
     async def generate(self, request_id: str, prompt_token_ids: list[int], params=None,
-                       *, prefill_worker: str | None = None, decode_worker: str | None = None
-                       ) -> AsyncIterator[RequestOutput]:
+                       *, prefill_worker: str | None = None, decode_worker: str | None = None,
+                       arrival_time: float | None = None) -> AsyncIterator[RequestOutput]:
         """Stream the request's outputs (the last has finished=True and the timing). Raises
         ValueError if it can never run, RequestError(503) if no worker of a role is alive or a
         worker dies before the first token, RuntimeError if one dies later.
@@ -471,7 +471,8 @@ class DisaggEngine:
         p = self.by_name[prefill_worker] if prefill_worker else self._pick_prefill()
         if p is not None and not p.alive:
             p = None
-        req = _Req(request_id, prompt, params, time.perf_counter(), d, p)
+        req = _Req(request_id, prompt, params,
+                   time.perf_counter() if arrival_time is None else arrival_time, d, p)
         self.reqs[request_id] = req
         d.inflight.add(request_id)
         if p is not None:

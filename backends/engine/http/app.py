@@ -64,6 +64,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ..stats import EngineStats
 from . import protocol
+from .arrival import arrival_times
 from .protocol import RequestError
 
 log = logging.getLogger("infer_bench.engine.server")
@@ -609,7 +610,7 @@ class _Outputs:
 
 async def _handle_generate(request: web.Request, kind: str) -> web.StreamResponse:
     state = get_state(request.app)
-    arrival = time.monotonic()
+    arrival, arrival_perf, _ = arrival_times(request)   # when the bytes landed (kernel)
     state.check_admission()  # cheap early refusal, before reading the body
     raw = await _read_body(request, state)
     if len(raw) >= PARSE_IN_THREAD_BYTES:  # tokenizing MBs of text takes a while
@@ -625,7 +626,8 @@ async def _handle_generate(request: web.Request, kind: str) -> web.StreamRespons
     state.inflight.add(request_id)
     state.awaiting_first += 1
     awaiting = True
-    gen = state.engine.generate(request_id, req.prompt_token_ids, req.sampling)
+    gen = state.engine.generate(request_id, req.prompt_token_ids, req.sampling,
+                                arrival_time=arrival_perf)
     deadline = arrival + state.request_timeout_s if state.request_timeout_s else None
     src = _Outputs(state, gen, request_id, len(req.prompt_token_ids), deadline)
     finished = False
