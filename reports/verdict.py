@@ -70,7 +70,7 @@ def _goodput_finding(records, deps: Sequence[str], rates: Mapping[Any, float], s
     txt = f"Goodput at {target:.0%} joint SLO attainment, req/s per chip: " + "; ".join(parts) + "."
     if len(readable) >= 2:
         ranked = sorted(readable.items(), key=lambda kv: kv[1][0], reverse=True)
-        (w, (rw, lw, hw, gw)), (r2, (rr, lr, hr, g2)) = ranked[0], ranked[1]
+        (w, (_, lw, _, gw)), (r2, (_, _, hr, g2)) = ranked[0], ranked[1]
         if gw.lower_bound and g2.lower_bound:
             txt += (" Both met the target at every rate measured: the sweep does not separate "
                     "them (measure higher rates).")

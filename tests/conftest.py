@@ -116,6 +116,7 @@ def mock_process():
                 time.sleep(0.05)
         return f"http://127.0.0.1:{port}"
 
+    start.procs = procs                       # to kill a server mid-test
     yield start
     for proc in procs:
         proc.kill()

@@ -14,7 +14,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import free_port
 
 
 def start_cli(*args: str) -> subprocess.Popen:
@@ -47,21 +46,9 @@ def check_kept(out: Path) -> dict:
 
 
 @pytest.fixture
-def mock_server():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "infer_bench.backends.mock.server", "--port", str(port),
-                             "--ttft-ms", "20", "--token-delay-ms", "20"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import urllib.request
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", proc
-    proc.kill()
-    proc.wait()
+def mock_server(mock_process):
+    url = mock_process("--ttft-ms", "20", "--token-delay-ms", "20")
+    return url, mock_process.procs[-1]
 
 
 def test_ctrl_c_keeps_results_and_renders_report(tmp_path, mock_server):
