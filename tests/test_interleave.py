@@ -70,3 +70,30 @@ def test_run_interleaves_deployments_with_repeats(tmp_path, mock_process):
     ttft = summary.set_index(["deployment", "load_point"])["ttft_p50_s"]
     for lp in ("40rps", "80rps"):
         assert ttft[("B", lp)] - ttft[("A", lp)] == pytest.approx(0.02, abs=0.008)
+
+
+def test_report_shows_cores_idle_cpu_sample_size_and_drift(tmp_path, mock_process):
+    """The report's fairness section, from a real interleaved run with repeats."""
+    from infer_bench.backends.launch import ExternalDeploymentSpec
+    from infer_bench.reports.data import load_run
+    from infer_bench.reports.fairness import fairness_tables
+    from infer_bench.workloads.runner import RunSpec, run
+    from infer_bench.workloads.spec import SLO, ArrivalSpec, LengthDist, LoadPoint, WorkloadSpec
+
+    a = mock_process("--ttft-ms", "10", "--token-delay-ms", "2")
+    b = mock_process("--ttft-ms", "20", "--token-delay-ms", "2")
+    spec = RunSpec(deployments=[ExternalDeploymentSpec(name="A", url=a),
+                                ExternalDeploymentSpec(name="B", url=b)],
+                   workload=WorkloadSpec(input_len=LengthDist.fixed(16),
+                                         output_len=LengthDist.fixed(4), num_requests=12),
+                   load_points=[LoadPoint(name="20rps",
+                                          arrival=ArrivalSpec(kind="constant", rate=20))],
+                   slo=SLO(ttft_s=1.0, tpot_s=0.5), out_dir=tmp_path / "run", repeats=2,
+                   warmup_requests=2, warmup_max_requests=4)
+    tables = fairness_tables(load_run(run(spec)))
+    heads = [t.headers[0] for t in tables]
+    assert heads == ["Process", "Under load", "Load point", "Load point"]   # cores, CPU, n, drift
+    cpu = tables[1]
+    assert len(cpu.rows) == 4 and {r[1].text for r in cpu.rows} == {"20rps #1", "20rps #2"}
+    drift = tables[3]
+    assert sorted(r[2].text for r in drift.rows) == ["1", "1", "2", "2"]

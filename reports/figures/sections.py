@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import plotly.graph_objects as go
 
 from ..data import RunData, server_timings
+from ..fairness import CAPTION as FAIRNESS_CAPTION
+from ..fairness import fairness_tables
 from ..frames import itl_kinds, spec_frame, ttft_parts
 from .interference import itl_interference, itl_interference_table, itl_over_time
 from .latency import latency_cdfs, throughput_latency
@@ -132,4 +134,8 @@ def report_figures(run: RunData, colors: dict | None = None, target: float = 0.9
     if run.telemetry is not None:
         out.append(FigureSpec("telemetry", "Telemetry", "Hardware and process telemetry sampled "
                               "during the run.", telemetry_figure(run.telemetry, colors)))
+    tables = fairness_tables(run)
+    if tables:
+        out.append(FigureSpec("fairness", "Fair measurement and sample size", FAIRNESS_CAPTION,
+                              None, tables=tables))
     return out
