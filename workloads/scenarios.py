@@ -55,7 +55,7 @@ def default_scenarios(seed: int = 0) -> list[Scenario]:
         expectation=("mono expected ahead on TTFT and goodput per chip: short prefills run faster "
                      "on all cores and barely interfere with decoding"),
         workload=WorkloadSpec(input_len=LengthDist.fixed(128), output_len=LengthDist.fixed(32),
-                              num_requests=30, seed=seed),
+                              num_requests=24, seed=seed),
         slo=SLO(ttft_s=1.0, tpot_s=0.2),
         load_points=[_poisson(1.0, seed), _poisson(1.5, seed)],
         focus=("ttft_p50_s", "ttft_p90_s"), expected_mode="mono")
@@ -64,9 +64,9 @@ def default_scenarios(seed: int = 0) -> list[Scenario]:
         expectation=("disaggregated expected ahead on TPOT and ITL tails: on mono every new "
                      "prompt's prefill stalls the running decodes"),
         workload=WorkloadSpec(input_len=LengthDist.fixed(1024), output_len=LengthDist.fixed(32),
-                              num_requests=12, seed=seed + 1),
+                              num_requests=10, seed=seed + 1),
         slo=SLO(ttft_s=10.0, tpot_s=0.08),
-        load_points=[_poisson(0.12, seed + 1)],
+        load_points=[_poisson(0.15, seed + 1)],
         focus=("itl_p99_s", "tpot_p90_s"), expected_mode="disagg")
     return [chat, long_prompt]
 
