@@ -72,9 +72,9 @@ def default_scenarios(seed: int = 0) -> list[Scenario]:
 
 
 def estimate_seconds(scenarios: list[Scenario], n_deployments: int, repeats: int = 1,
-                     startup_s: float = 30.0, drain_s: float = 5.0) -> float:
+                     startup_s: float = 45.0, drain_s: float = 5.0) -> float:
     """A rough wall-time estimate printed before a run starts: per deployment and scenario, the
-    start-up and warm-up (~30 s measured on the 2-core box), then each load point's send span plus
+    start-up and warm-up (~45 s measured on the 2-core box), then each load point's send span plus
     a drain."""
     total = 0.0
     for sc in scenarios:
