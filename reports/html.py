@@ -210,13 +210,6 @@ def _warnings(run: RunData, label: str = "") -> list[str]:
     return out
 
 
-def _chips(spec: dict | None) -> dict | None:
-    """deployment -> chips / CPU workers it occupies (from spec.json), for per-chip goodput."""
-    deps = [d for d in ((spec or {}).get("deployments") or []) if isinstance(d, dict) and d.get("name")]
-    out = {str(d["name"]): int(d.get("chips") or 1) for d in deps}
-    return out or None
-
-
 def _slo_text(slo: dict) -> str:
     parts = []
     if isinstance(slo.get("ttft_s"), (int, float)):
@@ -300,7 +293,7 @@ def build_context(run: RunData, target: float = DEFAULT_TARGET) -> dict:
         meta.append(("SLO", slo_text))
     return dict(
         title=run.name, compare=False, runs=[view], header_meta=meta,
-        verdict=[f.text for f in verdict_for_run(run, target, labels, chips=_chips(run.spec))],
+        verdict=[f.text for f in verdict_for_run(run, target, labels)],
         table=summary_table(run.summary, labels), text_cols=2, dep_col=2, colors=colors,
         slo_text=slo_text,
         summary_note=("This summary was recomputed from requests (the results dir had none)."

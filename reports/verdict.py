@@ -190,9 +190,18 @@ def _omission_findings(summary: pd.DataFrame | None, lp_labels) -> list[Finding]
     return out
 
 
+def chips_of(spec: Mapping | None) -> dict[str, int] | None:
+    """deployment -> chips (CPU cores / GPUs) it occupies, from spec.json, for goodput per chip."""
+    deps = [d for d in ((spec or {}).get("deployments") or []) if isinstance(d, dict) and d.get("name")]
+    out = {str(d["name"]): int(d.get("chips") or 1) for d in deps}
+    return out or None
+
+
 def verdict_for_run(run, target: float = 0.9, lp_labels: Mapping | None = None,
                     chips: Mapping[str, int] | None = None) -> list[Finding]:
-    """The verdict of one results dir (`reports.data.RunData`)."""
+    """The verdict of one results dir (`reports.data.RunData`); chips from its spec.json unless
+    given."""
     return verdict(run.records, run.summary, slo=run.slo or None, deployments=run.deployments,
-                   spec=run.spec, target=target, lp_labels=lp_labels, chips=chips,
+                   spec=run.spec, target=target, lp_labels=lp_labels,
+                   chips=chips if chips is not None else chips_of(run.spec),
                    load_points=run.load_points)

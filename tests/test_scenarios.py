@@ -51,3 +51,20 @@ def test_run_without_workload_flags_runs_the_scenarios(monkeypatch):
                  ["run", "--input-len", "64"], ["run", "--url", "http://127.0.0.1:9"]):
         assert CliRunner().invoke(app, args).exit_code == 0
     assert seen == [True, True, False, False, False]
+
+
+def test_verdict_counts_chips_from_the_spec_everywhere(tmp_path):
+    """The index page and a run's own report rank goodput per chip with the same chip counts
+    (spec.json's), not one chip each."""
+    from infer_bench.reports.data import load_run
+    from infer_bench.reports.verdict import chips_of, verdict_for_run
+
+    d = make_results_dir(tmp_path / "r", n_deployments=2, n_load_points=3, n_requests=20)
+    spec = json.loads((d / "spec.json").read_text())
+    for dep in spec["deployments"]:
+        dep["chips"] = 2
+    (d / "spec.json").write_text(json.dumps(spec))
+    run = load_run(d)
+    assert set(chips_of(run.spec).values()) == {2}
+    goodput = [f.text for f in verdict_for_run(run) if f.metric == "goodput"][0]
+    assert "per chip on 2" in goodput and "per chip on 1" not in goodput
