@@ -35,13 +35,6 @@ def _ramp(spec: Mapping | None) -> float:
     return float(((spec or {}).get("steady_state") or {}).get("ramp_fraction") or 0.0)
 
 
-def _phrase(c: stats.Comparison, label: str) -> str:
-    text = stats.describe(c)
-    if c.significant:
-        return f"{label}: {text}"
-    return f"{label}: {text}"
-
-
 def _goodput_finding(records, deps: Sequence[str], rates: Mapping[Any, float], slo, ramp: float,
                      target: float, chips: Mapping[str, int] | None) -> list[Finding]:
     out: list[Finding] = []
@@ -115,7 +108,7 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
         label = str((lp_labels or {}).get(lp, lp))
         won = [c for c in cs if c.significant]
         tied = [c for c in cs if not c.significant]
-        bits = [_phrase(c, C.BY_KEY[c.metric].label) for c in won]
+        bits = [f"{C.BY_KEY[c.metric].label}: {stats.describe(c)}" for c in won]
         if tied:
             bits.append("no significant difference in "
                         + ", ".join(f"{C.BY_KEY[c.metric].label} ({_tie_width(c)})" for c in tied))

@@ -49,3 +49,11 @@ def test_goodput_and_unknown_metric():
     assert not r.passed and [x["passed"] for x in r.rows] == [True, False]
     [r] = G.evaluate([G.parse_check("nonsense_metric<1")], ROWS)
     assert not r.passed and "no row" in r.line()
+
+
+def test_a_named_deployment_covers_it_in_every_scenario():
+    rows = [{**r, "deployment": f"{sc}/{r['deployment']}"} for sc in ("chat", "long") for r in ROWS]
+    [r] = G.evaluate([G.parse_check("mono:ttft_p90<2s")], rows)
+    assert r.passed and {x["deployment"] for x in r.rows} == {"chat/mono", "long/mono"}
+    [r] = G.evaluate([G.parse_check("chat/pd:tpot_p90<50ms")], rows)
+    assert r.passed and len(r.rows) == 2

@@ -113,6 +113,14 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _covers(check: Check, deployment: Any) -> bool:
+    """Whether `check` applies to `deployment`: every deployment when it names none; the named
+    one, also as `scenario/name` in a default run's scenarios."""
+    dep = str(deployment)
+    return check.deployment is None or dep == check.deployment \
+        or dep.endswith("/" + check.deployment)
+
+
 def evaluate(checks: Sequence[Check], summary_rows: Sequence[Mapping[str, Any]],
              goodputs: Mapping[str, float | None] | None = None) -> list[CheckResult]:
     """Evaluate each check on the summary rows (dicts with deployment, load_point and the
@@ -122,14 +130,14 @@ def evaluate(checks: Sequence[Check], summary_rows: Sequence[Mapping[str, Any]],
         rows = []
         if c.metric == "goodput_rps":
             for dep, g in (goodputs or {}).items():
-                if c.deployment in (None, dep):
+                if _covers(c, dep):
                     v = _num(g)
                     rows.append({"deployment": dep, "load_point": None, "value": v,
                                  "passed": v is not None and _OPS[c.op](v, c.threshold)})
         else:
             for r in summary_rows:
                 dep = r.get("deployment")
-                if c.deployment not in (None, dep):
+                if not _covers(c, dep):
                     continue
                 if c.metric == "error_rate":
                     n, f = _num(r.get("n_requests")), _num(r.get("n_failed"))
@@ -165,14 +173,4 @@ def check_results(results_dirs, checks: Sequence[Check], target: float = 0.9) ->
             rows.append({**r, "deployment": prefix + str(r["deployment"])})
         for dep, g in compute_goodput(s, target).items():
             gps[prefix + dep] = g
-    if len(dirs) > 1:     # "mono:..." matches the deployment in every scenario
-        out = []
-        for c in checks:
-            if c.deployment is None or "/" in c.deployment:
-                out += evaluate([c], rows, gps)
-            else:
-                sub = [r for r in rows if str(r["deployment"]).split("/", 1)[-1] == c.deployment]
-                subg = {k: v for k, v in gps.items() if k.split("/", 1)[-1] == c.deployment}
-                out += evaluate([Check(c.text, c.metric, c.op, c.threshold, None)], sub, subg)
-        return out
     return evaluate(checks, rows, gps)
