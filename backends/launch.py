@@ -108,6 +108,10 @@ class ExternalDeploymentSpec:
     api_key: str | None = None
     chips: int = 1
     kind: str = "url"
+    # the server's Prometheus endpoint; None: <base url>/metrics, tried, a warning when absent
+    metrics_url: str | None = None
+    # the environment variable the API key was read from (recorded instead of the key)
+    api_key_env: str | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
