@@ -70,6 +70,10 @@ from .latency_model import LatencyModel
 from ..spec import ArrivalSpec, WorkloadSpec
 
 MODES = ("mono", "disagg")
+# how an instance orders prefills and decodes in a step (see the module docstring)
+SCHEDULING_POLICIES = ("chunked", "prefill_priority", "decode_priority")
+# how an instance allocates KV blocks (see the module docstring)
+KV_ALLOC_POLICIES = ("reserve", "on_demand")
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -88,8 +92,21 @@ class InstanceConfig:
     # hops); work arriving meanwhile joins that step. The CPU reference engine: ~5 ms (Python's
     # GIL switch interval), which is why two requests sent ~1 ms apart share a prefill step
     wake_s: float = 0.0
+    # scheduling policy, one of SCHEDULING_POLICIES ("chunked": the bundled engine's)
+    policy: str = "chunked"
+    # KV allocation, one of KV_ALLOC_POLICIES
+    kv_alloc: str = "reserve"
+    # the step-time model of this role's instances (per-role profile, TP degree); None: the
+    # model passed to simulate()
+    latency_model: LatencyModel | None = None
 
     def __post_init__(self) -> None:
+        if self.policy not in SCHEDULING_POLICIES:
+            raise ValueError(f"policy must be one of {SCHEDULING_POLICIES}, not {self.policy!r}")
+        if self.kv_alloc not in KV_ALLOC_POLICIES:
+            raise ValueError(f"kv_alloc must be one of {KV_ALLOC_POLICIES}, not {self.kv_alloc!r}")
+        if self.latency_model is not None and not isinstance(self.latency_model, LatencyModel):
+            raise ValueError("latency_model must be a LatencyModel or None")
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1 or self.block_size < 1:
             raise ValueError("max_num_batched_tokens, max_num_seqs and block_size must be >= 1")
         if self.wake_s < 0:
@@ -172,6 +189,10 @@ class Deployment:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        for key in ("instance", "prefill_instance", "decode_instance"):
+            cfg = getattr(self, key)
+            if cfg is not None and cfg.latency_model is not None:
+                d[key]["latency_model"] = cfg.latency_model.to_dict()   # the profile's JSON form
         d["chips"] = self.chips()
         return d
 
@@ -323,13 +344,24 @@ class SimResult:
 _ARRIVE, _STEP, _XFER, _KICK, _RESERVED = 0, 1, 2, 3, 4
 
 
+def step_time_fn(lm: LatencyModel):
+    """`lm.step_time` as a fast closure f(P, D, C, N) (the simulator calls it once per step)."""
+    a, b, c, d, e, f = lm.a, lm.b, lm.c, lm.d, lm.e, lm.f
+    if not lm.decode_knots:
+        return lambda p, dd, cc, nn: a + b * p + c * p * p / 1e3 + d * dd + e * cc + f * nn
+    dec = [lm.decode_cost(i) for i in range(4097)]   # piecewise linear: a table
+    dcost = lm.decode_cost
+    return (lambda p, dd, cc, nn: a + b * p + c * p * p / 1e3 + e * cc + f * nn
+            + (dec[dd] if dd < 4097 else dcost(dd)))
+
+
 class _Instance:
     """One simulated engine instance. `role`: "mono", "prefill" or "decode"."""
 
     __slots__ = ("sim", "idx", "role", "cfg", "budget", "max_seqs", "bs", "free_blocks",
                  "waiting", "prefilling", "n_decode", "ctx_sum", "finish_at", "step_no",
                  "step_ends", "busy", "outstanding", "cur_prefill", "cur_admit_dec",
-                 "cur_start", "cur_end", "link_free")
+                 "cur_start", "cur_end", "link_free", "cap_blocks", "lm_step")
 
     def __init__(self, sim: "_Sim", idx: int, role: str, cfg: InstanceConfig, cap_tokens):
         self.sim, self.idx, self.role, self.cfg = sim, idx, role, cfg
@@ -337,6 +369,8 @@ class _Instance:
         self.max_seqs = cfg.max_num_seqs
         self.bs = cfg.block_size
         self.free_blocks = math.inf if cap_tokens is None else cap_tokens // cfg.block_size
+        self.cap_blocks = self.free_blocks
+        self.lm_step = step_time_fn(cfg.latency_model or sim.lm)
         self.waiting: deque = deque()     # request ids (prefill needed, or transferred)
         self.prefilling: deque = deque()  # [rid, tokens_left, tokens_done]
         self.n_decode = 0
@@ -418,7 +452,7 @@ class _Instance:
         self.cur_prefill = chunks
         self.cur_admit_dec = admitted_dec
         self.cur_start = t
-        dur = s.lm_step(p_tok, n_dec + len(admitted_dec), ctx, len(chunks))
+        dur = self.lm_step(p_tok, n_dec + len(admitted_dec), ctx, len(chunks))
         if s.n_stepping and s.g:
             dur *= 1.0 + s.g      # another co-located instance is in a step now
         s.n_stepping += 1
@@ -520,18 +554,8 @@ class _Sim:
         self.heap: list = []
         self.seq = 0
         self.n_steps = 0
-        a, b, c, d, e, f = lm.a, lm.b, lm.c, lm.d, lm.e, lm.f
-        if not lm.decode_knots:
-            self.lm_step = (lambda p, dd, cc, nn:
-                            a + b * p + c * p * p / 1e3 + d * dd + e * cc + f * nn)
-        else:
-            dec = [lm.decode_cost(i) for i in range(4097)]   # piecewise linear: a table
-            dcost = lm.decode_cost
-            self.lm_step = (lambda p, dd, cc, nn:
-                            a + b * p + c * p * p / 1e3 + e * cc + f * nn
-                            + (dec[dd] if dd < 4097 else dcost(dd)))
         cap = lambda cfg: (cfg.kv_capacity_tokens if cfg.kv_capacity_tokens is not None  # noqa: E731
-                           else lm.kv_capacity_tokens)
+                           else (cfg.latency_model or lm).kv_capacity_tokens)
         if dep.mode == "mono":
             self.mono = [_Instance(self, i, "mono", dep.instance, cap(dep.instance))
                          for i in range(dep.num_instances)]
@@ -542,7 +566,9 @@ class _Sim:
                         for i in range(dep.num_prefill)]
             self.dec = [_Instance(self, i, "decode", dep.d_cfg, cap(dep.d_cfg))
                         for i in range(dep.num_decode)]
-        self.kv_per_tok = lm.kv_bytes_per_token
+        p_lm = dep.p_cfg.latency_model or lm     # the KV that crosses the link: the prefill side's
+        self.kv_per_tok = p_lm.kv_bytes_per_token
+        self.num_layers = p_lm.num_layers
         self.intake = float(dep.intake_s)
         self.n_stepping = 0   # instances in a step now
         n_inst = len(self.mono) + len(self.pre) + len(self.dec)
@@ -600,10 +626,9 @@ class _Sim:
         inst.waiting.append(rid)
         inst.kick(t)
 
-    def _capacity_blocks(self, inst) -> float:
-        cfg = inst.cfg
-        cap = cfg.kv_capacity_tokens if cfg.kv_capacity_tokens is not None else self.lm.kv_capacity_tokens
-        return math.inf if cap is None else cap // cfg.block_size
+    @staticmethod
+    def _capacity_blocks(inst) -> float:
+        return inst.cap_blocks
 
     def _dec_blocks(self, rid: int) -> int:
         return -(-(self.n_in[rid] + self.n_out[rid]) // self.dep.d_cfg.block_size)
@@ -614,7 +639,7 @@ class _Sim:
         link = self.link
         full = nbytes / link.bytes_per_s
         if link.layerwise:
-            L = self.lm.num_layers
+            L = self.num_layers
             t0 = self.sched_s[rid] if self.sched_s[rid] == self.sched_s[rid] else t
             first_layer_ready = t0 + (t - t0) / L
             done = max(t + full / L, max(first_layer_ready, p.link_free) + full) + link.latency_s
