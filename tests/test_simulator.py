@@ -65,7 +65,7 @@ def test_conditional_disagg_prefills_short_prompts_on_decode():
 
 def test_kv_admission_and_rejection():
     lm = LatencyModel(a=0.01)
-    inst = InstanceConfig(block_size=16, kv_capacity_tokens=64)   # 4 blocks
+    inst = InstanceConfig(block_size=16, kv_capacity_tokens=64, kv_alloc="reserve")   # 4 blocks
     # each request needs 2 blocks (16 + 16 tokens): at most 2 run at once
     reqs = SimRequests(np.zeros(5), np.array([16, 16, 16, 16, 200]), np.array([16, 16, 16, 16, 1]))
     res = simulate(Deployment("mono", instance=inst), lm, reqs, per_token=False)
@@ -458,13 +458,15 @@ def test_on_demand_matches_the_engine_block_accounting(seed):
 
 
 def test_on_demand_without_pressure_equals_reserve():
+    # no pool pressure -> the same steps (validate()'s fitted models have no capacity at all)
     lm = LatencyModel.load(example_profile_path())
     wl = WorkloadSpec(input_len="uniform:100,800", output_len="uniform:2,64", num_requests=300)
     reqs = requests_from_spec(wl, ArrivalSpec(kind="poisson", rate=20.0))
     out = {}
     for kv in ("reserve", "on_demand"):
         inst = InstanceConfig(kv_alloc=kv, kv_capacity_tokens=10**7)
-        out[kv] = simulate(Deployment("mono"), lm, reqs) if False else \
-            simulate(Deployment("mono", instance=inst), lm, reqs)
+        out[kv] = simulate(Deployment("mono", instance=inst), lm, reqs)
     assert np.array_equal(out["reserve"].last_token_s, out["on_demand"].last_token_s)
     assert out["on_demand"].preemptions.sum() == 0
+    default = simulate(Deployment("mono"), lm, reqs)   # on_demand, the profile's 400k tokens
+    assert np.array_equal(default.last_token_s, out["reserve"].last_token_s)

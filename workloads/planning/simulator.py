@@ -99,8 +99,8 @@ class InstanceConfig:
     wake_s: float = 0.0
     # scheduling policy, one of SCHEDULING_POLICIES ("chunked": the bundled engine's)
     policy: str = "chunked"
-    # KV allocation, one of KV_ALLOC_POLICIES
-    kv_alloc: str = "reserve"
+    # KV allocation, one of KV_ALLOC_POLICIES ("on_demand": the bundled engine's)
+    kv_alloc: str = "on_demand"
     # the step-time model of this role's instances (per-role profile, TP degree); None: the
     # model passed to simulate()
     latency_model: LatencyModel | None = None
