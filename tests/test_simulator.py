@@ -470,3 +470,63 @@ def test_on_demand_without_pressure_equals_reserve():
     assert out["on_demand"].preemptions.sum() == 0
     default = simulate(Deployment("mono"), lm, reqs)   # on_demand, the profile's 400k tokens
     assert np.array_equal(default.last_token_s, out["reserve"].last_token_s)
+
+
+# ---------------------------------------------------------------------------- workloads from data
+
+def test_empirical_lengths_from_a_file_match_the_synthetic_generator(tmp_path):
+    from infer_bench.workloads.datasets import build_requests
+    from infer_bench.workloads.spec import LengthDist
+
+    f = tmp_path / "pairs.csv"
+    f.write_text("input_len,output_len\n100,5\n200,7\n300,9\n")
+    wl = WorkloadSpec(input_len=f"file:{f}", output_len=f"file:{f}", num_requests=40, seed=2)
+    n_in, n_out = spec_lengths(wl)
+    # pairs stay joint: each input comes with its own row's output
+    assert {(int(a), int(b)) for a, b in zip(n_in, n_out)} <= {(100, 5), (200, 7), (300, 9)}
+    assert len(set(n_in.tolist())) == 3
+    reqs = build_requests(wl)                     # what a real run would send
+    assert n_in.tolist() == [r.n_input for r in reqs]
+    assert n_out.tolist() == [r.max_tokens for r in reqs]
+    # one number per line (a bare path works too), for either side
+    g = tmp_path / "out.txt"
+    g.write_text("# output lengths\n4\n8\n")
+    wl2 = WorkloadSpec(input_len=f"file:{f}#input", output_len=str(g), num_requests=30)
+    a, b = spec_lengths(wl2)
+    assert set(a.tolist()) <= {100, 200, 300} and set(b.tolist()) == {4, 8}
+    assert LengthDist.parse(f"file:{f}#output").values().tolist() == [5, 7, 9]
+    # the spec round-trips through spec.json
+    assert WorkloadSpec.from_dict(wl.to_dict()).input_len == wl.input_len
+    with pytest.raises(ValueError, match="does not exist"):
+        LengthDist.parse(f"file:{tmp_path / 'missing.csv'}")
+
+
+def test_multi_turn_file_prompts_grow_with_the_history(tmp_path):
+    from infer_bench.workloads.length_data import read_lengths
+
+    f = tmp_path / "chat.jsonl"
+    f.write_text('{"conversation_id": "a", "input_len": 10, "output_len": 5}\n'
+                 '{"conversation_id": "b", "input_len": 7, "output_len": 2}\n'
+                 '{"conversation_id": "a", "input_len": 3, "output_len": 4}\n'
+                 '{"conversation_id": "a", "input_len": 1, "output_len": 6}\n')
+    cols = read_lengths(f)
+    # turn k's prompt = earlier inputs + outputs of its conversation + its new user text
+    assert cols["input"].tolist() == [10, 7, 10 + 5 + 3, 10 + 5 + 3 + 4 + 1]
+    assert cols["output"].tolist() == [5, 2, 4, 6]
+    wl = WorkloadSpec(input_len=f"file:{f}", output_len=f"file:{f}", num_requests=50)
+    n_in, n_out = spec_lengths(wl)
+    assert {(int(a), int(b)) for a, b in zip(n_in, n_out)} == {(10, 5), (7, 2), (18, 4), (23, 6)}
+
+
+def test_sharegpt_file_gives_paired_growing_lengths(tmp_path):
+    from infer_bench.workloads.length_data import read_lengths
+
+    f = tmp_path / "sg.jsonl"
+    conv = {"conversations": [{"from": "human", "value": "one two three"},
+                              {"from": "gpt", "value": "a b"},
+                              {"from": "human", "value": "four"},
+                              {"from": "gpt", "value": "c d e f"}]}
+    f.write_text(json.dumps(conv) + "\n")
+    cols = read_lengths(f)
+    assert cols["input"].tolist() == [3, 3 + 2 + 1]
+    assert cols["output"].tolist() == [2, 4]

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-LENGTH_KINDS = ("fixed", "uniform", "normal", "lognormal")
+LENGTH_KINDS = ("fixed", "uniform", "normal", "lognormal", "empirical")
+LENGTH_COLUMNS = ("input", "output")
 ARRIVAL_KINDS = ("poisson", "constant", "gamma", "concurrency", "trace")
 ENDPOINTS = ("completions", "chat")
 WORKLOAD_KINDS = ("synthetic", "sharegpt", "shared_prefix", "multi_turn", "trace")
@@ -24,7 +25,13 @@ WORKLOAD_KINDS = ("synthetic", "sharegpt", "shared_prefix", "multi_turn", "trace
 class LengthDist:
     """A token-length distribution; samples are rounded and clipped to [min, max].
     fixed: `mean`; uniform: integers in [low, high]; normal: mean, std;
-    lognormal: `mean` of the lengths and `sigma` of the underlying normal."""
+    lognormal: `mean` of the lengths and `sigma` of the underlying normal;
+    empirical: the lengths of the file at `path` (`workloads/length_data.py`: numbers, CSV,
+    JSONL, ShareGPT; multi-turn prompts grown by their history), drawn uniformly over its rows;
+    `column` ("input" | "output") picks one side of a two-column file (a WorkloadSpec sets it
+    to the side the distribution is used for; a one-column file serves either side). When a
+    WorkloadSpec's input and output come from the same two-column file they are drawn as pairs
+    (`WorkloadSpec.sample_lengths`)."""
 
     kind: str = "fixed"
     mean: float | None = None
@@ -34,13 +41,20 @@ class LengthDist:
     sigma: float | None = None
     min: int = 1
     max: int | None = None
+    path: str | None = None
+    column: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in LENGTH_KINDS:
             raise ValueError(f"length distribution kind must be one of {LENGTH_KINDS}, "
                              f"not {self.kind!r}")
         need = {"fixed": ("mean",), "uniform": ("low", "high"), "normal": ("mean", "std"),
-                "lognormal": ("mean", "sigma")}[self.kind]
+                "lognormal": ("mean", "sigma"), "empirical": ("path",)}[self.kind]
+        if self.kind == "empirical" and self.path is not None:
+            self.path = str(self.path)
+            if self.column is not None and self.column not in LENGTH_COLUMNS:
+                raise ValueError(f"empirical length column must be one of {LENGTH_COLUMNS}, "
+                                 f"not {self.column!r}")
         missing = [n for n in need if getattr(self, n) is None]
         if missing:
             raise ValueError(f"{self.kind} length distribution needs {', '.join(missing)}")
@@ -53,7 +67,8 @@ class LengthDist:
 
     @classmethod
     def parse(cls, s: "str | int | LengthDist | dict") -> "LengthDist":
-        """`128`, `fixed:128`, `uniform:64,256`, `normal:128,32`, `lognormal:128,0.5`."""
+        """`128`, `fixed:128`, `uniform:64,256`, `normal:128,32`, `lognormal:128,0.5`,
+        `file:PATH` (or an existing file's path; `file:PATH#output` picks a column)."""
         if isinstance(s, LengthDist):
             return s
         if isinstance(s, dict):
@@ -61,8 +76,18 @@ class LengthDist:
         if isinstance(s, int):
             return cls.fixed(s)
         text = str(s).strip()
+        if text.startswith("file:"):
+            return cls.empirical(text[len("file:"):])
         if ":" not in text:
-            return cls.fixed(int(text))
+            try:
+                return cls.fixed(int(text))
+            except ValueError:
+                from pathlib import Path
+
+                if Path(text.split("#")[0]).is_file():
+                    return cls.empirical(text)
+                raise ValueError(f"length {text!r}: not a number, a distribution "
+                                 f"(kind:params) or an existing file") from None
         kind, args = text.split(":", 1)
         vals = [float(a) for a in args.split(",") if a.strip()]
         kind = kind.strip()
@@ -79,11 +104,54 @@ class LengthDist:
             raise ValueError(f"length distribution {text!r}: too few parameters") from None
         raise ValueError(f"unknown length distribution {kind!r} (one of {LENGTH_KINDS})")
 
+    @classmethod
+    def empirical(cls, spec: str) -> "LengthDist":
+        """`PATH` or `PATH#input` / `PATH#output`."""
+        path, _, column = spec.strip().partition("#")
+        if not path:
+            raise ValueError("file: length needs a path (file:lengths.jsonl)")
+        d = cls("empirical", path=path, column=column.strip() or None)
+        # read (and check) the file now: bad input fails at parse time
+        from .length_data import read_lengths
+
+        read_lengths(path)
+        if d.column is not None:
+            d.values()
+        return d
+
+    def values(self, column: str | None = None):
+        """empirical: the file's lengths for `column` (default self.column; a one-column file
+        serves any)."""
+        from .length_data import read_lengths
+
+        cols = read_lengths(self.path)
+        want = column or self.column
+        if want in cols:
+            return cols[want]
+        if "values" in cols:
+            return cols["values"]
+        if want is None and len(cols) == 1:
+            return next(iter(cols.values()))
+        have = ", ".join(cols)
+        raise ValueError(f"length file {self.path} has no {want or 'single'} column "
+                         f"(it has: {have}); say file:PATH#input or #output")
+
+    def with_column(self, column: str) -> "LengthDist":
+        """An empirical distribution bound to `column` when it names none (else self)."""
+        if self.kind != "empirical" or self.column is not None:
+            return self
+        from dataclasses import replace
+
+        return replace(self, column=column)
+
     def sample(self, rng, n: int):
         """n integer lengths from numpy Generator `rng`."""
         import numpy as np
 
-        if self.kind == "fixed":
+        if self.kind == "empirical":
+            vals = self.values()
+            x = vals[rng.integers(0, len(vals), size=n)].astype(float)
+        elif self.kind == "fixed":
             x = np.full(n, float(self.mean))
         elif self.kind == "uniform":
             x = rng.integers(int(self.low), int(self.high) + 1, size=n).astype(float)
@@ -158,8 +226,8 @@ class WorkloadSpec:
             raise ValueError(f"workload kind must be one of {WORKLOAD_KINDS}, not {self.kind!r}")
         if self.endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {ENDPOINTS}, not {self.endpoint!r}")
-        self.input_len = LengthDist.parse(self.input_len)
-        self.output_len = LengthDist.parse(self.output_len)
+        self.input_len = LengthDist.parse(self.input_len).with_column("input")
+        self.output_len = LengthDist.parse(self.output_len).with_column("output")
         if self.dataset_path is not None:
             self.dataset_path = str(self.dataset_path)
         if self.kind == "shared_prefix":
@@ -183,6 +251,22 @@ class WorkloadSpec:
             raise ValueError("think_time_s must be >= 0")
         if self.max_output_len is not None and self.max_output_len < 1:
             raise ValueError("max_output_len must be >= 1")
+
+    def sample_lengths(self, rng, n: int):
+        """(n_input, n_output) for n requests from numpy Generator `rng`: input then output
+        drawn independently, or, when both are the same two-column empirical file, n rows of
+        it drawn once (pairs kept). Every builder that sends these lengths and the simulator
+        call this, so the same seed gives the same lengths."""
+        a, b = self.input_len, self.output_len
+        if (a.kind == b.kind == "empirical" and a.path == b.path and a.column != b.column
+                and a.min == b.min == 1 and a.max is None and b.max is None):
+            from .length_data import read_lengths
+
+            cols = read_lengths(a.path)
+            if a.column in cols and b.column in cols:
+                idx = rng.integers(0, len(cols[a.column]), size=n)
+                return cols[a.column][idx].copy(), cols[b.column][idx].copy()
+        return a.sample(rng, n), b.sample(rng, n)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

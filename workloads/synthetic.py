@@ -29,8 +29,7 @@ def generate_synthetic(spec: WorkloadSpec, tokenizer: TokenizerFns | None = None
     """The synthetic kind: lengths from spec.input_len / output_len, optional shared prefix."""
     rng = np.random.default_rng(spec.seed)
     n = spec.num_requests
-    in_lens = spec.input_len.sample(rng, n)
-    out_lens = spec.output_len.sample(rng, n)
+    in_lens, out_lens = spec.sample_lengths(rng, n)
     prefix_len = int(spec.shared_prefix_len)
     word_rng = np.random.default_rng([spec.seed, 1])
     prefix = text_of(prefix_len, np.random.default_rng([spec.seed, 2]), tokenizer) \

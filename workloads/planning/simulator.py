@@ -222,8 +222,7 @@ def spec_lengths(workload: WorkloadSpec) -> tuple[np.ndarray, np.ndarray]:
     """(n_input, n_output) exactly as workloads/synthetic.py draws them for `workload`."""
     rng = np.random.default_rng(workload.seed)
     n = workload.num_requests
-    n_in = workload.input_len.sample(rng, n)
-    n_out = workload.output_len.sample(rng, n)
+    n_in, n_out = workload.sample_lengths(rng, n)
     n_in = np.maximum(np.maximum(n_in, int(workload.shared_prefix_len)), 1)
     return n_in.astype(np.int64), np.maximum(n_out, 1).astype(np.int64)
 
