@@ -4,7 +4,9 @@ Role in the data flow: `workloads/planner.py` sweeps rates and deployments with 
 (planner) re-simulates measured runs, `infer-bench simulate` writes a results dir from it. Input:
 requests (arrival time, n_input, n_output) — `requests_from_spec(WorkloadSpec, ArrivalSpec)` builds
 them with `workloads.arrivals.send_times` and the spec's length distributions, drawn exactly as
-`workloads/synthetic.py` draws them (same seed -> same lengths). Step times come from a
+`workloads/synthetic.py` draws them (`WorkloadSpec.sample_lengths`: same seed -> same lengths;
+empirical `file:` lengths included, input/output pairs kept joint, multi-turn prompts grown by
+their history: see workloads/length_data.py). Step times come from a
 `workloads.latency_model.LatencyModel`. Output: a `SimResult` of per-request numpy arrays, turned
 into `workloads.records.RequestRecord`s with `to_records()` so `workloads.results.compute_summary`
 and the report apply unchanged; `attainment(slo)` computes joint SLO attainment with the
@@ -13,19 +15,51 @@ definitions of `workloads/metrics.py` directly on the arrays (fast, for rate swe
 Model (a plain event heap; one event per engine step, arrival and KV transfer):
 - An instance runs steps back to back while it has work; each step is one forward pass whose
   duration is `latency_model.step_time(P, D, C, N)` (decode knots included; N prefill chunks; C the KV tokens the step
-  attends: each decode's computed tokens, each chunk's computed prefix), times
+  attends: each decode's computed tokens, each chunk's computed prefix), with the instance's
+  own model (`InstanceConfig.latency_model`: a per-role profile / TP degree) or else the one
+  passed to `simulate`, times
   (1 + `colocated_slowdown`) when another instance of the deployment is in a step at its start
   (instances sharing one host). An idle instance starts its first step `wake_s` after work
   reaches it (work arriving meanwhile joins that step). Requests reach the deployment
-  `intake_s` after they are sent (TTFT still counts from the send). Scheduling (the reference engine's policy):
-  all running decodes first (one token each), then the running chunked prefills FCFS, then FCFS
-  admission of waiting requests (no skipping) while the step's token budget
-  (`max_num_batched_tokens`), `max_num_seqs` and free KV blocks allow; with chunked prefill an
-  admitted prompt takes what budget is left, without it a prompt must fit whole (or run alone).
-  Decodes are never starved: `max_num_seqs` must not exceed the token budget.
-- KV admission control: a request reserves blocks for all its tokens (n_input + n_output, block
-  size from the config) when admitted, so there is no preemption; a request that can never fit
-  fails ("exceeds KV capacity") instead of blocking the queue.
+  `intake_s` after they are sent (TTFT still counts from the send).
+- Scheduling (`InstanceConfig.policy`, one of SCHEDULING_POLICIES):
+  - "chunked" (the bundled engine's; Sarathi-Serve, vLLM v1): all running decodes first (one
+    token each), then the running chunked prefills FCFS, then FCFS admission of waiting
+    requests (no skipping) while the step's token budget (`max_num_batched_tokens`),
+    `max_num_seqs` and free KV blocks allow; with chunked prefill an admitted prompt takes what
+    budget is left, without it (`chunked_prefill=False`) a prompt must fit whole (or run
+    alone). A prefill therefore delays a running decode by at most one step of the budget.
+    Decodes are never starved: `max_num_seqs` must not exceed the token budget.
+  - "prefill_priority" (vLLM before chunked prefill, DistServe's vLLM baseline): when a waiting
+    prompt fits (FCFS, whole prompts, budget / max_num_seqs / KV), the step runs only prompts,
+    batched up to the budget, and the running decodes stall for it (no token); a step runs the
+    decodes only when no waiting prompt fits. A prompt larger than the budget runs alone.
+  - "decode_priority" (the router of Hugging Face text-generation-inference, non-chunked):
+    prompts run as in prefill_priority (whole, their own step, decodes stall), but while
+    decodes run, waiting prompts join only after at least one decode round since the last
+    prefill and only when at least floor(DECODE_PRIORITY_WAITING_SERVED_RATIO x running
+    decodes) of them fit, or once DECODE_PRIORITY_MAX_WAITING_STEPS rounds have passed since
+    the last prefill (TGI's --waiting-served-ratio 1.2 and --max-waiting-tokens 20; its
+    `waiting_tokens` counter is 1 after a prefill and +1 per decode round). With an infinite
+    ratio this is request-level batching (FasterTransformer's, Sarathi-Serve's
+    "decode-prioritizing" extreme).
+  Running decodes advance together: in every step that runs them ("decode round") each makes
+  one token.
+- KV (`InstanceConfig.kv_alloc`; blocks of `block_size` tokens; capacity in tokens from the
+  config, else the instance's latency model (`kv_capacity_tokens`), None = unlimited):
+  - "on_demand" (the bundled engine's scheduler + block_manager, prefix caching aside): a
+    request takes blocks for the tokens it holds when admitted (its prompt; prompt + generated
+    after a preemption; a transferred request: prompt + its first token), and one more block
+    whenever a decode's next token crosses a block boundary. When a round's decodes need more
+    blocks than are free, they are served in admission order and one that finds none preempts
+    the most recently admitted running request (possibly itself) by recompute: its blocks
+    are freed and it goes back to the FRONT of the waiting queue, to prefill its prompt +
+    generated tokens again (that prefill yields its next token); no admission in a step that
+    preempted. `SimResult.preemptions` counts them per request. A request whose prompt +
+    output - 1 tokens exceed the pool fails ("exceeds KV capacity"). Unlike the engine, a
+    recompute never hits the prefix cache (the simulator does not model prefix caching).
+  - "reserve": a request reserves blocks for all its tokens (n_input + n_output) when
+    admitted, so there is no preemption; a request that can never fit fails.
 - Token times: a prompt's last prefill chunk ends with its first token; every later step it runs
   in yields one more token at the step's end.
 - mono: `num_instances` identical instances behind a router that sends each arrival to the
@@ -42,9 +76,14 @@ Model (a plain event heap; one event per engine step, arrival and KV transfer):
   bytes/(L*bandwidth) + latency when the link keeps up; the transfer cannot finish sooner than
   the first layer's compute + bytes/bandwidth). The prefill instance holds the KV until the
   transfer ends. The decode instance admits transferred requests FCFS (max_num_seqs, KV blocks)
-  and batches their decodes. The first token reaches the client when the decode instance admits
-  the request (TTFT = queue + prefill + transfer + admission), or, with
-  `first_token_from_prefill=True`, as soon as the prefill ends.
+  and batches their decodes. First token (`Deployment.first_token_from_prefill`): False (the
+  default, the bundled engine: the prefill worker hands its first token to the decode worker
+  with "kv_done", and the decode worker emits it when it commits the import into its running
+  batch, between two of its steps; disagg/worker.py `commit_import`) -> the client sees it
+  when the decode instance admits the request (TTFT = queue + prefill + transfer +
+  admission); True (engines that stream the prefill side's token straight to the client) ->
+  at the end of the prefill (TTFT = queue + prefill), and the transfer and admission then
+  lengthen the first inter-token gap (and TPOT) instead.
 - conditional disaggregation: `conditional_threshold` > 0 sends prompts with n_input below it
   straight to a decode instance, which prefills them itself (mixed batches, as mono).
 - Closed-loop (`ArrivalSpec(kind="concurrency")`): C clients, each sends its next request when
