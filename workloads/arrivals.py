@@ -53,7 +53,7 @@ def send_times(arrival: ArrivalSpec, n: int) -> np.ndarray | None:
         if not arrival.trace_path:
             raise ValueError("trace arrival without trace_path: pass requests that carry "
                              "send_at_s (a 'trace' workload) or set trace_path")
-        from .datasets import read_trace
+        from .dataset_files import read_trace
 
         stamps = np.asarray([e["timestamp"] for e in read_trace(arrival.trace_path)], float)
         if len(stamps) < n:

@@ -163,7 +163,7 @@ def grow_history(conversations: list, new_inputs: list[int], outputs: list[int])
 
 
 def _sharegpt(p: Path) -> dict[str, np.ndarray]:
-    from .datasets import DatasetError, read_sharegpt
+    from .dataset_files import DatasetError, read_sharegpt
 
     try:
         conversations = read_sharegpt(p)
