@@ -65,7 +65,7 @@ def test_conditional_disagg_prefills_short_prompts_on_decode():
 
 def test_kv_admission_and_rejection():
     lm = LatencyModel(a=0.01)
-    inst = InstanceConfig(block_size=16, kv_capacity_tokens=64)   # 4 blocks
+    inst = InstanceConfig(block_size=16, kv_capacity_tokens=64, kv_alloc="reserve")   # 4 blocks
     # each request needs 2 blocks (16 + 16 tokens): at most 2 run at once
     reqs = SimRequests(np.zeros(5), np.array([16, 16, 16, 16, 200]), np.array([16, 16, 16, 16, 1]))
     res = simulate(Deployment("mono", instance=inst), lm, reqs, per_token=False)
@@ -241,3 +241,232 @@ def test_fit_results_dir(tmp_path):
                             "n_decode_seqs": 0}) + "\n")
     lm = fit_results_dir(tmp_path, kv_bytes_per_token=10.0)
     assert np.allclose([lm.a, lm.b, lm.c, lm.d, lm.e], coef, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- scheduling policies
+
+def _itl_gaps(times):
+    return np.diff(np.asarray(times))
+
+
+def test_prefill_priority_step_stalls_decodes_by_the_prefill_time():
+    # A decodes alone; B's 1000-token prompt arrives mid-way. Under prefill_priority the next
+    # step is B's whole prefill (decodes stall), so one of A's inter-token gaps is exactly
+    # its own decode step + B's prefill step, both from the latency model by hand.
+    a, b, d = 0.01, 1e-4, 0.001
+    lm = LatencyModel(a=a, b=b, d=d)
+    decode_step = a + d * 1                 # A alone: 0.011 s
+    prefill_b = a + b * 1000                # B alone, no decodes: 0.11 s
+    # B asks for 1 token: it ends with its prefill, so A decodes alone before and after
+    reqs = SimRequests(np.array([0.0, 0.05]), np.array([100, 1000]), np.array([10, 1]))
+    inst = InstanceConfig(max_num_batched_tokens=2048, max_num_seqs=8, policy="prefill_priority")
+    res = simulate(Deployment("mono", instance=inst), lm, reqs)
+    gaps = _itl_gaps(res.token_times[0])
+    assert res.first_token_s[0] == pytest.approx(a + b * 100)
+    assert gaps.max() == pytest.approx(decode_step + prefill_b, rel=1e-12)
+    assert np.sum(np.isclose(gaps, decode_step, rtol=1e-12)) == len(gaps) - 1
+    # B's prefill starts at the end of the decode step running when it arrived
+    t_a = res.first_token_s[0]
+    k = int(np.ceil((0.05 - t_a) / decode_step - 1e-9))
+    assert res.first_token_s[1] == pytest.approx(t_a + k * decode_step + prefill_b, rel=1e-9)
+
+
+def test_chunked_budget_bounds_the_stall():
+    # the same arrival under chunked prefill: B's prompt is cut into chunks that ride with A's
+    # decode, so every gap of A is one mixed step, at most step_time(budget - 1 prefill
+    # tokens, 1 decode), far below the prefill-priority stall
+    a, b, d = 0.01, 1e-4, 0.001
+    lm = LatencyModel(a=a, b=b, d=d)
+    budget = 256
+    reqs = SimRequests(np.array([0.0, 0.05]), np.array([100, 1000]), np.array([10, 2]))
+    inst = InstanceConfig(max_num_batched_tokens=budget, max_num_seqs=8, policy="chunked")
+    res = simulate(Deployment("mono", instance=inst), lm, reqs)
+    gaps = _itl_gaps(res.token_times[0])
+    bound = lm.step_time(budget - 1, 1, 0, 1)
+    assert gaps.max() <= bound + 1e-12
+    assert gaps.max() == pytest.approx(bound, rel=1e-12)      # a full chunk did ride along
+    assert gaps.max() < (a + d) + (a + b * 1000)
+    assert gaps.min() == pytest.approx(a + d, rel=1e-12)      # before B arrives: decode alone
+
+
+def test_prefill_priority_batches_whole_prompts_up_to_the_budget():
+    lm = LatencyModel(a=0.01, b=1e-4)
+    # 4 prompts of 300 arrive together; budget 700 -> steps of 2 whole prompts (no chunking)
+    reqs = SimRequests(np.zeros(4), np.full(4, 300), np.full(4, 3))
+    inst = InstanceConfig(max_num_batched_tokens=700, max_num_seqs=8, policy="prefill_priority")
+    res = simulate(Deployment("mono", instance=inst), lm, reqs)
+    p2 = 0.01 + 1e-4 * 600
+    assert np.allclose(np.sort(res.first_token_s), [p2, p2, 2 * p2, 2 * p2])
+    # the first two decode only after the second prefill step: their gap holds it
+    assert res.token_times[0][1] - res.token_times[0][0] == pytest.approx(p2 + 0.01)
+
+
+def test_decode_priority_defers_prompts_until_enough_wait():
+    from infer_bench.workloads.planning.simulator import (DECODE_PRIORITY_MAX_WAITING_STEPS,
+                                                          DECODE_PRIORITY_WAITING_SERVED_RATIO)
+    assert DECODE_PRIORITY_WAITING_SERVED_RATIO == 1.2 and DECODE_PRIORITY_MAX_WAITING_STEPS == 20
+    a = 0.01
+    lm = LatencyModel(a=a)
+    # 5 requests decode (long outputs); 1 new prompt arrives: 1 < floor(5 * 1.2) = 6, so it
+    # waits for TGI's max_waiting_tokens = 20 decode rounds since the last prefill, while
+    # prefill_priority takes it at the next step
+    n_in = np.full(6, 10)
+    n_out = np.array([100] * 5 + [5])
+    send = np.array([0.0] * 5 + [0.0305])
+    reqs = SimRequests(send, n_in, n_out)
+    pp = simulate(Deployment("mono", instance=InstanceConfig(policy="prefill_priority")), lm, reqs)
+    dp = simulate(Deployment("mono", instance=InstanceConfig(policy="decode_priority")), lm, reqs)
+    # all steps take a: the first prefill ends at a, then decode rounds
+    assert pp.first_token_s[5] == pytest.approx(5 * a)        # rounds end at 2a, 3a, 4a; then prefill
+    # decode_priority: waiting_tokens = 1 after the first prefill, +1 per decode round; the
+    # prompt joins once it reaches 20, i.e. after 19 rounds (ending at a + 19a = 20a)
+    assert dp.first_token_s[5] == pytest.approx(21 * a)
+    assert dp.ttft_s[5] > pp.ttft_s[5]
+    # and the running decodes were stalled exactly once after the first prefill in both
+    g = _itl_gaps(dp.token_times[0])
+    assert np.sum(~np.isclose(g, a)) == 1 and g.max() == pytest.approx(2 * a)
+    # enough waiting prompts (>= floor(1.2 x running)) join at the next round
+    send2 = np.array([0.0] * 5 + [0.0305] * 6)
+    reqs2 = SimRequests(send2, np.full(11, 10), np.array([100] * 5 + [5] * 6))
+    dp2 = simulate(Deployment("mono", instance=InstanceConfig(policy="decode_priority")), lm, reqs2)
+    assert np.allclose(dp2.first_token_s[5:], 5 * a)
+
+
+@pytest.mark.parametrize("policy", ["chunked", "prefill_priority", "decode_priority"])
+def test_policies_agree_without_contention(policy):
+    # one request at a time: every policy runs prefill then decodes back to back
+    lm = LatencyModel(a=0.01, b=1e-5, d=1e-3)
+    reqs = SimRequests(np.array([0.0, 10.0]), np.array([100, 200]), np.array([5, 5]))
+    res = simulate(Deployment("mono", instance=InstanceConfig(policy=policy)), lm, reqs)
+    assert res.ttft_s == pytest.approx([0.01 + 1e-3, 0.01 + 2e-3])
+    assert np.allclose(res.tpot_s, 0.011)
+
+
+def test_instance_config_rejects_unknown_policy_and_kv_alloc():
+    with pytest.raises(ValueError, match="policy"):
+        InstanceConfig(policy="fifo")
+    with pytest.raises(ValueError, match="kv_alloc"):
+        InstanceConfig(kv_alloc="lazy")
+
+
+def test_per_role_latency_model():
+    # the decode instances' own model sets the decode step; the prefill's sets the prefill
+    lm_p = LatencyModel(a=0.02, b=1e-4)
+    lm_d = LatencyModel(a=0.005, d=1e-3)
+    reqs = SimRequests(np.zeros(1), np.array([1000]), np.array([5]))
+    dep = Deployment("disagg", prefill_instance=InstanceConfig(latency_model=lm_p),
+                     decode_instance=InstanceConfig(latency_model=lm_d))
+    res = simulate(dep, LatencyModel(a=1.0), reqs)            # the fallback is never used
+    assert res.prefill_s[0] == pytest.approx(0.02 + 0.1)
+    assert res.tpot_s[0] == pytest.approx(0.006)
+    assert dep.to_dict()["decode_instance"]["latency_model"]["step_time"]["a_s"] == 0.005
+
+
+# ---------------------------------------------------------------------------- first token
+
+def test_disagg_first_token_at_decode_admission_or_from_prefill():
+    n_in, kvb = 1000, 1e5
+    lm = LatencyModel(a=0.0, b=1e-4, d=1e-3, kv_bytes_per_token=kvb, num_layers=10)
+    link = Link(bandwidth_gbps=10.0, latency_s=0.002)
+    xfer = n_in * kvb / (10e9 / 8) + 0.002
+    reqs = SimRequests(np.zeros(1), np.array([n_in]), np.array([4]))
+    # the bundled engine: the decode worker emits the first token when it commits the import
+    # (disagg/worker.py commit_import), so that is the default
+    assert Deployment("disagg").first_token_from_prefill is False
+    at_dec = simulate(Deployment("disagg", link=link), lm, reqs)
+    from_p = simulate(Deployment("disagg", link=link, first_token_from_prefill=True), lm, reqs)
+    assert at_dec.ttft_s[0] == pytest.approx(0.1 + xfer, rel=1e-9)
+    assert from_p.ttft_s[0] == pytest.approx(0.1, rel=1e-9)
+    # the later tokens are the same; TPOT of the streamed variant carries the transfer
+    assert at_dec.token_times[0][1:] == from_p.token_times[0][1:]
+    assert at_dec.last_token_s[0] == pytest.approx(0.1 + xfer + 3 * 1e-3)
+    assert from_p.tpot_s[0] == pytest.approx((xfer + 3e-3) / 3)
+
+
+# ---------------------------------------------------------------------------- KV allocation
+
+def test_on_demand_preempts_by_hand_computed_blocks():
+    # block_size 2, 3 blocks; two prompts of 2 tokens, 3 output tokens each; every step 1 s.
+    # step 0: both admitted (1 block each, 1 free), prefilled: token 1 each; 3 tokens each.
+    # step 1: r0's decode needs block 2 (takes the free one); r1's needs one, none is free:
+    #         r1 (the latest admitted) preempts itself -> waiting front, its block freed (1 free).
+    # step 2: r0 decodes in its 2 blocks (token 3: done, 3 free); r1 needs 2 blocks for its
+    #         3 tokens but only 1 was free at the step's start: waits.
+    # step 3: r1 recomputes its 3 tokens (2 blocks): token 2. step 4: token 3.
+    lm = LatencyModel(a=1.0)
+    reqs = SimRequests(np.zeros(2), np.array([2, 2]), np.array([3, 3]))
+    od = InstanceConfig(block_size=2, kv_capacity_tokens=6, kv_alloc="on_demand")
+    res = simulate(Deployment("mono", instance=od), lm, reqs)
+    assert res.token_times == [[1.0, 2.0, 3.0], [1.0, 4.0, 5.0]]
+    assert res.preemptions.tolist() == [0, 1]
+    # reserve: 3 blocks each (2 + 3 tokens), one at a time, never preempts
+    rs = InstanceConfig(block_size=2, kv_capacity_tokens=6, kv_alloc="reserve")
+    res = simulate(Deployment("mono", instance=rs), lm, reqs)
+    assert res.token_times == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    assert res.preemptions.tolist() == [0, 0]
+
+
+def _engine_token_steps(n_in, n_out, num_blocks, block_size, budget, max_seqs):
+    """The bundled engine's scheduler and block manager (prefix caching off) on a trace that
+    arrives at once, with a stand-in model: the step index of every output token, and each
+    request's preemption count."""
+    from infer_bench.backends.engine.block_manager import BlockManager
+    from infer_bench.backends.engine.sampling import SamplingParams
+    from infer_bench.backends.engine.scheduler import Scheduler
+    from infer_bench.backends.engine.sequence import Sequence
+
+    bm = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
+    sch = Scheduler(bm, budget, max_seqs, enable_chunked_prefill=True)
+    seqs = [Sequence.create(f"r{i}", list(range(1000 * i, 1000 * i + a)),
+                            SamplingParams(max_tokens=int(b), ignore_eos=True))
+            for i, (a, b) in enumerate(zip(n_in, n_out))]
+    for sq in seqs:
+        sch.add(sq)
+    steps: dict[int, list[int]] = {id(sq): [] for sq in seqs}
+    step = 0
+    while sch.has_unfinished():
+        out = sch.schedule()
+        assert not out.finished
+        for sq, n in out.scheduled:
+            sq.num_computed_tokens += n
+            if sq.num_computed_tokens == sq.num_tokens:     # the last token ran: sample one
+                sq.token_ids.append(7)
+                steps[id(sq)].append(step)
+                if sq.num_output_tokens >= sq.params.max_tokens:
+                    sch.finish(sq, "length")
+        step += 1
+    return [steps[id(sq)] for sq in seqs], [sq.num_preemptions for sq in seqs]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_on_demand_matches_the_engine_block_accounting(seed):
+    rng = np.random.default_rng(seed)
+    n = 8
+    n_in = rng.integers(1, 40, n)
+    n_out = rng.integers(1, 30, n)
+    bs, budget, max_seqs = 4, 32, 6
+    num_blocks = int(max(-(-(a + b - 1) // bs) for a, b in zip(n_in, n_out))) + 3
+    eng_steps, eng_pre = _engine_token_steps(n_in, n_out, num_blocks, bs, budget, max_seqs)
+    inst = InstanceConfig(block_size=bs, kv_capacity_tokens=num_blocks * bs, kv_alloc="on_demand",
+                          max_num_batched_tokens=budget, max_num_seqs=max_seqs)
+    res = simulate(Deployment("mono", instance=inst), LatencyModel(a=1.0),
+                   SimRequests(np.zeros(n), n_in, n_out))
+    assert res.preemptions.tolist() == eng_pre
+    assert [[round(t) - 1 for t in tt] for tt in res.token_times] == eng_steps
+    if seed == 0:
+        assert sum(eng_pre) > 0          # the trace is tight enough to preempt
+
+
+def test_on_demand_without_pressure_equals_reserve():
+    # no pool pressure -> the same steps (validate()'s fitted models have no capacity at all)
+    lm = LatencyModel.load(example_profile_path())
+    wl = WorkloadSpec(input_len="uniform:100,800", output_len="uniform:2,64", num_requests=300)
+    reqs = requests_from_spec(wl, ArrivalSpec(kind="poisson", rate=20.0))
+    out = {}
+    for kv in ("reserve", "on_demand"):
+        inst = InstanceConfig(kv_alloc=kv, kv_capacity_tokens=10**7)
+        out[kv] = simulate(Deployment("mono", instance=inst), lm, reqs)
+    assert np.array_equal(out["reserve"].last_token_s, out["on_demand"].last_token_s)
+    assert out["on_demand"].preemptions.sum() == 0
+    default = simulate(Deployment("mono"), lm, reqs)   # on_demand, the profile's 400k tokens
+    assert np.array_equal(default.last_token_s, out["reserve"].last_token_s)

@@ -72,6 +72,11 @@ from ..spec import ArrivalSpec, WorkloadSpec
 MODES = ("mono", "disagg")
 # how an instance orders prefills and decodes in a step (see the module docstring)
 SCHEDULING_POLICIES = ("chunked", "prefill_priority", "decode_priority")
+# decode_priority's rule for adding waiting prompts to a running batch: the router of Hugging
+# Face text-generation-inference (its launcher's --waiting-served-ratio and --max-waiting-tokens,
+# defaults 1.2 and 20)
+DECODE_PRIORITY_WAITING_SERVED_RATIO = 1.2
+DECODE_PRIORITY_MAX_WAITING_STEPS = 20
 # how an instance allocates KV blocks (see the module docstring)
 KV_ALLOC_POLICIES = ("reserve", "on_demand")
 
@@ -94,8 +99,8 @@ class InstanceConfig:
     wake_s: float = 0.0
     # scheduling policy, one of SCHEDULING_POLICIES ("chunked": the bundled engine's)
     policy: str = "chunked"
-    # KV allocation, one of KV_ALLOC_POLICIES
-    kv_alloc: str = "reserve"
+    # KV allocation, one of KV_ALLOC_POLICIES ("on_demand": the bundled engine's)
+    kv_alloc: str = "on_demand"
     # the step-time model of this role's instances (per-role profile, TP degree); None: the
     # model passed to simulate()
     latency_model: LatencyModel | None = None
@@ -249,6 +254,7 @@ class SimResult:
     admission_s: np.ndarray
     failed: np.ndarray               # bool
     token_times: list | None = None  # per request: list of per-token times (per_token=True)
+    preemptions: np.ndarray | None = None   # per request: times preempted (on-demand KV)
     n_steps: int = 0
     sim_wall_s: float = 0.0
 
@@ -356,12 +362,20 @@ def step_time_fn(lm: LatencyModel):
 
 
 class _Instance:
-    """One simulated engine instance. `role`: "mono", "prefill" or "decode"."""
+    """One simulated engine instance. `role`: "mono", "prefill" or "decode".
+
+    Decodes are not tracked one by one: all running decodes advance together, one token per
+    decode round (a step that runs them), so a decode that starts at round k0 with T tokens
+    (prompt + generated) ends at a known round (`finish_at`); `ctx_sum` is the KV tokens they
+    attend next round. With on-demand KV, `grow[r % block_size]` counts the decodes that need a
+    new block at round r (their phase), so a round's block demand is one lookup."""
 
     __slots__ = ("sim", "idx", "role", "cfg", "budget", "max_seqs", "bs", "free_blocks",
                  "waiting", "prefilling", "n_decode", "ctx_sum", "finish_at", "step_no",
                  "step_ends", "busy", "outstanding", "cur_prefill", "cur_admit_dec",
-                 "cur_start", "cur_end", "link_free", "cap_blocks", "lm_step")
+                 "cur_start", "cur_end", "link_free", "cap_blocks", "lm_step", "pol",
+                 "ondemand", "running", "grow", "cur_ndec", "wait_rounds", "inner_prefilled",
+                 "whole")
 
     def __init__(self, sim: "_Sim", idx: int, role: str, cfg: InstanceConfig, cap_tokens):
         self.sim, self.idx, self.role, self.cfg = sim, idx, role, cfg
@@ -371,24 +385,53 @@ class _Instance:
         self.free_blocks = math.inf if cap_tokens is None else cap_tokens // cfg.block_size
         self.cap_blocks = self.free_blocks
         self.lm_step = step_time_fn(cfg.latency_model or sim.lm)
+        self.pol = SCHEDULING_POLICIES.index(cfg.policy)   # 0 chunked, 1 prefill-, 2 decode-priority
+        # prompts run whole (not chunked): chunked_prefill=False, and both priority policies
+        self.whole = self.pol != 0 or not cfg.chunked_prefill
+        # on-demand blocks (and preemption) only where decodes grow: not on a prefill instance
+        self.ondemand = cfg.kv_alloc == "on_demand" and role != "prefill"
+        self.running: dict = {}           # on-demand: rid -> prefill item | None (decoding), admission order
+        self.grow = [0] * cfg.block_size  # on-demand: decodes by the phase of their block growth
         self.waiting: deque = deque()     # request ids (prefill needed, or transferred)
         self.prefilling: deque = deque()  # [rid, tokens_left, tokens_done]
         self.n_decode = 0
         self.ctx_sum = 0
         self.finish_at: dict[int, list] = {}
-        self.step_no = 0                  # steps completed
-        self.step_ends: list[float] = []
+        self.step_no = 0                  # decode rounds completed (= index of the next one)
+        self.step_ends: list[float] = []  # per_token: end time of each decode round
         self.busy = False
         self.outstanding = 0              # requests routed here and not done with it
-        self.cur_prefill: list = []       # (rid, n) chunks of the running step
+        self.cur_prefill: list = []       # (item, n) prefill chunks of the running step
         self.cur_admit_dec: list = []     # transferred requests admitted in the running step
+        self.cur_ndec = 0                 # running decodes that run in the running step
         self.cur_start = 0.0
         self.cur_end = -math.inf          # end of the step running now (or of the last one)
         self.link_free = 0.0              # prefill role: when its link is next free
+        self.wait_rounds = 0              # decode_priority: TGI's `waiting_tokens`
+        self.inner_prefilled = False      # decode_priority: the last step added prompts to a batch
 
     def blocks_for(self, rid: int) -> int:
+        """Blocks `rid` takes when admitted here: reserve: all its tokens (the prompt only on a
+        prefill instance); on demand: its prompt (+ the first token for a transferred one,
+        which decodes in the step that admits it)."""
         s = self.sim
-        n = s.n_in[rid] + (0 if self.role == "prefill" else s.n_out[rid])
+        if self.role == "prefill":
+            n = s.n_in[rid]
+        elif self.ondemand:
+            n = s.n_in[rid] + (1 if s.xfer_done[rid] >= 0 else 0)
+        else:
+            n = s.n_in[rid] + s.n_out[rid]
+        return -(-n // self.bs)
+
+    def max_blocks(self, rid: int) -> int:
+        """The most blocks `rid` ever holds here (more than the pool: it can never run)."""
+        s = self.sim
+        if self.role == "prefill":
+            n = s.n_in[rid]
+        elif self.ondemand:   # the last token's K/V is never computed
+            n = s.n_in[rid] + max(s.n_out[rid], 1) - 1
+        else:
+            n = s.n_in[rid] + s.n_out[rid]
         return -(-n // self.bs)
 
     def kick(self, t: float) -> None:
@@ -398,9 +441,80 @@ class _Instance:
             self.busy = True
             self.sim.push(t + self.cfg.wake_s, _KICK, self)
 
+    # -- on-demand KV: growth and preemption (the bundled engine's scheduler + block manager)
+    def grow_slow(self) -> None:
+        """This round's decodes need more blocks than are free: walk the running requests in
+        admission order; a decode that needs a block when none is free preempts the most
+        recently admitted running request (possibly itself) until one is."""
+        s = self.sim
+        run = self.running
+        r = self.step_no
+        bs = self.bs
+        for rid in list(run):
+            if rid not in run or run[rid] is not None:
+                continue                        # preempted meanwhile, or still prefilling
+            if (s.tok_base[rid] + r - s.dec_start[rid] - 1) % bs:
+                continue                        # its next token fits the blocks it holds
+            while self.free_blocks < 1:
+                victim = next(reversed(run))
+                self.preempt(victim)
+                if victim == rid:
+                    break
+            if rid in run:
+                self.free_blocks -= 1
+
+    def preempt(self, rid: int) -> None:
+        """Preempt by recompute: free rid's blocks; it goes back to the front of the waiting
+        queue and will prefill its prompt + the tokens generated so far."""
+        s = self.sim
+        item = self.running.pop(rid)
+        if item is None:                        # decoding
+            r, k0, T = self.step_no, s.dec_start[rid], s.tok_base[rid]
+            ntok = T + r - k0                   # prompt + generated tokens now
+            self.free_blocks += -(-(ntok - 1) // self.bs)
+            self.n_decode -= 1
+            self.ctx_sum -= ntok - 1
+            self.finish_at[k0 + s.n_in[rid] + s.n_out[rid] - T - 1].remove(rid)
+            self.grow[(k0 + 1 - T) % self.bs] -= 1
+            if s.tok is not None:
+                s.tok[rid].extend(self.step_ends[k0:r])
+            s.pf_len[rid] = ntok
+        else:                                   # part-way through its prefill: progress lost
+            self.prefilling.remove(item)
+            self.free_blocks += s.blocks[rid]
+        s.blocks[rid] = -(-s.pf_len[rid] // self.bs)
+        s.n_preempt[rid] += 1
+        self.waiting.appendleft(rid)
+
+    def start_decoding(self, rid: int, T: int, k0: int) -> None:
+        """rid decodes from round k0 on, with T tokens (prompt + generated) at that round."""
+        s = self.sim
+        self.n_decode += 1
+        self.ctx_sum += T - 1                   # its first decode attends all but the last
+        self.finish_at.setdefault(k0 + s.n_in[rid] + s.n_out[rid] - T - 1, []).append(rid)
+        s.dec_start[rid] = k0
+        if self.ondemand:
+            s.tok_base[rid] = T
+            self.grow[(k0 + 1 - T) % self.bs] += 1
+            self.running[rid] = None
+
+    # -- steps
     def start_step(self, t: float) -> None:
+        if self.pol:
+            self.start_step_priority(t)
+            return
         s = self.sim
         n_dec = self.n_decode
+        admit = True
+        if self.ondemand and n_dec:
+            need = self.grow[self.step_no % self.bs]
+            if need:
+                if need <= self.free_blocks:
+                    self.free_blocks -= need
+                else:
+                    self.grow_slow()
+                    admit = False               # no admission in a step that preempted
+                    n_dec = self.n_decode
         budget = self.budget - n_dec
         chunks = []
         p_tok = 0
@@ -416,31 +530,35 @@ class _Instance:
         admitted_dec = []
         running = n_dec + len(self.prefilling)
         wq = self.waiting
-        while wq and budget > 0 and running < self.max_seqs:
+        while admit and wq and budget > 0 and running < self.max_seqs:
             rid = wq[0]
             need = s.blocks[rid]
             if need > self.free_blocks:
                 break
-            if s.xfer_done[rid] >= 0 and self.role == "decode":
+            if s.xfer_done[rid] >= 0 and self.role == "decode" and not s.n_preempt[rid]:
                 # transferred: joins the decodes of this step
                 wq.popleft()
                 self.free_blocks -= need
                 s.admit_s[rid] = t
                 admitted_dec.append(rid)
+                if self.ondemand:
+                    self.running[rid] = None
                 ctx += s.n_in[rid]
                 budget -= 1
                 running += 1
                 continue
-            n_left = s.n_in[rid]
-            if not self.cfg.chunked_prefill and n_left > budget and budget < self.budget:
+            n_left = s.pf_len[rid]
+            if self.whole and n_left > budget and budget < self.budget:
                 break
             wq.popleft()
             self.free_blocks -= need
             if s.sched_s[rid] != s.sched_s[rid]:   # NaN: first time scheduled
                 s.sched_s[rid] = t
-            n = n_left if (n_left <= budget or not self.cfg.chunked_prefill) else budget
+            n = n_left if (n_left <= budget or self.whole) else budget
             item = [rid, n_left, 0]
             self.prefilling.append(item)
+            if self.ondemand:
+                self.running[rid] = item
             chunks.append((item, n))
             p_tok += n
             budget -= n
@@ -448,9 +566,107 @@ class _Instance:
         if not chunks and not n_dec and not admitted_dec:
             self.busy = False
             return
+        self.run_step(t, chunks, p_tok, n_dec, admitted_dec, ctx)
+
+    def start_step_priority(self, t: float) -> None:
+        """prefill_priority / decode_priority: a step runs either whole prompts only (running
+        decodes stall) or the running decodes only."""
+        s = self.sim
+        n_dec = self.n_decode
+        wq = self.waiting
+        # the whole prompts that would be admitted now (FCFS, no skipping; a transferred
+        # request at the head of the queue is not a prompt: it joins the next decode round)
+        fits = []
+        budget = self.budget
+        free = self.free_blocks
+        running = n_dec
+        for rid in wq:
+            if running >= self.max_seqs or budget < 1:
+                break
+            if s.xfer_done[rid] >= 0 and self.role == "decode" and not s.n_preempt[rid]:
+                break
+            need = s.blocks[rid]
+            n = s.pf_len[rid]
+            if need > free or (n > budget and budget < self.budget):
+                break
+            fits.append(rid)
+            free -= need
+            budget -= n
+            running += 1
+        prefill = bool(fits)
+        if prefill and self.pol == 2 and n_dec:
+            # decode_priority (TGI's router): prompts join a running batch only after a decode
+            # round, and only when enough of them fit, or the batch ran max_waiting rounds
+            if self.inner_prefilled:
+                prefill = False
+            elif self.wait_rounds < DECODE_PRIORITY_MAX_WAITING_STEPS:
+                prefill = len(fits) >= int(n_dec * DECODE_PRIORITY_WAITING_SERVED_RATIO)
+        if prefill:
+            chunks = []
+            p_tok = 0
+            for rid in fits:
+                wq.popleft()
+                self.free_blocks -= s.blocks[rid]
+                if s.sched_s[rid] != s.sched_s[rid]:
+                    s.sched_s[rid] = t
+                n = s.pf_len[rid]
+                item = [rid, n, 0]
+                self.prefilling.append(item)
+                if self.ondemand:
+                    self.running[rid] = item
+                chunks.append((item, n))
+                p_tok += n
+            if self.pol == 2:
+                self.wait_rounds = 1
+                self.inner_prefilled = n_dec > 0
+            self.run_step(t, chunks, p_tok, 0, [], 0)
+            return
+        # a decode round
+        admit = True
+        if self.ondemand and n_dec:
+            need = self.grow[self.step_no % self.bs]
+            if need:
+                if need <= self.free_blocks:
+                    self.free_blocks -= need
+                else:
+                    self.grow_slow()
+                    admit = False
+                    n_dec = self.n_decode
+        admitted_dec = []
+        ctx = self.ctx_sum
+        running = n_dec
+        budget = self.budget - n_dec
+        while admit and wq and budget > 0 and running < self.max_seqs:
+            rid = wq[0]
+            if not (s.xfer_done[rid] >= 0 and self.role == "decode" and not s.n_preempt[rid]):
+                break
+            need = s.blocks[rid]
+            if need > self.free_blocks:
+                break
+            wq.popleft()
+            self.free_blocks -= need
+            s.admit_s[rid] = t
+            admitted_dec.append(rid)
+            if self.ondemand:
+                self.running[rid] = None
+            ctx += s.n_in[rid]
+            budget -= 1
+            running += 1
+        if not n_dec and not admitted_dec:
+            self.busy = False
+            return
+        if self.pol == 2:
+            self.wait_rounds += 1
+            self.inner_prefilled = False
+        self.run_step(t, [], 0, n_dec, admitted_dec, ctx)
+
+    def run_step(self, t: float, chunks: list, p_tok: int, n_dec: int, admitted_dec: list,
+                 ctx: int) -> None:
+        s = self.sim
         self.busy = True
         self.cur_prefill = chunks
         self.cur_admit_dec = admitted_dec
+        self.cur_ndec = n_dec
         self.cur_start = t
         dur = self.lm_step(p_tok, n_dec + len(admitted_dec), ctx, len(chunks))
         if s.n_stepping and s.g:
@@ -469,19 +685,20 @@ class _Instance:
     def end_step(self, t: float) -> None:
         s = self.sim
         s.n_stepping -= 1
-        k = self.step_no
-        self.step_no += 1
-        if s.tok is not None:
-            self.step_ends.append(t)
-        n_dec_ran = self.n_decode
+        n_dec_ran = self.cur_ndec
+        adm = self.cur_admit_dec
+        k = self.step_no            # this step's round, if it ran decodes
+        is_round = n_dec_ran or adm
+        if is_round:
+            self.step_no = k + 1
+            if s.tok is not None:
+                self.step_ends.append(t)
         # decodes: every running decode produced a token; admitted transferred ones too
         self.ctx_sum += n_dec_ran
-        for rid in self.cur_admit_dec:
-            self.n_decode += 1
-            self.ctx_sum += s.n_in[rid] + 1   # its next step attends n_in + 1 tokens
-            # tokens 2..n_out come from steps k .. k + n_out - 2
-            self.finish_at.setdefault(k + s.n_out[rid] - 2, []).append(rid)
-            s.dec_start[rid] = k
+        for rid in adm:
+            # tokens 2..n_out come from rounds k .. k + n_out - 2
+            self.start_decoding(rid, s.n_in[rid] + 1, k)
+            self.ctx_sum += 1                   # and attended n_in + 1 tokens next round
         # prefill chunks
         done_prefill = []
         for item, n in self.cur_prefill:
@@ -495,35 +712,45 @@ class _Instance:
                 pf.popleft()
             if any(it[1] <= 0 for it in pf):   # out-of-order completion (rare)
                 self.prefilling = deque(it for it in pf if it[1] > 0)
+        k_next = self.step_no
         for rid in done_prefill:
-            s.prefill_end[rid] = t
+            if s.prefill_end[rid] != s.prefill_end[rid]:
+                s.prefill_end[rid] = t
             if self.role == "prefill":
                 s.prefill_done_on_p(self, rid, t)
                 continue
-            s.first[rid] = t
+            # the prefill's last position yields the next token (the first, or after a
+            # recompute the one after those generated so far)
+            if s.first[rid] != s.first[rid]:
+                s.first[rid] = t
             if s.tok is not None:
                 s.tok[rid].append(t)
-            if s.n_out[rid] <= 1:
+            T = s.pf_len[rid] + 1
+            if T >= s.n_in[rid] + s.n_out[rid]:
                 self.finish(rid, t)
             else:
-                self.n_decode += 1
-                self.ctx_sum += s.n_in[rid]       # its first decode attends the prompt
-                self.finish_at.setdefault(k + s.n_out[rid] - 1, []).append(rid)
-                s.dec_start[rid] = k + 1
-        fin = self.finish_at.pop(k, None)
-        if fin:
-            for rid in fin:
-                self.n_decode -= 1
-                self.ctx_sum -= s.n_in[rid] + s.n_out[rid] - 1
-                if s.tok is not None:
-                    s.tok[rid].extend(self.step_ends[s.dec_start[rid]:k + 1])
-                self.finish(rid, t)
+                self.start_decoding(rid, T, k_next)
+        if is_round:
+            fin = self.finish_at.pop(k, None)
+            if fin:
+                for rid in fin:
+                    self.n_decode -= 1
+                    self.ctx_sum -= s.n_in[rid] + s.n_out[rid] - 1
+                    if self.ondemand:
+                        self.grow[(s.dec_start[rid] + 1 - s.tok_base[rid]) % self.bs] -= 1
+                    if s.tok is not None:
+                        s.tok[rid].extend(self.step_ends[s.dec_start[rid]:k + 1])
+                    self.finish(rid, t)
         self.start_step(t)
 
     def finish(self, rid: int, t: float) -> None:
         s = self.sim
         s.last[rid] = t
-        self.free_blocks += s.blocks[rid]
+        if self.ondemand:
+            self.running.pop(rid, None)
+            self.free_blocks += self.max_blocks(rid)
+        else:
+            self.free_blocks += s.blocks[rid]
         self.outstanding -= 1
         s.request_done(rid, t)
 
@@ -547,7 +774,10 @@ class _Sim:
         self.admit_s = [nan] * n
         self.dec_of: list = [None] * n    # disagg: the decode instance reserved at arrival
         self.dec_start = [0] * n
-        self.blocks = [0] * n
+        self.blocks = [0] * n             # blocks taken at the next admission
+        self.pf_len = list(self.n_in)     # tokens a (re)admission prefills: prompt + generated
+        self.tok_base = [0] * n           # on-demand: tokens when its current decode run began
+        self.n_preempt = [0] * n
         self.failed = [False] * n
         self.tok = [[] for _ in range(n)] if per_token else None
         self.ftp = dep.first_token_from_prefill
@@ -600,9 +830,10 @@ class _Sim:
         else:
             inst = self._least(self.pre)
         self.blocks[rid] = inst.blocks_for(rid)
-        too_big = self.blocks[rid] > self._capacity_blocks(inst)
+        too_big = inst.max_blocks(rid) > inst.cap_blocks
         if dep.mode == "disagg" and not too_big:
-            too_big = self._dec_blocks(rid) > self._capacity_blocks(self.dec[0])
+            d0 = self.dec[0]
+            too_big = -(-(self.n_in[rid] + self.n_out[rid] - d0.ondemand) // d0.bs) > d0.cap_blocks
         if too_big:
             self.failed[rid] = True
             self.request_done(rid, t)
@@ -625,13 +856,6 @@ class _Sim:
     def reserved(self, inst: "_Instance", rid: int, t: float) -> None:
         inst.waiting.append(rid)
         inst.kick(t)
-
-    @staticmethod
-    def _capacity_blocks(inst) -> float:
-        return inst.cap_blocks
-
-    def _dec_blocks(self, rid: int) -> int:
-        return -(-(self.n_in[rid] + self.n_out[rid]) // self.dep.d_cfg.block_size)
 
     def prefill_done_on_p(self, p: _Instance, rid: int, t: float) -> None:
         """Prefill of rid ended on prefill instance p at t: send its KV to a decode instance."""
@@ -745,7 +969,8 @@ def simulate(deployment: Deployment, latency_model: LatencyModel, requests: SimR
         n_output=np.asarray(requests.n_output, dtype=np.int64), send_s=send,
         first_token_s=first, last_token_s=last, queue_s=sched - send, prefill_s=pend - sched,
         transfer_s=f(sim.xfer_exposed), transfer_bytes=f(sim.xfer_bytes), admission_s=adm,
-        failed=failed, token_times=sim.tok, n_steps=sim.n_steps)
+        failed=failed, token_times=sim.tok, n_steps=sim.n_steps,
+        preemptions=np.asarray(sim.n_preempt, dtype=np.int64))
     res.sim_wall_s = time.perf_counter() - t0
     return res
 
