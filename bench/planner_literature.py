@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     ap.add_argument("--horizon", type=float, default=120.0)
     ap.add_argument("--max-requests", type=int, default=3000)
     ap.add_argument("--rel-tol", type=float, default=0.03)
-    ap.add_argument("--kv-alloc", default="reserve", choices=("reserve", "on_demand"))
+    ap.add_argument("--kv-alloc", default="on_demand", choices=("reserve", "on_demand"))
     ap.add_argument("--policies", default="prefill_priority,chunked")
     args = ap.parse_args(argv)
     if args.convert:
