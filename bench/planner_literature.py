@@ -59,6 +59,14 @@ simulator counts TTFT at prefill end). Table 1: mono under "prefill_priority" (v
 chunked prefill: DistServe's baseline). Table 2: mono under "chunked" (Sarathi-Serve / vLLM v1).
 Each prints predicted vs published per-GPU goodput and the DistServe/vLLM ratio.
 
+Result (this script, defaults, ~20 s per input mean on the 2-core dev host): the check FAILS.
+Input mean 161 (vLLM paper): vLLM best mono x3 TP1 4.64 req/s/GPU, DistServe best 1P2D (TP1)
+4.13 -> ratio 0.89, placement 1:2 (chunked mono: 5.07 -> 0.82). Input mean 755 (sensitivity):
+DistServe 1P1D P:TP2 D:TP1 1.06 (the paper's 2:1 placement), vLLM best mono x1 TP2 0.90 -> ratio
+1.18 (chunked: 0.78 -> 1.36); vLLM TP1 x3 (the paper's baseline) reaches 0: > 10% of prompts
+are too long to prefill within 0.25 s on one A100. The conclusion turns on the prompt-length
+mix, which cannot be reproduced offline (see the module text above).
+
     nice -n 10 .venv/bin/python bench/planner_literature.py            # both tables, ~minutes
     .venv/bin/python bench/planner_literature.py --convert /path/to/DistServe.git
 """
