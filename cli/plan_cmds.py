@@ -22,14 +22,26 @@ from .parsing import positive_floats, positive_ints
 console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs
 
 
-def _load_profile(path: Optional[Path]):
-    from infer_bench.workloads.planning.latency_model import LatencyModel, example_profile_path
+def _load_profile_set(path: Optional[Path]):
+    """A ProfileSet from a profile file (either format), or the illustrative example."""
+    from infer_bench.workloads.planning.latency_model import ProfileSet, example_profile_path
 
     if path is None:
         console.print("[yellow]no --profile: using the ILLUSTRATIVE example profile "
                       f"({example_profile_path().name}); numbers are not a measurement[/yellow]")
-        return LatencyModel.load(example_profile_path())
-    return LatencyModel.load(path)
+        return ProfileSet.load(example_profile_path())
+    return ProfileSet.load(path)
+
+
+def _load_profile(path: Optional[Path], tp: int = 1, pp: int = 1, engine: Optional[str] = None):
+    """The step-time fit at (tp, pp) (of `engine`) of a profile file."""
+    from infer_bench.workloads.planning.latency_model import ProfileError
+
+    ps = _load_profile_set(path)
+    try:
+        return ps.select(tp, pp, engine=engine)
+    except ProfileError as e:
+        raise UserError(str(e)) from None
 
 
 def _workload(input_len: str, output_len: str, num_requests: int, seed: int):
@@ -79,7 +91,9 @@ def _profile_table(lm) -> "object":
         f = lm.fit
         t.caption = (f"fit: {f.get('n_rows')} steps, r2 {_fmt(f.get('r2'))}, median rel err "
                      f"{_fmt(f.get('median_rel_err'), 100)}%, p90 rel err "
-                     f"{_fmt(f.get('p90_rel_err'), 100)}%")
+                     f"{_fmt(f.get('p90_rel_err'), 100)}%; held-out error of the mean step "
+                     f"time " + (f"{lm.heldout_rel_err:.1%}" if lm.heldout_rel_err is not None
+                                 else "unknown (too few steps)"))
     return t
 
 
@@ -92,17 +106,31 @@ def profile_command(
     num_layers: Optional[int] = typer.Option(None, help="Model layers (for layer-wise transfer)."),
     kv_capacity_tokens: Optional[int] = typer.Option(None, help="KV tokens that fit one instance (default: unlimited)."),
     quick: bool = typer.Option(False, help="A smaller grid (a few seconds on a laptop)."),
+    tp: int = typer.Option(1, min=1, help="Tensor-parallel degree of the instance measured (its chips = tp * pp)."),
+    pp: int = typer.Option(1, min=1, help="Pipeline stages of the instance measured."),
+    role: Optional[str] = typer.Option(None, help="prefill or decode: the fit describes only that role (default: either)."),
+    engine: str = typer.Option("reference", help="Name of the engine measured (a profile set may hold several)."),
+    append: bool = typer.Option(False, "--append/--replace", help="Add the fit to the profile set already at --out (replacing one with the same engine, tp, pp and role) instead of writing a new file."),
 ):
     """Measure step times and fit the latency model (t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N).
+
+    Writes a profile set (fits per engine, TP, PP, role) with the fit's held-out error.
 
     \b
     Example: infer-bench profile --url http://127.0.0.1:8000 --out profile.json
     Example: infer-bench profile --from-results results/run-1 --out profile.json
+    Example: infer-bench profile --url http://gpu-box:8000 --tp 2 --append --out profile.json
     """
     from infer_bench.workloads.planning import profiler
+    from infer_bench.workloads.planning.latency_model import ROLES, ProfileSet
 
     if bool(url) == bool(from_results):
         raise UserError("give exactly one of --url or --from-results")
+    if role is not None and role not in ROLES:
+        raise UserError(f"--role must be one of {', '.join(ROLES)}, got {role!r}")
+    existing = None
+    if append and out.exists():
+        existing = ProfileSet.load(out)
     if from_results:
         lm = profiler.fit_results_dir(
             from_results, deployment, kv_bytes_per_token=kv_bytes_per_token or 0.0,
@@ -114,9 +142,16 @@ def profile_command(
                 url, grid=grid, kv_bytes_per_token=kv_bytes_per_token, num_layers=num_layers,
                 kv_capacity_tokens=kv_capacity_tokens,
                 progress=lambda m: status.update(f"profiling: {m}"))
-    lm.save(out)
+    ps = profiler.as_profile_set(lm, tp=tp, pp=pp, role=role, engine=engine)
+    if existing is not None:
+        keep = [(m, r) for m, r in zip(existing.fits, existing.roles)
+                if (m.engine, m.tp, m.pp, r) != (lm.engine, tp, pp, role)]
+        ps = ProfileSet(fits=[m for m, _ in keep] + [lm], roles=[r for _, r in keep] + [role],
+                        engine=existing.engine or engine, model=existing.model or dict(lm.model),
+                        hardware=existing.hardware or dict(lm.hardware), notes=existing.notes)
+    ps.save(out)
     console.print(_profile_table(lm))
-    console.print(f"profile: [bold]{out}[/bold]")
+    console.print(f"profile set: [bold]{out}[/bold] ({ps.describe()})")
 
 
 def simulate_command(
@@ -138,6 +173,8 @@ def simulate_command(
     slo_tpot: float = typer.Option(0.1, help="TPOT SLO, s."),
     max_num_batched_tokens: int = typer.Option(8192, min=1, help="Per-step token budget."),
     max_num_seqs: int = typer.Option(256, min=1, help="Max running sequences per instance."),
+    tp: int = typer.Option(1, min=1, help="Use the profile's fit at this tensor-parallel degree."),
+    pp: int = typer.Option(1, min=1, help="Use the profile's fit at this many pipeline stages."),
     per_token: bool = typer.Option(False, help="Record every token's time (heavier)."),
     out: Optional[Path] = typer.Option(None, help="Write a results dir (render with infer-bench report)."),
 ):
@@ -154,7 +191,7 @@ def simulate_command(
     if mode not in sim.MODES:
         raise UserError(f"--mode must be mono or disagg, got {mode!r}")
     rate_list = positive_floats(rates, "--rates")
-    lm = _load_profile(profile)
+    lm = _load_profile(profile, tp, pp)
     wl = _workload(input_len, output_len, num_requests, seed)
     try:
         inst = sim.InstanceConfig(max_num_batched_tokens=max_num_batched_tokens,
@@ -238,72 +275,123 @@ def plan_command(
     map_bandwidths: str = typer.Option("25,100,400", help="Break-even map: link bandwidths, Gb/s."),
     draw_map: bool = typer.Option(True, "--map/--no-map", help="Draw the break-even map of mono vs disagg over --map-inputs x --map-outputs x --map-bandwidths."),
     out: Path = typer.Option(Path("plan"), help="Output dir: plan.json, break_even.json, break_even.html."),
+    prefill_profile: Optional[Path] = typer.Option(None, help="Profile (set) of the disagg prefill instances (default: --profile)."),
+    decode_profile: Optional[Path] = typer.Option(None, help="Profile (set) of the disagg decode instances (default: --profile)."),
+    mono_engine: Optional[str] = typer.Option(None, help="Mono uses only the fits of this engine (a profile set with several)."),
+    disagg_engine: Optional[str] = typer.Option(None, help="Disagg roles use only the fits of this engine."),
+    policy: str = typer.Option("chunked", help="Mono scheduling policy: chunked, prefill_priority, decode_priority, or search (the best of the three per placement)."),
+    prune: bool = typer.Option(True, "--prune/--no-prune", help="Skip simulating placements whose goodput upper bound per chip is below the best found."),
 ):
-    """Rank mono vs disaggregated deployments of N chips by simulated goodput per chip.
+    """Rank mono vs disaggregated placements of N chips by simulated goodput per chip.
+
+    Searches every (TP, PP) fit of the profile per role (instances of TP * PP chips) and shows
+    each goodput with a band from the fits' held-out error ("too close to call" when the
+    bands of two placements overlap).
 
     \b
     Example: infer-bench plan --rate 4 --slo-ttft 1 --slo-tpot 0.05 --chips 8 --profile profile.json
+    Example: infer-bench plan --rate 2 --slo-ttft 0.25 --slo-tpot 0.1 --chips 3 --profile set.json --mono-engine vllm --disagg-engine distserve --policy prefill_priority
     """
     from infer_bench.workloads.planning import planner as pl
+    from infer_bench.workloads.planning.latency_model import ProfileError
     from infer_bench.workloads.planning.simulator import InstanceConfig, Link
     from infer_bench.workloads.spec import SLO
 
     if not 0 < target <= 1:
         raise UserError(f"--target must be in (0, 1], got {target}")
+    if policy not in pl.PLAN_POLICIES:
+        raise UserError(f"--policy must be one of {', '.join(pl.PLAN_POLICIES)}, got {policy!r}")
     thresholds = positive_ints(conditional, "--conditional") if conditional else ()
     grid = None                     # the break-even map's axes
     if draw_map:
         grid = dict(input_lens=positive_ints(map_inputs, "--map-inputs"),
                     output_lens=positive_ints(map_outputs, "--map-outputs"),
                     bandwidths_gbps=positive_floats(map_bandwidths, "--map-bandwidths"))
-    lm = _load_profile(profile)
+    ps = _load_profile_set(profile)
+    pre = _load_profile_set(prefill_profile) if prefill_profile else None
+    dec = _load_profile_set(decode_profile) if decode_profile else None
     wl = _workload(input_len, output_len, 1, seed)
     link = Link(link_gbps, link_latency_us * 1e-6, layerwise)
     try:
+        lm = (pl.profile_options(ps, None, mono_engine) or pl.profile_options(ps, None))[0]
         inst = InstanceConfig(max_num_batched_tokens=max_num_batched_tokens,
                               max_num_seqs=max_num_seqs, block_size=lm.block_size)
-        cands = pl.candidate_deployments(chips, lm, instance=inst, link=link,
-                                         conditional_thresholds=thresholds)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+        cands = pl.placement_candidates(chips, ps, prefill_profiles=pre, decode_profiles=dec,
+                                        instance=inst, link=link, policy=policy,
+                                        conditional_thresholds=thresholds,
+                                        mono_engine=mono_engine, disagg_engine=disagg_engine)
+    except (ValueError, ProfileError, IndexError) as e:
+        raise UserError(str(e) or "no step-time fit matches --mono-engine") from None
     slo = SLO(slo_ttft, slo_tpot)
     sweep = pl.SweepSpec(horizon_s=horizon, max_requests=max_requests)
     with console.status("planning") as status:
         prog = lambda m: status.update(f"planning: {m}")  # noqa: E731
         ranking = pl.rank_deployments(cands, lm, wl, rate, slo, target=target, sweep=sweep,
-                                      progress=prog)
+                                      progress=prog, prune=prune,
+                                      search_policy=(policy == "search"))
         bmap = None if grid is None else pl.break_even_map(
             lm, slo, chips, **grid, link=link, instance=inst, rate_hint=rate, target=target,
             seed=seed, progress=prog)
     result = pl.Plan(ranking=ranking, break_even=bmap, inputs={
         "workload": wl.to_dict(), "rate_rps": rate, "slo": slo.to_dict(), "chips": chips,
-        "target": target, "link": link.__dict__.copy(), "latency_model": lm.to_dict(),
-        "sweep": sweep.__dict__.copy()})
+        "target": target, "link": link.__dict__.copy(), "policy": policy,
+        "latency_model": lm.to_dict(), "profiles": ps.to_dict(),
+        "prefill_profiles": pre.to_dict() if pre else None,
+        "decode_profiles": dec.to_dict() if dec else None, "sweep": sweep.__dict__.copy()})
     console.print(_ranking_table(ranking, chips, slo, target, rate))
     _write_plan(out, result, bmap)
     if bmap is not None:
         console.print(_break_even_table(bmap))
     best = ranking.iloc[0]
-    console.print(f"best: [bold]{best['deployment']}[/bold] "
-                  f"({best['goodput_per_chip_rps']:.3g} req/s per chip); wrote {out}/")
+    close = ranking[ranking["call"] == pl.TOO_CLOSE]["deployment"].tolist()
+    from rich.markup import escape
+
+    console.print(f"best: [bold]{escape(best['deployment'])}[/bold] "
+                  f"({best['goodput_per_chip_rps']:.3g} req/s per chip"
+                  + (f", band {_band(best)}" if best.get("heldout_rel_err") == best.get(
+                      "heldout_rel_err") and best.get("heldout_rel_err") is not None else "")
+                  + f"); wrote {out}/")
+    if close:
+        console.print(f"[yellow]{pl.TOO_CLOSE}[/yellow]: {escape(best['deployment'])} vs "
+                      f"{escape(', '.join(close))} (their held-out error bands overlap)")
+
+
+def _band(row) -> str:
+    """'lo-hi' per chip from the row's held-out error; '?' when unknown."""
+    e = row.get("heldout_rel_err")
+    g = row.get("goodput_per_chip_rps")
+    if e is None or e != e or g is None or g != g:
+        return "?"
+    return f"{_fmt(g * (1 - e))}-{_fmt(g * (1 + e))} (+-{e:.0%})"
 
 
 def _ranking_table(ranking, chips: int, slo, target: float, rate: float):
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"deployments of {chips} chips by goodput per chip "
+    table = Table(title=f"placements of up to {chips} chips by goodput per chip "
                         f"(SLO TTFT {slo.ttft_s:g} s, TPOT {slo.tpot_s:g} s, {target:.0%})")
-    for col in ("rank", "deployment", "goodput req/s", "per chip", f"attainment @ {rate:g}",
-                f"TTFT p90 @ {rate:g}", f"TPOT p90 @ {rate:g}", "meets rate"):
+    for col in ("rank", "deployment", "chips", "goodput req/s", "per chip", "band per chip",
+                "call", f"attainment @ {rate:g}", f"TTFT p90 @ {rate:g}", f"TPOT p90 @ {rate:g}",
+                "meets rate"):
         table.add_column(col, justify="right")
     for i, row in enumerate(ranking.to_dict("records")):
-        table.add_row(str(i + 1), row["deployment"], _fmt(row["goodput_rps"]),
-                      _fmt(row["goodput_per_chip_rps"]), f"{row['attainment_at_rate']:.3f}",
+        if row.get("pruned"):
+            table.add_row(str(i + 1), escape(row["deployment"]), str(row["chips"]), "-", "-", "-",
+                          row.get("call", ""), "-", "-", "-", "-")
+            continue
+        table.add_row(str(i + 1), escape(row["deployment"]), str(row["chips"]),
+                      _fmt(row["goodput_rps"]), _fmt(row["goodput_per_chip_rps"]), _band(row),
+                      row.get("call", ""), f"{row['attainment_at_rate']:.3f}",
                       _fmt(row["ttft_p90_s_at_rate"]), _fmt(row["tpot_p90_s_at_rate"]),
                       ("yes" if row["meets_rate"] else "no")
                       + (" *" if row.get("horizon_capped") else ""))
-    if ranking["horizon_capped"].any():
-        table.caption = "* fewer requests than --horizon at that rate (raise --max-requests)"
+    notes = []
+    if ranking["horizon_capped"].fillna(False).astype(bool).any():
+        notes.append("* fewer requests than --horizon at that rate (raise --max-requests)")
+    if ranking["heldout_rel_err"].isna().any():
+        notes.append("band ?: the profile has no held-out error (hand-written or converted)")
+    table.caption = "; ".join(notes) or None
     return table
 
 

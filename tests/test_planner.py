@@ -162,3 +162,179 @@ def test_cli_simulate_and_plan(tmp_path):
     assert out["ranking"][0]["mode"] == "disagg"
     assert (tmp_path / "plan" / "break_even.html").stat().st_size > 1_000_000
     assert json.loads((tmp_path / "plan" / "break_even.json").read_text())["cells"]
+
+
+# ---------------------------------------------------------------------------- issue 19: TP, bands
+
+def _tp_set():
+    from dataclasses import replace
+
+    from infer_bench.workloads.planning.latency_model import ProfileSet
+
+    tp1 = replace(LM, tp=1, kv_capacity_tokens=200_000)
+    tp2 = replace(LM, a=LM.a * 0.8, b=LM.b / 1.8, c=LM.c / 1.8, d=LM.d / 1.5, tp=2,
+                  kv_capacity_tokens=500_000)
+    dec2 = replace(tp2, a=0.001)          # a decode-only TP2 fit
+    return ProfileSet(fits=[tp1, tp2, dec2], roles=[None, None, "decode"], engine="eng")
+
+
+def test_profile_set_selects_fit_by_tp_and_role(tmp_path):
+    import pytest
+
+    from infer_bench.workloads.planning.latency_model import ProfileError, ProfileSet
+
+    ps = _tp_set()
+    assert ps.select(tp=2).a == pytest.approx(LM.a * 0.8)          # generic TP2 fit
+    assert ps.select(tp=2, role="prefill").a == pytest.approx(LM.a * 0.8)
+    assert ps.select(tp=2, role="decode").a == pytest.approx(0.001)  # the role's own fit wins
+    assert ps.select(tp=1).tp == 1 and ps.select(tp=2).chips_per_instance == 2
+    with pytest.raises(ProfileError, match="TP4"):
+        ps.select(tp=4)
+    again = ProfileSet.load(ps.save(tmp_path / "set.json"))
+    assert again.to_dict() == ps.to_dict()
+    assert [(m.tp, r) for m, r in zip(again.fits, again.roles)] == [(1, None), (2, None),
+                                                                    (2, "decode")]
+    assert all(m.engine == "eng" for m in again.fits)
+
+
+def test_old_single_fit_profile_loads_as_tp1_pp1(tmp_path):
+    from infer_bench.workloads.planning.latency_model import (LatencyModel, ProfileSet,
+                                                              example_profile_path)
+
+    old = json.loads(example_profile_path().read_text())
+    assert old["version"] == 1 and "parallel" not in old and "fits" not in old
+    p = tmp_path / "old.json"
+    p.write_text(json.dumps(old))
+    ps = ProfileSet.load(p)
+    assert len(ps.fits) == 1 and ps.roles == [None]
+    lm = ps.select(tp=1, pp=1)
+    assert (lm.tp, lm.pp, lm.chips_per_instance, lm.heldout_rel_err) == (1, 1, 1, None)
+    assert lm.a == old["step_time"]["a_s"] and lm.kv_capacity_tokens == 400000
+    # a new-format set of one fit still loads where a single model is expected
+    single = LatencyModel.load(ps.save(tmp_path / "new.json"))
+    assert single.a == lm.a and single.tp == 1
+
+
+def test_placement_search_counts_chips_as_instances_x_tp_x_pp():
+    from dataclasses import replace
+
+    from infer_bench.workloads.planning.planner import placement_candidates
+
+    ps = _tp_set()
+    cands = placement_candidates(3, ps)
+    names = sorted(c.name for c in cands)
+    assert names == sorted(["mono x3", "mono x1 TP2", "1P2D", "2P1D", "1P1D P:TP1 D:TP2",
+                            "1P1D P:TP2 D:TP1"])
+    for c in cands:
+        if c.mode == "mono":
+            m = c.instance.latency_model
+            assert c.chips() == c.num_instances * m.tp * m.pp
+        else:
+            pm, dm = c.p_cfg.latency_model, c.d_cfg.latency_model
+            assert c.chips() == c.num_prefill * pm.tp * pm.pp + c.num_decode * dm.tp * dm.pp
+            assert dm.a == (0.001 if dm.tp == 2 else LM.a)   # decode instances: decode fits
+        assert c.chips() <= 3
+    # a TP2 x PP2 fit is an instance of 4 chips: 8 chips hold two
+    pp2 = replace(LM, tp=2, pp=2)
+    c8 = placement_candidates(8, [pp2], include_disagg=False)
+    assert [(c.num_instances, c.chips()) for c in c8] == [(2, 8)]
+    assert c8[0].name == "mono x2 TP2PP2"
+    # disagg: only maximal splits (no room left for another instance of either role)
+    c5 = placement_candidates(5, ps, include_mono=False)
+    for c in c5:
+        pm, dm = c.p_cfg.latency_model, c.d_cfg.latency_model
+        assert 5 - c.chips() < min(pm.chips_per_instance, dm.chips_per_instance)
+    # search: every mono placement under every policy
+    cs = placement_candidates(2, [LM], policy="search", include_disagg=False)
+    assert sorted(c.instance.policy for c in cs) == ["chunked", "decode_priority",
+                                                     "prefill_priority"]
+
+
+def test_bands_come_from_the_stored_heldout_error():
+    from dataclasses import replace
+
+    from infer_bench.workloads.planning.planner import placement_candidates, rank_deployments
+
+    lm = replace(LM, heldout_rel_err=0.1)
+    wl = WorkloadSpec(input_len=512, output_len=16)
+    cands = placement_candidates(2, [lm], instance=INST)
+    df = rank_deployments(cands, lm, wl, 2.0, SLO(2.0, 0.05), sweep=SWEEP, rel_tol=0.1)
+    for r in df.to_dict("records"):
+        assert r["heldout_rel_err"] == 0.1
+        assert r["goodput_per_chip_lo"] == np.float64(r["goodput_per_chip_rps"] * 0.9)
+        assert r["goodput_per_chip_hi"] == np.float64(r["goodput_per_chip_rps"] * 1.1)
+    # no stored error: no band
+    df0 = rank_deployments(placement_candidates(2, [LM], instance=INST), LM, wl, 2.0,
+                           SLO(2.0, 0.05), sweep=SWEEP, rel_tol=0.1)
+    assert df0["heldout_rel_err"].isna().all() and df0["goodput_per_chip_lo"].isna().all()
+
+
+def test_overlapping_bands_are_too_close_to_call():
+    import pandas as pd
+
+    from infer_bench.workloads.planning.planner import TOO_CLOSE, add_calls
+
+    # 1.00 +- 10% and 1.15 +- 10% overlap (1.035 <= 1.10); 1.00 +- 2% and 1.15 +- 2% do not
+    assert verdict(1.0, 1.15, mono_err=0.1, disagg_err=0.1)[0] == TOO_CLOSE
+    assert verdict(1.0, 1.15, mono_err=0.02, disagg_err=0.02)[0] == "disagg"
+    assert verdict(1.15, 1.0, mono_err=0.02, disagg_err=0.02)[0] == "mono"
+    assert verdict(1.0, 1.15)[0] == "disagg"            # no stored error: the fixed 5% band
+    df = pd.DataFrame({"deployment": ["a", "b", "c"], "goodput_per_chip_rps": [1.15, 1.0, 0.5],
+                       "heldout_rel_err": [0.1, 0.1, 0.1], "pruned": [False] * 3})
+    assert add_calls(df)["call"].tolist() == ["best", TOO_CLOSE, "worse"]
+
+
+def test_heldout_error_of_a_profile():
+    from infer_bench.workloads.planning.profiler import heldout_error, with_heldout_error
+    from infer_bench.workloads.planning.latency_model import fit_step_rows
+
+    rng = np.random.default_rng(1)
+    true = LatencyModel(a=0.01, b=1e-4, d=2e-3)
+
+    def rows(drift: float):
+        out, t = [], 0.0
+        for i in range(300):
+            p = int(rng.integers(1, 500)) if i % 3 == 0 else 0
+            dd = int(rng.integers(1, 30))
+            w = true.step_time(p, dd) * (1 + drift * (i >= 150)) * (1 + 0.02 * rng.standard_normal())
+            out.append({"t_start": t, "wall_s": w, "n_prefill_tokens": p, "n_decode_seqs": dd})
+            t += w
+        return out
+
+    steady = rows(0.0)
+    err, folds = heldout_error(steady)
+    assert err < 0.02 and len(folds) == 5
+    drifting = rows(0.3)                 # the second half 30% slower: folds cannot all fit
+    assert heldout_error(drifting)[0] > 0.08
+    lm = with_heldout_error(fit_step_rows(steady), steady)
+    assert lm.heldout_rel_err == err and lm.to_dict()["heldout_error"]["rel_err"] == err
+    assert heldout_error(steady[:20]) is None           # too few rows: unknown
+
+
+def test_cli_plan_searches_tp_and_reports_bands(tmp_path):
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    app = _cli_app()
+    ps = _tp_set()
+    for m in ps.fits:
+        m.heldout_rel_err = 0.05
+    prof = ps.save(tmp_path / "set.json")
+    r = CliRunner().invoke(app, ["plan", "--profile", str(prof), "--rate", "1", "--slo-ttft",
+                                 "2", "--slo-tpot", "0.05", "--chips", "3", "--input-len",
+                                 "512", "--output-len", "16", "--max-num-batched-tokens",
+                                 "4096", "--max-num-seqs", "64", "--horizon", "10",
+                                 "--max-requests", "1000", "--no-map", "--policy", "search",
+                                 "--out", str(tmp_path / "plan")])
+    assert r.exit_code == 0, r.output
+    out = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    names = {row["deployment"] for row in out["ranking"]}
+    assert "1P1D P:TP2 D:TP1" in names and any("TP2" in n and n.startswith("mono") for n in names)
+    assert all(row["chips"] <= 3 for row in out["ranking"])
+    assert all("best policy" in row["deployment"] for row in out["ranking"]
+               if row["mode"] == "mono")
+    assert "+-5%" in r.output
+    r = CliRunner().invoke(app, ["plan", "--profile", str(prof), "--rate", "1", "--slo-ttft",
+                                 "2", "--slo-tpot", "0.05", "--chips", "3", "--policy", "fifo"])
+    assert r.exit_code != 0 and "--policy must be one of" in f"{r.exception}{r.output}"

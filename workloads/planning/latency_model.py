@@ -45,8 +45,28 @@ KV: `kv_bytes_per_token` (all layers, K and V) and `num_layers`; a layer-wise tr
 `layer_fraction = 1/num_layers` of it. `kv_capacity_tokens` is how many tokens of KV fit one
 instance (None: unlimited).
 
-Profile JSON (format "infer-bench-latency-profile", version 1), writable by hand from published
-numbers (see workloads/data/profile_example_h100_llama8b.json):
+Parallelism: `tp` (tensor-parallel degree) and `pp` (pipeline stages) of the instance whose steps
+the model describes; one instance uses tp * pp chips (`chips_per_instance`). Held-out error:
+`heldout_rel_err` is the relative error of the mean step time when the fit predicts step rows it
+did not see (profiler.heldout_error: contiguous k-fold over the profile's samples); the planner
+turns it into a band on each prediction. None: unknown (hand-written or converted profiles).
+
+Profile sets (format "infer-bench-profile-set", version 2; what `infer-bench profile` writes):
+step-time fits of one model, one per (engine, tp, pp, role), so a plan can give each role its
+own parallelism and engine (`ProfileSet.select`):
+
+    {"format": "infer-bench-profile-set", "version": 2, "engine": "reference",
+     "model": {...}, "hardware": {...}, "notes": "...",
+     "fits": [{"engine": "vllm" (default: the set's), "tp": 2, "pp": 1,
+               "role": null | "prefill" | "decode" (null: either),
+               "heldout_error": {"rel_err": 0.04, "method": "..."} | null,
+               "profile": {...one single-fit profile, as below...}}, ...]}
+
+`ProfileSet.load` also reads a single-fit profile (version 1, below) as a set of one fit with
+tp=1, pp=1 (chips per instance from its hardware block, default 1), so old files keep working.
+
+Single-fit profile JSON (format "infer-bench-latency-profile", version 1), writable by hand from
+published numbers (see workloads/data/profile_example_h100_llama8b.json):
 
     {"format": "infer-bench-latency-profile", "version": 1,
      "hardware": {"name": "...", "chips_per_instance": 1, ...free-form...},
@@ -60,6 +80,8 @@ numbers (see workloads/data/profile_example_h100_llama8b.json):
      "kv": {"bytes_per_token": 131072, "num_layers": 32, "capacity_tokens": 400000,
             "block_size": 16},
      "fit": {...how it was obtained: n_rows, r2, median_rel_err...} | null,
+     "parallel": {"tp": 1, "pp": 1},                       (optional; default 1, 1)
+     "heldout_error": {"rel_err": 0.04, "method": "..."},  (optional; default unknown)
      "notes": "..."}
 """
 
@@ -75,6 +97,9 @@ import numpy as np
 
 PROFILE_FORMAT = "infer-bench-latency-profile"
 PROFILE_VERSION = 1
+PROFILE_SET_FORMAT = "infer-bench-profile-set"
+PROFILE_SET_VERSION = 2
+ROLES = ("prefill", "decode")
 FORM = "t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N"
 COEF_KEYS = {"a": "a_s", "b": "b_s_per_prefill_token", "c": "c_s_per_prefill_token_sq_1e3",
              "d": "d_s_per_decode_seq", "e": "e_s_per_context_token",
@@ -108,8 +133,20 @@ class LatencyModel:
     model: dict = field(default_factory=dict)
     fit: dict | None = None
     notes: str = ""
+    tp: int = 1
+    pp: int = 1
+    heldout_rel_err: float | None = None
+    heldout_method: str = ""
 
     def __post_init__(self) -> None:
+        self.tp, self.pp = int(self.tp), int(self.pp)
+        if self.tp < 1 or self.pp < 1:
+            raise ProfileError(f"tp and pp must be >= 1, got tp={self.tp} pp={self.pp}")
+        if self.heldout_rel_err is not None:
+            h = float(self.heldout_rel_err)
+            if h < 0 or math.isnan(h):
+                raise ProfileError(f"held-out error must be >= 0, got {h}")
+            self.heldout_rel_err = h
         for k in COEFS:
             v = float(getattr(self, k))
             if v < 0 or math.isnan(v):
@@ -181,7 +218,9 @@ class LatencyModel:
 
     @property
     def chips_per_instance(self) -> int:
-        return int(self.hardware.get("chips_per_instance", 1) or 1)
+        """Chips of one instance: tp * pp (a single-fit profile's hardware.chips_per_instance
+        when it says more, e.g. an old hand-written multi-chip profile)."""
+        return max(self.tp * self.pp, int(self.hardware.get("chips_per_instance", 1) or 1))
 
     # -- JSON
     def to_dict(self) -> dict[str, Any]:
@@ -194,10 +233,20 @@ class LatencyModel:
                 "hardware": dict(self.hardware), "model": dict(self.model), "step_time": st,
                 "kv": {"bytes_per_token": self.kv_bytes_per_token, "num_layers": self.num_layers,
                        "capacity_tokens": self.kv_capacity_tokens, "block_size": self.block_size},
-                "fit": self.fit, "notes": self.notes}
+                "fit": self.fit, "parallel": {"tp": self.tp, "pp": self.pp},
+                "heldout_error": (None if self.heldout_rel_err is None else
+                                  {"rel_err": self.heldout_rel_err,
+                                   "method": self.heldout_method}),
+                "notes": self.notes}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LatencyModel":
+        if d.get("format") == PROFILE_SET_FORMAT:
+            fits = d.get("fits") or []
+            if len(fits) != 1:
+                raise ProfileError(f"a profile set of {len(fits)} fits is not one step-time "
+                                   f"model (load it with ProfileSet.load)")
+            return ProfileSet.from_dict(d).fits[0]
         if d.get("format") not in (None, PROFILE_FORMAT):
             raise ProfileError(f"not a latency profile (format {d.get('format')!r})")
         if int(d.get("version", PROFILE_VERSION)) != PROFILE_VERSION:
@@ -211,6 +260,8 @@ class LatencyModel:
         model = dict(d.get("model") or {})
         layers = kv.get("num_layers", model.get("num_layers", 1))
         cap = kv.get("capacity_tokens")
+        par = d.get("parallel") or {}
+        held = d.get("heldout_error") or {}
         return cls(**coefs, colocated_slowdown=float(st.get("colocated_slowdown", 0.0) or 0.0),
                    decode_knots=tuple(st.get("decode_knots") or ()),
                    decode_slopes=tuple(st.get("decode_slopes_s_per_seq") or ()),
@@ -219,7 +270,11 @@ class LatencyModel:
                    kv_capacity_tokens=None if cap is None else int(cap),
                    block_size=int(kv.get("block_size", 16) or 16),
                    hardware=dict(d.get("hardware") or {}), model=model, fit=d.get("fit"),
-                   notes=str(d.get("notes", "") or ""))
+                   notes=str(d.get("notes", "") or ""), tp=int(par.get("tp", 1) or 1),
+                   pp=int(par.get("pp", 1) or 1),
+                   heldout_rel_err=(None if held.get("rel_err") is None
+                                    else float(held["rel_err"])),
+                   heldout_method=str(held.get("method", "") or ""))
 
     def save(self, path: str | Path) -> Path:
         p = Path(path)
@@ -241,10 +296,21 @@ class LatencyModel:
         except (TypeError, KeyError) as e:
             raise ProfileError(f"{p}: invalid profile ({e})") from None
 
+    @property
+    def engine(self) -> str:
+        """The engine whose steps this model describes (model.engine or hardware.engine; "")."""
+        return str(self.model.get("engine") or self.hardware.get("engine") or "")
+
+    def label(self) -> str:
+        """e.g. "TP2" or "TP2PP2" (with the engine when known: "vllm TP2")."""
+        par = f"TP{self.tp}" + (f"PP{self.pp}" if self.pp > 1 else "")
+        return f"{self.engine} {par}" if self.engine else par
+
     def describe(self) -> str:
         hw = self.hardware.get("name", "?")
         mdl = self.model.get("name", "?")
-        return (f"{mdl} on {hw}: t = {self.a * 1e3:.3g} ms + {self.b * 1e6:.3g} us*P + "
+        return (f"{mdl} on {hw}" + (f" ({self.label()})" if self.tp * self.pp > 1 or self.engine
+                                   else "") + ": t = {self.a * 1e3:.3g} ms + {self.b * 1e6:.3g} us*P + "
                 f"{self.c * 1e6:.3g} us*P^2/1e3 + {self.d * 1e6:.3g} us*D"
                 + ("".join(f", {v * 1e6:.3g} us beyond {k:g}"
                            for k, v in zip(self.decode_knots, self.decode_slopes))) + " + "
@@ -253,6 +319,146 @@ class LatencyModel:
                    if self.colocated_slowdown else "") + "; "
                 f"KV {self.kv_bytes_per_token:.0f} B/token, "
                 f"{self.num_layers} layers")
+
+
+@dataclass
+class ProfileSet:
+    """Step-time fits of one model: one LatencyModel per (engine, tp, pp, role).
+
+    Each fit's `tp`, `pp`, `heldout_rel_err` live on its LatencyModel; `roles[i]` says which role
+    fit i describes (None: either). `engine` names the set's default engine (a fit's own engine is
+    `model.engine`, set from the entry's "engine"). See the module docstring for the JSON."""
+
+    fits: list = field(default_factory=list)            # [LatencyModel]
+    roles: list = field(default_factory=list)           # [None | "prefill" | "decode"]
+    engine: str = ""
+    model: dict = field(default_factory=dict)
+    hardware: dict = field(default_factory=dict)
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.roles:
+            self.roles = [None] * len(self.fits)
+        if len(self.roles) != len(self.fits):
+            raise ProfileError("a profile set needs one role (or None) per fit")
+        for r in self.roles:
+            if r not in (None, *ROLES):
+                raise ProfileError(f"fit role must be one of {ROLES} or null, got {r!r}")
+        if not self.fits:
+            raise ProfileError("a profile set needs at least one fit")
+        for lm in self.fits:
+            if self.engine and not lm.engine:
+                lm.model = {**lm.model, "engine": self.engine}
+
+    @classmethod
+    def single(cls, lm: LatencyModel, role: str | None = None) -> "ProfileSet":
+        return cls(fits=[lm], roles=[role], engine=lm.engine, model=dict(lm.model),
+                   hardware=dict(lm.hardware), notes=lm.notes)
+
+    def add(self, lm: LatencyModel, role: str | None = None) -> None:
+        self.fits.append(lm)
+        self.roles.append(role)
+        self.__post_init__()
+
+    @property
+    def engines(self) -> list[str]:
+        return sorted({lm.engine for lm in self.fits})
+
+    def options(self, role: str | None = None, engine: str | None = None) -> list[LatencyModel]:
+        """The fits usable for `role` (fits for that role or for either), of `engine` (None:
+        any), one per (engine, tp, pp): a role-specific fit wins over a generic one."""
+        out: dict[tuple, LatencyModel] = {}
+        for lm, r in zip(self.fits, self.roles):
+            if engine is not None and lm.engine != engine:
+                continue
+            if r is not None and role is not None and r != role:
+                continue
+            key = (lm.engine, lm.tp, lm.pp)
+            if key not in out or (r is not None and r == role):
+                out[key] = lm
+        return [out[k] for k in sorted(out)]
+
+    def select(self, tp: int = 1, pp: int = 1, role: str | None = None,
+               engine: str | None = None) -> LatencyModel:
+        """The fit for `role` at tensor-parallel degree `tp` and `pp` stages (ProfileError
+        listing what the set has when there is none)."""
+        for lm in self.options(role, engine):
+            if lm.tp == int(tp) and lm.pp == int(pp):
+                return lm
+        have = ", ".join(sorted({f"{lm.label()}" for lm in self.options(role, engine)})) or "none"
+        raise ProfileError(f"no step-time fit for TP{tp} PP{pp}"
+                           + (f" ({role})" if role else "") + (f" of {engine}" if engine else "")
+                           + f" in the profile (it has: {have})")
+
+    def to_dict(self) -> dict[str, Any]:
+        fits = []
+        for lm, r in zip(self.fits, self.roles):
+            prof = lm.to_dict()
+            held = prof.pop("heldout_error")
+            prof.pop("parallel")
+            fits.append({"engine": lm.engine or self.engine, "tp": lm.tp, "pp": lm.pp,
+                         "role": r, "heldout_error": held, "profile": prof})
+        return {"format": PROFILE_SET_FORMAT, "version": PROFILE_SET_VERSION,
+                "engine": self.engine, "model": dict(self.model),
+                "hardware": dict(self.hardware), "notes": self.notes, "fits": fits}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ProfileSet":
+        fmt = d.get("format")
+        if fmt in (None, PROFILE_FORMAT):           # an old single-fit profile: tp=1, pp=1
+            return cls.single(LatencyModel.from_dict(d))
+        if fmt != PROFILE_SET_FORMAT:
+            raise ProfileError(f"not a latency profile (format {fmt!r})")
+        if int(d.get("version", PROFILE_SET_VERSION)) != PROFILE_SET_VERSION:
+            raise ProfileError(f"unsupported profile-set version {d.get('version')!r}")
+        engine = str(d.get("engine") or "")
+        model = dict(d.get("model") or {})
+        fits, roles = [], []
+        for i, e in enumerate(d.get("fits") or []):
+            if not isinstance(e, Mapping) or not isinstance(e.get("profile"), Mapping):
+                raise ProfileError(f"fit {i}: needs a 'profile' object")
+            prof = dict(e["profile"])
+            prof["parallel"] = {"tp": e.get("tp", 1), "pp": e.get("pp", 1)}
+            prof["heldout_error"] = e.get("heldout_error")
+            prof.setdefault("format", PROFILE_FORMAT)
+            prof["model"] = {**model, **(prof.get("model") or {}),
+                             "engine": str(e.get("engine") or engine)}
+            if not prof["model"]["engine"]:
+                prof["model"].pop("engine")
+            prof.setdefault("hardware", dict(d.get("hardware") or {}))
+            fits.append(LatencyModel.from_dict(prof))
+            roles.append(e.get("role"))
+        return cls(fits=fits, roles=roles, engine=engine, model=model,
+                   hardware=dict(d.get("hardware") or {}), notes=str(d.get("notes", "") or ""))
+
+    def save(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ProfileSet":
+        p = Path(path)
+        try:
+            d = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise ProfileError(f"{p}: no such profile file") from None
+        except ValueError as e:
+            raise ProfileError(f"{p}: invalid JSON ({e})") from None
+        if not isinstance(d, Mapping):
+            raise ProfileError(f"{p}: a profile is a JSON object")
+        try:
+            return cls.from_dict(d)
+        except (TypeError, KeyError, ValueError) as e:
+            if isinstance(e, ProfileError):
+                raise ProfileError(f"{p}: {e}") from None
+            raise ProfileError(f"{p}: invalid profile ({e})") from None
+
+    def describe(self) -> str:
+        return (f"{self.model.get('name', '?')}: "
+                + ", ".join(lm.label() + (f" ({r})" if r else "")
+                            for lm, r in zip(self.fits, self.roles)))
 
 
 def example_profile_path() -> Path:
@@ -343,12 +549,15 @@ def busy_overlap(rows: Sequence[Mapping]) -> np.ndarray:
     return out
 
 
-def _features(rows: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
+def step_features(rows: Sequence[Mapping], overlap: Sequence[float] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
     """(X [n,6] = [1, P, P^2/1e3, D, C, N], y = wall_s, has_context, busy overlap) from step
     rows; rows without wall_s or with no work are skipped. N (prefill chunks) is the row's
-    `n_prefill_seqs`, else n_seqs - n_decode_seqs, else 1 when the step has prefill tokens."""
+    `n_prefill_seqs`, else n_seqs - n_decode_seqs, else 1 when the step has prefill tokens.
+    `overlap`: each row's busy overlap when known from a larger set of rows (default: computed
+    from `rows` by busy_overlap)."""
     ckey = next((k for k in CONTEXT_KEYS if any(_num(r, k) is not None for r in rows)), None)
-    overlap = busy_overlap(rows)
+    overlap = busy_overlap(rows) if overlap is None else np.asarray(overlap, dtype=float)
     X, y, ov = [], [], []
     for r, o in zip(rows, overlap):
         wall = _num(r, "wall_s")
@@ -426,7 +635,7 @@ def fit_step_rows(rows: Iterable[Mapping], *, kv_bytes_per_token: float = 0.0,
     `colocated_slowdown` (fit_colocation=False: keep it 0). The decode term is piecewise linear
     with knots at the powers of two (from 2) inside the data when that lowers the mean squared
     relative error by 5% or more (fit_knots=False: linear in D)."""
-    X, y, has_ctx, ov = _features(list(rows))
+    X, y, has_ctx, ov = step_features(list(rows))
     if use_context is None:
         use_context = has_ctx
     if len(y) < 3:

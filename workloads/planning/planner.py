@@ -16,9 +16,32 @@ Poisson arrival sequence drawn at rate 1 (workloads.arrivals, the workload's see
 each rate, and the lengths are those workloads/synthetic.py draws, so attainment is close to
 monotone in the rate and the bisection is stable.
 
+Placement search (`placement_candidates`, DistServe-style): with a ProfileSet (fits per tensor-
+parallel degree TP and pipeline stages PP, per engine, per role) the candidates are mono with n
+instances of every (TP, PP) fit, and disagg with p prefill instances of one fit and d decode
+instances of another (prefill and decode may come from different profiles or engines), each
+instance using TP * PP chips; only MAXIMAL deployments within the chip budget are kept (no room
+left for another instance of a role they use), since a deployment that leaves such a gap ranks
+no better per chip than the same one grown into it. Mono instances run the scheduling policy
+asked for (`policy`: "chunked", "prefill_priority", "decode_priority", or "search": each mono
+placement under every policy, its best kept and labelled). Candidates are ranked by goodput per
+chip. Speed: all candidates share one base request set (common random numbers); each one's
+search starts from, and (prune=True) is skipped against, `rate_upper_bound` -- the rate at which
+its busiest role is busy all the time with every step's fixed cost amortised (a true upper bound
+on goodput: a candidate whose bound per chip is below the best goodput per chip found so far
+cannot win and is reported as pruned).
+
+Uncertainty: each prediction carries a band from the held-out error of the step-time fits it
+uses (LatencyModel.heldout_rel_err; the largest of a disagg deployment's prefill and decode
+fits): goodput x (1 -+ e), to first order (step times all e too slow or fast scale the rate at
+which the same schedule meets the SLOs by about 1/(1 +- e)). Two deployments whose bands overlap
+are "too close to call" (`verdict` with errors; the ranking's `call` column compares every row
+with the best). Without a stored error (hand-written or converted profiles) the band is unknown.
+
 Break-even verdict per map cell: diff = (best disagg - mono) / max(both) per-chip goodput;
-"disagg" when diff >= +5%, "mono" when diff <= -5%, "same" in between, "neither" when no
-deployment meets the SLO at any rate.
+"disagg" when diff >= +5%, "mono" when diff <= -5%, "same" in between (SAME_BAND: a fixed band
+used only where no held-out error is known), "neither" when no deployment meets the SLO at any
+rate.
 """
 
 from __future__ import annotations
@@ -33,11 +56,14 @@ import numpy as np
 
 from .. import metrics
 from ..arrivals import send_times
-from .latency_model import LatencyModel
-from .simulator import (Deployment, InstanceConfig, Link, SimRequests, simulate, spec_lengths)
+from .latency_model import LatencyModel, ProfileSet
+from .simulator import (SCHEDULING_POLICIES, Deployment, InstanceConfig, Link, SimRequests,
+                        simulate, spec_lengths)
 from ..spec import ArrivalSpec, LengthDist, WorkloadSpec, load_point_info
 
 SAME_BAND = 0.05
+TOO_CLOSE = "too close to call"
+PLAN_POLICIES = (*SCHEDULING_POLICIES, "search")
 
 
 # ---------------------------------------------------------------------------- goodput search
@@ -162,18 +188,176 @@ def candidate_deployments(chips: int, lm: LatencyModel, *, instance: InstanceCon
     return out
 
 
+ProfileOptions = "LatencyModel | ProfileSet | Sequence[LatencyModel]"
+
+
+def profile_options(profiles, role: str | None = None, engine: str | None = None
+                    ) -> list[LatencyModel]:
+    """The step-time fits usable for `role` ("prefill", "decode", None = mono): a ProfileSet's
+    options for that role, a list as given, a single LatencyModel as a list of one; only those
+    of `engine` when given."""
+    if profiles is None:
+        return []
+    if isinstance(profiles, LatencyModel):
+        out = [profiles]
+    elif isinstance(profiles, ProfileSet):
+        out = profiles.options(role)
+    else:
+        out = list(profiles)
+    return [m for m in out if engine is None or m.engine == engine]
+
+
+def _par(lm: LatencyModel) -> str:
+    return f"TP{lm.tp}" + (f"PP{lm.pp}" if lm.pp > 1 else "")
+
+
+def placement_name(dep: Deployment, lm: LatencyModel | None = None) -> str:
+    """The deployment's label with each role's parallelism where any is above 1 (e.g.
+    "mono x3", "mono x1 TP2", "1P1D P:TP2 D:TP1"), and the mono policy when not chunked."""
+    if dep.mode == "mono":
+        m = dep.instance.latency_model or lm
+        s = f"mono x{dep.num_instances}"
+        if m is not None and m.tp * m.pp > 1:
+            s += f" {_par(m)}"
+        if dep.instance.policy != "chunked":
+            s += f" [{dep.instance.policy}]"
+        return s
+    pm, dm = dep.p_cfg.latency_model or lm, dep.d_cfg.latency_model or lm
+    s = f"{dep.num_prefill}P{dep.num_decode}D"
+    if dep.conditional_threshold:
+        s += f" cond<{dep.conditional_threshold}"
+    if pm is not None and dm is not None and (pm.tp * pm.pp > 1 or dm.tp * dm.pp > 1):
+        s += f" P:{_par(pm)} D:{_par(dm)}"
+    return s
+
+
+def placement_candidates(chips: int, profiles, *, prefill_profiles=None, decode_profiles=None,
+                         instance: InstanceConfig | None = None, link: Link | None = None,
+                         policy: str = "chunked", conditional_thresholds: Sequence[int] = (),
+                         include_mono: bool = True, include_disagg: bool = True,
+                         mono_engine: str | None = None, disagg_engine: str | None = None
+                         ) -> list[Deployment]:
+    """DistServe-style placements of at most `chips` chips (see the module docstring):
+    mono n x (TP, PP) for every fit of `profiles` (n = chips // (TP * PP)), under `policy`
+    (or every policy for "search"); disagg p x prefill fit + d x decode fit for every pair of
+    fits (prefill fits from `prefill_profiles`, default `profiles`; decode likewise), every
+    (p, d) that leaves no room for another prefill or decode instance. Each instance gets its
+    fit as `latency_model` and TP * PP chips. `mono_engine` / `disagg_engine`: only the fits
+    of that engine for mono / for both disagg roles (a profile set with several engines)."""
+    if policy not in PLAN_POLICIES:
+        raise ValueError(f"policy must be one of {PLAN_POLICIES}, not {policy!r}")
+    inst = instance or InstanceConfig()
+    mono_opts = profile_options(profiles, None, mono_engine)
+    pre_opts = profile_options(prefill_profiles if prefill_profiles is not None else profiles,
+                               "prefill", disagg_engine)
+    dec_opts = profile_options(decode_profiles if decode_profiles is not None else profiles,
+                               "decode", disagg_engine)
+    policies = SCHEDULING_POLICIES if policy == "search" else (policy,)
+    out: list[Deployment] = []
+
+    def cfg(lm: LatencyModel, **kw) -> InstanceConfig:
+        return replace(inst, chips=lm.chips_per_instance, latency_model=lm,
+                       block_size=lm.block_size, **kw)
+
+    if include_mono:
+        for lm in mono_opts:
+            n = chips // lm.chips_per_instance
+            if n < 1:
+                continue
+            for pol in policies:
+                dep = Deployment("mono", num_instances=n, instance=cfg(lm, policy=pol))
+                dep.name = placement_name(dep)
+                out.append(dep)
+    if include_disagg:
+        for pm in pre_opts:
+            for dm in dec_opts:
+                cp, cd = pm.chips_per_instance, dm.chips_per_instance
+                for p in range(1, chips // cp + 1):
+                    left = chips - p * cp
+                    if left < cd:
+                        break
+                    d = left // cd
+                    if chips - p * cp - d * cd >= cp:    # room for another prefill instance
+                        continue
+                    for thr in (0, *conditional_thresholds):
+                        dep = Deployment("disagg", num_prefill=p, num_decode=d,
+                                         instance=cfg(pm), prefill_instance=cfg(pm),
+                                         decode_instance=cfg(dm), link=link or Link(),
+                                         conditional_threshold=int(thr))
+                        dep.name = placement_name(dep)
+                        out.append(dep)
+    if not out:
+        sizes = sorted({lm.chips_per_instance for lm in mono_opts + pre_opts + dec_opts})
+        raise ValueError(f"{chips} chips cannot hold one instance (instances need {sizes} chips)")
+    return out
+
+
+def _models_of(dep: Deployment, lm: LatencyModel) -> tuple[LatencyModel, LatencyModel]:
+    """(prefill-side, decode-side) step-time models of a deployment (mono: the same twice)."""
+    if dep.mode == "mono":
+        m = dep.instance.latency_model or lm
+        return m, m
+    return dep.p_cfg.latency_model or lm, dep.d_cfg.latency_model or lm
+
+
+def heldout_error_of(dep: Deployment, lm: LatencyModel) -> float | None:
+    """The held-out relative error of the fits a deployment uses (the largest; None: unknown)."""
+    errs = [m.heldout_rel_err for m in _models_of(dep, lm) if m.heldout_rel_err is not None]
+    return max(errs) if errs else None
+
+
+def _min_decode_cost_per_seq(m: LatencyModel, max_seqs: int) -> float:
+    """min over D in 1..max_seqs of (a + decode_cost(D)) / D: a decode token's least cost
+    (context term excluded)."""
+    dd = np.arange(1, max(1, int(max_seqs)) + 1, dtype=float)
+    dec = (np.vectorize(m.decode_cost, otypes=[float])(dd) if m.decode_knots else m.d * dd)
+    return float(((m.a + dec) / dd).min())
+
+
+def rate_upper_bound(dep: Deployment, lm: LatencyModel, base: SimRequests) -> float:
+    """An upper bound on the goodput (req/s) of `dep` for the request mix of `base`: the rate
+    at which the instances of its busiest role would be busy all the time, counting for each
+    request its prefill's per-token, quadratic and per-chunk work (the step's fixed cost `a`
+    shared with others) and for each later token the least per-sequence decode cost plus the
+    context it reads; co-location slowdown and KV limits ignored (they only lower goodput)."""
+    pm, dm = _models_of(dep, lm)
+    n_in = np.asarray(base.n_input, float)
+    n_out = np.asarray(base.n_output, float)
+    w_pre = float(np.mean(pm.b * n_in + pm.c * n_in * n_in / 1e3 + pm.f))
+    dcfg = dep.instance if dep.mode == "mono" else dep.d_cfg
+    tok = np.maximum(n_out - 1, 0.0)
+    w_dec = float(np.mean(tok * _min_decode_cost_per_seq(dm, dcfg.max_num_seqs)
+                          + dm.e * tok * (n_in + n_out / 2.0)))
+    if dep.mode == "mono":
+        w = w_pre + w_dec
+        return math.inf if w <= 0 else dep.num_instances / w
+    bounds = [dep.num_prefill / w_pre if w_pre > 0 else math.inf,
+              dep.num_decode / w_dec if w_dec > 0 else math.inf]
+    return min(bounds)
+
+
 def _eval(dep: Deployment, lm: LatencyModel, base: SimRequests, slo, rate: float,
-          target: float, rel_tol: float, sweep: SweepSpec) -> dict[str, Any]:
-    gp = find_goodput(dep, lm, base, slo, target=target, rate_hint=rate, rel_tol=rel_tol,
-                      sweep=sweep)
+          target: float, rel_tol: float, sweep: SweepSpec,
+          rate_hint: float | None = None) -> dict[str, Any]:
+    gp = find_goodput(dep, lm, base, slo, target=target, rate_hint=rate_hint or rate,
+                      rel_tol=rel_tol, sweep=sweep)
     res = simulate(dep, lm, requests_at_rate(base, rate, sweep), per_token=False)
     pct = res.percentiles()
     chips = dep.chips()
+    err = heldout_error_of(dep, lm)
+    pm, dm = _models_of(dep, lm)
     return {"deployment": dep.name, "mode": dep.mode, "chips": chips,
             "num_prefill": dep.num_prefill if dep.mode == "disagg" else None,
             "num_decode": dep.num_decode if dep.mode == "disagg" else None,
             "conditional_threshold": dep.conditional_threshold or None,
+            "policy": dep.instance.policy if dep.mode == "mono" else None,
+            "prefill_tp": pm.tp, "prefill_pp": pm.pp, "decode_tp": dm.tp, "decode_pp": dm.pp,
+            "prefill_engine": pm.engine or None, "decode_engine": dm.engine or None,
             "goodput_rps": gp.goodput_rps, "goodput_per_chip_rps": gp.goodput_rps / chips,
+            "heldout_rel_err": err,
+            "goodput_per_chip_lo": None if err is None else gp.goodput_rps / chips * (1 - err),
+            "goodput_per_chip_hi": None if err is None else gp.goodput_rps / chips * (1 + err),
+            "pruned": False,
             "attainment_at_rate": res.attainment(slo), "meets_rate": gp.goodput_rps >= rate,
             "ttft_p90_s_at_rate": pct["ttft_p90_s"], "tpot_p90_s_at_rate": pct["tpot_p90_s"],
             "n_sims": gp.n_sims + 1,
@@ -183,21 +367,90 @@ def _eval(dep: Deployment, lm: LatencyModel, base: SimRequests, slo, rate: float
 
 def rank_deployments(candidates: Sequence[Deployment], lm: LatencyModel, workload: WorkloadSpec,
                      rate: float, slo, *, target: float = 0.9, sweep: SweepSpec | None = None,
-                     rel_tol: float = 0.03, progress: Callable[[str], None] | None = None):
+                     rel_tol: float = 0.03, progress: Callable[[str], None] | None = None,
+                     prune: bool = False, search_policy: bool = False):
     """DataFrame of candidates sorted by goodput per chip (best first). The workload's length
-    distributions and seed are used; its num_requests is replaced by the sweep's counts."""
+    distributions and seed are used; its num_requests is replaced by the sweep's counts.
+    Each search starts from min(rate, rate_upper_bound / 2). prune=True: candidates are tried
+    in decreasing order of their bound per chip and one whose bound per chip is below the best
+    goodput per chip found so far is not simulated (row `pruned`, goodput NaN).
+    search_policy=True: of mono candidates that differ only in policy, the best is kept.
+    Columns `call` (vs the best row: "best", TOO_CLOSE when the bands overlap, "worse"; "-"
+    where either band is unknown and the rows differ) and `rate_bound_rps` are added."""
     import pandas as pd
 
     sweep = sweep or SweepSpec()
     base = _base_requests(workload, sweep.max_requests)
-    rows = []
-    for dep in candidates:
-        if progress:
-            progress(dep.name)
-        rows.append(_eval(dep, lm, base, slo, rate, target, rel_tol, sweep))
+    bounds = [rate_upper_bound(dep, lm, base) for dep in candidates]
+    order = list(range(len(candidates)))
+    if prune:
+        order.sort(key=lambda i: -bounds[i] / candidates[i].chips())
+    rows: list[dict | None] = [None] * len(candidates)
+    best = 0.0
+    for i in order:
+        dep = candidates[i]
+        bound = bounds[i]
+        if prune and bound / dep.chips() < best:
+            pm, dm = _models_of(dep, lm)
+            rows[i] = {"deployment": dep.name, "mode": dep.mode, "chips": dep.chips(),
+                       "num_prefill": dep.num_prefill if dep.mode == "disagg" else None,
+                       "num_decode": dep.num_decode if dep.mode == "disagg" else None,
+                       "conditional_threshold": dep.conditional_threshold or None,
+                       "policy": dep.instance.policy if dep.mode == "mono" else None,
+                       "prefill_tp": pm.tp, "prefill_pp": pm.pp, "decode_tp": dm.tp,
+                       "decode_pp": dm.pp, "prefill_engine": pm.engine or None,
+                       "decode_engine": dm.engine or None, "goodput_rps": math.nan,
+                       "goodput_per_chip_rps": math.nan,
+                       "heldout_rel_err": heldout_error_of(dep, lm), "pruned": True,
+                       "meets_rate": False, "n_sims": 0, "horizon_capped": False}
+        else:
+            if progress:
+                progress(dep.name)
+            hint = min(rate, bound / 2.0) if math.isfinite(bound) and bound > 0 else rate
+            rows[i] = _eval(dep, lm, base, slo, rate, target, rel_tol, sweep, rate_hint=hint)
+            best = max(best, rows[i]["goodput_per_chip_rps"])
+        rows[i]["rate_bound_rps"] = bound
     df = pd.DataFrame(rows)
-    return df.sort_values(["goodput_per_chip_rps", "chips"], ascending=[False, True],
-                          kind="stable").reset_index(drop=True)
+    if search_policy and "policy" in df and (df["mode"] == "mono").any():
+        mono = df[df["mode"] == "mono"].copy()
+        mono["_key"] = mono["deployment"].str.replace(r" \[.*\]$", "", regex=True)
+        mono = mono.sort_values("goodput_per_chip_rps", ascending=False, kind="stable",
+                                na_position="last")
+        keep = mono.drop_duplicates("_key").index
+        df = df[(df["mode"] != "mono") | df.index.isin(keep)].copy()
+        is_mono = df["mode"] == "mono"
+        df.loc[is_mono, "deployment"] = (df.loc[is_mono, "deployment"].str.replace(
+            r" \[.*\]$", "", regex=True) + " [best policy: " + df.loc[is_mono, "policy"] + "]")
+    df = df.sort_values(["goodput_per_chip_rps", "chips"], ascending=[False, True],
+                        kind="stable", na_position="last").reset_index(drop=True)
+    return add_calls(df)
+
+
+def add_calls(df):
+    """The ranking with a `call` column: each row against the best (row 0)."""
+    if not len(df):
+        return df
+    top = df.iloc[0]
+    calls = []
+    for i, r in enumerate(df.to_dict("records")):
+        g = r.get("goodput_per_chip_rps")
+        if i == 0:
+            calls.append("best")
+        elif r.get("pruned") or g is None or g != g:
+            calls.append("pruned (bound below best)" if r.get("pruned") else "-")
+        else:
+            ea, eb = top.get("heldout_rel_err"), r.get("heldout_rel_err")
+            ea = None if ea is None or ea != ea else float(ea)
+            eb = None if eb is None or eb != eb else float(eb)
+            if ea is None and eb is None:
+                calls.append("same" if g >= top["goodput_per_chip_rps"] * (1 - SAME_BAND)
+                             else "worse")
+            else:
+                calls.append(TOO_CLOSE if bands_overlap(top["goodput_per_chip_rps"], g, ea, eb)
+                             else "worse")
+    df = df.copy()
+    df["call"] = calls
+    return df
 
 
 # ---------------------------------------------------------------------------- break-even map
@@ -223,11 +476,29 @@ def _best_disagg(n: int, evaluate: Callable[[int], float]) -> tuple[int, float]:
     return best, g(best)
 
 
-def verdict(mono: float, disagg: float, band: float = SAME_BAND) -> tuple[str, float | None]:
+def bands_overlap(a: float, b: float, err_a: float | None, err_b: float | None) -> bool:
+    """Whether the bands a x (1 -+ err_a) and b x (1 -+ err_b) overlap (an unknown error: 0)."""
+    ea, eb = err_a or 0.0, err_b or 0.0
+    lo_a, hi_a = a * (1 - ea), a * (1 + ea)
+    lo_b, hi_b = b * (1 - eb), b * (1 + eb)
+    return lo_a <= hi_b and lo_b <= hi_a
+
+
+def verdict(mono: float, disagg: float, band: float = SAME_BAND, *,
+            mono_err: float | None = None, disagg_err: float | None = None
+            ) -> tuple[str, float | None]:
+    """("disagg" | "mono" | "same" | TOO_CLOSE | "neither", diff = (disagg - mono) / max).
+    With a held-out error for either side (relative, from the profiles): TOO_CLOSE when the
+    two predictions' bands overlap, else the better one. With none: the fixed `band` on diff
+    ("same" within it)."""
     top = max(mono, disagg)
     if top <= 0:
         return "neither", None
     diff = (disagg - mono) / top
+    if mono_err is not None or disagg_err is not None:
+        if bands_overlap(mono, disagg, mono_err, disagg_err):
+            return TOO_CLOSE, diff
+        return ("disagg" if disagg > mono else "mono"), diff
     if diff >= band:
         return "disagg", diff
     if diff <= -band:
@@ -347,35 +618,58 @@ def _slo_dict(slo) -> dict:
     return {"ttft_s": getattr(slo, "ttft_s", None), "tpot_s": getattr(slo, "tpot_s", None)}
 
 
-def plan(workload: WorkloadSpec, rate: float, slo, chips: int, latency_model: LatencyModel,
+def plan(workload: WorkloadSpec, rate: float, slo, chips: int, latency_model,
          link: Link | None = None, *, instance: InstanceConfig | None = None,
          conditional_thresholds: Sequence[int] = (), target: float = 0.9,
          sweep: SweepSpec | None = None, rel_tol: float = 0.03,
          map_input_lens: Sequence[int] | None = (256, 1024, 4096),
          map_output_lens: Sequence[int] | None = (64, 256, 1024),
          map_bandwidths_gbps: Sequence[float] | None = None, map_sweep: SweepSpec | None = None,
-         progress: Callable[[str], None] | None = None) -> Plan:
-    """Rank mono vs disagg (every P:D split of `chips`, optional conditional thresholds) by
-    goodput per chip for `workload` under `slo`, and build the break-even map (skip it with
-    map_input_lens=None). `rate` is the offered rate to check ("meets_rate") and the search's
-    starting point."""
+         progress: Callable[[str], None] | None = None, prefill_profiles=None,
+         decode_profiles=None, policy: str = "chunked", prune: bool = False,
+         mono_engine: str | None = None, disagg_engine: str | None = None) -> Plan:
+    """Rank mono vs disagg placements of at most `chips` chips by goodput per chip for
+    `workload` under `slo` (placement_candidates: every (TP, PP) fit of `latency_model`, a
+    LatencyModel or ProfileSet, per role; `prefill_profiles` / `decode_profiles` give the
+    disagg roles other fits; `policy` for mono instances, "search" for the best of each;
+    optional conditional thresholds), and build the break-even map with the first mono fit
+    (skip it with map_input_lens=None). `rate` is the offered rate to check ("meets_rate")
+    and the search's starting point."""
     link = link or Link()
-    cands = candidate_deployments(chips, latency_model, instance=instance, link=link,
-                                  conditional_thresholds=conditional_thresholds)
-    ranking = rank_deployments(cands, latency_model, workload, rate, slo, target=target,
-                               sweep=sweep, rel_tol=rel_tol, progress=progress)
+    cands = placement_candidates(chips, latency_model, prefill_profiles=prefill_profiles,
+                                 decode_profiles=decode_profiles, instance=instance, link=link,
+                                 policy=policy, conditional_thresholds=conditional_thresholds,
+                                 mono_engine=mono_engine, disagg_engine=disagg_engine)
+    opts = (profile_options(latency_model, None, mono_engine)
+            or profile_options(latency_model, None)
+            or profile_options(prefill_profiles, "prefill"))
+    lm = opts[0]
+    ranking = rank_deployments(cands, lm, workload, rate, slo, target=target,
+                               sweep=sweep, rel_tol=rel_tol, progress=progress, prune=prune,
+                               search_policy=(policy == "search"))
     bmap = None
     if map_input_lens and map_output_lens:
         bws = map_bandwidths_gbps or sorted({25.0, float(link.bandwidth_gbps), 400.0})
-        bmap = break_even_map(latency_model, slo, chips, input_lens=map_input_lens,
+        bmap = break_even_map(lm, slo, chips, input_lens=map_input_lens,
                               output_lens=map_output_lens, bandwidths_gbps=bws, link=link,
                               instance=instance, rate_hint=rate, target=target,
                               sweep=map_sweep, seed=workload.seed, progress=progress)
+    profs = {"profiles": _profiles_json(latency_model)}
+    if prefill_profiles is not None:
+        profs["prefill_profiles"] = _profiles_json(prefill_profiles)
+    if decode_profiles is not None:
+        profs["decode_profiles"] = _profiles_json(decode_profiles)
     inputs = {"workload": workload.to_dict(), "rate_rps": rate, "slo": _slo_dict(slo),
-              "chips": chips, "target": target, "link": link.__dict__.copy(),
-              "latency_model": latency_model.to_dict(),
+              "chips": chips, "target": target, "link": link.__dict__.copy(), "policy": policy,
+              "latency_model": lm.to_dict(), **profs,
               "sweep": (sweep or SweepSpec()).__dict__.copy()}
     return Plan(ranking=ranking, break_even=bmap, inputs=inputs)
+
+
+def _profiles_json(p) -> Any:
+    if isinstance(p, (LatencyModel, ProfileSet)):
+        return p.to_dict()
+    return [m.to_dict() for m in p]
 
 
 # ---------------------------------------------------------------------------- validation

@@ -39,12 +39,12 @@ def predict_results_dir(results_dir: str | Path) -> tuple[list[dict] | None, str
         return None
     t0 = time.perf_counter()
     try:
-        lm = profiler.fit_results_dir(path)
+        lm = profiler.fit_results_dir(path, heldout=False)
         models = {}
         deps = steps["deployment"].astype(str).unique() if "deployment" in steps else []
         for dep in deps:        # each deployment's own steps (disagg workers run 1 thread each)
             try:
-                models[dep] = profiler.fit_results_dir(path, deployment=dep)
+                models[dep] = profiler.fit_results_dir(path, deployment=dep, heldout=False)
             except Exception:  # noqa: BLE001 - too few steps: the default model below
                 pass
         names = ({str(n) for n in res.records["deployment"].unique()}

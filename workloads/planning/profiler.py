@@ -19,6 +19,15 @@ context-token count when the engine reports one) and fits them.
 Model facts for the profile (KV bytes per token, layers) come from the caller (CLI flags), or
 from any of /v1/models, /health that report them (num_hidden_layers, num_key_value_heads,
 head_dim; dtype bytes default 4 = fp32, the engine's CPU dtype).
+
+Held-out error (`heldout_error(rows)`, pure): the step rows in time order are cut into k = 5
+contiguous folds; each fold is predicted by a fit to the other four, and the fold's error is the
+relative error of its MEAN step time (sum predicted / sum measured - 1: what a request's TTFT and
+TPOT, sums of step times, inherit; per-step noise averages out). The profile's
+`heldout_rel_err` is the root mean square of the k fold errors (contiguous folds, unlike random
+ones, also catch drift over the profiling run). Both entry points attach it to the model they
+return; `as_profile_set(lm, tp, pp, role, engine)` wraps a fit into the profile-set format
+that `infer-bench profile` writes.
 """
 
 from __future__ import annotations
@@ -35,7 +44,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .latency_model import LatencyModel, ProfileError, fit_step_rows
+from .latency_model import (LatencyModel, ProfileError, ProfileSet, busy_overlap, fit_step_rows,
+                            step_features)
+
+HELDOUT_FOLDS = 5
 
 
 @dataclass
@@ -109,6 +121,68 @@ def discover_model(base_url: str) -> dict:
     return info
 
 
+# ---------------------------------------------------------------------------- held-out error
+
+def heldout_error(rows: Sequence[dict], *, k: int = HELDOUT_FOLDS, **fit_kw: Any
+                  ) -> tuple[float, list[float]] | None:
+    """(RMS over folds, per-fold errors) of the mean step time predicted for each of `k`
+    contiguous folds of `rows` (time order: t_start when every row has one) by a fit to the
+    others; None when there are too few rows (fewer than 6 per fold) or a fold cannot be fitted.
+    `fit_kw` goes to fit_step_rows. Pure function."""
+    rows = [r for r in rows if isinstance(r, dict)]
+    if all(isinstance(r.get("t_start"), (int, float)) for r in rows):
+        rows = sorted(rows, key=lambda r: r["t_start"])
+    _, y_all, _, _ = step_features(rows)
+    if k < 2 or len(y_all) < 6 * k:
+        return None
+    ov_all = busy_overlap(rows)
+    n = len(rows)
+    errs = []
+    for i in range(k):
+        lo, hi = i * n // k, (i + 1) * n // k
+        test, train = rows[lo:hi], rows[:lo] + rows[hi:]
+        try:
+            lm = fit_step_rows(train, **fit_kw)
+        except ProfileError:
+            return None
+        X, y, _, ov = step_features(test, overlap=ov_all[lo:hi])
+        if not len(y):
+            continue
+        pred = lm.step_time_array(X[:, 1], X[:, 3], X[:, 4], X[:, 5]) * (
+            1.0 + lm.colocated_slowdown * ov)
+        errs.append(float(pred.sum() / y.sum() - 1.0))
+    if len(errs) < 2:
+        return None
+    return float(np.sqrt(np.mean(np.square(errs)))), errs
+
+
+def with_heldout_error(lm: LatencyModel, rows: Sequence[dict], **fit_kw: Any) -> LatencyModel:
+    """`lm` with heldout_rel_err (and the per-fold errors in lm.fit["heldout_fold_errors"]) from
+    heldout_error(rows); left unknown when there are too few rows."""
+    he = heldout_error(rows, **fit_kw)
+    if he is not None:
+        lm.heldout_rel_err = he[0]
+        lm.heldout_method = (f"{HELDOUT_FOLDS}-fold contiguous (time order) hold-out on the "
+                             f"profile's step rows: RMS relative error of each fold's mean "
+                             f"step time")
+        if lm.fit is not None:
+            lm.fit = {**lm.fit, "heldout_fold_errors": he[1]}
+    return lm
+
+
+def as_profile_set(lm: LatencyModel, *, tp: int = 1, pp: int = 1, role: str | None = None,
+                   engine: str = "") -> ProfileSet:
+    """One fit as a profile set (what `infer-bench profile` writes): the instance measured ran
+    with `tp` tensor-parallel chips and `pp` stages; `engine` names the engine (e.g. "reference",
+    "vllm")."""
+    lm.tp, lm.pp = int(tp), int(pp)
+    lm.__post_init__()
+    if engine:
+        lm.model = {**lm.model, "engine": engine}
+    return ProfileSet(fits=[lm], roles=[role], engine=engine or lm.engine,
+                      model=dict(lm.model), hardware=dict(lm.hardware), notes=lm.notes)
+
+
 # ---------------------------------------------------------------------------- probing
 
 def profile_engine(base_url: str, *, grid: ProfileGrid | None = None, model: str | None = None,
@@ -164,9 +238,10 @@ def profile_engine(base_url: str, *, grid: ProfileGrid | None = None, model: str
              f"({time.strftime('%Y-%m-%d %H:%M:%S')}); {len(rows)} step rows")
     if kvb is None:
         notes += "; KV bytes per token unknown (set kv.bytes_per_token by hand)"
-    return fit_step_rows(rows, kv_bytes_per_token=float(kvb or 0.0), num_layers=int(layers or 1),
-                         kv_capacity_tokens=kv_capacity_tokens, hardware=hw,
-                         model={"name": model, "num_layers": int(layers or 1)}, notes=notes)
+    lm = fit_step_rows(rows, kv_bytes_per_token=float(kvb or 0.0), num_layers=int(layers or 1),
+                       kv_capacity_tokens=kv_capacity_tokens, hardware=hw,
+                       model={"name": model, "num_layers": int(layers or 1)}, notes=notes)
+    return with_heldout_error(lm, rows)
 
 
 def describe_this_machine() -> dict:
@@ -254,11 +329,13 @@ def steps_of_load_points(results_dir: str | Path, deployment: str,
 
 
 def fit_results_dir(results_dir: str | Path, deployment: str | None = None,
-                    load_points: Sequence[str] | None = None, **kw: Any) -> LatencyModel:
+                    load_points: Sequence[str] | None = None, heldout: bool = True,
+                    **kw: Any) -> LatencyModel:
     """Fit a LatencyModel to the step rows of a results dir. With no `deployment`, the first
     mono deployment's rows (step times of a disagg worker are role-specific), else all rows.
     `load_points` (needs `deployment`): only the steps run during those load points.
-    `kw` goes to fit_step_rows (kv_bytes_per_token, num_layers, hardware, model, ...)."""
+    `kw` goes to fit_step_rows (kv_bytes_per_token, num_layers, hardware, model, ...).
+    heldout=False skips the held-out error (k more fits; predict.py does not need it)."""
     if load_points is not None:
         if deployment is None:
             raise ProfileError("fit_results_dir: load_points needs a deployment")
@@ -290,4 +367,10 @@ def fit_results_dir(results_dir: str | Path, deployment: str | None = None,
                           "host": env.get("hostname")}
     kw.setdefault("notes", f"fitted from {results_dir}/steps.jsonl ({len(rows)} rows"
                            + (f" of load points {', '.join(load_points)})" if load_points else ")"))
-    return fit_step_rows(rows, **kw)
+    lm = fit_step_rows(rows, **kw)
+    if heldout:
+        fit_kw = {k: v for k, v in kw.items() if k in ("use_context", "use_prefill_seqs",
+                                                       "outlier_ratio", "fit_colocation",
+                                                       "fit_knots")}
+        with_heldout_error(lm, rows, **fit_kw)
+    return lm
