@@ -112,7 +112,7 @@ def load_point_figures(before: Snapshot, after: Snapshot, n_requests: int | None
     the list of exported names."""
     engines = detect_engines(after) if engines is None else engines
     if not engines:
-        exported = sorted({n for n in after.names()})
+        exported = sorted(after.samples) or sorted(after.families)
         shown = ", ".join(exported[:30]) + (f", ... ({len(exported)} in all)"
                                             if len(exported) > 30 else "")
         return LoadPointFigures(

@@ -111,7 +111,9 @@ class ServerMetricsRecorder:
             return f"not Prometheus text ({e})"
 
     def before(self, deployment: str, url: str, headers: dict | None = None) -> None:
-        self._pending[deployment] = (url, headers, self._scrape(url, headers))
+        # an endpoint that failed once is not asked again (each try may cost a timeout)
+        failed = self.state["endpoints"].get(deployment, {}).get("error")
+        self._pending[deployment] = (url, headers, failed or self._scrape(url, headers))
 
     def after(self, deployment: str, load_point: str, repeat: int = 0,
               n_requests: int | None = None,
@@ -120,7 +122,7 @@ class ServerMetricsRecorder:
         if deployment not in self._pending:
             return None
         url, headers, before = self._pending.pop(deployment)
-        after = self._scrape(url, headers)
+        after = before if isinstance(before, str) else self._scrape(url, headers)
         ep = self.state["endpoints"].setdefault(deployment, {"url": url})
         lp_entry: dict[str, Any] = {"deployment": deployment, "load_point": load_point,
                                     "repeat": repeat, "engine": None, "warnings": []}
@@ -134,8 +136,15 @@ class ServerMetricsRecorder:
             self._warn_once(msg)
             self._save()
             return None
-        figs = load_point_figures(before, after, n_requests,
-                                  self.tail.max_in(deployment, window))
+        try:
+            figs = load_point_figures(before, after, n_requests,
+                                      self.tail.max_in(deployment, window))
+        except Exception as e:  # noqa: BLE001 (server-side figures must never stop a run)
+            msg = f"{deployment}: server-side figures failed ({type(e).__name__}: {e})"
+            lp_entry["warnings"].append(msg)
+            self._warn_once(msg)
+            self._save()
+            return None
         ep["engine"] = figs.engine
         ep.pop("error", None)
         if figs.exported:

@@ -39,7 +39,9 @@ class Snapshot:
     t_s: float | None = None
 
     def names(self) -> list[str]:
-        return sorted(self.samples)
+        """Every sample and family name (a labelled family with no series yet has only the
+        latter: its HELP/TYPE lines)."""
+        return sorted(set(self.samples) | set(self.families))
 
     def resolve(self, name: str) -> str | None:
         """The sample name under which `name` was stored (see the module note on `_total`)."""
