@@ -437,6 +437,35 @@ def test_run_against_the_mock_without_metrics_goes_on_with_a_warning(tmp_path, m
                                 "the run went on without them"]
     html = render_report(out).read_text()
     assert "no server-side metrics from" in html
+    assert "server-side aggregates (from /metrics)" not in html     # nothing to show
+
+    # the same run as if its target had exported vLLM's metrics: the report's server-side
+    # section shows them beside the client-side view
+    from infer_bench.reports.data import load_run
+    from infer_bench.reports.figures.sections import report_figures
+    from infer_bench.workloads.server_metrics.files import SERVER_METRICS_CSV, append_rows
+    rows = [("queue_time_mean", 0.012, "s"), ("prefill_time_mean", 0.030, "s"),
+            ("prefill_time_p90", 0.045, "s"), ("decode_time_mean", 0.2, "s"),
+            ("ttft_mean", 0.05, "s"), ("prefix_cache_hit_rate", 0.25, "fraction")]
+    for rep_value in (1.0, 3.0):              # two repeats of 20rps: the table shows the mean
+        append_rows(out / SERVER_METRICS_CSV, (
+            {"deployment": "ext", "load_point": "20rps", "repeat": int(rep_value), "figure": f,
+             "value": v * rep_value / 2.0, "unit": u, "engine": "vllm", "source": "vllm:x",
+             "note": ""} for f, v, u in rows))
+    run_data = load_run(out)
+    sec = {f.key: f for f in report_figures(run_data)}["server_phases"]
+    assert sec.title == "Where the time goes: server-side aggregates (from /metrics)"
+    table = sec.tables[0]
+    cells = {h: c.text for h, c in zip(table.headers, table.rows[0])}
+    assert cells["Deployment"] == "ext" and cells["Engine"] == "vllm"
+    from infer_bench.reports.summary import format_ms
+    assert cells["Queue mean (ms)"] == format_ms(0.012) == "12.0"
+    assert cells["Decode mean (ms)"] == format_ms(0.2)
+    assert cells["Prefix hit rate"] == "25.0%"
+    bars = {t.name: list(t.y) for t in sec.figure.data if t.type == "bar"}
+    assert bars["queue"] == pytest.approx([12.0]) and bars["prefill"] == pytest.approx([30.0])
+    html = render_report(out).read_text()
+    assert "server-side aggregates (from /metrics)" in html and "no server-side metrics" in html
 
 
 # ----------------------------------------------------------------------------- bundled engine
@@ -486,30 +515,3 @@ async def test_bundled_engine_exports_phase_histograms_over_a_real_socket(tiny_m
     assert 0 <= f["prefix_cache_hit_rate"] <= 1 and f["preemptions"] == 0
     frame, _ = load_server_metrics(tmp_path)
     assert set(frame["figure"]) == set(f) and set(frame["load_point"]) == {"c3"}
-    assert "server-side aggregates (from /metrics)" not in html     # nothing to show
-
-    # the same run as if its target had exported vLLM's metrics: the report's server-side
-    # section shows them beside the client-side view
-    from infer_bench.reports.data import load_run
-    from infer_bench.reports.figures.sections import report_figures
-    from infer_bench.workloads.server_metrics.files import SERVER_METRICS_CSV, append_rows
-    rows = [("queue_time_mean", 0.012, "s"), ("prefill_time_mean", 0.030, "s"),
-            ("prefill_time_p90", 0.045, "s"), ("decode_time_mean", 0.2, "s"),
-            ("ttft_mean", 0.05, "s"), ("prefix_cache_hit_rate", 0.25, "fraction")]
-    for rep_value in (1.0, 3.0):              # two repeats of 20rps: the table shows the mean
-        append_rows(out / SERVER_METRICS_CSV, (
-            {"deployment": "ext", "load_point": "20rps", "repeat": int(rep_value), "figure": f,
-             "value": v * rep_value / 2.0, "unit": u, "engine": "vllm", "source": "vllm:x",
-             "note": ""} for f, v, u in rows))
-    run_data = load_run(out)
-    sec = {f.key: f for f in report_figures(run_data)}["server_phases"]
-    assert sec.title == "Where the time goes: server-side aggregates (from /metrics)"
-    table = sec.tables[0]
-    cells = {h: c.text for h, c in zip(table.headers, table.rows[0])}
-    assert cells["Deployment"] == "ext" and cells["Engine"] == "vllm"
-    assert cells["Queue mean (ms)"] == "12" and cells["Decode mean (ms)"] == "200"
-    assert cells["Prefix hit rate"] == "25%"
-    bars = {t.name: list(t.y) for t in sec.figure.data if t.type == "bar"}
-    assert bars["queue"] == pytest.approx([12.0]) and bars["prefill"] == pytest.approx([30.0])
-    html = render_report(out).read_text()
-    assert "server-side aggregates (from /metrics)" in html and "no server-side metrics" in html
