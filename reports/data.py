@@ -5,7 +5,9 @@ The report reads only a results dir (never `backends/`), through the one reader 
 stopped before its first request) still gives a RunData, with what it could read and a note why.
 Everything returned is normalised so figures and tables can assume the columns exist: list
 columns become Python lists, deployments and load points have a stable order; telemetry.jsonl
-and predictions.json (written after the run by `workloads/planning/predict.py`) are read here too.
+and predictions.json (written after the run by `workloads/planning/predict.py`) are read here too,
+and server_metrics.csv/json (the engines' own /metrics per load point) through their one reader,
+`workloads.server_metrics.files.load_server_metrics`.
 
 Metrics come from `workloads/metrics.py` (the one definition); this module adds only what the
 report derives from server timing: which engine step produced each output token
@@ -25,6 +27,7 @@ import pandas as pd
 
 from infer_bench.workloads import metrics
 from infer_bench.workloads.records import RECORD_COLUMNS
+from infer_bench.workloads.server_metrics.files import load_server_metrics
 from infer_bench.workloads.results import (ResultsError, load_predictions, load_results,
                                            summary_rates)
 
@@ -61,6 +64,8 @@ class RunData:
     steps: pd.DataFrame | None = None
     telemetry: pd.DataFrame | None = None
     predictions: Predictions | None = None   # None: the results dir has no predictions.json
+    server_metrics: pd.DataFrame | None = None   # server_metrics.csv (the engines' own /metrics)
+    server_metrics_info: dict = field(default_factory=dict)   # server_metrics.json
     notes: list[str] = field(default_factory=list)   # problems met while reading
     summary_recomputed: bool = False
 
@@ -183,6 +188,7 @@ def load_run(results_dir: str | Path) -> RunData:
         data.summary_recomputed = bool(res.summary_meta.get("recomputed"))
     data.telemetry = _read_jsonl(path / "telemetry.jsonl", data.notes)
     data.predictions = _read_predictions(path, data.notes)
+    data.server_metrics, data.server_metrics_info = load_server_metrics(path)
     data.records = normalize_records(data.records)
     data.summary = _normalize_summary(data.summary)
     if data.steps is not None and data.steps.empty:

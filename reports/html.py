@@ -169,6 +169,8 @@ def _warnings(run: RunData, label: str = "") -> list[str]:
     out: list[str] = []
     for w in run.run.get("warnings") or []:
         out.append(pre + (w if isinstance(w, str) else _fmt_scalar(w)))
+    for w in run.server_metrics_info.get("warnings") or []:   # missing /metrics, unknown engine
+        out.append(pre + str(w))
     rec = run.records
     lp_label = run.load_point_label
     if not rec.empty:

@@ -41,11 +41,13 @@ from .records import RequestRecord
 from .results import ResultsWriter, collect_env
 from .spec import SLO, ArrivalSpec, LengthDist, LoadPoint, WorkloadSpec
 from .schedule import WarmupTracker, interleaved_schedule
+from .server_metrics import ServerMetricsRecorder, deployment_metrics_url, gauge_names
 from .telemetry import TelemetrySampler, client_sampler
 
 # Engine series worth scraping from /metrics onto the telemetry timeline.
 ENGINE_PROMETHEUS_ALLOW = ["infer_bench_num_requests_*", "infer_bench_kv_*", "infer_bench_prefix_cache_hit_rate",
-                           "infer_bench_num_preemptions_total", "vllm:num_requests_*", "vllm:gpu_cache_usage_perc"]
+                           "infer_bench_num_preemptions_total", "vllm:num_requests_*", "vllm:gpu_cache_usage_perc",
+                           *gauge_names()]   # the server-metrics gauges' maxima come from these rows
 
 
 class RunError(RuntimeError):
@@ -291,6 +293,7 @@ class RunSession:
         self.seen_lps: dict[str, LoadPoint] = {}
         self.live: dict[str, tuple[Any, dict, TelemetrySampler]] = {}   # name -> (dep, client, sampler)
         self.client_sampler = client_sampler(self.out / "telemetry.jsonl", self.clock.now).start()
+        self.server_metrics = ServerMetricsRecorder(self.out, self.out / "telemetry.jsonl")
 
     # ------------------------------------------------------------------ prompts
 
@@ -331,7 +334,8 @@ class RunSession:
         if not self._start(dep_spec, dep):
             return False
         sampler = TelemetrySampler(self.out / "telemetry.jsonl", dep.pids, clock_fn=self.clock.now,
-                                   deployment=dep_spec.name, prometheus_url=dep.base_url,
+                                   deployment=dep_spec.name,
+                                   prometheus_url=deployment_metrics_url(dep_spec, dep.base_url),
                                    prometheus_allow=ENGINE_PROMETHEUS_ALLOW).start()
         client = dict(deployment=dep_spec.name, clock=self.clock, model=dep.model_name,
                       api_key=dep.api_key, timeout_s=self.spec.timeout_s,
@@ -441,6 +445,10 @@ class RunSession:
         self.obs.load_point_starting(deployment, label, len(requests))
         stopper = ErrorRateStop(self.spec.max_error_rate, self.spec.error_window)
         gen: LoadGenerator | None = None
+        dep = self.live[deployment][0]
+        key = getattr(dep, "api_key", None)
+        self.server_metrics.before(deployment, deployment_metrics_url(getattr(dep, "spec", None), url),
+                                   {"Authorization": f"Bearer {key}"} if key else None)
 
         def on_record(rec: RequestRecord) -> None:
             rec.repeat = repeat
@@ -456,6 +464,7 @@ class RunSession:
                                 load_point=lp.name, on_record=on_record, **client)
             result = _run_load(gen)
         self.windows[(deployment, lp.name, repeat)] = result.window
+        self.server_metrics.after(deployment, lp.name, repeat, len(requests), result.window)
         if lp.arrival.rate is not None:
             att = summarize(result.records, self.spec.slo, result.window).get("slo_attainment")
             measured[float(lp.arrival.rate)] = float(att) if att is not None else 0.0

@@ -57,86 +57,27 @@ from typing import Any, Callable, Iterable
 
 MIB = 1024 * 1024
 
-__all__ = ["TelemetrySampler", "client_sampler", "client_pids", "parse_prometheus_text",
-           "prometheus_rows", "scrape_prometheus"]
+__all__ = ["TelemetrySampler", "client_sampler", "client_pids", "metrics_url",
+           "parse_prometheus_text", "prometheus_rows", "scrape_prometheus"]
 
 
 # ----------------------------------------------------------------------------- Prometheus text
 
-def _parse_labels(s: str) -> dict[str, str]:
-    """`k="v",k2="v\\"2"` -> dict (the text between the braces)."""
-    labels: dict[str, str] = {}
-    i, n = 0, len(s)
-    while i < n:
-        while i < n and s[i] in " ,":
-            i += 1
-        if i >= n:
-            break
-        eq = s.find("=", i)
-        if eq < 0:
-            break
-        key = s[i:eq].strip()
-        i = eq + 1
-        while i < n and s[i] == " ":
-            i += 1
-        if i >= n or s[i] != '"':
-            break
-        i += 1
-        buf = []
-        while i < n and s[i] != '"':
-            if s[i] == "\\" and i + 1 < n:
-                nxt = s[i + 1]
-                buf.append({"n": "\n", "\\": "\\", '"': '"'}.get(nxt, "\\" + nxt))
-                i += 2
-            else:
-                buf.append(s[i])
-                i += 1
-        labels[key] = "".join(buf)
-        i += 1  # closing quote
-    return labels
-
-
 def parse_prometheus_text(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """Parse the Prometheus text exposition format into (name, labels, value) samples.
+    """Parse the Prometheus text exposition format into (name, labels, value) samples, with
+    prometheus_client's parser (`text_string_to_metric_families`).
 
-    Comments (`# HELP`, `# TYPE`, `# EOF`) and blank lines are skipped, as are histogram
-    `_bucket` samples (their `_sum` and `_count` are kept). A trailing timestamp is ignored.
-    Lines that do not parse are skipped. Values may be NaN or +/-Inf (as the format allows)."""
+    Histogram `_bucket` samples are left out (their `_sum` and `_count` are kept); a trailing
+    timestamp is ignored; values may be NaN or +/-Inf (as the format allows). Text that does
+    not parse raises ValueError. The parser names a counter's samples `<name>_total` even
+    where the server wrote the bare name."""
+    from prometheus_client.parser import text_string_to_metric_families
     out: list[tuple[str, dict[str, str], float]] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        brace = line.find("{")
-        space = line.find(" ")
-        if brace >= 0 and (space < 0 or brace < space):
-            name = line[:brace].strip()
-            # find the closing brace outside quoted label values
-            i, in_q = brace + 1, False
-            while i < len(line):
-                c = line[i]
-                if in_q and c == "\\":
-                    i += 2
-                    continue
-                if c == '"':
-                    in_q = not in_q
-                elif c == "}" and not in_q:
-                    break
-                i += 1
-            if i >= len(line):
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name.endswith("_bucket"):
                 continue
-            labels = _parse_labels(line[brace + 1:i])
-            rest = line[i + 1:].split()
-        else:
-            parts = line.split()
-            name, labels, rest = parts[0], {}, parts[1:]
-        if not name or not rest or name.endswith("_bucket"):
-            continue
-        try:
-            value = float(rest[0])
-        except ValueError:
-            continue
-        out.append((name, labels, value))
+            out.append((s.name, dict(s.labels), float(s.value)))
     return out
 
 
@@ -169,7 +110,7 @@ def prometheus_rows(text: str, allow: Iterable[str] | None = None) -> list[dict[
     return rows
 
 
-def _metrics_url(url: str) -> str:
+def metrics_url(url: str) -> str:
     """A server base URL (`http://h:p`, `http://h:p/v1`) or a full metrics URL -> metrics URL."""
     parts = urllib.parse.urlsplit(url)
     path = parts.path.rstrip("/")
@@ -178,9 +119,11 @@ def _metrics_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
-def scrape_prometheus(url: str, timeout_s: float = 1.0) -> str:
-    """GET a /metrics page; raises urllib.error.URLError / OSError on failure."""
-    req = urllib.request.Request(_metrics_url(url), headers={"Accept": "text/plain"})
+def scrape_prometheus(url: str, timeout_s: float = 1.0, headers: dict | None = None) -> str:
+    """GET a /metrics page (`headers`: e.g. a bearer token); raises urllib.error.URLError /
+    OSError on failure."""
+    req = urllib.request.Request(metrics_url(url), headers={"Accept": "text/plain",
+                                                            **(headers or {})})
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (user-given URL)
         return resp.read().decode("utf-8", errors="replace")
 
@@ -390,7 +333,7 @@ class TelemetrySampler:
                 self.status["process"] = "psutil not installed"
         if self.prometheus_url:
             sources.append("prometheus")
-            self.status["prometheus"] = {"url": _metrics_url(self.prometheus_url), "scrapes": 0,
+            self.status["prometheus"] = {"url": metrics_url(self.prometheus_url), "scrapes": 0,
                                          "errors": 0, "last_error": None}
         self.status["sources"] = sources
         self.status["state"] = "running"

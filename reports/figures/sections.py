@@ -18,6 +18,7 @@ from ..frames import itl_kinds, spec_frame, ttft_parts
 from .interference import itl_interference, itl_interference_table, itl_over_time
 from .latency import latency_cdfs, throughput_latency
 from .prediction import prediction_figure, prediction_table
+from .server_side import server_metrics_table, server_phase_breakdown
 from .slo import slo_attainment
 from .spec_decoding import spec_decoding
 from .style import deployment_colors
@@ -75,8 +76,24 @@ def report_figures(run: RunData, colors: dict | None = None, target: float = 0.9
             "menu switches to the same split averaged over the slowest 10% of requests "
             "(TTFT ≥ p90)."
             + (f" {', '.join(unattributed)}: the server reports no phase timing (an external "
-               "server), so its TTFT is one unattributed bar." if unattributed else ""),
+               "server), so its TTFT is one unattributed bar"
+               + ("; its engine's own metrics are in the server-side aggregates below."
+                  if run.server_metrics is not None else ".") if unattributed else ""),
             ttft_breakdown(run.records, lps, labels, run.deployments)))
+    sm_table = server_metrics_table(run.server_metrics, labels, run.deployments)
+    if sm_table is not None:
+        engines = run.server_metrics_info.get("endpoints") or {}
+        out.append(FigureSpec(
+            "server_phases", "Where the time goes: server-side aggregates (from /metrics)",
+            "Each target's own Prometheus metrics, scraped before and after every load point: "
+            "the deltas of its per-request histograms give the mean time per request in queue, "
+            "prefill, KV transfer (disaggregated stacks that export it) and decode, as the "
+            "server measures them (◆: the server's own mean TTFT). These are aggregates over a "
+            "load point, not per-request splits; they work for external servers (engines: "
+            + ", ".join(f"{d}: {e.get('engine') or 'none'}" for d, e in engines.items())
+            + "). The client-side view above adds network and client time.",
+            server_phase_breakdown(run.server_metrics, labels, run.deployments),
+            tables=[sm_table]))
     out.append(FigureSpec(
         "timeline", "Per-request timeline",
         "A sample of requests in send order. Server queue and prefill come from the engine's own "

@@ -82,6 +82,18 @@ STATE_KEY = web.AppKey("infer_bench_state", object)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0)
 FINISH_REASONS = ("stop", "length", "abort")
+# (timing key, metric name, help) of the per-request phase histograms.
+PHASE_HISTOGRAMS = (
+    ("queue_s", "infer_bench_request_queue_time_seconds",
+     "Time a request waited before its first scheduled step (disagg: on the prefill worker)."),
+    ("prefill_s", "infer_bench_request_prefill_time_seconds",
+     "Time from a request's first scheduled step to its first token."),
+    ("decode_s", "infer_bench_request_decode_time_seconds",
+     "Time from a request's first token to its last."),
+    ("transfer_s", "infer_bench_request_kv_transfer_time_seconds",
+     "Time from the end of prefill until the prompt's KV reached the decode worker "
+     "(disaggregated deployments)."),
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,6 +163,9 @@ ENGINE_METRICS = [
      lambda s: s.prefix_queried_tokens),
     ("infer_bench_engine_steps_total", "counter", "Engine steps (forward passes) so far.",
      lambda s: s.steps_total),
+    ("infer_bench_kv_cache_usage_perc", "gauge",
+     "KV-cache usage: blocks in use / blocks in the pool (1 means full).",
+     lambda s: s.kv_blocks_used / s.kv_blocks_total if s.kv_blocks_total else 0.0),
     ("infer_bench_kv_blocks_cached", "gauge",
      "Unreferenced KV blocks kept for prefix reuse (evictable).",
      lambda s: s.kv_blocks_cached),
@@ -211,6 +226,21 @@ class ServerMetrics:
         self.rejected = {"overloaded": 0, "draining": 0, "unauthorized": 0}
         self.e2e = Histogram(LATENCY_BUCKETS)
         self.ttft = Histogram(LATENCY_BUCKETS)
+        # Per-request phases from the engine's own timing of each finished request (the
+        # `infer_bench` extension's queue_s / prefill_s / decode_s / transfer_s), named as
+        # vLLM's vllm:request_*_time_seconds; KV transfer only on disaggregated deployments.
+        self.phases = {key: Histogram(LATENCY_BUCKETS) for key, _, _ in PHASE_HISTOGRAMS}
+
+    def observe_phases(self, timing: dict | None) -> None:
+        """Add a finished request's phase times (absent or None phases are skipped)."""
+        if not timing:
+            return
+        for key, _, _ in PHASE_HISTOGRAMS:
+            v = timing.get(key)
+            if key == "transfer_s" and (timing.get("disagg") or {}).get("local_prefill", True):
+                continue  # prefilled on the decode worker (or mono): no KV transfer happened
+            if isinstance(v, (int, float)) and v == v and v >= 0:
+                self.phases[key].observe(float(v))
 
 
 def render_metrics(stats: EngineStats | None, m: ServerMetrics, model_name: str) -> str:
@@ -268,6 +298,11 @@ def render_metrics(stats: EngineStats | None, m: ServerMetrics, model_name: str)
                            "Server-side time from request arrival to the first token.")
     lines += m.e2e.render("infer_bench_e2e_request_latency_seconds",
                           "Server-side time from request arrival to the last token.")
+    disagg = stats is not None and stats.disagg is not None
+    for key, name, help_ in PHASE_HISTOGRAMS:
+        if key == "transfer_s" and not (disagg or m.phases[key].count):
+            continue
+        lines += m.phases[key].render(name, help_)
     lines += ["# HELP infer_bench_model_info The served model.",
               "# TYPE infer_bench_model_info gauge",
               f'infer_bench_model_info{{model="{_escape_label(model_name)}"}} 1']
@@ -683,6 +718,7 @@ def _record_finish(state: ServerState, out: Any, arrival: float, first_token_t: 
     reason = out.finish_reason or "stop"
     state.metrics.requests_by_reason[reason] = state.metrics.requests_by_reason.get(reason, 0) + 1
     now = time.monotonic()
+    state.metrics.observe_phases(getattr(out, "timing", None))
     state.metrics.e2e.observe(now - arrival)
     if first_token_t is not None:
         state.metrics.ttft.observe(first_token_t - arrival)
