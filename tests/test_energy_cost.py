@@ -273,3 +273,71 @@ def test_fake_nvml_gives_exact_j_per_token_through_the_runner(tmp_path, monkeypa
     assert "not the target's" in energy[0]               # URL targets: the measuring host's energy
     cost = [t for t in texts if t.startswith("Cost at $3.6 per chip-hour")]
     assert cost and "per million output tokens" in cost[0]
+
+
+# ----------------------------------------------------------------------------- report, compare, CLI
+
+def _energy_dir(path: Path, joules: float | None = 80.0, **kw) -> Path:
+    """A synthetic results dir (tests/report_fixtures.py) plus energy.jsonl rows: `joules` and
+    10 s of wall time per deployment x load point; no summary.csv, so it is recomputed."""
+    from report_fixtures import make_results_dir
+
+    d = make_results_dir(path, n_deployments=2, n_load_points=2, n_requests=20,
+                         with_summary=False, **kw)
+    recs = pd.read_parquet(d / "requests.parquet")
+    with open(d / "energy.jsonl", "w") as f:
+        for (dep, lp), _ in recs.groupby(["deployment", "load_point"], sort=False):
+            f.write(json.dumps({"deployment": dep, "load_point": lp, "repeat": 0,
+                                "source": "rapl" if joules is not None else "unavailable",
+                                "energy_j": joules, "duration_s": 10.0, "domains": {},
+                                "note": None if joules is not None else "no counter"}) + "\n")
+    return d
+
+
+def test_summary_from_energy_jsonl_matches_the_records(tmp_path):
+    from infer_bench.workloads.results import load_results
+
+    d = _energy_dir(tmp_path / "run")
+    res = load_results(d)
+    recs = res.records
+    for _, r in res.summary.iterrows():
+        g = recs[(recs["deployment"] == r["deployment"]) & (recs["load_point"] == r["load_point"])]
+        tokens = int(g[g["error"].isna()]["n_output"].sum())
+        assert r["load_output_tokens"] == tokens and r["load_wall_s"] == 10.0
+        assert r["energy_j"] == 80.0 and r["energy_source"] == "rapl"
+        assert r["j_per_output_token"] == pytest.approx(80.0 / tokens)
+    assert "usd_per_m_output_tokens" not in res.summary        # no price in spec.json
+
+
+def _cli(*args: str) -> int:
+    from infer_bench.cli.main import main
+
+    return main(list(args))
+
+
+def test_report_and_compare_with_a_price(tmp_path, capsys):
+    a = _energy_dir(tmp_path / "a")
+    b = _energy_dir(tmp_path / "b", seed=1, joules=None)
+    assert _cli("report", str(a)) == 0
+    html = (a / "report.html").read_text()
+    assert "J / output token" in html and "$ / M output tokens" not in html
+    assert "Cost at $" not in html
+    assert _cli("report", str(a), "--price-per-chip-hour", "2") == 0
+    html = (a / "report.html").read_text()
+    assert "$ / M output tokens" in html and "$ / request in SLO" in html
+    assert "Cost at $2 per chip-hour" in html
+    assert "Energy (RAPL, the CPU packages of the measuring host" in html
+    assert _cli("report", str(b)) == 0          # energy unavailable: no J column
+    assert "J / output token" not in (b / "report.html").read_text()
+    out = tmp_path / "cmp.html"
+    assert _cli("compare", str(a), str(b), "--out", str(out), "--price-per-chip-hour", "3") == 0
+    assert "Cost at $3 per chip-hour" in out.read_text()
+
+
+@pytest.mark.parametrize("cmd", [["run"], ["report", "."], ["compare", ".", "."]])
+def test_bad_price_is_one_line_before_anything_runs(cmd, capsys, tmp_path):
+    for bad in ("-1", "0", "free"):
+        assert _cli(*cmd, "--price-per-chip-hour", bad) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == (f"error: --price-per-chip-hour takes a positive number of US dollars "
+                       f"per chip-hour, got '{bad}'")
