@@ -244,7 +244,11 @@ def cost_energy_findings(summary: pd.DataFrame | None, deployments: Sequence[str
                              f"{t_txt}, {r_txt}")
             if parts:
                 per_lp.append(f"at {(lp_labels or {}).get(lp, lp)}: " + "; ".join(parts))
-        if per_lp:
+        known = pd.to_numeric(s.get("load_wall_s", pd.Series(dtype=float)), errors="coerce")
+        if not known.notna().any():
+            out.append(Finding(f"Cost at ${price:g} per chip-hour: unknown (this results dir "
+                               "records no wall time per load point).", metric="cost"))
+        elif per_lp:
             out.append(Finding(
                 f"Cost at ${price:g} per chip-hour (chips x each load point's wall time, "
                 "point estimates): " + "; ".join(per_lp) + ".", metric="cost"))
@@ -272,7 +276,8 @@ def cost_energy_findings(summary: pd.DataFrame | None, deployments: Sequence[str
                         "on another host, this is the measuring host's energy, not the target's.")
             out.append(Finding(txt, metric="energy"))
         elif energy_note:
-            out.append(Finding(f"Energy per output token: {energy_note}.", metric="energy"))
+            why = energy_note.removeprefix("energy unavailable: ")
+            out.append(Finding(f"Energy per output token: unavailable ({why}).", metric="energy"))
     return out
 
 
@@ -289,9 +294,10 @@ def verdict_for_run(run, target: float = 0.9, lp_labels: Mapping | None = None,
     """The verdict of one results dir (`reports.data.RunData`); chips from its spec.json unless
     given; `price` per chip-hour: spec.json's unless given."""
     price = price if price is not None else price_of(run.spec)
+    energy = run.run.get("energy") or {}
     return verdict(run.records, add_cost_columns(run.summary, run.spec, price),
                    slo=run.slo or None, deployments=run.deployments,
                    spec=run.spec, target=target, lp_labels=lp_labels,
                    chips=chips if chips is not None else chips_of(run.spec),
                    load_points=run.load_points, price=price,
-                   energy_note=(run.run.get("energy") or {}).get("note"))
+                   energy_note=energy.get("note") if energy.get("source") == "unavailable" else None)

@@ -341,3 +341,40 @@ def test_bad_price_is_one_line_before_anything_runs(cmd, capsys, tmp_path):
         err = capsys.readouterr().err.strip()
         assert err == (f"error: --price-per-chip-hour takes a positive number of US dollars "
                        f"per chip-hour, got '{bad}'")
+
+
+def test_verdict_says_why_energy_is_unavailable_and_when_cost_is_unknown():
+    from infer_bench.reports.verdict import cost_energy_findings
+
+    s = pd.DataFrame({"deployment": ["a", "b"], "load_point": ["x", "x"],
+                      "energy_source": ["unavailable", "unavailable"],
+                      "j_per_output_token": [None, None], "load_wall_s": [None, None]})
+    s = add_cost_columns(s, {"deployments": [{"name": "a"}, {"name": "b"}]}, price=2.0)
+    texts = [f.text for f in cost_energy_findings(
+        s, ["a", "b"], price=2.0,
+        energy_note="energy unavailable: NVML: Driver Not Loaded; RAPL: no /sys/class/powercap")]
+    assert texts == [
+        "Cost at $2 per chip-hour: unknown (this results dir records no wall time per load point).",
+        "Energy per output token: unavailable (NVML: Driver Not Loaded; RAPL: no "
+        "/sys/class/powercap)."]
+    # no price, no energy rows (an older results dir): nothing to say
+    assert cost_energy_findings(s.drop(columns=["energy_source"]), ["a", "b"], price=None) == []
+
+
+def test_cost_finding_per_deployment_and_load_point_by_hand():
+    from infer_bench.reports.verdict import cost_energy_findings
+
+    spec = {"deployments": [{"name": "mono", "chips": 2}, {"name": "pd", "chips": 4}]}
+    s = pd.DataFrame({"deployment": ["pd", "mono"], "load_point": ["1rps", "1rps"],
+                      "load_wall_s": [60.0, 60.0], "load_output_tokens": [0, 6000],
+                      "load_slo_met": [0, 30], "energy_source": ["nvml", "nvml"],
+                      "j_per_output_token": [None, 0.125]})
+    texts = [f.text for f in cost_energy_findings(add_cost_columns(s, spec, price=1.5), ["mono", "pd"],
+                                                  price=1.5, spec=spec)]
+    # mono: 1.5 * 2 * 60 / 3600 = $0.05; / 6000 tokens * 1e6 = $8.33 per M; / 30 = $0.00167
+    assert texts[0] == ("Cost at $1.5 per chip-hour (chips x each load point's wall time, point "
+                        "estimates): at 1rps: mono (2 chips) $8.33 per million output tokens, "
+                        "$0.00167 per request that met the SLO; pd (4 chips) no output token, "
+                        "no request met the SLO.")
+    assert texts[1].startswith("Energy (NVML, the GPUs of the measuring host")
+    assert texts[1].endswith("at 1rps: mono 0.125 J per output token.")
