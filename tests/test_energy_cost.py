@@ -19,7 +19,7 @@ from infer_bench.workloads.cost import (
 from infer_bench.workloads.energy import (
     EnergyReading, open_energy_meter, open_rapl_energy, rapl_package_domains, wrapped_delta,
 )
-from infer_bench.workloads.results import compute_summary, load_totals
+from infer_bench.workloads.results import load_totals
 
 
 # ----------------------------------------------------------------------------- fake NVML
