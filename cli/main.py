@@ -17,6 +17,7 @@ from rich.console import Console
 
 from . import errors
 from .parsing import positive_floats, positive_ints
+from .parsing import price_per_chip_hour as parse_price
 from .engine_options import EngineOptions, engine_options
 
 app = typer.Typer(
@@ -67,6 +68,7 @@ def run(
     steady_state: float = typer.Option(0.1, min=0.0, max=0.5, help="Share of each load point's send span left out of percentiles and attainment as ramp-up (0: keep every request)."),
     pin_cores: bool = typer.Option(True, "--pin-cores/--no-pin-cores", help="Pin each engine deployment to the cores its chips count, the client to spare cores."),
     check: Optional[list[str]] = typer.Option(None, "--check", help="Pass/fail gate, repeatable: [DEP:]METRIC OP VALUE[UNIT], e.g. 'ttft_p90<2s', 'attainment>=0.9'. Exit code 3 when one fails."),
+    price_per_chip_hour: Optional[str] = typer.Option(None, "--price-per-chip-hour", help="US dollars per chip-hour: the verdict adds $ per million output tokens and $ per request that met the SLO for each deployment (its chips x each load point's wall time)."),
     engine: EngineOptions = None,
 ):
     """Run the same workload against each deployment and write a results dir with report.html.
@@ -100,6 +102,7 @@ def run(
         from infer_bench.workloads.runner import BisectSpec
         bisect_spec = BisectSpec(rate_lo=lo, rate_hi=hi, iterations=iters, kind=arrival,
                                  burstiness=burstiness, seed=seed)
+    price = parse_price(price_per_chip_hour)
     rate_list = positive_floats(rates, "--rates") if rates else None
     conc_list = positive_ints(concurrency, "--concurrency") if concurrency else None
     if arrival not in ("poisson", "gamma", "constant"):
@@ -124,7 +127,7 @@ def run(
         num_requests=num_requests, input_len=input_len, output_len=output_len, endpoint=endpoint,
         seed=seed, workload=workload, dataset=dataset, shared_prefix_len=shared_prefix_len,
         arrival=arrival, burstiness=burstiness, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out, tokenizer=tokenizer, bisect=bisect_spec,
-        workers=workers,
+        workers=workers, price_per_chip_hour=price,
     )
 
 
@@ -203,6 +206,7 @@ def report(
     out: Optional[Path] = typer.Option(None, help="Where to write the HTML (default: DIR/report.html)."),
     format: Optional[str] = typer.Option(None, "--format", help="Also export the summary: csv, json or csv,json (into DIR)."),
     check: Optional[list[str]] = typer.Option(None, "--check", help="Pass/fail gate on the results, repeatable (see `run --check`); exit code 3 when one fails."),
+    price_per_chip_hour: Optional[str] = typer.Option(None, "--price-per-chip-hour", help="US dollars per chip-hour for the cost figures (default: the run's, if `run` was given one)."),
 ):
     """Re-render report.html from a results dir (predicting its load points first when it has no
     predictions.json yet).
@@ -213,10 +217,11 @@ def report(
     from infer_bench.reports import export_summary, render_report
     from infer_bench.workloads.planning.predict import write_predictions
 
+    price = parse_price(price_per_chip_hour)
     if not results_dir.is_dir():
         raise errors.UserError(f"no results dir at {results_dir}")
     write_predictions(results_dir, overwrite=False)
-    path = render_report(results_dir, out)
+    path = render_report(results_dir, out, price=price)
     console.print(f"report: [bold]{path}[/bold]")
     if format:
         for p in export_summary(results_dir, results_dir, formats=format):
@@ -232,6 +237,7 @@ def compare(
     out: Path = typer.Option(Path("compare.html"), help="Where to write the comparison HTML."),
     format: Optional[str] = typer.Option(None, "--format", help="Also export summaries and deltas: csv, json or csv,json (next to --out, named after it: OUT-summary.csv, OUT-deltas.csv)."),
     fail_if_worse: bool = typer.Option(False, "--fail-if-worse", help="Exit 4 when a run is significantly worse than the first on any headline figure (an insignificant change never fails)."),
+    price_per_chip_hour: Optional[str] = typer.Option(None, "--price-per-chip-hour", help="US dollars per chip-hour for every run's cost figures (default: the first run's, if any)."),
 ):
     """Put several runs side by side in one HTML file.
 
@@ -243,12 +249,13 @@ def compare(
     """
     from infer_bench.reports import export_summary, render_compare
 
+    price = parse_price(price_per_chip_hour)
     missing = [str(d) for d in results_dirs if not d.is_dir()]
     if missing:
         raise errors.UserError(f"no results dir at {', '.join(missing)}")
     if len(results_dirs) < 2:
         raise errors.UserError("compare needs at least two results dirs")
-    path = render_compare(results_dirs, out)
+    path = render_compare(results_dirs, out, price=price)
     console.print(f"comparison: [bold]{path}[/bold]")
     if format:
         for p in export_summary(results_dirs, out.parent, formats=format, name=out.stem):

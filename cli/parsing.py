@@ -1,4 +1,4 @@
-"""Flag values the CLI parses itself: comma-separated lists of positive numbers.
+"""Flag values the CLI parses itself: comma-separated lists of positive numbers, a price.
 
 Role: shared by the command modules (cli/main.py, cli/plan_cmds.py, cli/extra_cmds.py); a bad
 value raises `UserError` naming the flag, which the CLI prints as one line.
@@ -29,3 +29,16 @@ def positive_ints(text: str, flag: str) -> list[int]:
     if not vals or any(v <= 0 for v in vals):
         raise UserError(f"{flag} needs positive numbers, got {text!r}")
     return vals
+
+
+def price_per_chip_hour(text: str | None, flag: str = "--price-per-chip-hour") -> float | None:
+    """`"2.5"` -> 2.5 (US dollars per chip-hour; None stays None); positive and finite."""
+    if text is None:
+        return None
+    from infer_bench.workloads.cost import validate_price
+
+    try:
+        return validate_price(text)
+    except ValueError:
+        raise UserError(f"{flag} takes a positive number of US dollars per chip-hour, "
+                        f"got {text!r}") from None

@@ -137,7 +137,8 @@ def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
         url, served_model, api_key, modes, engine: EngineOptions, rates, concurrency,
         num_requests, input_len, output_len, endpoint, seed, slo_ttft,
         workload="synthetic", dataset=None, shared_prefix_len=0, arrival="poisson", burstiness=1.0, slo_tpot, warmup, timeout,
-        out, tokenizer=None, bisect=None, workers: int = 1) -> None:
+        out, tokenizer=None, bisect=None, workers: int = 1,
+        price_per_chip_hour: float | None = None) -> None:
     from infer_bench.backends.launch import ExternalDeploymentSpec
     from infer_bench.workloads import runner
     from infer_bench.workloads.spec import SLO, WorkloadSpec
@@ -173,7 +174,8 @@ def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
     common = dict(deployments=deployments, out_dir=out, warmup_requests=warmup,
                   timeout_s=timeout, tokenizer_path=tok_path, bisect=bisect,
                   client_workers=int(workers), repeats=int(repeats), interleave=interleave,
-                  steady_state_ramp=float(steady_state), pin_cores=pin_cores)
+                  steady_state_ramp=float(steady_state), pin_cores=pin_cores,
+                  price_per_chip_hour=price_per_chip_hour)
     if scenarios:
         dirs = run_scenarios(console, common, seed=seed, endpoint=endpoint)
     else:

@@ -25,6 +25,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from markupsafe import Markup
 
+from infer_bench.workloads.cost import add_cost_columns, price_of
+
 from .data import RunData, load_run, order_load_points
 from .compare import compare_deltas, deltas_table, group_labels, run_names
 from .figures import (FigureSpec, deployment_colors, itl_interference, itl_interference_table,
@@ -272,8 +274,10 @@ def _figs_ctx(figs: Iterable[FigureSpec]) -> list[dict]:
 
 # ----------------------------------------------------------------------------- public API
 
-def build_context(run: RunData, target: float = DEFAULT_TARGET) -> dict:
-    """Everything the template needs for one run (exposed for tests and other front-ends)."""
+def build_context(run: RunData, target: float = DEFAULT_TARGET,
+                  price: float | None = None) -> dict:
+    """Everything the template needs for one run (exposed for tests and other front-ends);
+    `price` per chip-hour: the cost figures' price (default: spec.json's, if any)."""
     colors = deployment_colors(run.deployments)
     labels = {lp: run.load_point_label(lp) for lp in run.load_points}
     view = _run_view(run)
@@ -295,8 +299,8 @@ def build_context(run: RunData, target: float = DEFAULT_TARGET) -> dict:
         meta.append(("SLO", slo_text))
     return dict(
         title=run.name, compare=False, runs=[view], header_meta=meta,
-        verdict=[f.text for f in verdict_for_run(run, target, labels)],
-        table=summary_table(run.summary, labels), text_cols=2, dep_col=2, colors=colors,
+        verdict=[f.text for f in verdict_for_run(run, target, labels, price=price)],
+        table=summary_table(add_cost_columns(run.summary, run.spec, price), labels), text_cols=2, dep_col=2, colors=colors,
         slo_text=slo_text,
         summary_note=("This summary was recomputed from requests (the results dir had none)."
                       if run.summary_recomputed else ""),
@@ -308,34 +312,40 @@ def build_context(run: RunData, target: float = DEFAULT_TARGET) -> dict:
 
 
 def render_report(results_dir: str | Path, out_path: str | Path | None = None,
-                  target: float = DEFAULT_TARGET) -> Path:
-    """Render `report.html` for one results dir (default: inside it); returns the path written."""
+                  target: float = DEFAULT_TARGET, price: float | None = None) -> Path:
+    """Render `report.html` for one results dir (default: inside it); returns the path written.
+    `price` per chip-hour overrides spec.json's for the cost figures."""
     run = load_run(results_dir)
     out = Path(out_path) if out_path is not None else Path(results_dir) / "report.html"
-    return _write(_render(build_context(run, target)), out)
+    return _write(_render(build_context(run, target, price)), out)
 
 
 def render_compare(dirs: Sequence[str | Path], out_path: str | Path,
-                   target: float = DEFAULT_TARGET, groups: Sequence[str] | None = None) -> Path:
+                   target: float = DEFAULT_TARGET, groups: Sequence[str] | None = None,
+                   price: float | None = None) -> Path:
     """Several runs side by side: summary rows of each (deployment shown as 'run / deployment'),
     latency CDFs / throughput-latency / TTFT split / ITL interference overlaid, and the deltas of
     the headline metrics against the first run (group) with 95% confidence intervals
     (`compare.compare_deltas`). `groups`: one label per dir; dirs sharing a label are repeats
     of one configuration (default: each run's name, so repeats of one named spec group
-    together). Returns the path written."""
+    together). `price` per chip-hour (default: the first run's spec.json's) prices every run's
+    chips. Returns the path written."""
     if not dirs:
         raise ValueError("render_compare needs at least one results dir")
     runs = [load_run(d) for d in dirs]
     groups = group_labels(runs, groups)
     names = run_names(runs)
-    recs, sums, views, warns, all_deps = [], [], [], [], []
+    price = price if price is not None else price_of(runs[0].spec)
+    recs, sums, views, warns, all_deps, spec_deps = [], [], [], [], [], []
     for run, name in zip(runs, names):
         prefix = f"{name} / "
+        spec_deps += [{**d, "name": prefix + str(d.get("name"))}
+                      for d in run.spec.get("deployments") or [] if isinstance(d, dict)]
         rec = run.records.copy()
         if not rec.empty:
             rec["deployment"] = prefix + rec["deployment"].astype(str)
             recs.append(rec)
-        s = run.summary.copy()
+        s = add_cost_columns(run.summary, run.spec, price).copy()
         if not s.empty:
             s["deployment"] = prefix + s["deployment"].astype(str)
             s.insert(0, "run", name)
@@ -400,7 +410,8 @@ def render_compare(dirs: Sequence[str | Path], out_path: str | Path,
     ctx = dict(
         title="Comparison: " + " vs ".join(names), compare=True, runs=views, header_meta=meta,
         verdict=[f.text for f in verdict(records, summary, slo=slo or None, deployments=all_deps,
-                                          spec=runs[0].spec, target=target, load_points=lps)],
+                                          spec={**runs[0].spec, "deployments": spec_deps},
+                                          target=target, load_points=lps, price=price)],
         table=summary_table(summary), text_cols=2, dep_col=2, colors=colors,
         slo_text=_slo_text(slo), summary_note="Deployments are named 'run / deployment'.",
         figures=_figs_ctx(figs), sections=sections, warnings=warns,

@@ -73,7 +73,13 @@ COLUMNS: list[tuple[str, str, Any, str | None]] = [
     ("itl_p50_s", "ITL p50 (ms)", format_ms, "lower"),
     ("e2e_p90_s", "E2E p90 (ms)", format_ms, "lower"),
     ("slo_attainment", "SLO attained", format_pct, "higher"),
+    ("j_per_output_token", "J / output token", format_value, None),
+    ("usd_per_m_output_tokens", "$ / M output tokens", format_value, None),
+    ("usd_per_slo_request", "$ / request in SLO", format_value, None),
 ]
+# shown only where some row has a value (a rate sweep; energy measured; a price given)
+OPTIONAL_COLUMNS = {"rate_rps", "j_per_output_token", "usd_per_m_output_tokens",
+                    "usd_per_slo_request"}
 
 
 @dataclass
@@ -120,7 +126,7 @@ def summary_table(summary: pd.DataFrame, lp_labels: dict | None = None) -> Summa
         return table
     s = _order(summary)
     cols = [c for c in COLUMNS if c[0] in s.columns and
-            (c[0] != "rate_rps" or pd.to_numeric(s[c[0]], errors="coerce").notna().any())]
+            (c[0] not in OPTIONAL_COLUMNS or pd.to_numeric(s[c[0]], errors="coerce").notna().any())]
     table.headers = ["Load point", "Deployment"] + [c[1] for c in cols]
     n_deps = s["deployment"].nunique()
     prev = object()

@@ -12,6 +12,12 @@ rises with the rate beyond its intervals is flagged and its goodput not read. Th
 says how much each figure rests on: attainment intervals wider than ±5 points (and the requests
 ±5 would take), p99 figures with fewer than 5 samples beyond them, and where the client's lateness
 changed attainment (it is counted from the intended send time).
+
+Cost and energy (point estimates, no interval; every deployment measured, not only the first two):
+with a price per chip-hour, $ per million output tokens and $ per request that met the SLO per
+deployment and load point (workloads/cost.py: the summary's cost columns, which the caller adds
+with `add_cost_columns`); with energy counters, J per output token (workloads/energy.py), which
+is the measuring host's energy: for a URL target on another host it is not the target's.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import pandas as pd
 
 from infer_bench.workloads import comparisons as C
 from infer_bench.workloads import stats
+from infer_bench.workloads.cost import add_cost_columns, price_of
 from infer_bench.workloads.results import summary_rates
 
 from .summary import Finding, format_value
@@ -78,15 +85,20 @@ def _goodput_finding(records, deps: Sequence[str], rates: Mapping[Any, float], s
 def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deployments: Sequence[str],
             spec: Mapping | None = None, target: float = 0.9,
             lp_labels: Mapping | None = None, chips: Mapping[str, int] | None = None,
-            load_points: Sequence[Any] | None = None) -> list[Finding]:
-    """Findings for the first two deployments measured (the others are listed in the summary)."""
+            load_points: Sequence[Any] | None = None, price: float | None = None,
+            energy_note: str | None = None) -> list[Finding]:
+    """Findings for the first two deployments measured (the others are listed in the summary);
+    cost (`price` per chip-hour, read from the summary's cost columns) and energy findings for
+    every deployment. `energy_note`: why energy is unavailable (run.json's "energy" note)."""
     out: list[Finding] = []
     if records is None or records.empty or "deployment" not in records:
         return [Finding("No requests measured.")]
     present = [d for d in deployments if (records["deployment"] == d).any()]
+    costs = cost_energy_findings(summary, present, price=price, spec=spec, lp_labels=lp_labels,
+                                 energy_note=energy_note)
     if len(present) < 2:
         return [Finding(f"One deployment measured ({present[0]}); nothing to compare."
-                        if present else "No deployments measured.")]
+                        if present else "No deployments measured.")] + costs
     a, b = present[0], present[1]
     ramp = _ramp(spec)
     lps = list(load_points) if load_points is not None else list(
@@ -123,6 +135,7 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
             ev = C.attainment_evidence(records, d, lp, slo=slo, ramp_fraction=ramp)
             if ev.get("n") and ev["halfwidth"] > 0.05:
                 thin.append((label, d, ev))
+    out.extend(costs)
     if thin:
         worst = max(thin, key=lambda t: t[2]["halfwidth"])
         label, d, ev = worst
@@ -183,6 +196,91 @@ def _omission_findings(summary: pd.DataFrame | None, lp_labels) -> list[Finding]
     return out
 
 
+def _sig(v: float) -> str:
+    """3 significant digits without an exponent for small values (0.05, 0.00123)."""
+    return format_value(v) if abs(v) >= 1 else f"{v:.3g}"
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+ENERGY_SCOPE = {"nvml": "NVML, the GPUs of the measuring host",
+                "rapl": "RAPL, the CPU packages of the measuring host"}
+
+
+def cost_energy_findings(summary: pd.DataFrame | None, deployments: Sequence[str], *,
+                         price: float | None, spec: Mapping | None = None,
+                         lp_labels: Mapping | None = None,
+                         energy_note: str | None = None) -> list[Finding]:
+    """Per deployment and load point: $ per million output tokens and $ per request that met the
+    SLO (when `price` is given and the summary has the cost columns), J per output token (when
+    energy was measured), or one line saying energy was unavailable and why."""
+    if summary is None or summary.empty or "deployment" not in summary:
+        return []
+    order = {str(d): i for i, d in enumerate(deployments)}
+    s = summary[summary["deployment"].astype(str).isin(order)]
+    s = s.assign(_order=s["deployment"].astype(str).map(order)).sort_values("_order", kind="stable")
+    lps = list(dict.fromkeys(summary["load_point"]))
+    out: list[Finding] = []
+    if price is not None and "usd_per_m_output_tokens" in s:
+        per_lp = []
+        for lp in lps:
+            parts = []
+            for _, r in s[s["load_point"] == lp].iterrows():
+                tok, req = _num(r.get("usd_per_m_output_tokens")), _num(r.get("usd_per_slo_request"))
+                chips = int(_num(r.get("chips")) or 1)
+                t_txt = (f"${_sig(tok)} per million output tokens" if tok is not None else
+                         "no output token" if _num(r.get("load_output_tokens")) == 0 else
+                         "$ per token unknown")
+                r_txt = (f"${_sig(req)} per request that met the SLO" if req is not None else
+                         "no request met the SLO" if _num(r.get("load_slo_met")) == 0 else
+                         "$ per good request unknown")
+                parts.append(f"{r['deployment']} ({chips} chip{'s' if chips != 1 else ''}) "
+                             f"{t_txt}, {r_txt}")
+            if parts:
+                per_lp.append(f"at {(lp_labels or {}).get(lp, lp)}: " + "; ".join(parts))
+        known = pd.to_numeric(s.get("load_wall_s", pd.Series(dtype=float)), errors="coerce")
+        if not known.notna().any():
+            out.append(Finding(f"Cost at ${price:g} per chip-hour: unknown (this results dir "
+                               "records no wall time per load point).", metric="cost"))
+        elif per_lp:
+            out.append(Finding(
+                f"Cost at ${price:g} per chip-hour (chips x each load point's wall time, "
+                "point estimates): " + "; ".join(per_lp) + ".", metric="cost"))
+    if "energy_source" in s and s["energy_source"].notna().any():
+        per_lp, sources = [], set()
+        for lp in lps:
+            parts = []
+            for _, r in s[s["load_point"] == lp].iterrows():
+                j = _num(r.get("j_per_output_token"))
+                if j is not None:
+                    parts.append(f"{r['deployment']} {_sig(j)} J")
+                    sources.add(str(r.get("energy_source")))
+            if parts:
+                per_lp.append(f"at {(lp_labels or {}).get(lp, lp)}: "
+                              + ", ".join(parts) + " per output token")
+        if per_lp:
+            scope = "; ".join(ENERGY_SCOPE.get(x, x) for x in sorted(sources))
+            txt = (f"Energy ({scope}, over each whole load point, idle deployments and the "
+                   "client included; point estimates): " + "; ".join(per_lp) + ".")
+            urls = [str(d.get("name")) for d in ((spec or {}).get("deployments") or [])
+                    if isinstance(d, Mapping) and d.get("kind") == "url"
+                    and str(d.get("name")) in set(map(str, deployments))]
+            if urls:
+                txt += (f" {', '.join(urls)} {'is a URL target' if len(urls) == 1 else 'are URL targets'}: "
+                        "on another host, this is the measuring host's energy, not the target's.")
+            out.append(Finding(txt, metric="energy"))
+        elif energy_note:
+            why = energy_note.removeprefix("energy unavailable: ")
+            out.append(Finding(f"Energy per output token: unavailable ({why}).", metric="energy"))
+    return out
+
+
 def chips_of(spec: Mapping | None) -> dict[str, int] | None:
     """deployment -> chips (CPU cores / GPUs) it occupies, from spec.json, for goodput per chip."""
     deps = [d for d in ((spec or {}).get("deployments") or []) if isinstance(d, dict) and d.get("name")]
@@ -191,10 +289,15 @@ def chips_of(spec: Mapping | None) -> dict[str, int] | None:
 
 
 def verdict_for_run(run, target: float = 0.9, lp_labels: Mapping | None = None,
-                    chips: Mapping[str, int] | None = None) -> list[Finding]:
+                    chips: Mapping[str, int] | None = None,
+                    price: float | None = None) -> list[Finding]:
     """The verdict of one results dir (`reports.data.RunData`); chips from its spec.json unless
-    given."""
-    return verdict(run.records, run.summary, slo=run.slo or None, deployments=run.deployments,
+    given; `price` per chip-hour: spec.json's unless given."""
+    price = price if price is not None else price_of(run.spec)
+    energy = run.run.get("energy") or {}
+    return verdict(run.records, add_cost_columns(run.summary, run.spec, price),
+                   slo=run.slo or None, deployments=run.deployments,
                    spec=run.spec, target=target, lp_labels=lp_labels,
                    chips=chips if chips is not None else chips_of(run.spec),
-                   load_points=run.load_points)
+                   load_points=run.load_points, price=price,
+                   energy_note=energy.get("note") if energy.get("source") == "unavailable" else None)

@@ -17,6 +17,11 @@ Layout:
     summary.json     deployment, load_point, arrival_kind, rate_rps, concurrency, offered_rate_rps);
                      summary.json also has "goodput_rps" per deployment when a rate sweep exists
     steps.jsonl      optional engine step traces (dicts), one per line
+    energy.jsonl     one row per deployment x load point x repeat: the measuring host's energy
+                     and the load point's wall time (workloads/energy.py `energy_row`); summary
+                     columns load_wall_s, load_output_tokens, load_slo_met, energy_j,
+                     j_per_output_token, energy_source, and with spec.json's price_per_chip_hour
+                     chips, usd_per_m_output_tokens, usd_per_slo_request (workloads/cost.py)
     predictions.json optional predicted vs measured (written by workloads/planning/predict.py after
                      the run; `save_predictions` / `load_predictions` here): {"schema_version",
                      "note", "seconds", "rows": [one row per deployment x load point] | null}
@@ -35,11 +40,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import metrics
+from .cost import add_cost_columns
 from .records import RECORD_COLUMNS, RequestRecord, arrow_schema
 from .spec import load_point_info
 
 SCHEMA_VERSION = 1
 PREDICTIONS_FILE = "predictions.json"
+ENERGY_FILE = "energy.jsonl"
 
 
 class ResultsError(Exception):
@@ -183,9 +190,10 @@ class ResultsWriter:
         if not overwrite and (self.path / "requests.jsonl").exists():
             raise ResultsError(f"{self.path} already holds results (pass overwrite=True)")
         for name in ("requests.jsonl", "steps.jsonl", "requests.parquet", "summary.csv",
-                     "summary.json", PREDICTIONS_FILE):
+                     "summary.json", PREDICTIONS_FILE, ENERGY_FILE):
             (self.path / name).unlink(missing_ok=True)
         self.records: list[RequestRecord] = []
+        self.energy_rows: list[dict] = []
         self._spec: dict | None = None
         self._run = {"schema_version": SCHEMA_VERSION, "tool": "infer-bench",
                      "tool_version": _pkg_version("infer-bench"), "status": "incomplete",
@@ -224,6 +232,12 @@ class ResultsWriter:
         for r in records:
             self.append_record(r)
 
+    def append_energy(self, row: dict) -> None:
+        """One load point's energy and wall time (workloads/energy.py `energy_row`)."""
+        self.energy_rows.append(row)
+        with open(self.path / ENERGY_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(_clean(row), default=_jsonable, separators=(",", ":")) + "\n")
+
     def append_steps(self, steps: Iterable[dict], **tags: Any) -> None:
         """Engine step traces (dicts); `tags` (e.g. deployment="mono") are added to each."""
         if self._steps_f is None:
@@ -253,10 +267,12 @@ class ResultsWriter:
         if slo is None and self._spec:
             slo = self._spec.get("slo")
         df = pd.DataFrame(rows, columns=RECORD_COLUMNS)
-        summary = compute_summary(df, self._spec, slo=slo, windows=windows)
+        summary = compute_summary(df, self._spec, slo=slo, windows=windows,
+                                  energy=self.energy_rows)
         summary.to_csv(self.path / "summary.csv", index=False)
         if "repeat" in df and df["repeat"].nunique() > 1:
-            compute_summary(df, self._spec, slo=slo, windows=windows, by_repeat=True).to_csv(
+            compute_summary(df, self._spec, slo=slo, windows=windows, by_repeat=True,
+                            energy=self.energy_rows).to_csv(
                 self.path / "summary_repeats.csv", index=False)
         gp = compute_goodput(summary, goodput_target)
         (self.path / "summary.json").write_text(_dump({
@@ -290,7 +306,8 @@ def _jsonable_slo(slo: Any) -> dict | None:
 
 
 def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
-                    windows: dict | None = None, by_repeat: bool = False):
+                    windows: dict | None = None, by_repeat: bool = False,
+                    energy: Iterable[dict] | None = None):
     """One row per deployment x load point (in order of first appearance), pooled over repeats;
     with `by_repeat`, one row per deployment x load point x repeat (drift, per-repeat intervals).
 
@@ -299,7 +316,12 @@ def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
     the latency percentiles and attainment, and throughput is counted until its last intended
     send (metrics.steady_state). Pooled over repeats: latencies and attainment over every
     measured request; throughput = tokens (requests) in the repeats' windows / their total length;
-    n_requests and n_failed count every request sent."""
+    n_requests and n_failed count every request sent.
+
+    `energy`: energy.jsonl rows (`load_energy`); with them, or with `windows`, the whole load
+    point's totals (`load_totals`: wall time, successful requests' output tokens, requests that
+    met the SLO, energy and J per output token) and, when spec.json has a price per chip-hour,
+    the cost columns (workloads/cost.py)."""
     import pandas as pd
 
     df = records if isinstance(records, pd.DataFrame) else pd.DataFrame(
@@ -312,6 +334,9 @@ def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
     ramp = float(((spec or {}).get("steady_state") or {}).get("ramp_fraction") or 0.0)
     info = load_point_info(spec)
     keys = ["deployment", "load_point"] + (["repeat"] if by_repeat else [])
+    by_key: dict[tuple, dict] = {}
+    for e in energy or []:
+        by_key[(str(e.get("deployment")), str(e.get("load_point")), int(e.get("repeat") or 0))] = e
     rows = []
     for key, g in (df.groupby(keys, sort=False) if len(df) else []):
         dep, lp = key[0], key[1]
@@ -342,8 +367,46 @@ def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
         row["n_failed"] = int(sum(metrics.is_failed(r) for r in g.to_dict("records")))
         row["n_measured"] = len(measured)
         row["n_repeats"] = len(parts)
+        row.update(load_totals(g, slo, [(by_key.get((str(dep), str(lp), int(r))),
+                                          (windows or {}).get((dep, lp, r)))
+                                         for r in sorted(set(g["repeat"]))]))
         rows.append(row)
-    return pd.DataFrame(rows)
+    return add_cost_columns(pd.DataFrame(rows), spec)
+
+
+def load_totals(group, slo: Any, per_repeat: list[tuple[dict | None, tuple | None]]
+                ) -> dict[str, Any]:
+    """Whole-load-point totals of one deployment x load point (every request, ramp-up included,
+    every repeat in `per_repeat`: (energy.jsonl row or None, load window or None)):
+    load_wall_s (the rows' duration_s, else the window's length), load_output_tokens (output
+    tokens of the successful requests), load_slo_met (requests meeting the joint SLO from the
+    intended send time; None without an SLO), energy_j (None unless every repeat has it),
+    j_per_output_token, energy_source ("nvml", "rapl", "unavailable"; None without rows)."""
+    recs = group.to_dict("records") if hasattr(group, "to_dict") else list(group)
+    ok = [r for r in recs if not metrics.is_failed(r)]
+    tokens = int(sum(int(r.get("n_output") or 0) for r in ok
+                     if not (isinstance(r.get("n_output"), float) and math.isnan(r["n_output"]))))
+    s_ttft, s_tpot = (slo.get("ttft_s"), slo.get("tpot_s")) if isinstance(slo, dict) else (
+        getattr(slo, "ttft_s", None), getattr(slo, "tpot_s", None))
+    met = (None if slo is None or (s_ttft is None and s_tpot is None)
+           else sum(a and b for a, b in (metrics.slo_checks(r, slo) for r in recs)))
+    wall: float | None = 0.0
+    joules: float | None = 0.0
+    sources = set()
+    for row, win in per_repeat:
+        d = (row or {}).get("duration_s")
+        if d is None and win is not None:
+            d = float(win[1]) - float(win[0])
+        wall = None if wall is None or d is None else wall + float(d)
+        e = (row or {}).get("energy_j")
+        joules = None if joules is None or e is None else joules + float(e)
+        if row is not None:
+            sources.add(str(row.get("source") or "unavailable"))
+    source = (None if not sources else
+              "+".join(sorted(sources)) if joules is not None else "unavailable")
+    return {"load_wall_s": wall, "load_output_tokens": tokens, "load_slo_met": met,
+            "energy_j": joules, "energy_source": source,
+            "j_per_output_token": joules / tokens if joules is not None and tokens > 0 else None}
 
 
 def _offered_rate(g) -> float | None:
@@ -422,6 +485,20 @@ def load_predictions(path: str | Path) -> dict | None:
     return body
 
 
+def load_energy(path: str | Path) -> list[dict]:
+    """energy.jsonl of a results dir (one row per deployment x load point x repeat); [] when
+    the run has none. A truncated last line (a killed run) is skipped."""
+    p = Path(path) / ENERGY_FILE
+    rows = []
+    if p.exists():
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
 @dataclass
 class Results:
     path: Path
@@ -497,7 +574,7 @@ def load_results(path: str | Path) -> Results:
         summary_meta = _read_json(p / "summary.json", "summary.json")
         summary_meta.pop("rows", None)
     else:
-        summary = compute_summary(records, spec)
+        summary = compute_summary(records, spec, energy=load_energy(p))
         summary_meta = {"goodput_rps": compute_goodput(summary), "recomputed": True}
     steps = None
     if (p / "steps.jsonl").exists():

@@ -10,7 +10,9 @@ results dir, marked incomplete, with everything measured so far.
 
 `run` drives a `RunSession` (the results dir being written, each load point's prompts, what
 run.json will say) through its steps: `measure_deployment` for each deployment (start, warm up,
-`_measure_load_point` for each load point, step trace, stop), then `finish`.
+`_measure_load_point` for each load point, step trace, stop), then `finish`. Each load point
+reads the host's energy counters just before and after its load (workloads/energy.py ->
+energy.jsonl: its energy and wall time).
 
 The runner talks to deployments only through `backends.launch` (HTTP); it never imports the
 engine. Progress goes to a `RunObserver` (the CLI draws rich progress bars with it).
@@ -34,6 +36,7 @@ from infer_bench.backends.client.aioloop import run as run_loop
 from infer_bench.backends.client.openai import RunClock
 
 from .datasets import build_requests, request_count_note
+from .energy import energy_row, open_energy_meter
 from .loadgen import LoadGenerator
 from .metrics import summarize
 from .prompt_text import load_tokenizer_for
@@ -92,6 +95,7 @@ class RunSpec:
     steady_state_ramp: float = 0.1   # share of each load point's send span left out as ramp-up
     pin_cores: bool = True           # each deployment on the cores its chips count (cpu_pinning)
     scenario: dict | None = None     # the default run's scenario this run measures (scenarios.py)
+    price_per_chip_hour: float | None = None  # USD; cost per token / good request (workloads/cost.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +118,7 @@ class RunSpec:
             "steady_state": ({"ramp_fraction": self.steady_state_ramp}
                              if self.steady_state_ramp > 0 else None),
             "scenario": self.scenario,
+            "price_per_chip_hour": self.price_per_chip_hour,
         }
 
     @property
@@ -294,6 +299,7 @@ class RunSession:
         self.live: dict[str, tuple[Any, dict, TelemetrySampler]] = {}   # name -> (dep, client, sampler)
         self.client_sampler = client_sampler(self.out / "telemetry.jsonl", self.clock.now).start()
         self.server_metrics = ServerMetricsRecorder(self.out, self.out / "telemetry.jsonl")
+        self.energy = open_energy_meter()       # the measuring host's NVML / RAPL counters
 
     # ------------------------------------------------------------------ prompts
 
@@ -457,12 +463,15 @@ class RunSession:
             if stopper.observe(bool(rec.error)) and gen is not None:
                 gen.stop()
 
+        energy_before = self.energy.read()
         if self.spec.client_workers > 1:
             result = _run_sharded_load(url, self.spec, requests, lp, on_record, client)
         else:
             gen = LoadGenerator(url, self.spec.workload.endpoint, requests, lp.arrival,
                                 load_point=lp.name, on_record=on_record, **client)
             result = _run_load(gen)
+        self.writer.append_energy(energy_row(deployment, lp.name, repeat, self.energy,
+                                             energy_before, self.energy.read()))
         self.windows[(deployment, lp.name, repeat)] = result.window
         self.server_metrics.after(deployment, lp.name, repeat, len(requests), result.window)
         if lp.arrival.rate is not None:
@@ -489,12 +498,14 @@ class RunSession:
         for name in list(self.live):
             self.stop_deployment(name)
         self.telemetry["client"] = self.client_sampler.stop()
+        self.energy.close()
         if self.spec.bisect is not None and self.seen_lps:  # the load points the search chose
             self.writer.write_spec({**self.spec.to_dict(),
                                     "cpu_plan": self.cpu_plan.to_dict() if self.cpu_plan else None,
                                     "load_points": [lp.to_dict() for lp in self.seen_lps.values()]})
         self.writer.set_run_info(deployment_failures=self.failures, client_health=self.health,
                                  telemetry=self.telemetry, warmup=self.warmups,
+                                 energy=self.energy.status(),
                                  load_windows=[{"deployment": d, "load_point": lp, "repeat": r,
                                                 "start_s": w[0], "end_s": w[1]}
                                                for (d, lp, r), w in self.windows.items()])
