@@ -239,13 +239,18 @@ def test_parse_prometheus_text():
     assert [r["entity"] for r in kept if r["metric"].startswith("vllm")] == ["model_name=m"]
 
 
+class _Hits(list):
+    auth: list
+
+
 @pytest.fixture
 def metrics_server():
-    hits = []
+    hits, auth = _Hits(), []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             hits.append(self.path)
+            auth.append(self.headers.get("Authorization"))
             if self.path != "/metrics":
                 self.send_error(404)
                 return
@@ -263,6 +268,7 @@ def metrics_server():
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     try:
+        hits.auth = auth
         yield f"http://127.0.0.1:{srv.server_address[1]}", hits
     finally:
         srv.shutdown()
@@ -286,6 +292,17 @@ def test_prometheus_scrape(tmp_path, metrics_server):
     running = sorted((r["t_s"], r["value"]) for r in rows if r["metric"] == "infer_bench_running")
     assert len(running) >= 3 and [v for _, v in running] == sorted(v for _, v in running)
     assert not any(r["metric"].startswith("vllm") for r in rows)
+    assert set(hits.auth) == {None}
+
+
+def test_prometheus_scrape_sends_headers(tmp_path, metrics_server):
+    url, hits = metrics_server
+    s = TelemetrySampler(tmp_path / "t.jsonl", interval_s=0.1, nvml=False, process=False,
+                         prometheus_url=url, prometheus_interval_s=0.05,
+                         prometheus_headers={"Authorization": "Bearer k"})
+    with s:
+        time.sleep(0.2)
+    assert hits.auth and set(hits.auth) == {"Bearer k"}
 
 
 def test_prometheus_unreachable_is_recorded(tmp_path):

@@ -342,7 +342,9 @@ class RunSession:
         sampler = TelemetrySampler(self.out / "telemetry.jsonl", dep.pids, clock_fn=self.clock.now,
                                    deployment=dep_spec.name,
                                    prometheus_url=deployment_metrics_url(dep_spec, dep.base_url),
-                                   prometheus_allow=ENGINE_PROMETHEUS_ALLOW).start()
+                                   prometheus_allow=ENGINE_PROMETHEUS_ALLOW,
+                                   prometheus_headers=({"Authorization": f"Bearer {dep.api_key}"}
+                                                       if dep.api_key else None)).start()
         client = dict(deployment=dep_spec.name, clock=self.clock, model=dep.model_name,
                       api_key=dep.api_key, timeout_s=self.spec.timeout_s,
                       tokenize=self.tokenizer.tokenize if self.tokenizer else None)

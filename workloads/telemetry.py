@@ -247,6 +247,7 @@ class TelemetrySampler:
       prometheus_url  server base URL or full metrics URL; scraped every
                     `prometheus_interval_s` in its own thread with `prometheus_timeout_s`.
       prometheus_allow  metric names / fnmatch patterns to keep (None: all but `_bucket`).
+      prometheus_headers  sent with every scrape (e.g. the target's bearer key).
       nvml          False skips NVML (forces the CPU path).
       process       "auto" (process + system rows only when NVML gives no GPU), True, False.
       gpu_indices   NVML indices to sample (default: all).
@@ -261,7 +262,8 @@ class TelemetrySampler:
                  interval_s: float = 0.1, clock_fn: Callable[[], float] | None = None,
                  deployment: str = "", prometheus_url: str | None = None, *,
                  prometheus_interval_s: float = 1.0, prometheus_timeout_s: float = 1.0,
-                 prometheus_allow: Iterable[str] | None = None, nvml: bool = True,
+                 prometheus_allow: Iterable[str] | None = None,
+                 prometheus_headers: dict[str, str] | None = None, nvml: bool = True,
                  process: bool | str = "auto", gpu_indices: list[int] | None = None,
                  pid_refresh_s: float = 1.0, flush_s: float = 1.0,
                  process_source: str = "process", system: bool = True):
@@ -279,6 +281,7 @@ class TelemetrySampler:
         self.prometheus_interval_s = float(prometheus_interval_s)
         self.prometheus_timeout_s = float(prometheus_timeout_s)
         self.prometheus_allow = list(prometheus_allow) if prometheus_allow is not None else None
+        self.prometheus_headers = dict(prometheus_headers or {})
         self.use_nvml = nvml
         self.process_mode = process
         self.gpu_indices = gpu_indices
@@ -515,7 +518,8 @@ class TelemetrySampler:
             while not self._stop.is_set():
                 start = time.perf_counter()
                 try:
-                    text = scrape_prometheus(self.prometheus_url, self.prometheus_timeout_s)
+                    text = scrape_prometheus(self.prometheus_url, self.prometheus_timeout_s,
+                                            headers=self.prometheus_headers)
                     t = self.clock_fn()
                     rows = prometheus_rows(text, self.prometheus_allow)
                     self._emit(t, "prometheus",
