@@ -37,10 +37,11 @@ Measurement rules (docs/design.md, "Metric definitions"):
   tool call; every token of any kind is an output token (TTFT = first token of any kind, ITL over
   all of them), and `first_answer_s` is the arrival of the first answer token (TTFAT). A chunk's
   server-given token count (`token_ids`/logprobs) goes to the kind its text has (a chunk mixing
-  kinds: split by the tokenizer's or characters' shares). Per-kind counts: the usage's
-  `completion_tokens_details.reasoning_tokens` when the server sends it (reasoning), tool-call
-  tokens from the deltas, the answer the rest of n_output; without it, each kind's own delta
-  count (tokenizer count of its text, else the chunk counts);
+  kinds: split by the characters' shares); without one, each kind's text in the chunk counts
+  as above (tokenizer, else 1). Per-kind totals: reasoning = usage's
+  `completion_tokens_details.reasoning_tokens` when the server sends it, else the deltas'
+  count; tool calls = the deltas' count; answer = the rest of n_output (so the three sum to
+  n_output; for a plain stream answer = n_output and TTFAT = TTFT);
 - failures (never successes): `connect`, `http_4xx`, `http_5xx`, `timeout`, `disconnect`,
   `stream_error` (a streamed {"error": ...} event or unparseable stream), `client_error` (anything
   else raised by the client, with the exception class in the message); an HTTP error keeps the
@@ -251,11 +252,11 @@ def _tool_text(calls: Any) -> str:
     return "".join(out)
 
 
-def _choice_parts(choice: dict) -> tuple[str, str, str, bool, int | None]:
-    """(answer text, reasoning text, tool-call text, has tool calls, token count if the server
-    says it) for one choice of one chunk (or of a non-streamed body)."""
+def _choice_parts(choice: dict) -> tuple[str, str, str, int | None]:
+    """(answer text, reasoning text, tool-call text, token count if the server says it) for one
+    choice of one chunk (or of a non-streamed body)."""
     text = choice.get("text")
-    reasoning, tool, has_tool = "", "", False
+    reasoning, tool = "", ""
     for key in ("delta", "message"):
         d = choice.get(key)
         if d is None or not isinstance(d, dict):
@@ -269,20 +270,19 @@ def _choice_parts(choice: dict) -> tuple[str, str, str, bool, int | None]:
             reasoning = r
         calls = d.get("tool_calls")
         if calls:
-            has_tool = True
             tool = _tool_text(calls)
     if not isinstance(text, str):
         text = ""
     ids = choice.get("token_ids")
     if ids is not None and isinstance(ids, list):
-        return text, reasoning, tool, has_tool, len(ids)
+        return text, reasoning, tool, len(ids)
     lp = choice.get("logprobs")
     if lp is not None and isinstance(lp, dict):
         if isinstance(lp.get("tokens"), list):          # completions
-            return text, reasoning, tool, has_tool, len(lp["tokens"])
+            return text, reasoning, tool, len(lp["tokens"])
         if isinstance(lp.get("content"), list):         # chat
-            return text, reasoning, tool, has_tool, len(lp["content"])
-    return text, reasoning, tool, has_tool, None
+            return text, reasoning, tool, len(lp["content"])
+    return text, reasoning, tool, None
 
 
 def _split_count(n: int, parts: tuple[str, str, str]) -> list[int]:
@@ -487,7 +487,7 @@ def _handle_event(obj: Any, t: float, req: PreparedRequest, res: RawResult,
     for choice in choices:
         if not isinstance(choice, dict) or choice.get("index", 0) != 0:
             continue
-        answer, reasoning, tool, has_tool, n = _choice_parts(choice)
+        answer, reasoning, tool, n = _choice_parts(choice)
         if n is not None:
             n_ans, n_rea, n_tool = _split_count(n, (answer, reasoning, tool))
         else:
