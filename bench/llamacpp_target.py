@@ -2,7 +2,7 @@
 llama-cpp-python's server (`python -m llama_cpp.server`) on the default GGUF.
 
 What it does: starts `<llama python> -m llama_cpp.server --model GGUF --host 127.0.0.1 --port
-<free port>`, waits for GET /v1/models, runs a short `infer-bench run --url ...` against it per
+<free port> --interrupt_requests False`, waits for GET /v1/models, runs a short `infer-bench run --url ...` against it per
 endpoint (completions, then chat; streaming, as every run is; a few requests at a low Poisson
 rate), prints each run's summary table (the run command's own) and the server's Prometheus
 /metrics if it exports any, and stops the server. Nothing here is in CI (the server needs a
@@ -31,7 +31,10 @@ X-Request-Id as a UUID (starlette-context's RequestIdPlugin) and answers 400 wit
 otherwise, which is why the client sends UUIDs; it ignores `stream_options.include_usage` (no usage
 chunk: output tokens are counted from the chunks, one token per chunk) and `ignore_eos` (a
 response may end before --output-len at the end-of-sequence token); it serves one request at a
-time; and it has no /metrics route (404), so runs against it have no server-side figures.
+time, and by default a request that arrives while another streams cuts the running one short
+(`data: [DONE]` with no finish_reason; the client records those as stream errors), hence
+`--interrupt_requests False`; and it has no /metrics route (404 {"detail":"Not Found"}), so runs
+against it have no server-side figures.
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ class LlamaServer:
 
     def start(self, timeout_s: float = 180.0) -> "LlamaServer":
         cmd = [self.python, "-m", "llama_cpp.server", "--model", str(self.model),
-               "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args]
+               "--host", "127.0.0.1", "--port", str(self.port),
+               "--interrupt_requests", "False", *self.extra_args]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

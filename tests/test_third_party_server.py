@@ -40,23 +40,35 @@ REPO = Path(__file__).resolve().parents[1]
 GGUF = Path.home() / ".cache" / "infer-bench" / "gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Recorded from llama-cpp-python 0.3.36's server (`python -m llama_cpp.server --model
-# SmolLM2-135M-Instruct.Q4_1.gguf`, bench/llamacpp_target.py's server) with curl -N, 2026-12-07:
-# one `data: {json}` line per event, events separated by a blank line ("\r\n" line ends);
-# completions: one chunk per token, then an empty-text chunk with the finish_reason, then [DONE];
-# chat: a role-only first chunk, one content chunk per token, an empty-delta chunk with the
-# finish_reason, then [DONE]; no usage chunk even when stream_options.include_usage is true.
+# SmolLM2-135M-Instruct.Q4_1.gguf`, as bench/llamacpp_target.py starts it) with curl -N on
+# 2026-12-07 (ids and `created` replaced, the model id is the GGUF path it was started with):
+# - a streamed response is `text/event-stream; charset=utf-8`, chunked, one `data: {json}` line
+#   per event and a blank line after it ("\n" line ends), then `data: [DONE]`;
+# - completions: one chunk per token (below), then a chunk with text "" and the finish_reason;
+# - chat: a role-only first chunk (below), one `delta.content` chunk per token, then a chunk
+#   with an empty delta and the finish_reason;
+# - no usage chunk, with or without stream_options.include_usage (and ignore_eos is ignored);
+# - an X-Request-Id that is not a UUID: `400 Bad Request`, Content-Length: 0 (an empty body);
+# - a prompt over the context window: non-streamed, 400 with the JSON error below; streamed,
+#   200 and an empty event stream (the error is raised after the headers went out);
+# - GET /metrics: 404 {"detail":"Not Found"} (it exports no Prometheus metrics);
+# - one request generates at a time, and by default (interrupt_requests) a request that arrives
+#   while another streams makes the running one end at once with `data: [DONE]` and no
+#   finish_reason: a benchmark must start it with `--interrupt_requests False`.
+MODEL_ID = "/root/.cache/infer-bench/gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
 RECORDED_COMPLETION_CHUNK = {
-    "id": "cmpl-00000000-0000-0000-0000-000000000000", "object": "text_completion",
-    "created": 0, "model": "GGUF", "choices": [
-        {"text": " tok", "index": 0, "logprobs": None, "finish_reason": None}]}
+    "id": "cmpl-fbe6872b-17ed-45e4-b016-cd9a63d98eba", "object": "text_completion",
+    "created": 1796613310, "model": MODEL_ID,
+    "choices": [{"text": " the", "index": 0, "logprobs": None, "finish_reason": None}]}
 RECORDED_CHAT_ROLE_CHUNK = {
-    "id": "chatcmpl-00000000-0000-0000-0000-000000000000", "model": "GGUF", "created": 0,
-    "object": "chat.completion.chunk", "choices": [
-        {"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}]}
-RECORDED_400_NON_UUID = b""                       # the body of the non-UUID X-Request-Id answer
+    "id": "chatcmpl-b2017019-05fa-4e64-84ca-c62f7c89c5ee", "model": MODEL_ID,
+    "created": 1796613311, "object": "chat.completion.chunk",
+    "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,
+                 "finish_reason": None}]}
+RECORDED_400_NON_UUID = b""
 RECORDED_CONTEXT_ERROR = {"error": {
     "message": "This model's maximum context length is 2048 tokens. However, you requested "
-               "2100 tokens (2084 in the messages, 16 in the completion). Please reduce the "
+               "2146 tokens (2130 in the messages, 16 in the completion). Please reduce the "
                "length of the messages or completion.",
     "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
 
@@ -67,9 +79,13 @@ class LlamaLike:
     """aiohttp server with the behaviour of the module docstring; `context` words of prompt at
     most; `delay_s` between tokens; `log` keeps each request's X-Request-Id and status."""
 
-    def __init__(self, context: int = 64, delay_s: float = 0.003, message_pad: int = 0):
+    def __init__(self, context: int = 64, delay_s: float = 0.003, message_pad: int = 0,
+                 interrupt_requests: bool = False):
         self.context, self.delay_s, self.message_pad = context, delay_s, message_pad
+        self.interrupt_requests = interrupt_requests
         self.log: list[tuple[str | None, int]] = []
+        self.lock = asyncio.Lock()               # one request generates at a time
+        self.waiting = 0
 
     async def start(self) -> "LlamaLike":
         app = web.Application()
@@ -88,7 +104,7 @@ class LlamaLike:
 
     async def models(self, request):
         return web.json_response({"object": "list", "data": [
-            {"id": "GGUF", "object": "model", "owned_by": "me", "permissions": []}]})
+            {"id": MODEL_ID, "object": "model", "owned_by": "me", "permissions": []}]})
 
     def _refuse(self, request) -> web.Response | None:
         rid = request.headers.get("X-Request-Id")
@@ -103,18 +119,28 @@ class LlamaLike:
     async def _stream(self, request, chunks: list[dict]) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-store"})
-        await resp.prepare(request)
-        for i, c in enumerate(chunks):
-            if i:
-                await asyncio.sleep(self.delay_s)
-            await resp.write(b"data: " + json.dumps(c).encode() + b"\r\n\r\n")
-        await resp.write(b"data: [DONE]\r\n\r\n")
+        await resp.prepare(request)              # headers first, then wait for the model
+        self.waiting += 1
+        async with self.lock:
+            self.waiting -= 1
+            for i, c in enumerate(chunks):
+                if i:
+                    await asyncio.sleep(self.delay_s)
+                await resp.write(b"data: " + json.dumps(c).encode() + b"\n\n")
+                if self.interrupt_requests and self.waiting:
+                    break                        # another request came: [DONE] now
+            if chunks:
+                await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 
-    def _too_long(self, words: int, max_tokens: int) -> web.Response | None:
+    async def _too_long(self, request, body: dict, words: int) -> web.StreamResponse | None:
+        """Over the context window: an empty event stream when streamed, else the JSON 400."""
         if words <= self.context:
             return None
+        self.log.append((request.headers.get("X-Request-Id"), 400))
+        if body.get("stream"):
+            return await self._stream(request, [])
         err = json.loads(json.dumps(RECORDED_CONTEXT_ERROR))
         err["error"]["message"] += " " + "x" * self.message_pad
         return web.json_response(err, status=400)
@@ -125,9 +151,8 @@ class LlamaLike:
             return refused
         body = await request.json()
         n = int(body.get("max_tokens") or 16)
-        too_long = self._too_long(len(str(body.get("prompt", "")).split()), n)
+        too_long = await self._too_long(request, body, len(str(body.get("prompt", "")).split()))
         if too_long is not None:
-            self.log.append((request.headers.get("X-Request-Id"), 400))
             return too_long
         self.log.append((request.headers.get("X-Request-Id"), 200))
         tok = RECORDED_COMPLETION_CHUNK
@@ -142,9 +167,8 @@ class LlamaLike:
         body = await request.json()
         n = int(body.get("max_tokens") or 16)
         words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-        too_long = self._too_long(words, n)
+        too_long = await self._too_long(request, body, words)
         if too_long is not None:
-            self.log.append((request.headers.get("X-Request-Id"), 400))
             return too_long
         self.log.append((request.headers.get("X-Request-Id"), 200))
         role = RECORDED_CHAT_ROLE_CHUNK
@@ -197,10 +221,22 @@ def check_records(records, endpoint: str, usage_sent_by_server: bool) -> None:
 async def test_llama_like_streams(llama_like, endpoint, usage):
     srv = await llama_like()
     res = await LoadGenerator(srv.url, endpoint, requests_for(endpoint, 4, usage),
-                              [0.0, 0.01, 0.02, 0.03], model="GGUF").run()
+                              [0.0, 0.01, 0.02, 0.03], model=MODEL_ID).run()
     check_records(res.records, endpoint, usage_sent_by_server=False)
     assert all(r.n_output == 8 and r.chunk_tokens == [1] * 8 for r in res.records)
     assert [status for _, status in srv.log] == [200] * 4
+
+
+async def test_interrupted_requests_are_failures(llama_like):
+    """llama-cpp-python's default: a new request cuts the running one short ([DONE], no
+    finish_reason). Those are failures with a line that says why, not short successes."""
+    srv = await llama_like(interrupt_requests=True, delay_s=0.01)
+    res = await LoadGenerator(srv.url, "completions", requests_for("completions", 2, True),
+                              [0.0, 0.03], model=MODEL_ID).run()
+    first, second = sorted(res.records, key=lambda r: r.request_id)
+    assert first.error_type == "stream_error" and "interrupt_requests False" in first.error
+    assert 0 < first.n_output < 8 and first.finish_reason is None
+    assert second.ok and second.n_output == 8
 
 
 async def test_non_uuid_request_id_is_refused_and_described(llama_like):
@@ -228,14 +264,20 @@ async def test_json_400_body_is_kept_in_the_record(llama_like, kernel_ts):
     srv = await llama_like(context=4)
     long_srv = await llama_like(context=4, message_pad=5000)
     prompt = "one two three four five six"
+    once = {"stream": False}                  # streamed, that server sends an empty stream
     async with HttpPool(kernel_ts=kernel_ts) as pool:
-        raw = await send_request(pool, PreparedRequest("r", prompt, 16, url=srv.url), RunClock())
-        big = await send_request(pool, PreparedRequest("r", prompt, 16, url=long_srv.url),
-                                 RunClock())
+        raw = await send_request(pool, PreparedRequest("r", prompt, 16, url=srv.url,
+                                                       extra_body=once), RunClock())
+        big = await send_request(pool, PreparedRequest("r", prompt, 16, url=long_srv.url,
+                                                       extra_body=once), RunClock())
+        empty = await send_request(pool, PreparedRequest("r", prompt, 16, url=srv.url),
+                                   RunClock())
     want = RECORDED_CONTEXT_ERROR["error"]["message"]
     assert raw.error_type == "http_4xx" and raw.error == f"HTTP 400: {want}"
     assert big.error.startswith(f"HTTP 400: {want} xxx") and big.error.endswith("...")
     assert len(big.error) == len("HTTP 400: ") + ERROR_BODY_CHARS
+    assert empty.error_type == "disconnect" and empty.http_status == 200
+    assert "empty event stream" in empty.error
     stop = ErrorRateStop(0.5, window=4, min_seen=2)
     stop.observe(False)
     stop.observe(True, raw.error)
@@ -249,8 +291,10 @@ async def test_a_run_against_the_look_alike_keeps_the_error_text(llama_like):
     """Through the load generator: every request refused with a JSON 400 -> every record says
     why (the error-rate guard reads these)."""
     srv = await llama_like(context=2)
-    res = await LoadGenerator(srv.url, "chat", requests_for("chat", 3, True), [0.0, 0.0, 0.0],
-                              model="GGUF").run()
+    reqs = requests_for("chat", 3, True)
+    for r in reqs:
+        r.extra_body["stream"] = False
+    res = await LoadGenerator(srv.url, "chat", reqs, [0.0, 0.0, 0.0], model=MODEL_ID).run()
     assert [r.http_status for r in res.records] == [400] * 3
     assert all("maximum context length" in r.error for r in res.records)
 
@@ -302,6 +346,16 @@ async def test_real_llama_cpp_server_refuses_a_non_uuid_request_id(llama_server)
             headers={"X-Request-Id": "req-0-00000"}), RunClock())
         good = await send_request(pool, PreparedRequest("req-0-00000", "hi", 4,
                                                         url=llama_server.url), RunClock())
-    assert bad.http_status == 400 and bad.error.startswith("HTTP 400")
-    assert bad.error != "HTTP 400: "
+    assert bad.http_status == 400 and bad.error == "HTTP 400 Bad Request (empty body)"
     assert good.ok and good.n_output > 0, good.error
+
+
+async def test_real_llama_cpp_server_json_error_is_kept(llama_server):
+    """A prompt over the context window, not streamed: its JSON 400's message in the record."""
+    prompt = " ".join(["word"] * 2100)
+    async with HttpPool() as pool:
+        raw = await send_request(pool, PreparedRequest(
+            "long", prompt, 16, url=llama_server.url, endpoint="chat",
+            extra_body={"stream": False}), RunClock())
+    assert raw.http_status == 400 and raw.error_type == "http_4xx"
+    assert raw.error.startswith("HTTP 400: This model's maximum context length is 2048 tokens")

@@ -43,7 +43,8 @@ Measurement rules (docs/design.md, "Metric definitions"):
   count; tool calls = the deltas' count; answer = the rest of n_output (so the three sum to
   n_output; for a plain stream answer = n_output and TTFAT = TTFT);
 - failures (never successes): `connect`, `http_4xx`, `http_5xx`, `timeout`, `disconnect`,
-  `stream_error` (a streamed {"error": ...} event or unparseable stream), `client_error` (anything
+  `stream_error` (a streamed {"error": ...} event, an unparseable stream, or [DONE] with no
+  finish_reason: a response the server cut short), `client_error` (anything
   else raised by the client, with the exception class in the message); an HTTP error keeps the
   server's body (its JSON error message, else the text, at most ERROR_BODY_CHARS characters; an
   empty body is said to be empty).
@@ -384,9 +385,16 @@ async def _send(pool: HttpPool, req: PreparedRequest, clock: RunClock, wire) -> 
                 state["done"] = True
             else:
                 _parse_stream(resp.pieces, clock, req, res, texts, state)
-            if res.error_type is None and not state["done"] and res.finish_reason is None:
-                res.error_type = "disconnect"
-                res.error = "stream ended before [DONE] or a finish_reason"
+            if res.error_type is None and res.finish_reason is None:
+                if not state["done"]:
+                    res.error_type = "disconnect"
+                    res.error = ("stream ended before [DONE] or a finish_reason" if resp.pieces
+                                 else f"HTTP {resp.status} with an empty event stream")
+                else:           # every server we know ends a whole answer with a finish_reason
+                    res.error_type = "stream_error"
+                    res.error = ("[DONE] without a finish_reason: the server cut the response "
+                                 "short (llama-cpp-python's server does so when another request "
+                                 "arrives, unless started with --interrupt_requests False)")
     except _StreamError as e:
         res.error_type, res.error = "stream_error", str(e)
     except asyncio.CancelledError:
