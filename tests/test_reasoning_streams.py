@@ -64,20 +64,23 @@ async def test_reasoning_first_both_ttfts_to_1ms(mock_process, read_path):
         tgt = e["chunk_target_s"]
         assert tgt[0] - e["received_s"] == pytest.approx(TTFT, abs=1e-9)
         assert tgt[n_rea] - tgt[0] == pytest.approx(n_rea * DELAY, abs=1e-9)
-        # what the client measured vs when the mock really sent those chunks (same clock)
-        sent_first, sent_answer = e["chunk_s"][0] - off, e["chunk_s"][n_rea] - off
-        assert abs(rec.first_token_s - sent_first) < tol
-        assert abs(rec.first_answer_token_s - sent_answer) < tol
+        # When each chunk really left the mock: between its due time (the mock's timer sends up
+        # to 0.2 ms early) and the moment its write returned (`chunk_s`; later than the bytes
+        # when the mock's process is descheduled right after the write). The client's arrival
+        # times must fall in that window, to `tol` (same CLOCK_MONOTONIC, other process).
+        for idx, got in ((0, rec.first_token_s), (n_rea, rec.first_answer_token_s)):
+            arrived = got + off
+            assert tgt[idx] - 0.25 * MS <= arrived <= e["chunk_s"][idx] + tol, (idx, arrived)
+        # the request reached the mock right after the client's send time
+        assert -0.05 * MS <= e["received_s"] - (rec.send_s + off) < tol
+        # so both TTFTs are the mock's known delays (TTFT; TTFT + 5 token delays) to `tol`, plus
+        # whatever the mock's timer was late on a busy host (chunk_s - due time)
+        late = [c - t for c, t in zip(e["chunk_s"], tgt)]
+        assert TTFT - 0.3 * MS <= rec.ttft_s <= TTFT + late[0] + 2 * tol
+        assert (TTFT + n_rea * DELAY - 0.3 * MS <= rec.ttfat_s
+                <= TTFT + n_rea * DELAY + late[n_rea] + 2 * tol)
         assert rec.ttft_s == pytest.approx(rec.first_token_s - rec.send_s)
         assert rec.ttfat_s == pytest.approx(rec.first_answer_token_s - rec.send_s)
-        # both TTFTs against the truth: the mock's send times from its receipt of the request
-        # (the known delays above, plus whatever the mock's timer was late on a busy host)
-        true_ttft = e["chunk_s"][0] - e["received_s"]
-        true_ttfat = e["chunk_s"][n_rea] - e["received_s"]
-        assert abs(rec.ttft_s - true_ttft) < tol and abs(rec.ttfat_s - true_ttfat) < tol
-        late = [s - t for s, t in zip(e["chunk_s"], tgt)]
-        assert rec.ttfat_s - rec.ttft_s == pytest.approx(
-            n_rea * DELAY + late[n_rea] - late[0], abs=tol)
         # tokens by kind: usage's completion_tokens_details.reasoning_tokens
         assert rec.n_output == n_rea + n_ans and rec.n_output_source == "usage"
         assert (rec.n_output_reasoning, rec.n_output_answer, rec.n_output_tool) == (n_rea, n_ans, 0)

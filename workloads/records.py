@@ -119,12 +119,15 @@ class RequestRecord:
             token_count_mismatch=getattr(raw, "token_count_mismatch", None),
             conversation_id=conversation_id, turn=turn,
             wire_request_id=getattr(raw, "wire_request_id", None),
-            first_answer_token_s=getattr(raw, "first_answer_s", None),
         )
-        if hasattr(raw, "n_output_answer"):
-            rec.n_output_reasoning = int(raw.n_output_reasoning)
-            rec.n_output_answer = int(raw.n_output_answer)
-            rec.n_output_tool = int(raw.n_output_tool)
+        # tokens by kind (the client's RawResult has them; anything else: all answer)
+        n_rea = int(getattr(raw, "n_output_reasoning", 0) or 0)
+        n_tool = int(getattr(raw, "n_output_tool", 0) or 0)
+        rec.n_output_reasoning, rec.n_output_tool = n_rea, n_tool
+        rec.n_output_answer = max(0, rec.n_output - n_rea - n_tool)
+        first_answer = getattr(raw, "first_answer_s", None)
+        rec.first_answer_token_s = (first if first_answer is None and not (n_rea or n_tool)
+                                    else first_answer)
         rec.ttft_s = metrics.ttft(raw.send_s, times, toks)
         rec.ttft_from_intended_s = metrics.ttft_from_intended(rec.intended_send_s, times, toks)
         rec.tpot_s = metrics.tpot(first, last, rec.n_output, n_first)
