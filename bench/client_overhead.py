@@ -114,7 +114,7 @@ def main(argv=None) -> int:
                                         max_tokens=args.output_tokens) for i in range(n)]
                 res = run_loop(LoadGenerator(mock.url, "completions", reqs, list(times),
                                              clock=RunClock()).run())
-                ours.append(overheads_from({r.request_id: r.ttft_s for r in res.records},
+                ours.append(overheads_from({r.wire_request_id: r.ttft_s for r in res.records},
                                            _http(mock.url + "/mock/log")))
                 _http(mock.url + "/mock/reset", "POST")
                 ids = [f"naive-{tag}-{i}" for i in range(n)]

@@ -30,6 +30,8 @@ def mock_server(
     include_token_ids: bool = typer.Option(False, help="Send token_ids in each chunk (as vLLM does)."),
     usage_delta: int = typer.Option(0, help="Report usage.completion_tokens this far off the truth (tests the client's cross-check)."),
     fail_every: int = typer.Option(0, min=0, help="Every N-th request gets HTTP 500 (0: never)."),
+    reasoning_tokens: int = typer.Option(0, min=0, help="Chat: stream this many reasoning tokens (delta.reasoning_content) before the answer."),
+    tool_call_tokens: int = typer.Option(0, min=0, help="Chat: stream a tool call of this many tokens after the reasoning."),
 ):
     """Serve a calibrated mock OpenAI-compatible API with known timing; GET /mock/log returns
     when each chunk really left.
@@ -41,7 +43,8 @@ def mock_server(
 
     argv = ["--host", host, "--port", str(port), "--ttft-ms", str(ttft_ms),
             "--token-delay-ms", str(token_delay_ms), "--tokens-per-chunk", str(tokens_per_chunk),
-            "--usage-delta", str(usage_delta), "--fail-every", str(fail_every)]
+            "--usage-delta", str(usage_delta), "--fail-every", str(fail_every),
+            "--reasoning-tokens", str(reasoning_tokens), "--tool-call-tokens", str(tool_call_tokens)]
     if output_tokens is not None:
         argv += ["--output-tokens", str(output_tokens)]
     if include_token_ids:

@@ -34,7 +34,7 @@ from infer_bench.workloads.results import (ResultsError, load_predictions, load_
 FLOAT_RECORD_COLUMNS = [
     "intended_send_s", "send_s", "first_token_s", "last_token_s", "end_s", "n_input", "n_output",
     "ttft_s", "tpot_s", "e2e_s", "server_queue_s", "server_prefill_s", "server_transfer_s",
-    "server_admission_s", "server_decode_s",
+    "server_admission_s", "server_decode_s", "first_answer_token_s", "ttfat_s",
 ]
 
 

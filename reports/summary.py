@@ -68,6 +68,9 @@ COLUMNS: list[tuple[str, str, Any, str | None]] = [
     ("ttft_p50_s", "TTFT p50 (ms)", format_ms, "lower"),
     ("ttft_p90_s", "TTFT p90 (ms)", format_ms, "lower"),
     ("ttft_p99_s", "TTFT p99 (ms)", format_ms, "lower"),
+    # time to first answer token: only in runs where some request reasoned or called tools
+    ("ttfat_p50_s", "TTFAT p50 (ms)", format_ms, "lower"),
+    ("ttfat_p90_s", "TTFAT p90 (ms)", format_ms, "lower"),
     ("tpot_p50_s", "TPOT p50 (ms)", format_ms, "lower"),
     ("tpot_p90_s", "TPOT p90 (ms)", format_ms, "lower"),
     ("itl_p50_s", "ITL p50 (ms)", format_ms, "lower"),

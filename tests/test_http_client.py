@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import time
+import uuid
 
 import pytest
 from hypothesis import given, settings
@@ -20,7 +21,8 @@ from hypothesis import strategies as st
 
 from infer_bench.backends.client import http as http_client
 from infer_bench.backends.client.http import HttpPool, build_request
-from infer_bench.backends.client.openai import PreparedRequest, RunClock, send_request
+from infer_bench.backends.client.openai import (PreparedRequest, RunClock, send_request,
+                                                wire_request_id)
 from infer_bench.backends.client.sse import sse_lines
 
 pytestmark = pytest.mark.timeout(60)
@@ -179,7 +181,9 @@ async def test_request_bytes_headers_and_body(serve):
     assert lines[0] == "POST /v1/chat/completions HTTP/1.1"
     hdrs = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
     assert hdrs["authorization"] == "Bearer sk-1" and hdrs["x-custom"] == "yes"
-    assert hdrs["x-request-id"] == "abc" and hdrs["host"] == f"127.0.0.1:{srv.port}"
+    assert hdrs["x-request-id"] == wire_request_id("abc") == raw.wire_request_id
+    assert str(uuid.UUID(hdrs["x-request-id"])) == hdrs["x-request-id"]   # a UUID on the wire
+    assert raw.request_id == "abc" and hdrs["host"] == f"127.0.0.1:{srv.port}"
     assert int(hdrs["content-length"]) == len(body)
     j = json.loads(body)
     assert j["stream"] is True and j["model"] == "m1"
@@ -476,7 +480,7 @@ async def test_mock_server_routes_keep_alive_and_log(mock):
         assert pool.opened == 1
     log = {e["request_id"]: e for e in srv.log}
     for i in range(5):
-        e = log[f"m{i}"]
+        e = log[wire_request_id(f"m{i}")]
         assert e["chunk_tokens"] == [2, 2, 2, 2]
         gaps = [b - a for a, b in zip(e["chunk_target_s"], e["chunk_target_s"][1:])]
         assert gaps == pytest.approx([0.008] * 3)

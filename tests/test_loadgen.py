@@ -52,7 +52,7 @@ async def test_ttft_and_multi_token_chunks(mock):
         log = await (await s.get(srv.url + "/mock/log")).json()
     by_id = {e["request_id"]: e for e in log}
     for r in res.records:
-        mock_times = np.asarray(by_id[r.request_id]["chunk_s"]) - lg.clock.t0_ns / 1e9
+        mock_times = np.asarray(by_id[r.wire_request_id]["chunk_s"]) - lg.clock.t0_ns / 1e9
         assert np.all(np.abs(np.asarray(r.chunk_times_s) - mock_times) < 0.03)
     assert res.health.n_sent == 6 and res.health.send_lateness_max_s < 0.05
 

@@ -75,6 +75,7 @@ def test_failing_server_trips_error_rate_stop(tmp_path, mock_server):
     assert cli.returncode == 1
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "run incomplete" in lines[0] and "error rate" in lines[0], err
+    assert "last error: " in lines[0], err       # the guard's line says what the failures were
     run = check_kept(out)
     assert "external" in run["deployment_failures"]
     import pandas as pd

@@ -333,7 +333,8 @@ async def test_concurrent_greedy_requests_match_sequential(real_server):
 async def test_project_openai_client_reads_our_stream(real_server):
     """backends/openai.py (the load generator's client) against this server: exact token counts
     from usage and per-chunk token_ids, and the server timing joined by X-Request-Id."""
-    from infer_bench.backends.client.openai import PreparedRequest, RunClock, send_request
+    from infer_bench.backends.client.openai import (PreparedRequest, RunClock, send_request,
+                                                    wire_request_id)
 
     s, engine, tok = real_server
     base = str(s._base_url).rstrip("/")
@@ -345,7 +346,9 @@ async def test_project_openai_client_reads_our_stream(real_server):
         assert res.n_output == 7 and res.n_output_source == "usage"
         assert sum(res.chunk_tokens) == 7 and len(res.chunk_times_s) == 7
         assert res.finish_reason == "length"
-        assert res.server_timing["client_request_id"] == f"r-{endpoint}"
+        assert res.request_id == f"r-{endpoint}"
+        assert res.server_timing["client_request_id"] == res.wire_request_id == wire_request_id(
+            f"r-{endpoint}")
         assert res.server_timing["queue_s"] >= 0 and res.server_timing["prefill_s"] > 0
 
 

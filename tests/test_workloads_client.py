@@ -38,7 +38,7 @@ async def test_multi_turn_ordering(mock, arrival):
             # turn k+1 leaves after turn k's last token plus the think time
             assert b.send_s >= a.last_token_s + 0.03 - 1e-4
             assert b.intended_send_s == pytest.approx(a.last_token_s + 0.03, abs=1e-6)
-            assert log[b.request_id]["received_s"] > log[a.request_id]["chunk_s"][-1]
+            assert log[b.wire_request_id]["received_s"] > log[a.wire_request_id]["chunk_s"][-1]
             assert b.n_input > a.n_input          # prompts grow (mock counts words)
 
 

@@ -14,6 +14,11 @@ Definitions (shared/DESIGN.md, "Metric definitions"); chunks are the token-beari
 - TPOT = (t_last - t_first) / (n_output - n_first); undefined (None) when n_output <= n_first
   (every token came in the first chunk, or n_output <= 1).
 - E2E = last token - send time.
+- TTFAT (time to first answer token) = first answer token - send time, for streams whose first
+  tokens are reasoning or tool calls (TTFT counts any kind; records.py). The summary has
+  `ttfat_{mean,p50,...}_s` (successful requests with an answer token) and the per-kind token
+  totals `n_reasoning_tokens` / `n_tool_tokens` only when some request of the load point had
+  reasoning or tool-call tokens.
 - Failed requests are kept and counted, and they are SLO misses.
 - Token accounting: `n_token_mismatch` counts requests whose server usage disagrees with the
   client's own count (`token_count_mismatch`), out of `n_token_checked` that had both.
@@ -98,6 +103,13 @@ def tpot(first_token_s: float | None, last_token_s: float | None, n_output: int 
     if n_output - n_first <= 0:
         return None
     return (last_token_s - first_token_s) / (n_output - n_first)
+
+
+def ttfat(send_s: float | None, first_answer_token_s: float | None) -> float | None:
+    """Send -> first answer token (reasoning and tool-call tokens not counted); None without one."""
+    if send_s is None or first_answer_token_s is None:
+        return None
+    return first_answer_token_s - send_s
 
 
 def e2e(send_s: float | None, last_token_s: float | None) -> float | None:
@@ -258,6 +270,12 @@ def summarize(records, slo=None, window: tuple[float, float] | None = None) -> d
     out.update(_stats("chunk_gap", gap_samples))
     out.update(_stats("ttft_from_intended", (_get(r, "ttft_from_intended_s") for r in ok)))
     out.update(_stats("e2e_from_intended", (_get(r, "e2e_from_intended_s") for r in ok)))
+    # reasoning / tool-call streams: time to first answer token and tokens by kind
+    n_rea = sum(int(_get(r, "n_output_reasoning", 0) or 0) for r in ok)
+    n_tool = sum(int(_get(r, "n_output_tool", 0) or 0) for r in ok)
+    if n_rea or n_tool:
+        out.update(_stats("ttfat", (_get(r, "ttfat_s") for r in ok)))
+        out["n_reasoning_tokens"], out["n_tool_tokens"] = n_rea, n_tool
     # server usage vs the client's own count (None where nothing could be compared)
     flags = [_get(r, "token_count_mismatch") for r in rows]
     checked = [bool(f) for f in flags if f is not None]

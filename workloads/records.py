@@ -9,7 +9,13 @@ Times are seconds on the run's monotonic clock (t=0 at run start). Chunk lists h
 token-bearing chunks only. `n_output_client` / `token_count_mismatch`: the client's own output
 token count and whether it disagrees with the server's usage (backends/openai.py says how it is
 counted; None = no independent count). `conversation_id` / `turn`: multi-turn workloads.
-`*_from_intended_s`: latency measured from the scheduled send time. Server-side timing (the reference engine's `infer_bench` field on the
+`*_from_intended_s`: latency measured from the scheduled send time. `request_id` is the
+workload's id; `wire_request_id` the X-Request-Id actually sent (a UUID, backends/client/openai.py).
+Reasoning / tool-call streams: `ttft_s` is to the first output token of any kind; `ttfat_s` (time
+to first answer token: send -> first `content`/`text` token, `first_answer_token_s`) and
+`n_output_reasoning` / `n_output_answer` / `n_output_tool` (they sum to n_output) say how much of
+it was thinking or tool calls. Records of results dirs written before these columns read them
+as None. Server-side timing (the reference engine's `infer_bench` field on the
 final SSE chunk) fills the `server_*` columns for the keys in SERVER_KEYS; the whole object is
 kept as JSON text in `server_timing_json`.
 """
@@ -44,6 +50,7 @@ class RequestRecord:
     deployment: str
     load_point: str
     request_id: str
+    wire_request_id: str | None = None
     intended_send_s: float | None = None
     send_s: float | None = None
     first_token_s: float | None = None
@@ -60,6 +67,11 @@ class RequestRecord:
     e2e_s: float | None = None
     ttft_from_intended_s: float | None = None
     e2e_from_intended_s: float | None = None
+    first_answer_token_s: float | None = None
+    ttfat_s: float | None = None
+    n_output_reasoning: int | None = None
+    n_output_answer: int | None = None
+    n_output_tool: int | None = None
     n_output_client: int | None = None
     token_count_mismatch: bool | None = None
     conversation_id: str | None = None
@@ -106,12 +118,22 @@ class RequestRecord:
             n_output_client=getattr(raw, "n_output_client", None),
             token_count_mismatch=getattr(raw, "token_count_mismatch", None),
             conversation_id=conversation_id, turn=turn,
+            wire_request_id=getattr(raw, "wire_request_id", None),
         )
+        # tokens by kind (the client's RawResult has them; anything else: all answer)
+        n_rea = int(getattr(raw, "n_output_reasoning", 0) or 0)
+        n_tool = int(getattr(raw, "n_output_tool", 0) or 0)
+        rec.n_output_reasoning, rec.n_output_tool = n_rea, n_tool
+        rec.n_output_answer = max(0, rec.n_output - n_rea - n_tool)
+        first_answer = getattr(raw, "first_answer_s", None)
+        rec.first_answer_token_s = (first if first_answer is None and not (n_rea or n_tool)
+                                    else first_answer)
         rec.ttft_s = metrics.ttft(raw.send_s, times, toks)
         rec.ttft_from_intended_s = metrics.ttft_from_intended(rec.intended_send_s, times, toks)
         rec.tpot_s = metrics.tpot(first, last, rec.n_output, n_first)
         rec.e2e_s = metrics.e2e(raw.send_s, last)
         rec.e2e_from_intended_s = metrics.e2e(rec.intended_send_s, last)
+        rec.ttfat_s = metrics.ttfat(raw.send_s, rec.first_answer_token_s)
         if raw.server_timing:
             rec.set_server_timing(raw.server_timing)
         return rec
@@ -157,6 +179,7 @@ def arrow_schema():
         "http_status": pa.int64(), "error": pa.string(), "error_type": pa.string(),
         "server_timing_json": pa.string(), "n_output_client": pa.int64(),
         "token_count_mismatch": pa.bool_(), "conversation_id": pa.string(), "turn": pa.int64(),
-        "repeat": pa.int64(),
+        "repeat": pa.int64(), "wire_request_id": pa.string(), "n_output_reasoning": pa.int64(),
+        "n_output_answer": pa.int64(), "n_output_tool": pa.int64(),
     }
     return pa.schema([(c, types.get(c, pa.float64())) for c in RECORD_COLUMNS])

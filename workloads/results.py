@@ -13,7 +13,8 @@ Layout:
     env.json         collect_env(): versions, hardware, command line
     requests.jsonl   one RequestRecord per line, appended as requests complete
     requests.parquet the same rows (written by finalize; columns: records.RECORD_COLUMNS)
-    summary.csv      one row per deployment x load point (metrics.summarize names, plus
+    summary.csv      one row per deployment x load point (metrics.summarize names: ttfat_* only
+                     where a request reasoned or called tools; plus
     summary.json     deployment, load_point, arrival_kind, rate_rps, concurrency, offered_rate_rps);
                      summary.json also has "goodput_rps" per deployment when a rate sweep exists
     steps.jsonl      optional engine step traces (dicts), one per line

@@ -140,14 +140,18 @@ class RunObserver:
 
 
 class ErrorRateStop:
-    """Trips when more than `max_rate` of the last `window` requests failed (after >= min_seen)."""
+    """Trips when more than `max_rate` of the last `window` requests failed (after >= min_seen);
+    `describe()` names the last failure's error text (the server's message: a diagnosis)."""
 
     def __init__(self, max_rate: float, window: int, min_seen: int = 10):
         self.max_rate, self.window, self.min_seen = max_rate, max(1, window), min_seen
         self.recent: list[bool] = []
         self.tripped = False
+        self.last_error: str | None = None
 
-    def observe(self, failed: bool) -> bool:
+    def observe(self, failed: bool, error: str | None = None) -> bool:
+        if failed and error:
+            self.last_error = " ".join(str(error).split())[:500]
         self.recent = (self.recent + [failed])[-self.window:]
         if (not self.tripped and len(self.recent) >= min(self.min_seen, self.window)
                 and sum(self.recent) / len(self.recent) > self.max_rate):
@@ -155,7 +159,8 @@ class ErrorRateStop:
         return self.tripped
 
     def describe(self) -> str:
-        return f"{sum(self.recent)} of the last {len(self.recent)} requests failed"
+        last = f"; last error: {self.last_error}" if self.last_error else ""
+        return f"{sum(self.recent)} of the last {len(self.recent)} requests failed{last}"
 
 
 def _rate_point(rate: float, kind: str, burstiness: float, seed: int) -> LoadPoint:
@@ -462,7 +467,7 @@ class RunSession:
             rec.repeat = repeat
             self.writer.append_record(rec)
             self.obs.record(rec)
-            if stopper.observe(bool(rec.error)) and gen is not None:
+            if stopper.observe(bool(rec.error), rec.error) and gen is not None:
                 gen.stop()
 
         energy_before = self.energy.read()

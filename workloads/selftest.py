@@ -112,13 +112,13 @@ def _ms(v: float | None) -> float | None:
 
 def compare_with_log(records, log: list[dict], clock: RunClock) -> dict[str, list[float]]:
     """Per-request error samples (seconds) of client records against the mock's log."""
-    by_id = {e["request_id"]: e for e in log}
+    by_id = {e["request_id"]: e for e in log}        # the mock logs the X-Request-Id it got
     off = clock.t0_ns / 1e9
     out: dict[str, list[float]] = {k: [] for k in (
         "ttft_err", "itl_err", "itl_meas", "itl_true", "send_overhead", "recv_delay",
         "mock_lateness")}
     for r in records:
-        e = by_id.get(r.request_id)
+        e = by_id.get(r.wire_request_id or r.request_id)
         if e is None or not r.ok or not e["chunk_s"] or not r.chunk_times_s:
             continue
         mock_chunks = np.asarray(e["chunk_s"], dtype=float) - off

@@ -32,9 +32,28 @@ Measurement rules (docs/design.md, "Metric definitions"):
   every chunk carried `token_ids`/logprobs, else None: no independent count); when the server
   also sent usage and the two differ, `token_count_mismatch` is True (None: nothing to compare);
 - E2E ends at the last content chunk, not at `[DONE]`;
+- output by kind: a delta's `reasoning_content` / `reasoning` text is reasoning, `content` (chat)
+  or `text` (completions) is the answer, `tool_calls` (each call's name and argument pieces) is a
+  tool call; every token of any kind is an output token (TTFT = first token of any kind, ITL over
+  all of them), and `first_answer_s` is the arrival of the first answer token (TTFAT). A chunk's
+  server-given token count (`token_ids`/logprobs) goes to the kind its text has (a chunk mixing
+  kinds: split by the characters' shares); without one, each kind's text in the chunk counts
+  as above (tokenizer, else 1). Per-kind totals: reasoning = usage's
+  `completion_tokens_details.reasoning_tokens` when the server sends it, else the deltas'
+  count; tool calls = the deltas' count; answer = the rest of n_output (so the three sum to
+  n_output; for a plain stream answer = n_output and TTFAT = TTFT);
 - failures (never successes): `connect`, `http_4xx`, `http_5xx`, `timeout`, `disconnect`,
-  `stream_error` (a streamed {"error": ...} event or unparseable stream), `client_error` (anything
-  else raised by the client, with the exception class in the message).
+  `stream_error` (a streamed {"error": ...} event, an unparseable stream, or [DONE] with no
+  finish_reason: a response the server cut short), `client_error` (anything
+  else raised by the client, with the exception class in the message); an HTTP error keeps the
+  server's body (its JSON error message, else the text, at most ERROR_BODY_CHARS characters; an
+  empty body is said to be empty).
+
+Request ids: the `X-Request-Id` header is `wire_request_id(request_id)`, a UUID (uuid5 of the
+workload's own id, so a rerun sends the same ids): several servers (llama-cpp-python's, through
+starlette-context) answer 400 to a request id that is not a UUID. The workload's id stays the
+record's `request_id`; the id sent is kept as `RawResult.wire_request_id` (a caller's own
+X-Request-Id header, when given, is sent and kept as is).
 """
 
 from __future__ import annotations
@@ -42,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -55,6 +75,21 @@ try:  # orjson parses an SSE event ~5x faster than json; same results (fallback 
     from orjson import loads as _orjson_loads
 except ImportError:  # pragma: no cover - orjson is a dependency, but stay usable without it
     _orjson_loads = None
+
+
+ERROR_BODY_CHARS = 500
+# uuid5 namespace of the wire request ids (fixed: the same workload id always maps to the same UUID)
+REQUEST_ID_NAMESPACE = uuid.UUID("6f1c3a52-9d0e-5b7a-8c41-2e7d9b0a4f13")
+
+
+def wire_request_id(request_id: str) -> str:
+    """The X-Request-Id sent for workload request `request_id`: itself when it already is a
+    UUID, else uuid5(REQUEST_ID_NAMESPACE, request_id) (deterministic: reruns send the same)."""
+    rid = str(request_id)
+    try:
+        return str(uuid.UUID(rid))
+    except ValueError:
+        return str(uuid.uuid5(REQUEST_ID_NAMESPACE, rid))
 
 
 def _loads(data: bytes | str) -> Any:
@@ -139,11 +174,18 @@ class PreparedRequest:
 
     def request_headers(self) -> dict[str, str]:
         h = {"Content-Type": "application/json", "Accept": "text/event-stream",
-             "X-Request-Id": str(self.request_id)}
+             "X-Request-Id": wire_request_id(self.request_id)}
         if self.api_key:
             h["Authorization"] = f"Bearer {self.api_key}"
         h.update(self.headers)
         return h
+
+    def wire_id(self) -> str:
+        """The X-Request-Id this request sends (a caller's own header wins)."""
+        for k, v in self.headers.items():
+            if k.lower() == "x-request-id":
+                return str(v)
+        return wire_request_id(self.request_id)
 
 
 def endpoint_url(base: str, endpoint: str) -> str:
@@ -164,6 +206,7 @@ class RawResult:
     token-bearing chunks only."""
 
     request_id: str
+    wire_request_id: str | None = None      # the X-Request-Id sent (see the module docstring)
     send_s: float | None = None
     chunk_times_s: list[float] = field(default_factory=list)
     chunk_tokens: list[int] = field(default_factory=list)
@@ -182,32 +225,79 @@ class RawResult:
     token_count_mismatch: bool | None = None
     chunk_counts_exact: bool = True         # every chunk's count came from the server's ids
     timestamps: str | None = None           # read times: "kernel" | "user" | "mixed" | None
+    first_answer_s: float | None = None     # arrival of the first answer (content) token
+    n_output_reasoning: int = 0             # output tokens by kind (see the module docstring)
+    n_output_answer: int = 0
+    n_output_tool: int = 0
+    kind_counts: dict = field(default_factory=lambda: {"reasoning": 0, "answer": 0, "tool": 0},
+                              repr=False)   # the deltas' own counts per kind
 
     @property
     def ok(self) -> bool:
         return self.error_type is None
 
 
-def _choice_text_and_tokens(choice: dict) -> tuple[str, int | None]:
-    """(text delta, token count if the server says it) for one choice of one chunk."""
+def _tool_text(calls: Any) -> str:
+    """The text of tool-call deltas (or a message's tool calls): each call's function name and
+    argument pieces."""
+    if not isinstance(calls, list):
+        return ""
+    out = []
+    for c in calls:
+        fn = c.get("function") if isinstance(c, dict) else None
+        if isinstance(fn, dict):
+            for k in ("name", "arguments"):
+                v = fn.get(k)
+                if isinstance(v, str):
+                    out.append(v)
+    return "".join(out)
+
+
+def _choice_parts(choice: dict) -> tuple[str, str, str, int | None]:
+    """(answer text, reasoning text, tool-call text, token count if the server says it) for one
+    choice of one chunk (or of a non-streamed body)."""
     text = choice.get("text")
-    if text is None:
-        delta = choice.get("delta")
-        if delta is not None and isinstance(delta, dict):
-            parts = [delta.get(k) for k in ("content", "reasoning_content", "reasoning")]
-            text = "".join(p for p in parts if isinstance(p, str))
+    reasoning, tool = "", ""
+    for key in ("delta", "message"):
+        d = choice.get(key)
+        if d is None or not isinstance(d, dict):
+            continue
+        if text is None or key == "message":
+            text = d.get("content")
+        r = d.get("reasoning_content")       # some servers send both names with the same text
+        if not (isinstance(r, str) and r):
+            r = d.get("reasoning")
+        if isinstance(r, str):
+            reasoning = r
+        calls = d.get("tool_calls")
+        if calls:
+            tool = _tool_text(calls)
     if not isinstance(text, str):
         text = ""
     ids = choice.get("token_ids")
     if ids is not None and isinstance(ids, list):
-        return text, len(ids)
+        return text, reasoning, tool, len(ids)
     lp = choice.get("logprobs")
     if lp is not None and isinstance(lp, dict):
         if isinstance(lp.get("tokens"), list):          # completions
-            return text, len(lp["tokens"])
+            return text, reasoning, tool, len(lp["tokens"])
         if isinstance(lp.get("content"), list):         # chat
-            return text, len(lp["content"])
-    return text, None
+            return text, reasoning, tool, len(lp["content"])
+    return text, reasoning, tool, None
+
+
+def _split_count(n: int, parts: tuple[str, str, str]) -> list[int]:
+    """A server-given count `n` for one chunk over its (answer, reasoning, tool) texts: all to the
+    one kind with text; mixed: by characters (largest remainder); no text at all: the answer."""
+    lens = [len(p) for p in parts]
+    total = sum(lens)
+    if total == 0:
+        return [n, 0, 0]
+    exact = [n * k / total for k in lens]
+    out = [int(x) for x in exact]
+    for i in sorted(range(3), key=lambda i: exact[i] - out[i], reverse=True)[:n - sum(out)]:
+        out[i] += 1
+    return out
 
 
 class _StreamError(Exception):
@@ -216,9 +306,29 @@ class _StreamError(Exception):
 
 def _error_message(obj: Any) -> str:
     if isinstance(obj, dict):
-        msg = obj.get("message") or obj.get("detail") or json.dumps(obj)[:500]
-        return str(msg)
-    return str(obj)[:500]
+        msg = obj.get("message") or obj.get("detail") or json.dumps(obj)[:ERROR_BODY_CHARS]
+        return msg if isinstance(msg, str) else json.dumps(msg, default=str)
+    return str(obj)[:ERROR_BODY_CHARS]
+
+
+def http_error_text(status: int, reason: str, body: bytes) -> str:
+    """`HTTP 400: <the server's message>` for an error response: the JSON body's error message
+    (`error.message`, `message`, `detail`), else the body's text, on one line, at most
+    ERROR_BODY_CHARS characters; an empty body says so (with the status line's reason)."""
+    text = body[:8192].decode("utf-8", "replace").strip()
+    if not text:
+        why = f" {reason.strip()}" if reason and reason.strip() else ""
+        return f"HTTP {status}{why} (empty body)"
+    msg = text
+    try:
+        j = json.loads(text)
+        msg = _error_message(j.get("error", j) if isinstance(j, dict) else j)
+    except ValueError:
+        pass
+    msg = " ".join(str(msg).split())
+    if len(msg) > ERROR_BODY_CHARS:
+        msg = msg[:ERROR_BODY_CHARS - 3] + "..."
+    return f"HTTP {status}: {msg}"
 
 
 def build_wire(req: PreparedRequest) -> tuple[tuple[str, str, int], bytes]:
@@ -246,7 +356,8 @@ async def send_request(session: HttpPool | Any, req: PreparedRequest, clock: Run
 
 
 async def _send(pool: HttpPool, req: PreparedRequest, clock: RunClock, wire) -> RawResult:
-    res = RawResult(request_id=str(req.request_id), n_input=req.n_input)
+    res = RawResult(request_id=str(req.request_id), wire_request_id=req.wire_id(),
+                    n_input=req.n_input)
     texts: list[str] = []
     state = {"done": False}
     try:
@@ -260,15 +371,8 @@ async def _send(pool: HttpPool, req: PreparedRequest, clock: RunClock, wire) -> 
         res.timestamps = resp.timestamps
         res.end_s = clock.to_s(resp.end_ns)
         if resp.status >= 400:
-            body = resp.body()[:4096].decode("utf-8", "replace")
-            msg = body
-            try:
-                j = json.loads(body)
-                msg = _error_message(j.get("error", j) if isinstance(j, dict) else j)
-            except ValueError:
-                pass
             res.error_type = "http_4xx" if resp.status < 500 else "http_5xx"
-            res.error = f"HTTP {resp.status}: {msg.strip()[:500]}"
+            res.error = http_error_text(resp.status, resp.reason, resp.body())
         else:
             ctype = resp.content_type
             if "text/event-stream" not in ctype and "application/json" in ctype:
@@ -281,9 +385,16 @@ async def _send(pool: HttpPool, req: PreparedRequest, clock: RunClock, wire) -> 
                 state["done"] = True
             else:
                 _parse_stream(resp.pieces, clock, req, res, texts, state)
-            if res.error_type is None and not state["done"] and res.finish_reason is None:
-                res.error_type = "disconnect"
-                res.error = "stream ended before [DONE] or a finish_reason"
+            if res.error_type is None and res.finish_reason is None:
+                if not state["done"]:
+                    res.error_type = "disconnect"
+                    res.error = ("stream ended before [DONE] or a finish_reason" if resp.pieces
+                                 else f"HTTP {resp.status} with an empty event stream")
+                else:           # every server we know ends a whole answer with a finish_reason
+                    res.error_type = "stream_error"
+                    res.error = ("[DONE] without a finish_reason: the server cut the response "
+                                 "short (llama-cpp-python's server does so when another request "
+                                 "arrives, unless started with --interrupt_requests False)")
     except _StreamError as e:
         res.error_type, res.error = "stream_error", str(e)
     except asyncio.CancelledError:
@@ -380,22 +491,29 @@ def _handle_event(obj: Any, t: float, req: PreparedRequest, res: RawResult,
     if not choices:
         return False
     n_tok_total = 0
+    kc = res.kind_counts
     for choice in choices:
         if not isinstance(choice, dict) or choice.get("index", 0) != 0:
             continue
-        text, n = _choice_text_and_tokens(choice)
-        msg = choice.get("message")
-        if msg is not None and isinstance(msg, dict):   # non-streamed body
-            text = msg.get("content") or ""
-        if n is None:
-            if not text:
-                n = 0
-            else:
+        answer, reasoning, tool, n = _choice_parts(choice)
+        if n is not None:
+            n_ans, n_rea, n_tool = _split_count(n, (answer, reasoning, tool))
+        else:
+            tok = req.tokenize
+            counts = [(max(1, len(tok(x))) if tok is not None else 1) if x else 0
+                      for x in (answer, reasoning, tool)]
+            n_ans, n_rea, n_tool = counts
+            if n_ans or n_rea or n_tool:
                 res.chunk_counts_exact = False
-                n = max(1, len(req.tokenize(text))) if req.tokenize is not None else 1
-        n_tok_total += n
-        if text:
-            texts.append(text)
+        n_tok_total += n_ans + n_rea + n_tool
+        kc["answer"] += n_ans
+        kc["reasoning"] += n_rea
+        kc["tool"] += n_tool
+        if n_ans and res.first_answer_s is None:
+            res.first_answer_s = t
+        for x in (reasoning, answer, tool):
+            if x:
+                texts.append(x)
         fin = choice.get("finish_reason")
         if fin:
             res.finish_reason = fin
@@ -425,3 +543,12 @@ def _finish_counts(req: PreparedRequest, res: RawResult, texts: list[str]) -> No
         res.n_output_client = int(sum(res.chunk_tokens))
     if isinstance(usage.get("completion_tokens"), int) and res.n_output_client is not None:
         res.token_count_mismatch = usage["completion_tokens"] != res.n_output_client
+    # output tokens by kind (module docstring): reasoning from usage's details when given
+    kc = res.kind_counts
+    details = usage.get("completion_tokens_details")
+    n_rea = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    if not isinstance(n_rea, int) or isinstance(n_rea, bool) or res.n_output_source != "usage":
+        n_rea = kc["reasoning"]
+    res.n_output_reasoning = min(n_rea, res.n_output)
+    res.n_output_tool = min(kc["tool"], res.n_output - res.n_output_reasoning)
+    res.n_output_answer = res.n_output - res.n_output_reasoning - res.n_output_tool

@@ -16,6 +16,15 @@ did. Behaviour for a streamed request received at t_r:
   `serial_prefill` first tokens are produced one request at a time (a one-server queue), so
   TTFT includes the wait behind earlier requests and neighbours' latencies are correlated, as on
   a loaded engine (used by the verdict's A/A and A/B tests);
+- reasoning / tool-call streams (chat only): `reasoning_tokens` R > 0 streams R tokens of
+  reasoning first (" think" each, in `delta.<reasoning_field>`: "reasoning_content" as vLLM's and
+  SGLang's reasoning parsers, or "reasoning"), then `tool_call_tokens` T > 0 a tool call
+  (`delta.tool_calls`: the first chunk carries the call's id, type and function name, every
+  chunk T's argument pieces " arg"), then the answer; chunks never mix kinds and follow one
+  schedule (chunk j leaves at t_r + ttft_s + (tokens before it) * token_delay_s), so the first
+  answer token leaves (R + T) * token_delay_s after the first token. usage.completion_tokens
+  counts all of them, with `completion_tokens_details.reasoning_tokens` = R when R > 0 (unless
+  `usage_reasoning_details` is off); the log's `chunk_kinds` says each chunk's kind;
 - `usage_delta`: usage.completion_tokens is reported that much off the truth (a server that lies
   about its token counts, for the client's cross-check);
 - the schedule is absolute (no drift); all streams share one timer (`mock_http.Ticker`: chunks
@@ -25,8 +34,8 @@ did. Behaviour for a streamed request received at t_r:
   "user"; see backends/rawsock.py), so a stall of the mock before it parses a request shifts
   neither the log nor the schedule; for every chunk the time it really left (after the write was
   handed to the transport, `time.perf_counter()`) is logged: `GET /mock/log` returns
-  [{"request_id", "received_s", "received_ts", "chunk_s": [...], "chunk_target_s": [...],
-  "chunk_tokens": [...], "status"}] (perf_counter seconds: CLOCK_MONOTONIC, comparable with the
+  [{"request_id" (the X-Request-Id header), "received_s", "received_ts", "chunk_s": [...],
+  "chunk_target_s": [...], "chunk_tokens": [...], "chunk_kinds": [...], "status"}] (perf_counter seconds: CLOCK_MONOTONIC, comparable with the
   client's clock in any process on the same host); `chunk_s - chunk_target_s` is the mock's own
   lateness.
   `POST /mock/reset` clears the log. The command-line server runs with automatic garbage
@@ -79,6 +88,10 @@ class MockConfig:
     ttft_sigma: float = 0.0                # > 0: each request's TTFT is ttft_s * lognormal(0, sigma)
     serial_prefill: bool = False           # first tokens one at a time: TTFT includes queueing
     seed: int = 0                          # of the TTFT jitter
+    reasoning_tokens: int = 0              # chat: reasoning tokens streamed before the answer
+    reasoning_field: str = "reasoning_content"   # or "reasoning"
+    tool_call_tokens: int = 0              # chat: a tool call's argument tokens, after reasoning
+    usage_reasoning_details: bool = True   # usage.completion_tokens_details.reasoning_tokens
 
 
 @dataclass
@@ -113,7 +126,7 @@ class _Stream:
     """One streamed response in progress: its prebuilt frames and where it is."""
 
     __slots__ = ("conn", "entry", "frames", "targets", "sizes", "j", "tail", "error_at",
-                 "drop_at")
+                 "drop_at", "kinds")
 
     def __init__(self, conn: ServerConn, entry: dict, frames: list[bytes], targets: list[float],
                  sizes: list[int], tail: bytes, error_at: int | None, drop_at: int | None):
@@ -188,7 +201,7 @@ class _MockApp:
         entry: dict[str, Any] = {"request_id": rid, "received_s": t_recv,
                                  "received_ts": "kernel" if req.recv_kernel else "user",
                                  "chunk_s": [], "chunk_target_s": [], "chunk_tokens": [],
-                                 "status": 200}
+                                 "chunk_kinds": [], "status": 200}
         self.log.append(entry)
         if cfg.fail_every and n % cfg.fail_every == 0:
             entry["status"] = cfg.fail_status
@@ -205,19 +218,34 @@ class _MockApp:
         n_out = cfg.output_tokens if cfg.output_tokens is not None else int(
             body.get("max_tokens") or 16)
         k = max(1, int(cfg.tokens_per_chunk))
-        sizes = [min(k, n_out - i) for i in range(0, n_out, k)]
-        n_claim = max(0, n_out + int(cfg.usage_delta))
-        usage = {"prompt_tokens": n_prompt, "completion_tokens": n_claim,
-                 "total_tokens": n_prompt + n_claim}
+        n_rea = max(0, int(cfg.reasoning_tokens)) if chat else 0
+        n_tool = max(0, int(cfg.tool_call_tokens)) if chat else 0
+        kinds: list[str] = []
+        sizes: list[int] = []
+        for kind, count in (("reasoning", n_rea), ("tool", n_tool), ("answer", n_out)):
+            for i in range(0, count, k):
+                kinds.append(kind)
+                sizes.append(min(k, count - i))
+        n_all = n_rea + n_tool + n_out
+        n_claim = max(0, n_all + int(cfg.usage_delta))
+        usage: dict[str, Any] = {"prompt_tokens": n_prompt, "completion_tokens": n_claim,
+                                 "total_tokens": n_prompt + n_claim}
+        if n_rea and cfg.usage_reasoning_details:
+            usage["completion_tokens_details"] = {"reasoning_tokens": n_rea}
         created = int(time.time())
         obj_kind = "chat.completion.chunk" if chat else "text_completion"
 
         if not body.get("stream"):
-            total = cfg.ttft_s + max(0, len(sizes) - 1) * k * cfg.token_delay_s
+            total = cfg.ttft_s + (n_all - sizes[-1] if sizes else 0) * cfg.token_delay_s
             text = " tok" * n_out
             ch: dict[str, Any] = {"index": 0, "finish_reason": "length"}
             if chat:
                 ch["message"] = {"role": "assistant", "content": text}
+                if n_rea:
+                    ch["message"][cfg.reasoning_field] = " think" * n_rea
+                if n_tool:
+                    ch["message"]["tool_calls"] = [{"id": "call_0", "type": "function", "function": {
+                        "name": "mock_tool", "arguments": " arg" * n_tool}}]
             else:
                 ch["text"] = text
             out = {"id": rid, "object": "chat.completion" if chat else "text_completion",
@@ -230,7 +258,8 @@ class _MockApp:
                 conn.respond(200, payload)
                 entry["chunk_target_s"].append(t_recv + total)
                 entry["chunk_s"].append(_perf())
-                entry["chunk_tokens"].append(n_out)
+                entry["chunk_tokens"].append(n_all)
+                entry["chunk_kinds"].append("all")
 
             self.ticker.at(t_recv + total, finish, None)
             return
@@ -238,26 +267,36 @@ class _MockApp:
         def event(obj: Any) -> bytes:
             return frame(b"data: " + (obj if isinstance(obj, bytes) else _json(obj)) + b"\n\n")
 
-        def choice(size: int, finish: str | None) -> dict:
-            text = " tok" * size
+        def choice(size: int, finish: str | None, kind: str, first_of_kind: bool) -> dict:
             c: dict[str, Any] = {"index": 0, "finish_reason": finish}
-            if chat:
+            if kind == "reasoning":
+                c["delta"] = {cfg.reasoning_field: " think" * size}
+            elif kind == "tool":
+                call: dict[str, Any] = {"index": 0, "function": {"arguments": " arg" * size}}
+                if first_of_kind:
+                    call.update(id="call_0", type="function")
+                    call["function"]["name"] = "mock_tool"
+                c["delta"] = {"tool_calls": [call]}
+            elif chat:
+                text = " tok" * size
                 c["delta"] = {"content": text} if text else {}
             else:
-                c["text"] = text
+                c["text"] = " tok" * size
             if cfg.include_token_ids:
                 c["token_ids"] = [7] * size
             return c
 
-        cache: dict[tuple[int, bool], bytes] = {}
+        cache: dict[tuple, bytes] = {}
         frames = []
         for j, size in enumerate(sizes):
             last = j == len(sizes) - 1
-            key = (size, last)
+            first_of_kind = j == 0 or kinds[j - 1] != kinds[j]
+            key = (size, last, kinds[j], first_of_kind)
             if key not in cache:
                 cache[key] = event({"id": rid, "object": obj_kind, "created": created,
                                     "model": cfg.model,
-                                    "choices": [choice(size, "length" if last else None)]})
+                                    "choices": [choice(size, "length" if last else None,
+                                                       kinds[j], first_of_kind)]})
             frames.append(cache[key])
         tail = b""
         opts = body.get("stream_options") or {}
@@ -271,12 +310,16 @@ class _MockApp:
             tail = event(final)
         tail += event(b"[DONE]")
         first = self.first_token_delay(t_recv)
-        targets = [t_recv + first + j * k * cfg.token_delay_s for j in range(len(sizes))]
+        targets, before = [], 0
+        for size in sizes:                  # chunk j leaves after the tokens before it
+            targets.append(t_recv + first + before * cfg.token_delay_s)
+            before += size
         error_at = (cfg.stream_error_after if cfg.stream_error_every
                     and n % cfg.stream_error_every == 0 else None)
         drop_at = (cfg.disconnect_after if cfg.disconnect_every
                    and n % cfg.disconnect_every == 0 else None)
         st = _Stream(conn, entry, frames, targets, sizes, tail, error_at, drop_at)
+        st.kinds = kinds
         conn.start_stream(200, {"Content-Type": "text/event-stream",
                                 "Cache-Control": "no-cache"})
         if not self._interrupt(st):
@@ -309,6 +352,7 @@ class _MockApp:
         e["chunk_s"].append(_perf())
         e["chunk_target_s"].append(st.targets[j])
         e["chunk_tokens"].append(st.sizes[j])
+        e["chunk_kinds"].append(st.kinds[j])
         if last:
             return
         st.j = j + 1
@@ -355,6 +399,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--serial-prefill", action="store_true",
                    help="first tokens one request at a time: TTFT includes queueing")
     p.add_argument("--seed", type=int, default=0, help="seed of the TTFT jitter")
+    p.add_argument("--reasoning-tokens", type=int, default=0,
+                   help="chat: stream this many reasoning tokens before the answer")
+    p.add_argument("--reasoning-field", choices=("reasoning_content", "reasoning"),
+                   default="reasoning_content", help="the delta field reasoning comes in")
+    p.add_argument("--tool-call-tokens", type=int, default=0,
+                   help="chat: stream a tool call of this many tokens after the reasoning")
     return p
 
 
@@ -363,7 +413,9 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
                 tokens_per_chunk=args.tokens_per_chunk, output_tokens=args.output_tokens,
                 include_token_ids=args.include_token_ids, usage_delta=args.usage_delta,
                 fail_every=args.fail_every, ttft_sigma=args.ttft_sigma,
-                serial_prefill=args.serial_prefill, seed=args.seed)
+                serial_prefill=args.serial_prefill, seed=args.seed,
+                reasoning_tokens=args.reasoning_tokens, reasoning_field=args.reasoning_field,
+                tool_call_tokens=args.tool_call_tokens)
 
 
 async def serve(host: str = "127.0.0.1", port: int = 8100, *, ready=None,
