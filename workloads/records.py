@@ -9,6 +9,8 @@ Times are seconds on the run's monotonic clock (t=0 at run start). Chunk lists h
 token-bearing chunks only. `n_output_client` / `token_count_mismatch`: the client's own output
 token count and whether it disagrees with the server's usage (backends/openai.py says how it is
 counted; None = no independent count). `conversation_id` / `turn`: multi-turn workloads.
+`client_shard` / `client_node`: which shard of a sharded client (workloads/shards.py) sent the
+request, and from which Ray node (workloads/ray_shards.py); None for a single client.
 `*_from_intended_s`: latency measured from the scheduled send time. Server-side timing (the reference engine's `infer_bench` field on the
 final SSE chunk) fills the `server_*` columns for the keys in SERVER_KEYS; the whole object is
 kept as JSON text in `server_timing_json`.
@@ -78,6 +80,8 @@ class RequestRecord:
     server_preemptions: float | None = None
     server_timing_json: str | None = None
     repeat: int = 0                     # which repeat of the load point (RunSpec.repeats)
+    client_shard: int | None = None     # sharded client: which shard sent it (None: one client)
+    client_node: str | None = None      # Ray shards: the node it was sent from (run.json: client_shards)
 
     @property
     def ok(self) -> bool:
@@ -157,6 +161,6 @@ def arrow_schema():
         "http_status": pa.int64(), "error": pa.string(), "error_type": pa.string(),
         "server_timing_json": pa.string(), "n_output_client": pa.int64(),
         "token_count_mismatch": pa.bool_(), "conversation_id": pa.string(), "turn": pa.int64(),
-        "repeat": pa.int64(),
+        "repeat": pa.int64(), "client_shard": pa.int64(), "client_node": pa.string(),
     }
     return pa.schema([(c, types.get(c, pa.float64())) for c in RECORD_COLUMNS])
