@@ -7,19 +7,13 @@ actor dies keeping its records while the run is marked incomplete."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
-
-from conftest import free_port
 
 try:
     import ray  # noqa: F401
@@ -112,66 +106,22 @@ def test_nothing_but_ray_shards_imports_ray():
 
 # ---------------------------------------------------------------------------- a local cluster
 
-def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
-    """`ray start ...` in a session of its own: every process it leaves behind (GCS, raylet,
-    workers) is in that process group, which the fixture kills at the end."""
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    with open(log, "w") as f:
-        p = subprocess.Popen(["nice", "-n", "10", ray_bin, "start", *args, "--num-cpus", "1",
-                              "--num-gpus", "0", "--object-store-memory", "100000000",
-                              "--disable-usage-stats", "--node-ip-address", "127.0.0.1"],
-                             stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            rc = p.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            rc = None
-    if rc != 0:
-        raise RuntimeError(f"ray start failed ({rc}): {log.read_text()[-1500:]}")
-    return p
-
-
-def _group_pids(pgid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,pgid="], capture_output=True, text=True).stdout
-    return [int(a) for a, b in (line.split() for line in out.splitlines()) if int(b) == pgid]
-
-
-def _kill_group(pgid: int) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and _group_pids(pgid):
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """Two Ray nodes on this host (head + one more, one CPU each, their own temp dirs); yields
-    the head's address; stops both (their process groups) and checks nothing is left."""
-    tmp = Path(tempfile.mkdtemp(prefix="ibray-", dir="/tmp"))   # short: Ray's socket paths
-    port = free_port()
-    groups = []
-    t0 = time.monotonic()
-    try:
-        head = _ray_start(["--head", "--port", str(port), "--include-dashboard=false",
-                           "--temp-dir", str(tmp / "h")], tmp / "head.log")
-        groups.append(head.pid)
-        node = _ray_start(["--address", f"127.0.0.1:{port}", "--temp-dir", str(tmp / "w")],
-                          tmp / "node.log")
-        groups.append(node.pid)
-        print(f"two-node Ray cluster up in {time.monotonic() - t0:.1f} s")
-        yield f"127.0.0.1:{port}"
-    finally:
-        from infer_bench.workloads.ray_shards import disconnect
+    """Two Ray nodes on this host (head + one more, one CPU each, their own temp dirs, each
+    `ray start` in a process group of its own); yields the head's address; stops both and
+    checks that none of their processes is left."""
+    from infer_bench.workloads.ray_shards import LocalRayCluster
 
-        disconnect()
-        for g in groups:
-            _kill_group(g)
-        left = [p for g in groups for p in _group_pids(g)]
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
-        assert not left, f"Ray processes left behind: {left}"
+    t0 = time.monotonic()
+    cluster = LocalRayCluster(nodes=2, cpus=1)
+    try:
+        cluster.start()
+        print(f"two-node Ray cluster up in {time.monotonic() - t0:.1f} s")
+        yield cluster.address
+    finally:
+        cluster.stop()
+        assert not cluster.left_behind(), f"Ray processes left behind: {cluster.left_behind()}"
 
 
 def _cli_run(out: Path, url: str, *extra: str):
