@@ -198,7 +198,7 @@ def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
 def connect_ray(console: Console, address: str, workers: int) -> None:
     """Connect to the Ray cluster before anything starts: Ray missing or the cluster not there
     is one line (UserError), not a traceback mid-run."""
-    from infer_bench.workloads.ray_shards import RayUnavailable, connect
+    from infer_bench.workloads.ray_shards import RayUnavailable, connect, disconnect
 
     if not address.strip():
         raise UserError("--ray needs auto or the Ray head's HOST:PORT")
@@ -206,6 +206,10 @@ def connect_ray(console: Console, address: str, workers: int) -> None:
         info = connect(address)
     except RayUnavailable as e:
         raise UserError(str(e)) from None
+    if info["cpus"] < workers:
+        disconnect()
+        raise UserError(f"--workers {workers} puts each client shard on a CPU of its own, but the "
+                        f"Ray cluster at {address} has {info['cpus']:g} CPUs")
     console.print(f"Ray cluster {address}: {info['nodes']} node(s), {info['cpus']:g} CPUs; "
                   f"{workers} client shard(s) per load point")
 

@@ -192,6 +192,21 @@ def test_ray_shards_on_two_nodes(ray_cluster, tmp_path):
     assert (ray_df["ttft_s"] > 0.015).all() and (ray_df["ttft_s"] < 1.0).all()
 
 
+
+@needs_ray
+def test_more_shards_than_cluster_cpus_is_one_line(ray_cluster, tmp_path, capsys):
+    """--workers 3 on the two-CPU cluster: refused in one line before anything starts."""
+    from infer_bench.cli.main import main
+
+    out = tmp_path / "x"
+    rc = main(["run", "--url", "http://127.0.0.1:9", "--rates", "1", "--ray", ray_cluster,
+               "--workers", "3", "--warmup", "0", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and not out.exists()
+    assert err.strip() == (f"error: --workers 3 puts each client shard on a CPU of its own, "
+                           f"but the Ray cluster at {ray_cluster} has 2 CPUs")
+
+
 @needs_ray
 @pytest.mark.timeout(300)
 def test_shard_death_keeps_its_records(ray_cluster, tmp_path):
