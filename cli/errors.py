@@ -11,6 +11,7 @@ import os
 EXPECTED = {
     "UserError", "ModelLoadError", "DeploymentError", "ResultsError", "RunError", "RunIncomplete",
     "FileNotFoundError", "NotADirectoryError", "PermissionError", "ValueError",
+    "RayUnavailable", "RayShardError",
 }
 
 

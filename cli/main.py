@@ -63,6 +63,7 @@ def run(
     tokenizer: Optional[str] = typer.Option(None, help="Local tokenizer/model dir for exact prompt lengths (default: the engine model's)."),
     bisect: Optional[str] = typer.Option(None, help="Goodput search instead of --rates: LO:HI[:ITERATIONS] req/s (see `sweep`)."),
     workers: int = typer.Option(1, min=1, help="Client processes: shard each load point's client over N processes (send times precomputed) for rates one process cannot drive precisely (see `selftest`)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run the --workers client shards as Ray actors spread over this Ray cluster's nodes: auto (the cluster started on this host) or its head's HOST:PORT. Needs pip install 'infer-bench[ray]'."),
     repeats: int = typer.Option(1, min=1, help="Measure every load point this many times (fresh prompts each); 3+ gives intervals over repeats."),
     interleave: bool = typer.Option(True, "--interleave/--sequential", help="Interleave load points across deployments (A B, B A, ...; all alive at once) or run one deployment after another."),
     steady_state: float = typer.Option(0.1, min=0.0, max=0.5, help="Share of each load point's send span left out of percentiles and attainment as ramp-up (0: keep every request)."),
@@ -82,6 +83,7 @@ def run(
     Example: infer-bench run
     Example: infer-bench run --rates 0.5,1 --num-requests 16 --repeats 3
     Example: infer-bench run --url http://127.0.0.1:8000 --rates 2,4 --check 'ttft_p90<2s'
+    Example: infer-bench run --url http://10.0.0.5:8000 --rates 500 --ray auto --workers 8
     """
     from . import run_cmd
 
@@ -127,7 +129,7 @@ def run(
         num_requests=num_requests, input_len=input_len, output_len=output_len, endpoint=endpoint,
         seed=seed, workload=workload, dataset=dataset, shared_prefix_len=shared_prefix_len,
         arrival=arrival, burstiness=burstiness, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out, tokenizer=tokenizer, bisect=bisect_spec,
-        workers=workers, price_per_chip_hour=price,
+        workers=workers, price_per_chip_hour=price, ray_address=ray,
     )
 
 
@@ -350,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = errors.one_line(e)
         if msg is None:
             raise
-        err_console.print(f"error: {msg}", highlight=False, soft_wrap=True)
+        err_console.print(f"error: {msg}", highlight=False, markup=False, soft_wrap=True)
         return 1
 
 

@@ -138,12 +138,14 @@ def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
         num_requests, input_len, output_len, endpoint, seed, slo_ttft,
         workload="synthetic", dataset=None, shared_prefix_len=0, arrival="poisson", burstiness=1.0, slo_tpot, warmup, timeout,
         out, tokenizer=None, bisect=None, workers: int = 1,
-        price_per_chip_hour: float | None = None) -> None:
+        price_per_chip_hour: float | None = None, ray_address: str | None = None) -> None:
     from infer_bench.backends.launch import ExternalDeploymentSpec
     from infer_bench.workloads import runner
     from infer_bench.workloads.spec import SLO, WorkloadSpec
 
     parse_checks(checks)                       # bad --check: one line before anything runs
+    if ray_address is not None:
+        connect_ray(console, ray_address, int(workers))
     out = Path(out) if out else Path("results") / time.strftime("run-%Y%m%d-%H%M%S")
     if url:
         deployments = [ExternalDeploymentSpec(name="external", url=url, model=served_model, api_key=api_key)]
@@ -173,8 +175,8 @@ def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
                                                  seed, kind=arrival, burstiness=burstiness)
     common = dict(deployments=deployments, out_dir=out, warmup_requests=warmup,
                   timeout_s=timeout, tokenizer_path=tok_path, bisect=bisect,
-                  client_workers=int(workers), repeats=int(repeats), interleave=interleave,
-                  steady_state_ramp=float(steady_state), pin_cores=pin_cores,
+                  client_workers=int(workers), ray_address=ray_address, repeats=int(repeats),
+                  interleave=interleave, steady_state_ramp=float(steady_state), pin_cores=pin_cores,
                   price_per_chip_hour=price_per_chip_hour)
     if scenarios:
         dirs = run_scenarios(console, common, seed=seed, endpoint=endpoint)
@@ -189,7 +191,29 @@ def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
         run_info = _read_run_info(d)
         if run_info.get("status") == "incomplete":
             why = "; ".join(f"{k}: {v}" for k, v in (run_info.get("deployment_failures") or {}).items())
+            shards = "; ".join(f"{k}: {m}" for k, v in (run_info.get("client_shard_failures") or {}).items()
+                               for m in v.values())
+            why = "; ".join(x for x in (why, shards) if x)
             raise RunIncomplete(f"run incomplete ({why or 'see run.json'}); what was measured is in {d}")
+
+
+def connect_ray(console: Console, address: str, workers: int) -> None:
+    """Connect to the Ray cluster before anything starts: Ray missing or the cluster not there
+    is one line (UserError), not a traceback mid-run."""
+    from infer_bench.workloads.ray_shards import RayUnavailable, connect, disconnect
+
+    if not address.strip():
+        raise UserError("--ray needs auto or the Ray head's HOST:PORT")
+    try:
+        info = connect(address)
+    except RayUnavailable as e:
+        raise UserError(str(e)) from None
+    if info["cpus"] < workers:
+        disconnect()
+        raise UserError(f"--workers {workers} puts each client shard on a CPU of its own, but the "
+                        f"Ray cluster at {address} has {info['cpus']:g} CPUs")
+    console.print(f"Ray cluster {address}: {info['nodes']} node(s), {info['cpus']:g} CPUs; "
+                  f"{workers} client shard(s) per load point")
 
 
 def execute(console: Console, spec) -> Path:

@@ -9,6 +9,8 @@ Times are seconds on the run's monotonic clock (t=0 at run start). Chunk lists h
 token-bearing chunks only. `n_output_client` / `token_count_mismatch`: the client's own output
 token count and whether it disagrees with the server's usage (backends/openai.py says how it is
 counted; None = no independent count). `conversation_id` / `turn`: multi-turn workloads.
+`client_shard` / `client_node`: which shard of a sharded client (workloads/shards.py) sent the
+request, and from which Ray node (workloads/ray_shards.py); None for a single client.
 `*_from_intended_s`: latency measured from the scheduled send time. `request_id` is the
 workload's id; `wire_request_id` the X-Request-Id actually sent (a UUID, backends/client/openai.py).
 Reasoning / tool-call streams: `ttft_s` is to the first output token of any kind; `ttfat_s` (time
@@ -90,6 +92,8 @@ class RequestRecord:
     server_preemptions: float | None = None
     server_timing_json: str | None = None
     repeat: int = 0                     # which repeat of the load point (RunSpec.repeats)
+    client_shard: int | None = None     # sharded client: which shard sent it (None: one client)
+    client_node: str | None = None      # Ray shards: the node it was sent from (run.json: client_shards)
 
     @property
     def ok(self) -> bool:
@@ -181,5 +185,6 @@ def arrow_schema():
         "token_count_mismatch": pa.bool_(), "conversation_id": pa.string(), "turn": pa.int64(),
         "repeat": pa.int64(), "wire_request_id": pa.string(), "n_output_reasoning": pa.int64(),
         "n_output_answer": pa.int64(), "n_output_tool": pa.int64(),
+        "client_shard": pa.int64(), "client_node": pa.string(),
     }
     return pa.schema([(c, types.get(c, pa.float64())) for c in RECORD_COLUMNS])

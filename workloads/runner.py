@@ -14,6 +14,11 @@ run.json will say) through its steps: `measure_deployment` for each deployment (
 reads the host's energy counters just before and after its load (workloads/energy.py ->
 energy.jsonl: its energy and wall time).
 
+Each load point's client is one `LoadGenerator`, or, with `client_workers` > 1, shards of it:
+processes of this host (`multiproc.run_sharded`) or, with `ray_address`, Ray actors on a
+cluster's nodes (`ray_shards.run_ray_sharded`; their nodes and clock offsets go to run.json's
+`client_shards`; a shard that died marks the run incomplete, `client_shard_failures`).
+
 The runner talks to deployments only through `backends.launch` (HTTP); it never imports the
 engine. Progress goes to a `RunObserver` (the CLI draws rich progress bars with it).
 """
@@ -89,6 +94,7 @@ class RunSpec:
     max_error_rate: float = 0.5      # stop a load point when this share of recent requests failed
     error_window: int = 20           # ... over the last this many requests (and at least 10 seen)
     client_workers: int = 1          # >1: each load point's client is sharded over processes
+    ray_address: str | None = None   # client shards as Ray actors on this cluster (ray_shards.py)
     repeats: int = 1                 # every load point measured this many times (fresh prompts each)
     interleave: bool = True          # ABBA order across deployments (all alive); False: one at a time
     warmup_max_requests: int = 8     # warm-up goes on until stable (schedule.WarmupTracker) or this
@@ -112,6 +118,7 @@ class RunSpec:
             "max_error_rate": self.max_error_rate,
             "error_window": self.error_window,
             "client_workers": self.client_workers,
+            "client_ray_address": self.ray_address,
             "repeats": self.repeats,
             "order": "interleaved" if self.interleaved else "sequential",
             "warmup_max_requests": self.warmup_max_requests,
@@ -254,6 +261,22 @@ def _run_sharded_load(url: str, spec: RunSpec, requests: list, lp: LoadPoint, on
     return result
 
 
+def _run_ray_load(url: str, spec: RunSpec, requests: list, lp: LoadPoint, on_record,
+                  client: dict):
+    """One load point over `spec.client_workers` Ray actors of the cluster at
+    `spec.ray_address` (workloads/ray_shards.py): records reach `on_record` as the shards stream
+    them; the tokenizer travels to the nodes pickled. Ctrl-C keeps what completed, then raises
+    KeyboardInterrupt."""
+    from .ray_shards import run_ray_sharded
+
+    result = run_ray_sharded(spec.ray_address, url, spec.workload.endpoint, requests, lp.arrival,
+                             spec.client_workers, load_point=lp.name, on_record=on_record,
+                             **client)
+    if result.extra.get("interrupted"):
+        raise KeyboardInterrupt
+    return result
+
+
 def run(spec: RunSpec, observer: RunObserver | None = None) -> Path:
     """Execute the run; returns the results dir (also when incomplete, unless nothing was measured)."""
     session = RunSession(spec, observer or RunObserver())
@@ -284,7 +307,8 @@ class RunSession:
         self.out = Path(spec.out_dir)
         self.writer = ResultsWriter(self.out, overwrite=True)
         (self.out / "telemetry.jsonl").unlink(missing_ok=True)
-        self.cpu_plan = plan_for_run(spec.deployments, spec.client_workers) if spec.pin_cores else None
+        local_clients = 1 if spec.ray_address else spec.client_workers
+        self.cpu_plan = plan_for_run(spec.deployments, local_clients) if spec.pin_cores else None
         client_pinning = pin_client(self.cpu_plan) if self.cpu_plan is not None else None
         self.writer.write_spec({**spec.to_dict(),
                                 "cpu_plan": self.cpu_plan.to_dict() if self.cpu_plan else None})
@@ -300,6 +324,8 @@ class RunSession:
         self.health: dict[str, dict] = {}
         self.telemetry: dict[str, dict] = {}
         self.warmups: dict[str, dict] = {}
+        self.client_shards: dict[str, list] = {}   # Ray shards of each load point (ray_shards.py)
+        self.client_failures: dict[str, dict] = {}
         self.seen_lps: dict[str, LoadPoint] = {}
         self.live: dict[str, tuple[Any, dict, TelemetrySampler]] = {}   # name -> (dep, client, sampler)
         self.client_sampler = client_sampler(self.out / "telemetry.jsonl", self.clock.now).start()
@@ -471,7 +497,9 @@ class RunSession:
                 gen.stop()
 
         energy_before = self.energy.read()
-        if self.spec.client_workers > 1:
+        if self.spec.ray_address:
+            result = _run_ray_load(url, self.spec, requests, lp, on_record, client)
+        elif self.spec.client_workers > 1:
             result = _run_sharded_load(url, self.spec, requests, lp, on_record, client)
         else:
             gen = LoadGenerator(url, self.spec.workload.endpoint, requests, lp.arrival,
@@ -486,6 +514,13 @@ class RunSession:
             measured[float(lp.arrival.rate)] = float(att) if att is not None else 0.0
         key = f"{deployment}/{lp.name}" + (f"/{repeat}" if repeat else "")
         self.health[key] = result.health.to_dict()
+        if "shards" in result.extra:
+            self.client_shards[key] = result.extra["shards"]
+        if result.extra.get("shard_failures"):    # the other shards finished; the run did not
+            self.client_failures[key] = result.extra["shard_failures"]
+            self.status = "incomplete"
+            for msg in result.extra["shard_failures"].values():
+                self.obs.message(f"{deployment} @ {label}: {msg}")
         self.obs.load_point_done(deployment, label, result.health.to_dict())
         if stopper.tripped:
             self._fail(deployment, f"stopped at load point {lp.name}: error rate over "
@@ -510,6 +545,11 @@ class RunSession:
             self.writer.write_spec({**self.spec.to_dict(),
                                     "cpu_plan": self.cpu_plan.to_dict() if self.cpu_plan else None,
                                     "load_points": [lp.to_dict() for lp in self.seen_lps.values()]})
+        if self.spec.ray_address:
+            from .ray_shards import disconnect
+            disconnect()
+            self.writer.set_run_info(client_shards=self.client_shards,
+                                     client_shard_failures=self.client_failures)
         self.writer.set_run_info(deployment_failures=self.failures, client_health=self.health,
                                  telemetry=self.telemetry, warmup=self.warmups,
                                  energy=self.energy.status(),

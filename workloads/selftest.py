@@ -8,7 +8,8 @@ call `run_selftest(...) -> list[dict]` (one row per rate); tests call it with ti
 Method: the mock runs in its own process (`python -m infer_bench.backends.mock.server`, on
 loopback; or at `url` if given) so the client's event loop measures only itself. For each rate,
 `n = clamp(rate * duration_s, min_requests, max_requests)` requests go out with Poisson
-arrivals (seeded) through `LoadGenerator` (or `multiproc.run_sharded` with workers > 1). The
+arrivals (seeded) through `LoadGenerator` (or `multiproc.run_sharded` with workers > 1, or
+`ray_shards.run_ray_sharded` with `ray_address`: shards on a Ray cluster's nodes of this host). The
 mock logs, per request, when the request arrived (the kernel's receive time on Linux, else
 when its read returned) and when each chunk left (perf_counter = CLOCK_MONOTONIC, the same clock
 as the client's run clock in any process on the host). Then per request:
@@ -177,6 +178,7 @@ def run_selftest(
     err_threshold_s: float = 0.002,
     seed: int = 0,
     on_row=None,
+    ray_address: str | None = None,
 ) -> list[dict]:
     """One row per rate (see the module docstring). `url`: an already running mock (its log is
     reset before each rate); otherwise a mock subprocess is started with ttft_s, token_delay_s
@@ -196,7 +198,11 @@ def run_selftest(
             arrival = ArrivalSpec("poisson", rate=rate, seed=seed)
             _http(base + "/mock/reset", "POST")
             clock = RunClock()
-            if workers > 1:
+            if ray_address:
+                from .ray_shards import run_ray_sharded
+                res = run_ray_sharded(ray_address, base, endpoint, reqs, arrival, workers,
+                                      clock=clock, load_point=f"{rate:g}rps")
+            elif workers > 1:
                 res = run_sharded(base, endpoint, reqs, arrival, workers, clock=clock,
                                   load_point=f"{rate:g}rps")
             else:
@@ -229,6 +235,7 @@ def run_selftest(
                 "client_timestamps": timestamp_summary(res.extra.get("timestamps", {})),
                 "mock_timestamps": timestamp_summary(mock_src),
                 "workers": workers,
+                "ray": bool(ray_address),
             }
             p50 = row["ttft_err_p50_ms"]
             mock_late = row["mock_lateness_p99_ms"]
