@@ -160,9 +160,10 @@ def load_run_file(path: Path | str) -> RunFile:
     sections = set(SCHEMA) - {""} | {"target"}
     for key, value in data.items():
         if key == "target":
-            if not isinstance(value, list):
+            if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
                 raise UserError(f"{name}: target must be [[target]] tables")
-            rf.targets = check_targets(target_from_table(t, f"{name}: [[target]]") for t in value)
+            rf.targets = check_targets((target_from_table(t, f"{name}: [[target]]") for t in value),
+                                       where=f"{name}: ")
         elif key in SCHEMA and key:
             if not isinstance(value, dict):
                 raise UserError(f"{name}: {key} must be a [{key}] table")

@@ -131,12 +131,13 @@ def make_target(name: str, where_to: str, fields: Mapping[str, Any], where: str)
                   model=fields.get("model") or None)
 
 
-def check_targets(targets: Iterable[Target]) -> list[Target]:
-    """The targets as a list; UserError on a duplicate name."""
+def check_targets(targets: Iterable[Target], where: str = "") -> list[Target]:
+    """The targets as a list; UserError on a duplicate name (`where`: a prefix naming the file)."""
     out, seen = [], set()
     for t in targets:
         if t.name in seen:
-            raise UserError(f"target name {t.name!r} is given twice: every target needs its own name")
+            raise UserError(f"{where}target name {t.name!r} is given twice: every target needs "
+                            "its own name")
         seen.add(t.name)
         out.append(t)
     return out

@@ -75,8 +75,8 @@ def test_two_served_targets_give_the_builtin_verdict(two_servers, tiny_model_dir
     mono, pd_url = two_servers
     out = tmp_path / "run"
     proc = cli("run", "--target", f"mono={mono},chips=2", "--target", f"pd={pd_url},chips=2",
-               "--rates", "2,4", "--num-requests", "8", "--input-len", "uniform:8,24",
-               "--output-len", "4", "--warmup", "1", "--tokenizer", str(tiny_model_dir),
+               "--rates", "4,8", "--num-requests", "8", "--input-len", "uniform:8,24",
+               "--output-len", "4", "--warmup", "0", "--tokenizer", str(tiny_model_dir),
                "--slo-ttft", "5", "--slo-tpot", "1", "--out", str(out), timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
