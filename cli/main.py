@@ -163,6 +163,8 @@ def run_targets(ctx: typer.Context, target, url, served_model) -> list:
         (list(rf.targets) if rf is not None and not url else [])
     if targets and served_model:
         raise errors.UserError("--served-model applies to --url; give each --target its model=")
+    if targets and _source(ctx, "api_key") == "COMMANDLINE":
+        raise errors.UserError("--api-key applies to --url; give each --target its api_key_env=")
     if targets and _source(ctx, "deployments") != "DEFAULT":
         raise errors.UserError("--deployments picks the built-in engine deployments; with "
                                "targets, name them as targets (NAME=engine:mono, NAME=engine:disagg)")

@@ -180,6 +180,8 @@ def test_url_and_target_together(capsys, models_server):
     assert_one_line(code, err, "--deployments picks the built-in engine deployments")
     code, err = run_cli(capsys, "run", "--target", f"a={models_server.url}", "--served-model", "m")
     assert_one_line(code, err, "--served-model applies to --url")
+    code, err = run_cli(capsys, "run", "--target", f"a={models_server.url}", "--api-key", "k")
+    assert_one_line(code, err, "--api-key applies to --url")
     assert not models_server.seen
 
 
