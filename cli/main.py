@@ -134,6 +134,7 @@ def run(
     # run file's value)
     scenarios = not targets and all(_source(ctx, p) == "DEFAULT" for p in shaping)
     run_cmd.run(
+        targets=targets,
         scenarios=scenarios, repeats=repeats, interleave=interleave, steady_state=steady_state,
         pin_cores=pin_cores, checks=check or [],
         console=console, model=model, url=url, served_model=served_model, api_key=api_key,
@@ -141,7 +142,7 @@ def run(
         num_requests=num_requests, input_len=input_len, output_len=output_len, endpoint=endpoint,
         seed=seed, workload=workload, dataset=dataset, shared_prefix_len=shared_prefix_len,
         arrival=arrival, burstiness=burstiness, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out, tokenizer=tokenizer, bisect=bisect_spec,
-        workers=workers, targets=targets,
+        workers=workers,
     )
 
 

@@ -170,11 +170,11 @@ def print_summary(console: Console, results_dir: Path) -> None:
 
 
 def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
-        steady_state: float = 0.1, pin_cores: bool = True, checks=(), console: Console, model,
+        steady_state: float = 0.1, pin_cores: bool = True, checks=(), targets=(), console: Console, model,
         url, served_model, api_key, modes, engine: EngineOptions, rates, concurrency,
         num_requests, input_len, output_len, endpoint, seed, slo_ttft,
         workload="synthetic", dataset=None, shared_prefix_len=0, arrival="poisson", burstiness=1.0, slo_tpot, warmup, timeout,
-        out, tokenizer=None, bisect=None, workers: int = 1, targets=()) -> None:
+        out, tokenizer=None, bisect=None, workers: int = 1) -> None:
     from infer_bench.backends.launch import ExternalDeploymentSpec
     from infer_bench.workloads import runner
     from infer_bench.workloads.spec import SLO, WorkloadSpec

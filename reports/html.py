@@ -31,7 +31,7 @@ from .figures import (FigureSpec, deployment_colors, itl_interference, itl_inter
                       latency_cdfs, report_figures, throughput_latency, ttft_breakdown)
 from .frames import itl_kinds, ttft_parts
 from .summary import format_ms, summary_table
-from .verdict import chips_of, verdict, verdict_for_run
+from .verdict import verdict, verdict_for_run
 
 TEMPLATE = "report.html.j2"
 DEFAULT_TARGET = 0.9
@@ -327,10 +327,8 @@ def render_compare(dirs: Sequence[str | Path], out_path: str | Path,
     groups = group_labels(runs, groups)
     names = run_names(runs)
     recs, sums, views, warns, all_deps = [], [], [], [], []
-    chips: dict[str, int] = {}    # 'run / deployment' -> its chips (spec.json), for goodput per chip
     for run, name in zip(runs, names):
         prefix = f"{name} / "
-        chips.update({prefix + d: c for d, c in (chips_of(run.spec) or {}).items()})
         rec = run.records.copy()
         if not rec.empty:
             rec["deployment"] = prefix + rec["deployment"].astype(str)
@@ -400,8 +398,7 @@ def render_compare(dirs: Sequence[str | Path], out_path: str | Path,
     ctx = dict(
         title="Comparison: " + " vs ".join(names), compare=True, runs=views, header_meta=meta,
         verdict=[f.text for f in verdict(records, summary, slo=slo or None, deployments=all_deps,
-                                          spec=runs[0].spec, target=target, load_points=lps,
-                                          chips=chips or None)],
+                                          spec=runs[0].spec, target=target, load_points=lps)],
         table=summary_table(summary), text_cols=2, dep_col=2, colors=colors,
         slo_text=_slo_text(slo), summary_note="Deployments are named 'run / deployment'.",
         figures=_figs_ctx(figs), sections=sections, warnings=warns,

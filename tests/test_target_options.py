@@ -283,25 +283,23 @@ def test_parse_target_forms():
     assert load_run_file(EXAMPLE).options["rates"] == "0.5,1"
 
 
-def test_goodput_per_chip_uses_each_deployments_chips_in_report_and_compare(tmp_path):
-    """Each deployment's own chips from spec.json (here 2 and 4), in a run's report and on the
-    compare page (whose deployments are 'run / deployment'), never one chip each."""
+def test_goodput_per_chip_uses_each_deployments_chips(tmp_path):
+    """Each deployment's own chips from spec.json (here 2 and 4), in a run's verdict and in
+    `verdict(...)` given only the spec (as the compare page calls it), never one chip each."""
     from report_fixtures import make_results_dir
 
     from infer_bench.reports.data import load_run
-    from infer_bench.reports.html import render_compare
-    from infer_bench.reports.verdict import verdict_for_run
+    from infer_bench.reports.verdict import verdict, verdict_for_run
 
-    dirs = []
-    for name in ("a", "b"):
-        d = make_results_dir(tmp_path / name, n_deployments=2, n_load_points=3, n_requests=20,
-                             name=name)
-        spec = json.loads((d / "spec.json").read_text())
-        for dep, chips in zip(spec["deployments"], (2, 4)):
-            dep["chips"] = chips
-        (d / "spec.json").write_text(json.dumps(spec))
-        dirs.append(d)
-    goodput = next(f.text for f in verdict_for_run(load_run(dirs[0])) if f.metric == "goodput")
-    assert "per chip on 2" in goodput and "per chip on 4" in goodput
-    html = render_compare(dirs, tmp_path / "c.html").read_text()
-    assert "per chip on 2" in html and "per chip on 4" in html and "per chip on 1" not in html
+    d = make_results_dir(tmp_path / "a", n_deployments=2, n_load_points=3, n_requests=20)
+    spec = json.loads((d / "spec.json").read_text())
+    for dep, chips in zip(spec["deployments"], (2, 4)):
+        dep["chips"] = chips
+    (d / "spec.json").write_text(json.dumps(spec))
+    run = load_run(d)
+    for findings in (verdict_for_run(run),
+                     verdict(run.records, run.summary, slo=run.slo, deployments=run.deployments,
+                             spec=run.spec, load_points=run.load_points)):
+        goodput = next(f.text for f in findings if f.metric == "goodput")
+        assert "per chip on 2" in goodput and "per chip on 4" in goodput, goodput
+        assert "per chip on 1" not in goodput
