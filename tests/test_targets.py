@@ -2,7 +2,8 @@
 disaggregated 1P1D, as a user would start their own servers) and measured as two external
 targets with 2 chips each. The results dir must hold both deployments with their chips, every
 target must get the same requests in the same order, and the verdict must be the built-in
-comparison's kind (goodput per chip on each target's chips, a finding per load point)."""
+comparison's kind (goodput per chip on each target's chips, a finding per load point). And a
+bundled-engine target (`NAME=engine:mono`, launched by the run) mixed with a URL target."""
 
 from __future__ import annotations
 
@@ -96,9 +97,10 @@ def test_two_served_targets_give_the_builtin_verdict(two_servers, tiny_model_dir
         for dep, d in g.groupby("deployment"):
             d = d.sort_values("intended_send_s")
             offsets = (d["intended_send_s"] - d["intended_send_s"].min()).round(6).tolist()
-            seqs[dep] = (d["n_input"].tolist(), d["max_tokens"].tolist(), offsets)
+            seqs[dep] = (d["request_id"].tolist(), d["n_input"].tolist(),
+                         d["max_tokens"].tolist(), offsets)
         assert seqs["mono"] == seqs["pd"], (lp, rep)
-        assert len(seqs["mono"][0]) == 8 and len(set(seqs["mono"][0])) > 1
+        assert len(set(seqs["mono"][0])) == 8 and len(set(seqs["mono"][1])) > 1
 
     findings = verdict_for_run(load_run(out))
     kinds = {f.metric for f in findings}
@@ -108,3 +110,25 @@ def test_two_served_targets_give_the_builtin_verdict(two_servers, tiny_model_dir
     assert goodput.count("per chip on 2") == 2 and "per chip on 1" not in goodput
     assert sum(f.metric == "load_point" for f in findings) == 2
     assert (out / "report.html").exists()
+
+
+def test_engine_target_mixes_with_an_external_server(tiny_model_dir, mock_process, tmp_path):
+    """`NAME=engine:mono` beside a URL target in one run: the engine is launched by the run
+    with the run's engine options and named as its target; both get the same requests."""
+    url = mock_process("--ttft-ms", "5", "--token-delay-ms", "1")
+    out = tmp_path / "mixed"
+    proc = cli("run", "--target", "local=engine:mono", "--target", f"ext={url},chips=3",
+               "--model", str(tiny_model_dir), "--threads", "1", "--kv-cache-gb", "0.01",
+               "--rates", "8", "--num-requests", "6", "--input-len", "16", "--output-len", "4",
+               "--warmup", "0", "--no-pin-cores", "--out", str(out), timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    deps = {d["name"]: d for d in json.loads((out / "spec.json").read_text())["deployments"]}
+    assert list(deps) == ["local", "ext"]
+    assert (deps["local"]["kind"], deps["local"]["mode"], deps["local"]["num_threads"],
+            deps["local"]["kv_cache_gb"], deps["local"]["chips"]) == ("engine", "mono", 1, 0.01, 1)
+    assert (deps["ext"]["kind"], deps["ext"]["chips"], deps["ext"]["url"]) == ("url", 3, url)
+    recs = pd.read_parquet(out / "requests.parquet")
+    assert recs["error"].isna().all(), recs["error"].dropna().tolist()[:3]
+    by_dep = {d: g.sort_values("intended_send_s")["request_id"].tolist()   # the workload's ids
+              for d, g in recs.groupby("deployment")}
+    assert by_dep["local"] == by_dep["ext"] and len(set(by_dep["local"])) == 6
