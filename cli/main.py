@@ -92,10 +92,10 @@ def run(
     \b
     Example: infer-bench run
     Example: infer-bench run --rates 0.5,1 --num-requests 16 --repeats 3
-    Example: infer-bench run --url http://127.0.0.1:8000 --rates 2,4 --check 'ttft_p90<2s'
     Example: infer-bench run --target mono=http://h1:8000,chips=2 --target pd=http://h2:8000,chips=2
     Example: infer-bench run --target local=engine:mono --target vllm=http://h1:8000 --rates 1
     Example: infer-bench run --config examples/run.toml --repeats 3
+    Example: infer-bench run --url http://127.0.0.1:8000 --rates 2,4 --check 'ttft_p90<2s'
     """
     from . import run_cmd
 
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = errors.one_line(e)
         if msg is None:
             raise
-        err_console.print(f"error: {msg}", highlight=False, soft_wrap=True, markup=False)
+        err_console.print(f"error: {msg}", highlight=False, markup=False, soft_wrap=True)
         return 1
 
 
