@@ -100,7 +100,8 @@ class EngineDeploymentSpec:
 
 @dataclass
 class ExternalDeploymentSpec:
-    """An OpenAI-compatible server that is already running somewhere."""
+    """An OpenAI-compatible server that is already running somewhere (`run --url`, or a named
+    `--target NAME=URL,...`). `chips`: the GPUs (or cores) it occupies, for goodput per chip."""
 
     name: str
     url: str
@@ -115,8 +116,8 @@ class ExternalDeploymentSpec:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d.get("api_key"):
-            d["api_key"] = "***"
+        if d.get("api_key"):   # never the key: the var it came from, or that one was given
+            d["api_key"] = None if self.api_key_env else "***"
         return d
 
 
@@ -301,15 +302,15 @@ class ExternalDeployment:
         url = self.spec.url.rstrip("/")
         return url[: -len("/v1")] if url.endswith("/v1") else url
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 10.0) -> None:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         try:
-            data = http_get_json(self.base_url + "/v1/models", timeout=10.0, headers=headers)
+            data = http_get_json(self.base_url + "/v1/models", timeout=timeout_s, headers=headers)
         except urllib.error.HTTPError as e:
             raise DeploymentError(f"server at {self.spec.url} answered HTTP {e.code} on /v1/models") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise DeploymentError(f"cannot reach {self.spec.url}: {reason}") from None
+            raise DeploymentError(f"cannot reach {self.spec.url}: {reason or type(reason).__name__}") from None
         except ValueError:
             raise DeploymentError(f"{self.spec.url}/v1/models did not return JSON; is it an "
                                   "OpenAI-compatible server?") from None
@@ -335,6 +336,28 @@ class ExternalDeployment:
 
     def stop(self) -> None:
         return None
+
+
+def probe_external(specs, timeout_s: float = 5.0) -> dict[str, str]:
+    """GET /v1/models of every external spec at once (threads), before any load is sent:
+    {name: one-line reason} for those that cannot be used (unreachable, HTTP error, not JSON, no
+    model). Engine specs are skipped (they are started by the run)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ext = [s for s in specs if isinstance(s, ExternalDeploymentSpec)]
+
+    def probe(spec: ExternalDeploymentSpec) -> str | None:
+        try:
+            ExternalDeployment(spec).start(timeout_s=timeout_s)
+        except DeploymentError as e:
+            return str(e)
+        return None
+
+    if not ext:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(ext))) as pool:
+        found = dict(zip((s.name for s in ext), pool.map(probe, ext)))
+    return {name: why for name, why in found.items() if why is not None}
 
 
 def make_deployment(spec, log_dir: Path, cores: DeploymentCores | None = None):

@@ -34,12 +34,25 @@ console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 
+def _read_run_file(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+    """--config (eager): the run file's values become the defaults of run's other options."""
+    if value is not None:
+        from .run_file import load_run_file
+
+        rf = load_run_file(value)
+        ctx.default_map = {**(ctx.default_map or {}), **rf.options}
+        ctx.meta["run_file"] = rf
+    return value
+
+
 @app.command()
 @engine_options
 def run(
     ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", metavar="RUN.TOML", is_eager=True, callback=_read_run_file, help="Run file (TOML; see examples/run.toml): targets, workload, load, SLOs, repeats, out dir, engine options. Flags given on the command line override the file; --target or --url replace its targets."),
+    target: Optional[list[str]] = typer.Option(None, "--target", metavar="NAME=URL[,KEY=VALUE...]", help="A deployment to measure, repeatable: NAME=URL[,chips=N][,metrics=URL][,api_key_env=VAR][,model=SERVED_MODEL] for a running OpenAI-compatible server (chips default 1, metrics default URL/metrics, the API key read from $VAR), or NAME=engine:mono / NAME=engine:disagg for the bundled engine with this run's engine options. Every target gets the same requests in the same order."),
     model: str = typer.Option("smollm2-135m", help="Engine model: registry name, HF dir, .gguf file or hub id."),
-    url: Optional[str] = typer.Option(None, help="Benchmark an external OpenAI-compatible server instead of the engine."),
+    url: Optional[str] = typer.Option(None, help="Benchmark one external OpenAI-compatible server instead of the engine (the target named 'external')."),
     served_model: Optional[str] = typer.Option(None, help="Model name to send to --url (default: first of /v1/models)."),
     api_key: Optional[str] = typer.Option(None, envvar="INFER_BENCH_API_KEY", help="Bearer token for --url."),
     deployments: str = typer.Option("mono,disagg", help="Engine deployments to compare, comma-separated: mono, disagg (--prefill-workers x --decode-workers, default 1P1D; same total --threads)."),
@@ -82,6 +95,9 @@ def run(
     \b
     Example: infer-bench run
     Example: infer-bench run --rates 0.5,1 --num-requests 16 --repeats 3
+    Example: infer-bench run --target mono=http://h1:8000,chips=2 --target pd=http://h2:8000,chips=2
+    Example: infer-bench run --target local=engine:mono --target vllm=http://h1:8000 --rates 1
+    Example: infer-bench run --config examples/run.toml --repeats 3
     Example: infer-bench run --url http://127.0.0.1:8000 --rates 2,4 --check 'ttft_p90<2s'
     Example: infer-bench run --url http://10.0.0.5:8000 --rates 500 --ray auto --workers 8
     """
@@ -111,17 +127,19 @@ def run(
         raise errors.UserError(f"--arrival must be poisson, gamma or constant, got {arrival!r}")
     if dataset is not None and not dataset.exists():
         raise errors.UserError(f"--dataset {dataset} does not exist")
+    targets = run_targets(ctx, target, url, served_model)
     modes = [d.strip() for d in deployments.split(",") if d.strip()]
     for m in modes:
         if m not in ("mono", "disagg"):
             raise errors.UserError(f"unknown deployment {m!r}: use mono or disagg")
     shaping = ("rates", "concurrency", "num_requests", "input_len", "output_len", "workload",
                "dataset", "shared_prefix_len", "slo_ttft", "slo_tpot", "bisect", "url", "arrival",
-               "burstiness", "endpoint")
-    # (compared by name: typer ships its own copy of click's ParameterSource)
-    scenarios = all(getattr(ctx.get_parameter_source(p), "name", "DEFAULT") in
-                    ("DEFAULT", "DEFAULT_MAP") for p in shaping)
+               "burstiness", "endpoint", "target")
+    # (compared by name: typer ships its own copy of click's ParameterSource; DEFAULT_MAP: the
+    # run file's value)
+    scenarios = not targets and all(_source(ctx, p) == "DEFAULT" for p in shaping)
     run_cmd.run(
+        targets=targets,
         scenarios=scenarios, repeats=repeats, interleave=interleave, steady_state=steady_state,
         pin_cores=pin_cores, checks=check or [],
         console=console, model=model, url=url, served_model=served_model, api_key=api_key,
@@ -131,6 +149,32 @@ def run(
         arrival=arrival, burstiness=burstiness, slo_ttft=slo_ttft, slo_tpot=slo_tpot, warmup=warmup, timeout=timeout, out=out, tokenizer=tokenizer, bisect=bisect_spec,
         workers=workers, price_per_chip_hour=price, ray_address=ray,
     )
+
+
+def _source(ctx: typer.Context, name: str) -> str:
+    """Where a parameter's value came from: COMMANDLINE, ENVIRONMENT, DEFAULT_MAP (the run
+    file) or DEFAULT."""
+    return getattr(ctx.get_parameter_source(name), "name", "DEFAULT")
+
+
+def run_targets(ctx: typer.Context, target, url, served_model) -> list:
+    """The run's named targets (cli/targets.py): --target flags, else the run file's (unless
+    --url is given); [] for the built-in engine deployments or a plain --url run."""
+    from .targets import check_targets, parse_target
+
+    if target and url:
+        raise errors.UserError("give --url or --target, not both (--url is --target external=URL)")
+    rf = ctx.meta.get("run_file")
+    targets = check_targets(parse_target(t) for t in target) if target else \
+        (list(rf.targets) if rf is not None and not url else [])
+    if targets and served_model:
+        raise errors.UserError("--served-model applies to --url; give each --target its model=")
+    if targets and _source(ctx, "api_key") == "COMMANDLINE":
+        raise errors.UserError("--api-key applies to --url; give each --target its api_key_env=")
+    if targets and _source(ctx, "deployments") != "DEFAULT":
+        raise errors.UserError("--deployments picks the built-in engine deployments; with "
+                               "targets, name them as targets (NAME=engine:mono, NAME=engine:disagg)")
+    return targets
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

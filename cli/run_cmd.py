@@ -1,10 +1,11 @@
 """`infer-bench run`: turn flags into a RunSpec, run it with rich progress, render the report.
 
-Thin glue: the engine model is resolved here, once (fetched once, with pip's progress bar), and
-every engine deployment loads it from that local path with the engine options given (cli/
-engine_options.py); everything else is library code (workloads.runner, then
-workloads.planning.predict for predictions.json, then reports.html; reports.scenarios for the
-default run's index page).
+Thin glue: named targets (cli/targets.py) become deployment specs here, every external one
+checked reachable before anything is sent; the engine model is resolved here, once (fetched
+once, with pip's progress bar), and every engine deployment loads it from that local path with
+the engine options given (cli/engine_options.py); everything else is library code
+(workloads.runner, then workloads.planning.predict for predictions.json, then reports.html;
+reports.scenarios for the default run's index page).
 """
 
 from __future__ import annotations
@@ -54,6 +55,42 @@ def engine_deployments(model: str, model_path: Path, modes: list[str], engine: E
         specs.append(EngineDeploymentSpec(name=name, model=model, model_path=str(model_path),
                                           mode=mode, **opts))
     return specs
+
+
+def target_deployments(targets, model: str, engine: EngineOptions, console: Console):
+    """The deployment specs of the run's named targets (cli/targets.py), in their order:
+    external servers (API key read from the named env var; every one checked reachable first,
+    at once) and the bundled engine's deployments named as their targets. Returns (specs, the
+    engine model's local path or None when no target is an engine)."""
+    from dataclasses import replace
+
+    from infer_bench.backends.launch import ExternalDeploymentSpec
+
+    specs: dict[str, object] = {}
+    for t in targets:
+        if t.engine is None:
+            specs[t.name] = ExternalDeploymentSpec(
+                name=t.name, url=t.url, model=t.model, chips=t.chips or 1,
+                metrics_url=t.metrics, api_key_env=t.api_key_env, api_key=t.api_key())
+    check_reachable(list(specs.values()))
+    model_path = None
+    if any(t.engine for t in targets):
+        model_path = resolve_model(model, console)
+        for t in targets:
+            if t.engine is not None:
+                (spec,) = engine_deployments(model, model_path, [t.engine], engine)
+                specs[t.name] = replace(spec, name=t.name)
+    return [specs[t.name] for t in targets], model_path
+
+
+def check_reachable(specs) -> None:
+    """Every external server answers GET /v1/models (all asked at once), before any load is
+    sent; else one line naming each one that does not."""
+    from infer_bench.backends.launch import probe_external
+
+    bad = probe_external(specs)
+    if bad:
+        raise UserError("; ".join(f"target {name!r}: {why}" for name, why in bad.items()))
 
 
 class ProgressObserver:
@@ -133,7 +170,7 @@ def print_summary(console: Console, results_dir: Path) -> None:
 
 
 def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
-        steady_state: float = 0.1, pin_cores: bool = True, checks=(), console: Console, model,
+        steady_state: float = 0.1, pin_cores: bool = True, checks=(), targets=(), console: Console, model,
         url, served_model, api_key, modes, engine: EngineOptions, rates, concurrency,
         num_requests, input_len, output_len, endpoint, seed, slo_ttft,
         workload="synthetic", dataset=None, shared_prefix_len=0, arrival="poisson", burstiness=1.0, slo_tpot, warmup, timeout,
@@ -147,8 +184,12 @@ def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
     if ray_address is not None:
         connect_ray(console, ray_address, int(workers))
     out = Path(out) if out else Path("results") / time.strftime("run-%Y%m%d-%H%M%S")
-    if url:
+    if targets:
+        deployments, model_path = target_deployments(targets, model, engine, console)
+        tok_path = tokenizer or (tokenizer_dir(model_path) if model_path else None)
+    elif url:
         deployments = [ExternalDeploymentSpec(name="external", url=url, model=served_model, api_key=api_key)]
+        check_reachable(deployments)
         tok_path = tokenizer
     else:
         model_path = resolve_model(model, console)

@@ -101,6 +101,7 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
                         if present else "No deployments measured.")] + costs
     a, b = present[0], present[1]
     ramp = _ramp(spec)
+    chips = chips if chips is not None else chips_of(spec)   # each deployment's, from spec.json
     lps = list(load_points) if load_points is not None else list(
         dict.fromkeys(records["load_point"]))
     rates: dict[Any, float] = {}

@@ -98,8 +98,11 @@ def test_run_sends_the_requests_asked_for(tmp_path, monkeypatch):
     from infer_bench.workloads import runner
     from infer_bench.workloads.datasets import build_requests
 
+    from infer_bench.cli import run_cmd
+
     specs = []
     monkeypatch.setattr(runner, "run", lambda spec, observer=None: specs.append(spec))
+    monkeypatch.setattr(run_cmd, "check_reachable", lambda deployments: None)  # no server here
     for n in (40, 42, 3):
         r = CliRunner().invoke(_app(), ["run", "--url", "http://127.0.0.1:9", "--workload",
                                         "shared_prefix", "--num-requests", str(n), "--out",
@@ -117,8 +120,11 @@ def test_trace_run_says_rates_are_ignored(tmp_path, monkeypatch):
 
     trace = tmp_path / "t.jsonl"
     trace.write_text('{"timestamp": 0, "input_len": 4}\n{"timestamp": 1, "input_len": 4}\n')
+    from infer_bench.cli import run_cmd
+
     specs = []
     monkeypatch.setattr(runner, "run", lambda spec, observer=None: specs.append(spec))
+    monkeypatch.setattr(run_cmd, "check_reachable", lambda deployments: None)  # no server here
     r = CliRunner().invoke(_app(), ["run", "--url", "http://127.0.0.1:9", "--workload", "trace",
                                     "--dataset", str(trace), "--rates", "3", "--out",
                                     str(tmp_path / "r")])
