@@ -95,6 +95,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable]]] = {
         "steady_state": ("steady_state", _float),
         "tokenizer": ("tokenizer", _str),
         "workers": ("workers", _int),
+        "ray": ("ray", _str),
+        "price_per_chip_hour": ("price_per_chip_hour", _str),
         "pin_cores": ("pin_cores", _bool),
         "checks": ("check", _strings),
     },

@@ -111,6 +111,18 @@ def test_two_served_targets_give_the_builtin_verdict(two_servers, tiny_model_dir
     assert sum(f.metric == "load_point" for f in findings) == 2
     assert (out / "report.html").exists()
 
+    # per-target server-side phases from each engine's own /metrics (scraped around every load point)
+    sm = pd.read_csv(out / "server_metrics.csv")
+    for dep in ("mono", "pd"):
+        mine = sm[sm["deployment"] == dep]
+        assert set(mine["engine"]) == {"infer-bench"}, set(mine["engine"])
+        for fig in ("queue_time_mean", "prefill_time_mean", "decode_time_mean"):
+            vals = mine[mine["figure"] == fig]["value"]
+            assert len(vals) == 2 and (vals >= 0).all() and vals.notna().all(), (dep, fig, vals.tolist())
+    pd_transfer = sm[(sm["deployment"] == "pd") & (sm["figure"] == "kv_transfer_time_mean")]["value"]
+    assert len(pd_transfer) == 2 and (pd_transfer > 0).all(), pd_transfer.tolist()
+    assert sm[(sm["deployment"] == "mono") & (sm["figure"] == "kv_transfer_time_mean")]["value"].dropna().eq(0).all()
+
 
 def test_engine_target_mixes_with_an_external_server(tiny_model_dir, mock_process, tmp_path):
     """`NAME=engine:mono` beside a URL target in one run: the engine is launched by the run
