@@ -271,6 +271,29 @@ def test_prefill_priority_step_stalls_decodes_by_the_prefill_time():
     assert res.first_token_s[1] == pytest.approx(t_a + k * decode_step + prefill_b, rel=1e-9)
 
 
+def test_prompts_batched_in_one_prefill_step_cost_their_own_attention():
+    """Two prompts prefilled together (prefill_priority batches whole prompts; chunked admits
+    both into one step's budget): the step costs c*(L1^2 + L2^2)/1e3 -- causal attention is
+    within each sequence -- not c*(L1 + L2)^2/1e3."""
+    a, b, c, f = 0.01, 1e-4, 5e-4, 0.002
+    lm = LatencyModel(a=a, b=b, c=c, f=f)
+    L1, L2 = 600, 200
+    want = a + b * (L1 + L2) + c * (L1 ** 2 + L2 ** 2) / 1e3 + 2 * f
+    reqs = SimRequests(np.zeros(2), np.array([L1, L2]), np.array([1, 1]))
+    for pol in ("prefill_priority", "chunked"):
+        inst = InstanceConfig(max_num_batched_tokens=1024, max_num_seqs=8, policy=pol)
+        res = simulate(Deployment("mono", instance=inst), lm, reqs)
+        assert np.allclose(res.ttft_s, want, rtol=1e-12)
+        assert not np.allclose(res.ttft_s, want + c * 2 * L1 * L2 / 1e3)
+    # a prompt chunked over two steps: each chunk's own square (the prefix is the C term)
+    inst = InstanceConfig(max_num_batched_tokens=400, max_num_seqs=8, policy="chunked")
+    one = SimRequests(np.zeros(1), np.array([L1]), np.array([1]))
+    res = simulate(Deployment("mono", instance=inst), lm, one)
+    step1 = a + b * 400 + c * 400 ** 2 / 1e3 + f
+    step2 = a + b * 200 + c * 200 ** 2 / 1e3 + f   # e = 0: the 400-token prefix costs nothing
+    assert res.ttft_s[0] == pytest.approx(step1 + step2, rel=1e-12)
+
+
 def test_chunked_budget_bounds_the_stall():
     # the same arrival under chunked prefill: B's prompt is cut into chunks that ride with A's
     # decode, so every gap of A is one mixed step, at most step_time(budget - 1 prefill

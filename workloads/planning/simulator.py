@@ -14,8 +14,9 @@ definitions of `workloads/metrics.py` directly on the arrays (fast, for rate swe
 
 Model (a plain event heap; one event per engine step, arrival and KV transfer):
 - An instance runs steps back to back while it has work; each step is one forward pass whose
-  duration is `latency_model.step_time(P, D, C, N)` (decode knots included; N prefill chunks; C the KV tokens the step
-  attends: each decode's computed tokens, each chunk's computed prefix), with the instance's
+  duration is `latency_model.step_time(P, D, C, N, Q)` (decode knots included; N prefill
+  chunks; Q the sum of their squared lengths: attention is causal within each sequence; C the
+  KV tokens the step attends: each decode's computed tokens, each chunk's computed prefix), with the instance's
   own model (`InstanceConfig.latency_model`: a per-role profile / TP degree) or else the one
   passed to `simulate`, times
   (1 + `colocated_slowdown`) when another instance of the deployment is in a step at its start
@@ -389,13 +390,14 @@ _ARRIVE, _STEP, _XFER, _KICK, _RESERVED = 0, 1, 2, 3, 4
 
 
 def step_time_fn(lm: LatencyModel):
-    """`lm.step_time` as a fast closure f(P, D, C, N) (the simulator calls it once per step)."""
+    """`lm.step_time` as a fast closure f(P, D, C, N, Q) (the simulator calls it once per step;
+    Q: the sum of the step's squared prefill chunk lengths)."""
     a, b, c, d, e, f = lm.a, lm.b, lm.c, lm.d, lm.e, lm.f
     if not lm.decode_knots:
-        return lambda p, dd, cc, nn: a + b * p + c * p * p / 1e3 + d * dd + e * cc + f * nn
+        return lambda p, dd, cc, nn, q: a + b * p + c * q / 1e3 + d * dd + e * cc + f * nn
     dec = [lm.decode_cost(i) for i in range(4097)]   # piecewise linear: a table
     dcost = lm.decode_cost
-    return (lambda p, dd, cc, nn: a + b * p + c * p * p / 1e3 + e * cc + f * nn
+    return (lambda p, dd, cc, nn, q: a + b * p + c * q / 1e3 + e * cc + f * nn
             + (dec[dd] if dd < 4097 else dcost(dd)))
 
 
@@ -706,7 +708,10 @@ class _Instance:
         self.cur_admit_dec = admitted_dec
         self.cur_ndec = n_dec
         self.cur_start = t
-        dur = self.lm_step(p_tok, n_dec + len(admitted_dec), ctx, len(chunks))
+        q = 0
+        for _, n in chunks:
+            q += n * n
+        dur = self.lm_step(p_tok, n_dec + len(admitted_dec), ctx, len(chunks), q)
         if s.n_stepping and s.g:
             dur *= 1.0 + s.g      # another co-located instance is in a step now
         s.n_stepping += 1
