@@ -15,15 +15,16 @@ per-step overhead its simulator adds). Only the converted NUMBERS are shipped:
 bench/data/distserve_opt13b_a100.json (an infer-bench profile set, engines "distserve" and
 "vllm", TP 1, 2, 4, PP 1); `--convert GIT_DIR` rebuilds it from a clone of that repository.
 
-Conversion (their times in ms; ours t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N in s, with
-decode knots; P prefill tokens, D decodes, C context tokens read by the decodes, N prompts):
+Conversion (their times in ms; ours t = a + b*P + c*Q/1e3 + d*D + e*C + f*N in s, with
+decode knots; P prefill tokens, Q = sum of the prompts' squared lengths, D decodes, C context
+tokens read by the decodes, N prompts):
   their prefill   t = ap + bp*sum(L) + cp*sum(L^2)        (L: each prompt's length)
   their decode    t = a + b*sum(ctx + 1) + c*D, (a, b, c) = decoding_smallbs when
                   D < decoding_large_small_bs_threshold (95), else decoding_largebs
   their overhead  + 2 ms + 1e-4 ms * sum(context tokens of the step) (worker.add_ray_overhead)
   ours            a = as/1e3 + 0.002          (small-batch decode intercept + overhead)
                   f = max(0, ap - as)/1e3     (prefill intercept above the decode one)
-                  b = bp/1e3 + 1e-7,  c = cp  (P^2/1e3 s == P^2 ms: the same number)
+                  b = bp/1e3 + 1e-7,  c = cp  (their cp*sum(L^2) ms == cp*Q/1e3 s: exact)
                   d = (cs + bs)/1e3           (their sum(ctx + 1) = C + D)
                   e = bs/1e3 + 1e-7
                   decode knot at D* = (as - al) / (cl - cs) (where the large-batch line crosses
@@ -32,10 +33,10 @@ decode knots; P prefill tokens, D decodes, C context tokens read by the decodes,
                   they cross) beyond max(D*, 95), off by at most the gap between their two
                   lines at 95 in between (when they do not cross: that gap beyond 95)
 Where the forms differ (printed by `--convert` and recorded in the file's notes): a prefill step
-is over-estimated by (as - ap) when ap < as (<= 2 ms); a BATCH of prompts is charged
-c*(sum L)^2 instead of c*sum(L^2) (our quadratic term is in the step's total prefill tokens);
-decodes with 95 <= D < D* use the small-batch line; large batches read context at the small-
-batch rate bs instead of bl. PP is not converted: the simulator runs an instance's stages
+is over-estimated by (as - ap) when ap < as (<= 2 ms); decodes with 95 <= D < D* use the
+small-batch line; large batches read context at the small-batch rate bs instead of bl. (Until
+the quadratic term became per chunk, Q, a BATCH of prompts was charged c*(sum L)^2 instead of
+their c*sum(L^2); it now maps exactly.) PP is not converted: the simulator runs an instance's stages
 serially (no micro-batch pipelining), so a PP instance would be modelled wrongly; the paper's
 OPT-13B placement uses PP 1. KV: kv.capacity_tokens = max_num_tokens.csv's (tp, pp=1) value;
 bytes per token = 2 (K, V) x 40 layers x 5120 x 2 bytes (fp16) = 819200.
@@ -112,7 +113,7 @@ def convert_fit(p: dict, kv_capacity: int | None) -> tuple[dict, dict]:
     # their threshold (continuous: the large-batch line shifted to meet the small-batch one)
     knot = (as_ - al) / (cl - cs) if cl > cs and as_ > al else thr
     knots, slopes = [knot], [(cl + bs) / 1e3]
-    step = {"form": "t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N", "a_s": a,
+    step = {"form": "t = a + b*P + c*Q/1e3 + d*D + e*C + f*N", "a_s": a,
             "b_s_per_prefill_token": bp / 1e3 + RAY_PER_TOKEN_MS / 1e3,
             "c_s_per_prefill_token_sq_1e3": cp, "d_s_per_decode_seq": (cs + bs) / 1e3,
             "e_s_per_context_token": bs / 1e3 + RAY_PER_TOKEN_MS / 1e3,
