@@ -58,7 +58,9 @@ KV: `kv_bytes_per_token` (all layers, K and V) and `num_layers`; a layer-wise tr
 instance (None: unlimited).
 
 Parallelism: `tp` (tensor-parallel degree) and `pp` (pipeline stages) of the instance whose steps
-the model describes; one instance uses tp * pp chips (`chips_per_instance`). Held-out error:
+the model describes; one instance uses tp * pp chips (`chips_per_instance`). With pp > 1 the step
+time is the latency of one micro-batch through all stages (equal stages: each takes t/pp); the
+simulator pipelines micro-batches (one per stage time, see simulator.py). Held-out error:
 `heldout_rel_err` is the relative error of the mean step time when the fit predicts step rows it
 did not see (profiler.heldout_error: contiguous k-fold over the profile's samples); the planner
 turns it into a band on each prediction. None: unknown (hand-written or converted profiles).

@@ -321,7 +321,8 @@ def rate_upper_bound(dep: Deployment, lm: LatencyModel, base: SimRequests) -> fl
     shared with others) and for each later token the least per-sequence decode cost plus the
     context it reads; co-location slowdown and KV limits ignored (they only lower goodput).
     The quadratic work is c*L^2 where prompts run whole, and its least value c*L (chunks of
-    one token: sum l^2 >= sum l) where the prefill instance may chunk them."""
+    one token: sum l^2 >= sum l) where the prefill instance may chunk them. A pipeline-parallel
+    instance of k stages counts k times (its micro-batches overlap, one per stage time)."""
     pm, dm = _models_of(dep, lm)
     n_in = np.asarray(base.n_input, float)
     n_out = np.asarray(base.n_output, float)
@@ -334,9 +335,9 @@ def rate_upper_bound(dep: Deployment, lm: LatencyModel, base: SimRequests) -> fl
                           + dm.e * tok * (n_in + n_out / 2.0)))
     if dep.mode == "mono":
         w = w_pre + w_dec
-        return math.inf if w <= 0 else dep.num_instances / w
-    bounds = [dep.num_prefill / w_pre if w_pre > 0 else math.inf,
-              dep.num_decode / w_dec if w_dec > 0 else math.inf]
+        return math.inf if w <= 0 else dep.num_instances * pm.pp / w
+    bounds = [dep.num_prefill * pm.pp / w_pre if w_pre > 0 else math.inf,
+              dep.num_decode * dm.pp / w_dec if w_dec > 0 else math.inf]
     return min(bounds)
 
 
