@@ -12,18 +12,19 @@ simdistserve/estimators/profile_data/profiler-a100-80g.{distserve,vllm}.json (fi
 TP degree; used by simdistserve/estimators/time_estimator.py), max_num_tokens.csv (KV capacity in
 tokens per (TP, PP), read by memory_estimator.py) and simdistserve/base/worker.py (the fixed
 per-step overhead its simulator adds). Only the converted NUMBERS are shipped:
-bench/data/distserve_opt13b_a100.json (an infer-bench profile set, engines "distserve" and
-"vllm", TP 1, 2, 4, PP 1); `--convert GIT_DIR` rebuilds it from a clone of that repository.
+bench/data/distserve_opt13b_a100.json (an infer-bench profile set, engines "distserve" (TP 1, 2,
+4 x PP 1, 2, 4) and "vllm" (TP 1, 2, 4, PP 1)); `--convert GIT_DIR` rebuilds it from a clone of that repository.
 
-Conversion (their times in ms; ours t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N in s, with
-decode knots; P prefill tokens, D decodes, C context tokens read by the decodes, N prompts):
+Conversion (their times in ms; ours t = a + b*P + c*Q/1e3 + d*D + e*C + f*N in s, with
+decode knots; P prefill tokens, Q = sum of the prompts' squared lengths, D decodes, C context
+tokens read by the decodes, N prompts):
   their prefill   t = ap + bp*sum(L) + cp*sum(L^2)        (L: each prompt's length)
   their decode    t = a + b*sum(ctx + 1) + c*D, (a, b, c) = decoding_smallbs when
                   D < decoding_large_small_bs_threshold (95), else decoding_largebs
   their overhead  + 2 ms + 1e-4 ms * sum(context tokens of the step) (worker.add_ray_overhead)
   ours            a = as/1e3 + 0.002          (small-batch decode intercept + overhead)
                   f = max(0, ap - as)/1e3     (prefill intercept above the decode one)
-                  b = bp/1e3 + 1e-7,  c = cp  (P^2/1e3 s == P^2 ms: the same number)
+                  b = bp/1e3 + 1e-7,  c = cp  (their cp*sum(L^2) ms == cp*Q/1e3 s: exact)
                   d = (cs + bs)/1e3           (their sum(ctx + 1) = C + D)
                   e = bs/1e3 + 1e-7
                   decode knot at D* = (as - al) / (cl - cs) (where the large-batch line crosses
@@ -32,13 +33,22 @@ decode knots; P prefill tokens, D decodes, C context tokens read by the decodes,
                   they cross) beyond max(D*, 95), off by at most the gap between their two
                   lines at 95 in between (when they do not cross: that gap beyond 95)
 Where the forms differ (printed by `--convert` and recorded in the file's notes): a prefill step
-is over-estimated by (as - ap) when ap < as (<= 2 ms); a BATCH of prompts is charged
-c*(sum L)^2 instead of c*sum(L^2) (our quadratic term is in the step's total prefill tokens);
-decodes with 95 <= D < D* use the small-batch line; large batches read context at the small-
-batch rate bs instead of bl. PP is not converted: the simulator runs an instance's stages
-serially (no micro-batch pipelining), so a PP instance would be modelled wrongly; the paper's
-OPT-13B placement uses PP 1. KV: kv.capacity_tokens = max_num_tokens.csv's (tp, pp=1) value;
-bytes per token = 2 (K, V) x 40 layers x 5120 x 2 bytes (fp16) = 819200.
+is over-estimated by (as - ap) when ap < as (<= 2 ms); decodes with 95 <= D < D* use the
+small-batch line; large batches read context at the small-batch rate bs instead of bl. (Until
+the quadratic term became per chunk, Q, a BATCH of prompts was charged c*(sum L)^2 instead of
+their c*sum(L^2); it now maps exactly.)
+PP: DistServe publishes no PP measurements; its simulator derives a PP-k stage from the TP fit
+(time_estimator.py: each stage takes time/k, + k ms per stage in a prefill step, marked "TODO:
+Modulate the PP overhead"; base/worker.py: one worker per stage, the Ray overhead on the first).
+The DistServe engine's fits at PP 2 and 4 (TP 1, 2, 4) are shipped derived the same way: our PP
+fit's step time is one micro-batch's latency through all stages = the TP fit + k^2 ms per
+prefill chunk (f; their k ms per stage is per prefill STEP: a batch of N prompts is over-charged
+(N-1) k^2 ms); the simulator splits it into k equal stages, so the Ray overhead (2 ms) is spread
+over the stages instead of all on the first (bottleneck stage time shorter by 2(1 - 1/k) ms).
+vLLM gets no PP fits: the version the paper compared (0.2) had no pipeline parallelism.
+KV: kv.capacity_tokens = max_num_tokens.csv's (tp, pp) value (the simulator gives each of a PP-k
+instance's k virtual engines 1/k of it, as vLLM v0 does); bytes per token = 2 (K, V) x 40
+layers x 5120 x 2 bytes (fp16) = 819200.
 Held-out error: DistServe does not publish one for these fits, so heldout_error is null and
 `plan` shows no band for them (unknown, not zero).
 
@@ -59,13 +69,17 @@ simulator counts TTFT at prefill end). Table 1: mono under "prefill_priority" (v
 chunked prefill: DistServe's baseline). Table 2: mono under "chunked" (Sarathi-Serve / vLLM v1).
 Each prints predicted vs published per-GPU goodput and the DistServe/vLLM ratio.
 
-Result (this script, defaults, ~20 s per input mean on the 2-core dev host): the check FAILS.
-Input mean 161 (vLLM paper): vLLM best mono x3 TP1 4.64 req/s/GPU, DistServe best 1P2D (TP1)
-4.13 -> ratio 0.89, placement 1:2 (chunked mono: 5.07 -> 0.82). Input mean 755 (sensitivity):
-DistServe 1P1D P:TP2 D:TP1 1.06 (the paper's 2:1 placement), vLLM best mono x1 TP2 0.90 -> ratio
-1.18 (chunked: 0.78 -> 1.36); vLLM TP1 x3 (the paper's baseline) reaches 0: > 10% of prompts
-are too long to prefill within 0.25 s on one A100. The conclusion turns on the prompt-length
-mix, which cannot be reproduced offline (see the module text above).
+Result (this script, defaults, ~5-10 s per input mean on the 2-core dev host): the check FAILS.
+Input mean 161 (vLLM paper): vLLM best mono x3 TP1 4.69 req/s/GPU, DistServe best 1P1D P:TP1
+D:TP1PP2 4.33 -> ratio 0.92, placement 1:2 (chunked mono: 5.04 -> 0.86). Input mean 755
+(sensitivity): DistServe 1P1D P:TP2 D:TP1 1.06 (the paper's 2:1 placement), vLLM best mono x1
+TP2 0.86 -> ratio 1.22 (chunked: 0.69 -> 1.53); vLLM TP1 x3 (the paper's baseline) reaches 0:
+> 10% of prompts are too long to prefill within 0.25 s on one A100. At mean 755 the mono
+goodputs are ill-conditioned: attainment stays within 0.89-0.91 from 1.0 to 1.8 req/s (the
+misses are the long prompts, at any load), so their 90% crossing moves by +-10% with noise.
+Before the per-chunk quadratic term (c*(sum L)^2 per step) and PP pipelining: 0.89 / 0.82
+(mean 161) and 1.18 / 1.36 (mean 755): neither form fix moves the conclusion; it turns on the
+prompt-length mix, which cannot be reproduced offline (see the module text above).
 
     nice -n 10 .venv/bin/python bench/planner_literature.py            # both tables, ~minutes
     .venv/bin/python bench/planner_literature.py --convert /path/to/DistServe.git
@@ -87,6 +101,7 @@ PUBLISHED_RATIO = 2.0            # DistServe / vLLM per-GPU goodput, OPT-13B cha
 PUBLISHED_PLACEMENT = "prefill TP2 x1 + decode TP1 x1 (2:1 GPUs)"
 KV_BYTES_PER_TOKEN = 2 * 40 * 5120 * 2
 RAY_FIXED_MS, RAY_PER_TOKEN_MS = 2.0, 1e-4
+PP_DEGREES = (2, 4)              # DistServe's derived PP fits shipped (max_num_tokens.csv has them)
 INSTANCE = {   # the evaluation's server flags (2-start-api-server.py)
     "vllm": {"max_num_batched_tokens": 16384, "max_num_seqs": 1024},
     "distserve_prefill": {"max_num_batched_tokens": 8192, "max_num_seqs": 128},
@@ -112,7 +127,7 @@ def convert_fit(p: dict, kv_capacity: int | None) -> tuple[dict, dict]:
     # their threshold (continuous: the large-batch line shifted to meet the small-batch one)
     knot = (as_ - al) / (cl - cs) if cl > cs and as_ > al else thr
     knots, slopes = [knot], [(cl + bs) / 1e3]
-    step = {"form": "t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N", "a_s": a,
+    step = {"form": "t = a + b*P + c*Q/1e3 + d*D + e*C + f*N", "a_s": a,
             "b_s_per_prefill_token": bp / 1e3 + RAY_PER_TOKEN_MS / 1e3,
             "c_s_per_prefill_token_sq_1e3": cp, "d_s_per_decode_seq": (cs + bs) / 1e3,
             "e_s_per_context_token": bs / 1e3 + RAY_PER_TOKEN_MS / 1e3,
@@ -131,21 +146,38 @@ def convert_fit(p: dict, kv_capacity: int | None) -> tuple[dict, dict]:
     return prof, dev
 
 
+def pp_fit(prof: dict, pp: int, kv_capacity: int | None) -> dict:
+    """The (tp, pp) fit DistServe's simulator derives from a TP fit (time_estimator.py): each of
+    the pp stages takes (their time)/pp, plus pp ms per stage in a prefill step (their
+    placeholder PP overhead), so one micro-batch's latency through the pipeline -- our PP fit's
+    step time -- is the TP fit's plus pp^2 ms per prefill step (here per prefill chunk, f)."""
+    out = json.loads(json.dumps(prof))
+    out["step_time"]["f_s_per_prefill_seq"] += pp * pp / 1e3
+    out["kv"]["capacity_tokens"] = kv_capacity
+    return out
+
+
 def convert(git_dir: str) -> dict:
     """The profile set (JSON) converted from DistServe's files at COMMIT."""
     base = "simdistserve/estimators/profile_data/"
     caps = {}
     for line in _git_show(git_dir, base + "max_num_tokens.csv").splitlines()[1:]:
         m, tp, pp, n = line.strip().split(",")
-        if m == MODEL and pp == "1":
-            caps[int(tp)] = int(n)
+        if m == MODEL:
+            caps[int(tp), int(pp)] = int(n)
     fits, devs = [], []
     for engine in ("distserve", "vllm"):
         data = json.loads(_git_show(git_dir, base + f"profiler-a100-80g.{engine}.json"))[MODEL]
         for tp in sorted(data, key=int):
-            prof, dev = convert_fit(data[tp], caps.get(int(tp)))
+            prof, dev = convert_fit(data[tp], caps.get((int(tp), 1)))
             fits.append({"engine": engine, "tp": int(tp), "pp": 1, "role": None,
                          "heldout_error": None, "profile": prof})
+            if engine == "distserve":   # vLLM of the paper (0.2) had no pipeline parallelism
+                for pp in PP_DEGREES:
+                    if (int(tp), pp) in caps:
+                        fits.append({"engine": engine, "tp": int(tp), "pp": pp, "role": None,
+                                     "heldout_error": None,
+                                     "profile": pp_fit(prof, pp, caps[int(tp), pp])})
             devs.append(f"{engine} TP{tp}: prefill +{dev['prefill_intercept_over_ms']:.2f} ms "
                         f"per step, decode knot {dev['knot']:.1f} (their threshold "
                         f"{dev['threshold']:g}; their two lines differ by "

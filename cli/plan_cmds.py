@@ -76,7 +76,7 @@ def _profile_table(lm) -> "object":
     t.add_column("meaning")
     t.add_row("a", f"{lm.a * 1e3:.4g} ms", "fixed cost per step")
     t.add_row("b", f"{lm.b * 1e6:.4g} us", "per prefill token")
-    t.add_row("c", f"{lm.c * 1e6:.4g} us", "per prefill_tokens^2/1e3 (attention)")
+    t.add_row("c", f"{lm.c * 1e6:.4g} us", "per sum(chunk_len^2)/1e3 (attention)")
     t.add_row("d", f"{lm.d * 1e6:.4g} us", "per decode sequence"
               + (f" (up to {lm.decode_knots[0]:g})" if lm.decode_knots else ""))
     for k, v in zip(lm.decode_knots, lm.decode_slopes):
@@ -112,7 +112,7 @@ def profile_command(
     engine: str = typer.Option("reference", help="Name of the engine measured (a profile set may hold several)."),
     append: bool = typer.Option(False, "--append/--replace", help="Add the fit to the profile set already at --out (replacing one with the same engine, tp, pp and role) instead of writing a new file."),
 ):
-    """Measure step times and fit the latency model (t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N).
+    """Measure step times and fit the latency model (t = a + b*P + c*Q/1e3 + d*D + e*C + f*N; Q = sum of squared prefill chunk lengths).
 
     Writes a profile set (fits per engine, TP, PP, role) with the fit's held-out error.
 

@@ -49,28 +49,41 @@ def test_engine_step_rows_carry_context_and_prefill_chunks(tiny_model_dir):
     assert [r["n_decode_seqs"] for r in dec] == [2, 2, 2, 2]
     assert [r["n_context_tokens"] for r in dec] == [26, 28, 30, 32]
     assert all(r["n_prefill_seqs"] == 0 for r in dec)
+    # the sum of squared prefill chunk lengths (the latency model's Q): 16^2, then 4^2 + 6^2
+    # (not (4 + 6)^2: attention is within each sequence); 0 in decode steps
+    assert tr[0]["prefill_sq_tokens"] == 256 and tr[1]["prefill_sq_tokens"] == 52
+    assert all(r["prefill_sq_tokens"] == 0 for r in dec)
 
 
 # ---------------------------------------------------------------------------- fitting
 
-def _rows(coef, n=600, seed=0, noise=0.0, skew=False):
+def _rows(coef, n=600, seed=0, noise=0.0, skew=False, equal_chunks=False):
+    """Step rows from t = a + b*P + c*Q/1e3 + d*D + e*C + f*N: chunks of unequal lengths, rows
+    carry prefill_sq_tokens (Q); equal_chunks=True: the N chunks of a step are equal and the
+    rows do not carry Q (older engine traces: the fit reads Q = P^2/N)."""
     a, b, c, d, e, f = coef
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
         kind = rng.integers(3)
         npf = int(rng.integers(1, 4)) if kind != 1 else 0
-        P = int(rng.integers(16, 1024)) * npf if npf else 0
+        if equal_chunks:
+            chunks = [int(rng.integers(16, 1024))] * npf
+        else:
+            chunks = [int(x) for x in rng.integers(16, 1024, size=npf)]
+        P, Q = sum(chunks), sum(x * x for x in chunks)
         D = int(rng.integers(1, 32)) if kind != 0 else 0
         C = int(D * rng.integers(16, 512) + (rng.integers(0, 256) if npf else 0))
-        t = a + b * P + c * P * P / 1e3 + d * D + e * C + f * npf
+        t = a + b * P + c * Q / 1e3 + d * D + e * C + f * npf
         if skew:   # right-skewed noise with mean 1.1 (occasional slow steps)
             t *= 1.0 + rng.exponential(0.1)
         elif noise:
             t *= 1.0 + noise * rng.standard_normal()
-        rows.append({"step": i, "t_start": float(i), "wall_s": t, "n_prefill_tokens": P,
-                     "n_decode_seqs": D, "n_seqs": D + npf, "n_context_tokens": C,
-                     "blocks_used": 0})
+        row = {"step": i, "t_start": float(i), "wall_s": t, "n_prefill_tokens": P,
+               "n_decode_seqs": D, "n_seqs": D + npf, "n_context_tokens": C, "blocks_used": 0}
+        if not equal_chunks:
+            row["prefill_sq_tokens"] = Q
+        rows.append(row)
     return rows
 
 
@@ -90,6 +103,33 @@ def test_fit_recovers_all_six_coefficients():
     assert np.isclose(lm.step_time(100, 3, 500), lm.a + lm.b * 100 + lm.c * 10 + 3 * lm.d
                       + 500 * lm.e + lm.f)
     assert np.isclose(lm.step_time(0, 3, 500, prefill_seqs=0), lm.a + 3 * lm.d + 500 * lm.e)
+
+
+def test_prefill_attention_is_per_chunk_sum_of_squares():
+    """Two prompts prefilled in one step cost c*(L1^2 + L2^2)/1e3, not c*(L1 + L2)^2/1e3:
+    the model, the fit (rows with prefill_sq_tokens) and the old-row fallback (Q = P^2/N)."""
+    lm = LatencyModel(a=0.01, b=1e-4, c=2e-3, f=0.005)
+    L1, L2 = 300, 100
+    want = 0.01 + 1e-4 * 400 + 2e-3 * (L1 ** 2 + L2 ** 2) / 1e3 + 2 * 0.005
+    assert lm.step_time(400, 0, 0, 2, prefill_sq_tokens=L1 ** 2 + L2 ** 2) == pytest.approx(want)
+    assert lm.step_time(400, 0, 0, 2, prefill_sq_tokens=L1 ** 2 + L2 ** 2) \
+        < 0.01 + 1e-4 * 400 + 2e-3 * 400 ** 2 / 1e3 + 2 * 0.005
+    # without Q: equal chunks (P^2/N); one chunk: P^2, as before Q existed
+    assert lm.step_time(400, 0, 0, 2) == pytest.approx(0.05 + 2e-3 * 200 ** 2 * 2 / 1e3 + 0.01)
+    assert lm.step_time(400, 0) == pytest.approx(0.05 + 2e-3 * 160.0 + 0.005)
+    arr = lm.step_time_array([400, 400, 400], [0, 0, 0], [0, 0, 0], [2, 2, 1],
+                             [L1 ** 2 + L2 ** 2, 2 * 200 ** 2, 400 ** 2])
+    assert arr == pytest.approx([want, lm.step_time(400, 0, 0, 2), lm.step_time(400, 0)])
+    # a fit of rows with unequal chunks recovers c only through prefill_sq_tokens
+    coef = (0.02, 2e-3, 1e-4, 2e-2, 3e-6, 0.1)
+    rows = _rows(coef, seed=7)
+    assert any(r["prefill_sq_tokens"] != r["n_prefill_tokens"] ** 2 for r in rows)
+    assert np.allclose(list(fit_step_rows(rows).coefficients.values()), coef, rtol=1e-6)
+    # older rows (no prefill_sq_tokens) with equal chunks: the P^2/N fallback is exact
+    old = _rows(coef, seed=8, equal_chunks=True)
+    assert all("prefill_sq_tokens" not in r for r in old)
+    assert any(r["n_seqs"] - r["n_decode_seqs"] > 1 for r in old)
+    assert np.allclose(list(fit_step_rows(old).coefficients.values()), coef, rtol=1e-6)
 
 
 def test_fit_targets_the_mean_under_skewed_noise_and_drops_outliers():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from infer_bench.workloads.planning.latency_model import LatencyModel
 from infer_bench.workloads.planning.planner import (SweepSpec, break_even_figure, break_even_map,
@@ -29,6 +30,44 @@ def test_goodput_of_md1_server_is_near_capacity():
                       sweep=SweepSpec(horizon_s=30.0, max_requests=4000))
     assert 85.0 < gp.goodput_rps <= 105.0
     assert gp.points == sorted(gp.points)
+
+
+def test_pipeline_parallel_md1_goodput_doubles_and_stays_under_the_bound():
+    """The M/D/1 server of the test above as a PP2 instance of the same step time: a request's
+    latency is still 10 ms, but micro-batches overlap (one per 5 ms stage), so goodput about
+    doubles; rate_upper_bound counts the 2 stages and stays a bound."""
+    from dataclasses import replace
+
+    from infer_bench.workloads.planning.planner import rate_upper_bound
+
+    inst = InstanceConfig(max_num_batched_tokens=16, max_num_seqs=1)
+    base = _base_requests(WorkloadSpec(input_len=1, output_len=1), 8000)
+    sweep = SweepSpec(horizon_s=30.0, max_requests=8000)
+    gps, bounds = [], []
+    for pp in (1, 2):
+        lm = LatencyModel(a=0.01, pp=pp)
+        dep = Deployment("mono", instance=replace(inst, latency_model=lm))
+        gps.append(find_goodput(dep, lm, base, SLO(ttft_s=1.0), rate_hint=10.0,
+                                rel_tol=0.02, sweep=sweep).goodput_rps)
+        bounds.append(rate_upper_bound(dep, lm, base))
+    assert 85.0 < gps[0] <= 105.0 and 170.0 < gps[1] <= 210.0
+    assert gps[0] <= bounds[0] and gps[1] <= bounds[1] and bounds[1] == 2 * bounds[0]
+
+
+def test_rate_bound_counts_prefill_attention_per_chunk():
+    """Whole prompts (prefill_priority) are charged c*L^2 in the bound; prompts a chunked
+    instance may cut only their least value c*L (sum of squared chunk lengths >= L)."""
+    from dataclasses import replace
+
+    from infer_bench.workloads.planning.planner import rate_upper_bound
+
+    lm = LatencyModel(b=1e-4, c=1e-3)
+    base = _base_requests(WorkloadSpec(input_len=1000, output_len=1), 50)
+    whole = rate_upper_bound(Deployment("mono", instance=replace(INST, policy="prefill_priority")),
+                             lm, base)
+    chunk = rate_upper_bound(Deployment("mono", instance=INST), lm, base)
+    assert whole == pytest.approx(1.0 / (0.1 + 1e-3 * 1000.0))
+    assert chunk == pytest.approx(1.0 / (0.1 + 1e-3))
 
 
 def test_candidates_use_all_chips():

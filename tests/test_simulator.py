@@ -271,6 +271,67 @@ def test_prefill_priority_step_stalls_decodes_by_the_prefill_time():
     assert res.first_token_s[1] == pytest.approx(t_a + k * decode_step + prefill_b, rel=1e-9)
 
 
+def test_prompts_batched_in_one_prefill_step_cost_their_own_attention():
+    """Two prompts prefilled together (prefill_priority batches whole prompts; chunked admits
+    both into one step's budget): the step costs c*(L1^2 + L2^2)/1e3 -- causal attention is
+    within each sequence -- not c*(L1 + L2)^2/1e3."""
+    a, b, c, f = 0.01, 1e-4, 5e-4, 0.002
+    lm = LatencyModel(a=a, b=b, c=c, f=f)
+    L1, L2 = 600, 200
+    want = a + b * (L1 + L2) + c * (L1 ** 2 + L2 ** 2) / 1e3 + 2 * f
+    reqs = SimRequests(np.zeros(2), np.array([L1, L2]), np.array([1, 1]))
+    for pol in ("prefill_priority", "chunked"):
+        inst = InstanceConfig(max_num_batched_tokens=1024, max_num_seqs=8, policy=pol)
+        res = simulate(Deployment("mono", instance=inst), lm, reqs)
+        assert np.allclose(res.ttft_s, want, rtol=1e-12)
+        assert not np.allclose(res.ttft_s, want + c * 2 * L1 * L2 / 1e3)
+    # a prompt chunked over two steps: each chunk's own square (the prefix is the C term)
+    inst = InstanceConfig(max_num_batched_tokens=400, max_num_seqs=8, policy="chunked")
+    one = SimRequests(np.zeros(1), np.array([L1]), np.array([1]))
+    res = simulate(Deployment("mono", instance=inst), lm, one)
+    step1 = a + b * 400 + c * 400 ** 2 / 1e3 + f
+    step2 = a + b * 200 + c * 200 ** 2 / 1e3 + f   # e = 0: the 400-token prefix costs nothing
+    assert res.ttft_s[0] == pytest.approx(step1 + step2, rel=1e-12)
+
+
+def test_pipeline_parallel_latency_is_stages_times_stage_time_throughput_one_per_stage():
+    """pp=2 (vLLM's virtual engines): two requests land on the two virtual engines; each
+    micro-batch takes T = 0.02 s through both stages (stage time 0.01 s), and the second
+    virtual engine's micro-batches follow the first's by one stage time. Tokens of each
+    request every T (latency), the instance a token every T/2 (throughput)."""
+    T = 0.02
+    lm = LatencyModel(a=T, pp=2)
+    reqs = SimRequests(np.zeros(2), np.array([8, 8]), np.array([5, 5]))
+    res = simulate(Deployment("mono"), lm, reqs, per_token=True)
+    assert np.allclose(res.token_times[0], T * np.arange(1, 6), rtol=1e-12)
+    assert np.allclose(res.token_times[1], T / 2 + T * np.arange(1, 6), rtol=1e-12)
+    # the same fit with pp=1 batches both in one step: one token of each every T
+    one = simulate(Deployment("mono"), LatencyModel(a=T), reqs, per_token=True)
+    assert np.allclose(one.token_times[1], T * np.arange(1, 6), rtol=1e-12)
+    # uneven micro-batches: a long prefill on one virtual engine holds each stage for half its
+    # time; the other engine's micro-batch waits for the stage, not for the whole pipeline
+    lm = LatencyModel(a=0.02, b=1e-4, pp=2)
+    reqs = SimRequests(np.array([0.0, 0.001]), np.array([1000, 8]), np.array([1, 1]))
+    inst = InstanceConfig(max_num_batched_tokens=2048, max_num_seqs=8)
+    res = simulate(Deployment("mono", instance=inst), lm, reqs, per_token=True)
+    big, small = 0.02 + 0.1, 0.02 + 8e-4
+    assert res.first_token_s[0] == pytest.approx(big, rel=1e-12)
+    # stage 0 free at big/2; then stage 1 free at big: small's stages end at big/2 + small/2
+    # and then max(that, big) + small/2
+    assert res.first_token_s[1] == pytest.approx(big + small / 2, rel=1e-12)
+
+
+def test_pipeline_parallel_virtual_engines_split_the_kv():
+    # 2 virtual engines, 64 tokens of KV -> 32 each (blocks of 16): a request needing 48
+    # tokens fits the instance but not a virtual engine (vLLM v0 gives each scheduler 1/pp of
+    # the blocks), so it fails; at pp=1 it runs
+    reqs = SimRequests(np.zeros(1), np.array([40]), np.array([9]))
+    for pp, failed in ((1, False), (2, True)):
+        lm = LatencyModel(a=0.01, pp=pp, kv_capacity_tokens=64)
+        res = simulate(Deployment("mono"), lm, reqs)
+        assert bool(np.isnan(res.first_token_s[0])) == failed
+
+
 def test_chunked_budget_bounds_the_stall():
     # the same arrival under chunked prefill: B's prompt is cut into chunks that ride with A's
     # decode, so every gap of A is one mixed step, at most step_time(budget - 1 prefill

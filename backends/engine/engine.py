@@ -226,6 +226,7 @@ class LLMEngine:
         self.step_id += 1
         n_prefill = sched.num_prefill_tokens
         n_decode = sched.num_decode_seqs
+        prefill_sq = sched.prefill_sq_tokens   # before the run: is_prefill changes with it
         # KV tokens already in the cache that this step attends to (decodes' contexts and the
         # computed prefix of each prefill chunk): the latency model's context term
         n_context = sum(seq.num_computed_tokens for seq, _ in sched.scheduled)
@@ -245,7 +246,7 @@ class LLMEngine:
             self.spec.release_finished()
         wall = time.perf_counter() - t0
         self._record_step(step_id, t0, wall, n_prefill, n_decode, len(sched.scheduled),
-                          n_context=n_context)
+                          n_context=n_context, prefill_sq=prefill_sq)
         return outputs
 
     def _append_spec_tokens(self, seq: Sequence, tokens: list[int], step_id: int, n_prefill: int,
@@ -352,10 +353,13 @@ class LLMEngine:
             "steps": {str(s): {"prefill_tokens": a, "decode_batch": b} for s, (a, b) in seq.step_batches.items()},
         }
 
-    def _record_step(self, step_id, t0, wall, n_prefill, n_decode, n_seqs, n_context=None) -> None:
+    def _record_step(self, step_id, t0, wall, n_prefill, n_decode, n_seqs, n_context=None,
+                     prefill_sq=None) -> None:
+        # prefill_sq_tokens: sum of squared prefill chunk lengths (the latency model's Q)
         self.trace.append({"step": step_id, "t_start": t0, "wall_s": wall, "n_prefill_tokens": n_prefill,
                            "n_decode_seqs": n_decode, "n_seqs": n_seqs,
                            "n_prefill_seqs": n_seqs - n_decode, "n_context_tokens": n_context,
+                           "prefill_sq_tokens": prefill_sq,
                            "blocks_used": self.block_manager.num_used_blocks})
         self.step_times.observe(wall)
 

@@ -42,6 +42,12 @@ class SchedulerOutput:
         return sum(n for s, n in self.scheduled if s.is_prefill)
 
     @property
+    def prefill_sq_tokens(self) -> int:
+        """Sum over the prefill chunks of (chunk length)^2: causal attention is within each
+        sequence, so this (not num_prefill_tokens^2) scales the step's prefill attention."""
+        return sum(n * n for s, n in self.scheduled if s.is_prefill)
+
+    @property
     def num_decode_seqs(self) -> int:
         return sum(1 for s, n in self.scheduled if not s.is_prefill)
 

@@ -8,19 +8,31 @@ engine import.
 
 Step-time form (seconds; one forward pass over a mixed batch):
 
-    t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N
+    t = a + b*P + c*Q/1e3 + d*D + e*C + f*N
 
     P  prefill tokens computed in the step (all prefill chunks together)
+    Q  sum over the step's prefill chunks of (chunk length)^2 (= P^2 for one chunk): the step
+       row's `prefill_sq_tokens`; rows without it (older traces) read Q = P^2/N, exact when
+       the N chunks are equal
     D  decode sequences in the step (one token each)
     C  context tokens attended (KV tokens read by the decodes, plus the already-computed prefix
        of each prefill chunk): the step row's `n_context_tokens`
     N  prefill chunks (sequences) in the step: `n_prefill_seqs`, or n_seqs - n_decode_seqs
     a  fixed cost per step (weights streamed once, launch overheads)         [s]
     b  per prefill token (the GEMMs)                                         [s / token]
-    c  attention among prefill tokens, quadratic (P^2/1e3 keeps c readable)  [s / (token^2/1e3)]
+    c  causal attention within each chunk, quadratic (Q/1e3 keeps c readable) [s / (token^2/1e3)]
     d  per decode sequence (its GEMM rows, sampling)                         [s / seq]
     e  per attended context token (reading the KV cache)                     [s / token]
     f  per prefill chunk (its attention call, first-token sampling, ...)     [s / chunk]
+
+Why Q and not P^2: attention is causal within each sequence, so a step that prefills prompts of
+lengths L1 and L2 computes L1^2/2 + L2^2/2 query-key pairs, not (L1 + L2)^2/2 (prompts never
+attend to each other); a chunk of length l after a computed prefix of p tokens computes
+~l*(l/2 + p) pairs, of which the l^2 part is here and the prefix read is the C term. Charging
+c*P^2 would make a batch of N equal prompts cost N times its real attention, which penalises
+exactly the batched prefills that prefill-priority and disaggregated prefill instances run
+(DistServe's own fits use a + b*sum(L) + c*sum(L^2); `bench/planner_literature.py`). For one
+chunk Q = P^2, so c keeps its meaning in profiles fitted before Q existed.
 
 Decode knots: the cost of D decodes need not be linear over a wide range of D (on the CPU
 reference engine a decode sequence costs ~35 ms up to ~8 sequences and ~15 ms beyond). With
@@ -46,7 +58,9 @@ KV: `kv_bytes_per_token` (all layers, K and V) and `num_layers`; a layer-wise tr
 instance (None: unlimited).
 
 Parallelism: `tp` (tensor-parallel degree) and `pp` (pipeline stages) of the instance whose steps
-the model describes; one instance uses tp * pp chips (`chips_per_instance`). Held-out error:
+the model describes; one instance uses tp * pp chips (`chips_per_instance`). With pp > 1 the step
+time is the latency of one micro-batch through all stages (equal stages: each takes t/pp); the
+simulator pipelines micro-batches (one per stage time, see simulator.py). Held-out error:
 `heldout_rel_err` is the relative error of the mean step time when the fit predicts step rows it
 did not see (profiler.heldout_error: contiguous k-fold over the profile's samples); the planner
 turns it into a band on each prediction. None: unknown (hand-written or converted profiles).
@@ -71,7 +85,7 @@ published numbers (see workloads/data/profile_example_h100_llama8b.json):
     {"format": "infer-bench-latency-profile", "version": 1,
      "hardware": {"name": "...", "chips_per_instance": 1, ...free-form...},
      "model": {"name": "...", "num_layers": 32, ...free-form...},
-     "step_time": {"form": "t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N",
+     "step_time": {"form": "t = a + b*P + c*Q/1e3 + d*D + e*C + f*N",
                    "a_s": 0.006, "b_s_per_prefill_token": 4e-5,
                    "c_s_per_prefill_token_sq_1e3": 7e-7, "d_s_per_decode_seq": 2e-5,
                    "e_s_per_context_token": 4e-8, "f_s_per_prefill_seq": 0.0,
@@ -100,7 +114,9 @@ PROFILE_VERSION = 1
 PROFILE_SET_FORMAT = "infer-bench-profile-set"
 PROFILE_SET_VERSION = 2
 ROLES = ("prefill", "decode")
-FORM = "t = a + b*P + c*P^2/1e3 + d*D + e*C + f*N"
+FORM = "t = a + b*P + c*Q/1e3 + d*D + e*C + f*N"
+# the step row's sum of squared prefill chunk lengths (Q)
+PREFILL_SQ_KEY = "prefill_sq_tokens"
 COEF_KEYS = {"a": "a_s", "b": "b_s_per_prefill_token", "c": "c_s_per_prefill_token_sq_1e3",
              "d": "d_s_per_decode_seq", "e": "e_s_per_context_token",
              "f": "f_s_per_prefill_seq"}
@@ -183,24 +199,29 @@ class LatencyModel:
 
     # -- step time
     def step_time(self, prefill_tokens: float, decode_seqs: float,
-                  context_tokens: float = 0.0, prefill_seqs: float | None = None) -> float:
-        """Seconds of one step with P prefill tokens, D decode seqs, C context tokens and N
-        prefill chunks (default: 1 when P > 0)."""
+                  context_tokens: float = 0.0, prefill_seqs: float | None = None,
+                  prefill_sq_tokens: float | None = None) -> float:
+        """Seconds of one step with P prefill tokens, D decode seqs, C context tokens, N
+        prefill chunks (default: 1 when P > 0) and Q = sum of squared chunk lengths (default:
+        P^2/N, equal chunks)."""
         p = float(prefill_tokens)
         n = (1.0 if p > 0 else 0.0) if prefill_seqs is None else float(prefill_seqs)
-        return (self.a + self.b * p + self.c * p * p / 1e3 + self.decode_cost(decode_seqs)
+        q = equal_chunks_sq(p, n) if prefill_sq_tokens is None else float(prefill_sq_tokens)
+        return (self.a + self.b * p + self.c * q / 1e3 + self.decode_cost(decode_seqs)
                 + self.e * context_tokens + self.f * n)
 
     def step_time_array(self, prefill_tokens, decode_seqs, context_tokens=None,
-                        prefill_seqs=None) -> np.ndarray:
+                        prefill_seqs=None, prefill_sq_tokens=None) -> np.ndarray:
         p = np.asarray(prefill_tokens, dtype=float)
         dd = np.asarray(decode_seqs, float)
         dec = np.vectorize(self.decode_cost, otypes=[float])(dd) if self.decode_knots \
             else self.d * dd
-        t = self.a + self.b * p + self.c * p * p / 1e3 + dec
+        n = (p > 0).astype(float) if prefill_seqs is None else np.asarray(prefill_seqs, float)
+        q = (p * p / np.maximum(n, 1.0) if prefill_sq_tokens is None
+             else np.asarray(prefill_sq_tokens, float))
+        t = self.a + self.b * p + self.c * q / 1e3 + dec
         if context_tokens is not None:
             t = t + self.e * np.asarray(context_tokens, dtype=float)
-        n = (p > 0).astype(float) if prefill_seqs is None else np.asarray(prefill_seqs, float)
         return t + self.f * n
 
     @property
@@ -311,7 +332,7 @@ class LatencyModel:
         mdl = self.model.get("name", "?")
         return (f"{mdl} on {hw}" + (f" ({self.label()})" if self.tp * self.pp > 1 or self.engine
                                    else "") + ": t = {self.a * 1e3:.3g} ms + {self.b * 1e6:.3g} us*P + "
-                f"{self.c * 1e6:.3g} us*P^2/1e3 + {self.d * 1e6:.3g} us*D"
+                f"{self.c * 1e6:.3g} us*Q/1e3 + {self.d * 1e6:.3g} us*D"
                 + ("".join(f", {v * 1e6:.3g} us beyond {k:g}"
                            for k, v in zip(self.decode_knots, self.decode_slopes))) + " + "
                 f"{self.e * 1e9:.3g} ns*C + {self.f * 1e3:.3g} ms*N"
@@ -549,11 +570,19 @@ def busy_overlap(rows: Sequence[Mapping]) -> np.ndarray:
     return out
 
 
+def equal_chunks_sq(prefill_tokens: float, prefill_seqs: float) -> float:
+    """Q of a step whose P prefill tokens are N equal chunks: P^2/N (P^2 for N <= 1)."""
+    p = float(prefill_tokens)
+    return p * p / max(float(prefill_seqs), 1.0)
+
+
 def step_features(rows: Sequence[Mapping], overlap: Sequence[float] | None = None
                   ) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
-    """(X [n,6] = [1, P, P^2/1e3, D, C, N], y = wall_s, has_context, busy overlap) from step
+    """(X [n,6] = [1, P, Q/1e3, D, C, N], y = wall_s, has_context, busy overlap) from step
     rows; rows without wall_s or with no work are skipped. N (prefill chunks) is the row's
     `n_prefill_seqs`, else n_seqs - n_decode_seqs, else 1 when the step has prefill tokens.
+    Q (sum of squared chunk lengths) is the row's `prefill_sq_tokens`, else P^2/N (older rows:
+    exact when the step's chunks are equal, P^2 for one chunk).
     `overlap`: each row's busy overlap when known from a larger set of rows (default: computed
     from `rows` by busy_overlap)."""
     ckey = next((k for k in CONTEXT_KEYS if any(_num(r, k) is not None for r in rows)), None)
@@ -572,7 +601,10 @@ def step_features(rows: Sequence[Mapping], overlap: Sequence[float] | None = Non
             n = ns - dd if ns is not None else None
         if n is None or n < 0 or (p > 0 and n < 1):
             n = 1.0 if p > 0 else 0.0
-        X.append([1.0, p, p * p / 1e3, dd, c, 0.0 if p <= 0 else n])
+        q = _num(r, PREFILL_SQ_KEY) if p > 0 else 0.0
+        if q is None or q < 0:
+            q = equal_chunks_sq(p, n)
+        X.append([1.0, p, q / 1e3, dd, c, 0.0 if p <= 0 else n])
         y.append(wall)
         ov.append(o)
     return (np.asarray(X, dtype=float).reshape(-1, N_FEATURES), np.asarray(y, dtype=float),
@@ -627,7 +659,8 @@ def fit_step_rows(rows: Iterable[Mapping], *, kv_bytes_per_token: float = 0.0,
                   outlier_ratio: float = 2.5, fit_colocation: bool = True,
                   fit_knots: bool = True) -> LatencyModel:
     """Fit the step-time coefficients to engine step rows (dicts with wall_s, n_prefill_tokens,
-    n_decode_seqs and optionally n_context_tokens and n_prefill_seqs / n_seqs) by non-negative
+    n_decode_seqs and optionally n_context_tokens, n_prefill_seqs / n_seqs and
+    prefill_sq_tokens) by non-negative
     least squares on relative errors (`fit_coefficients`). Pure function. Raises ProfileError
     when there are too few rows. The fit quality lands in `model.fit` (n_rows, n_dropped, r2,
     median and p90 relative error, mean ratio = sum(measured) / sum(predicted)). Rows of several

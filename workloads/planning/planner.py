@@ -319,20 +319,25 @@ def rate_upper_bound(dep: Deployment, lm: LatencyModel, base: SimRequests) -> fl
     at which the instances of its busiest role would be busy all the time, counting for each
     request its prefill's per-token, quadratic and per-chunk work (the step's fixed cost `a`
     shared with others) and for each later token the least per-sequence decode cost plus the
-    context it reads; co-location slowdown and KV limits ignored (they only lower goodput)."""
+    context it reads; co-location slowdown and KV limits ignored (they only lower goodput).
+    The quadratic work is c*L^2 where prompts run whole, and its least value c*L (chunks of
+    one token: sum l^2 >= sum l) where the prefill instance may chunk them. A pipeline-parallel
+    instance of k stages counts k times (its micro-batches overlap, one per stage time)."""
     pm, dm = _models_of(dep, lm)
     n_in = np.asarray(base.n_input, float)
     n_out = np.asarray(base.n_output, float)
-    w_pre = float(np.mean(pm.b * n_in + pm.c * n_in * n_in / 1e3 + pm.f))
+    pcfg = dep.instance if dep.mode == "mono" else dep.p_cfg
+    whole = pcfg.policy != "chunked" or not pcfg.chunked_prefill
+    w_pre = float(np.mean(pm.b * n_in + pm.c * (n_in * n_in if whole else n_in) / 1e3 + pm.f))
     dcfg = dep.instance if dep.mode == "mono" else dep.d_cfg
     tok = np.maximum(n_out - 1, 0.0)
     w_dec = float(np.mean(tok * _min_decode_cost_per_seq(dm, dcfg.max_num_seqs)
                           + dm.e * tok * (n_in + n_out / 2.0)))
     if dep.mode == "mono":
         w = w_pre + w_dec
-        return math.inf if w <= 0 else dep.num_instances / w
-    bounds = [dep.num_prefill / w_pre if w_pre > 0 else math.inf,
-              dep.num_decode / w_dec if w_dec > 0 else math.inf]
+        return math.inf if w <= 0 else dep.num_instances * pm.pp / w
+    bounds = [dep.num_prefill * pm.pp / w_pre if w_pre > 0 else math.inf,
+              dep.num_decode * dm.pp / w_dec if w_dec > 0 else math.inf]
     return min(bounds)
 
 

@@ -14,7 +14,8 @@ outputs have exactly max_tokens tokens):
   3. mixed: B running decodes while one long prompt arrives: steps with both.
 It then reads the steps the grid produced from `GET /debug/steps` (`{"steps": [...]}` or a bare
 list; rows: step, t_start, wall_s, n_prefill_tokens, n_decode_seqs, n_seqs, blocks_used, and a
-context-token count when the engine reports one) and fits them.
+context-token count and the sum of squared prefill chunk lengths (`prefill_sq_tokens`) when the
+engine reports them; older rows without the latter are read as equal chunks) and fits them.
 
 Model facts for the profile (KV bytes per token, layers) come from the caller (CLI flags), or
 from any of /v1/models, /health that report them (num_hidden_layers, num_key_value_heads,
@@ -148,7 +149,7 @@ def heldout_error(rows: Sequence[dict], *, k: int = HELDOUT_FOLDS, **fit_kw: Any
         X, y, _, ov = step_features(test, overlap=ov_all[lo:hi])
         if not len(y):
             continue
-        pred = lm.step_time_array(X[:, 1], X[:, 3], X[:, 4], X[:, 5]) * (
+        pred = lm.step_time_array(X[:, 1], X[:, 3], X[:, 4], X[:, 5], X[:, 2] * 1e3) * (
             1.0 + lm.colocated_slowdown * ov)
         errs.append(float(pred.sum() / y.sum() - 1.0))
     if len(errs) < 2:

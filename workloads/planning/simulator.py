@@ -14,8 +14,9 @@ definitions of `workloads/metrics.py` directly on the arrays (fast, for rate swe
 
 Model (a plain event heap; one event per engine step, arrival and KV transfer):
 - An instance runs steps back to back while it has work; each step is one forward pass whose
-  duration is `latency_model.step_time(P, D, C, N)` (decode knots included; N prefill chunks; C the KV tokens the step
-  attends: each decode's computed tokens, each chunk's computed prefix), with the instance's
+  duration is `latency_model.step_time(P, D, C, N, Q)` (decode knots included; N prefill
+  chunks; Q the sum of their squared lengths: attention is causal within each sequence; C the
+  KV tokens the step attends: each decode's computed tokens, each chunk's computed prefix), with the instance's
   own model (`InstanceConfig.latency_model`: a per-role profile / TP degree) or else the one
   passed to `simulate`, times
   (1 + `colocated_slowdown`) when another instance of the deployment is in a step at its start
@@ -62,6 +63,19 @@ Model (a plain event heap; one event per engine step, arrival and KV transfer):
     admitted, so there is no preemption; a request that can never fit fails.
 - Token times: a prompt's last prefill chunk ends with its first token; every later step it runs
   in yields one more token at the step's end.
+- Pipeline parallelism (the instance's latency model has `pp` = k > 1 stages): vLLM's design
+  (v0 "virtual engines"; DistServe's simulator chains one worker per stage the same way): the
+  instance runs k schedulers ("virtual engines"), each with its own requests, waiting queue and
+  1/k of the KV blocks (vLLM v0 divides its GPU blocks by the pipeline size per scheduler); an
+  arrival goes to the virtual engine with the fewest outstanding requests. A virtual engine's
+  step is one micro-batch: its model time T (the fit's step time: the latency of one batch
+  through all stages, as a PP engine's step row measures it) splits into k equal stage times
+  T/k, and stage j of the micro-batch starts when stage j-1 of it has ended and stage j has
+  finished the previous micro-batch. So a step's latency is k x its stage time (more when a
+  stage is busy) while the instance completes up to one micro-batch per stage time: up to k
+  micro-batches in flight. A virtual engine has one micro-batch in flight (its requests' next
+  tokens depend on it). Co-location slowdown applies to an instance, not to its virtual
+  engines overlapping in its own pipeline.
 - mono: `num_instances` identical instances behind a router that sends each arrival to the
   instance with the fewest outstanding requests.
 - disagg (xPyD): at arrival the router picks the decode instance with the fewest outstanding
@@ -389,18 +403,41 @@ _ARRIVE, _STEP, _XFER, _KICK, _RESERVED = 0, 1, 2, 3, 4
 
 
 def step_time_fn(lm: LatencyModel):
-    """`lm.step_time` as a fast closure f(P, D, C, N) (the simulator calls it once per step)."""
+    """`lm.step_time` as a fast closure f(P, D, C, N, Q) (the simulator calls it once per step;
+    Q: the sum of the step's squared prefill chunk lengths)."""
     a, b, c, d, e, f = lm.a, lm.b, lm.c, lm.d, lm.e, lm.f
     if not lm.decode_knots:
-        return lambda p, dd, cc, nn: a + b * p + c * p * p / 1e3 + d * dd + e * cc + f * nn
+        return lambda p, dd, cc, nn, q: a + b * p + c * q / 1e3 + d * dd + e * cc + f * nn
     dec = [lm.decode_cost(i) for i in range(4097)]   # piecewise linear: a table
     dcost = lm.decode_cost
-    return (lambda p, dd, cc, nn: a + b * p + c * p * p / 1e3 + e * cc + f * nn
+    return (lambda p, dd, cc, nn, q: a + b * p + c * q / 1e3 + e * cc + f * nn
             + (dec[dd] if dd < 4097 else dcost(dd)))
 
 
+class _Pipeline:
+    """The k stages of one pipeline-parallel instance, shared by its virtual engines: when each
+    stage is next free."""
+
+    __slots__ = ("free", "active")
+
+    def __init__(self, stages: int):
+        self.free = [-math.inf] * stages
+        self.active = 0                   # micro-batches in flight
+
+    def run(self, t: float, dur: float) -> float:
+        """A micro-batch of model time `dur` enters at t: the time it leaves the last stage."""
+        free = self.free
+        st = dur / len(free)
+        e = t
+        for j in range(len(free)):
+            e = (e if e >= free[j] else free[j]) + st
+            free[j] = e
+        return e
+
+
 class _Instance:
-    """One simulated engine instance. `role`: "mono", "prefill" or "decode".
+    """One simulated engine instance (or one virtual engine of a pipeline-parallel instance:
+    `pipe` is then its instance's shared `_Pipeline`). `role`: "mono", "prefill" or "decode".
 
     Decodes are not tracked one by one: all running decodes advance together, one token per
     decode round (a step that runs them), so a decode that starts at round k0 with T tokens
@@ -413,9 +450,10 @@ class _Instance:
                  "step_ends", "busy", "outstanding", "cur_prefill", "cur_admit_dec",
                  "cur_start", "cur_end", "link_free", "cap_blocks", "lm_step", "pol",
                  "ondemand", "running", "grow", "cur_ndec", "wait_rounds", "inner_prefilled",
-                 "whole")
+                 "whole", "pipe")
 
-    def __init__(self, sim: "_Sim", idx: int, role: str, cfg: InstanceConfig, cap_tokens):
+    def __init__(self, sim: "_Sim", idx: int, role: str, cfg: InstanceConfig, cap_tokens,
+                 pipe: "_Pipeline | None" = None):
         self.sim, self.idx, self.role, self.cfg = sim, idx, role, cfg
         self.budget = cfg.max_num_batched_tokens
         self.max_seqs = cfg.max_num_seqs
@@ -447,6 +485,7 @@ class _Instance:
         self.link_free = 0.0              # prefill role: when its link is next free
         self.wait_rounds = 0              # decode_priority: TGI's `waiting_tokens`
         self.inner_prefilled = False      # decode_priority: the last step added prompts to a batch
+        self.pipe = pipe                  # pipeline-parallel: the instance's stages
 
     def blocks_for(self, rid: int) -> int:
         """Blocks `rid` takes when admitted here: reserve: all its tokens (the prompt only on a
@@ -706,11 +745,20 @@ class _Instance:
         self.cur_admit_dec = admitted_dec
         self.cur_ndec = n_dec
         self.cur_start = t
-        dur = self.lm_step(p_tok, n_dec + len(admitted_dec), ctx, len(chunks))
-        if s.n_stepping and s.g:
-            dur *= 1.0 + s.g      # another co-located instance is in a step now
-        s.n_stepping += 1
-        self.cur_end = t + dur
+        q = 0
+        for _, n in chunks:
+            q += n * n
+        dur = self.lm_step(p_tok, n_dec + len(admitted_dec), ctx, len(chunks), q)
+        pipe = self.pipe
+        if pipe is None or not pipe.active:   # the instance starts working
+            if s.n_stepping and s.g:
+                dur *= 1.0 + s.g      # another co-located instance is in a step now
+            s.n_stepping += 1
+        if pipe is None:
+            self.cur_end = t + dur
+        else:
+            pipe.active += 1
+            self.cur_end = pipe.run(t, dur)
         for rid in admitted_dec:
             # first token delivered when the decode instance takes the request
             if not s.ftp and s.first[rid] != s.first[rid]:
@@ -718,11 +766,17 @@ class _Instance:
                 if s.tok is not None:
                     s.tok[rid].append(t)
         s.n_steps += 1
-        s.push(t + dur, _STEP, self)
+        s.push(self.cur_end, _STEP, self)
 
     def end_step(self, t: float) -> None:
         s = self.sim
-        s.n_stepping -= 1
+        pipe = self.pipe
+        if pipe is None:
+            s.n_stepping -= 1
+        else:
+            pipe.active -= 1
+            if not pipe.active:
+                s.n_stepping -= 1
         n_dec_ran = self.cur_ndec
         adm = self.cur_admit_dec
         k = self.step_no            # this step's round, if it ran decodes
@@ -822,24 +876,35 @@ class _Sim:
         self.heap: list = []
         self.seq = 0
         self.n_steps = 0
-        cap = lambda cfg: (cfg.kv_capacity_tokens if cfg.kv_capacity_tokens is not None  # noqa: E731
-                           else (cfg.latency_model or lm).kv_capacity_tokens)
+        def insts(role: str, cfg: InstanceConfig, n: int) -> list:
+            """n instances; a pipeline-parallel one as its virtual engines (module docstring),
+            each with 1/pp of its KV"""
+            cap = (cfg.kv_capacity_tokens if cfg.kv_capacity_tokens is not None
+                   else (cfg.latency_model or lm).kv_capacity_tokens)
+            pp = (cfg.latency_model or lm).pp
+            if pp == 1:
+                return [_Instance(self, i, role, cfg, cap) for i in range(n)]
+            cap = None if cap is None else cap // pp
+            out = []
+            for i in range(n):
+                pipe = _Pipeline(pp)
+                out += [_Instance(self, i * pp + v, role, cfg, cap, pipe) for v in range(pp)]
+            return out
+
         if dep.mode == "mono":
-            self.mono = [_Instance(self, i, "mono", dep.instance, cap(dep.instance))
-                         for i in range(dep.num_instances)]
+            self.mono = insts("mono", dep.instance, dep.num_instances)
             self.pre, self.dec = [], []
         else:
             self.mono = []
-            self.pre = [_Instance(self, i, "prefill", dep.p_cfg, cap(dep.p_cfg))
-                        for i in range(dep.num_prefill)]
-            self.dec = [_Instance(self, i, "decode", dep.d_cfg, cap(dep.d_cfg))
-                        for i in range(dep.num_decode)]
+            self.pre = insts("prefill", dep.p_cfg, dep.num_prefill)
+            self.dec = insts("decode", dep.d_cfg, dep.num_decode)
         p_lm = dep.p_cfg.latency_model or lm     # the KV that crosses the link: the prefill side's
         self.kv_per_tok = p_lm.kv_bytes_per_token
         self.num_layers = p_lm.num_layers
         self.intake = float(dep.intake_s)
         self.n_stepping = 0   # instances in a step now
-        n_inst = len(self.mono) + len(self.pre) + len(self.dec)
+        n_inst = (dep.num_instances if dep.mode == "mono"
+                  else dep.num_prefill + dep.num_decode)
         self.g = lm.colocated_slowdown if n_inst > 1 else 0.0
         self.link = dep.link
         self.concurrency = reqs.concurrency
