@@ -171,6 +171,7 @@ def serve(
     max_body_bytes: int = typer.Option(16 * 1024 * 1024, min=1, help="413 for larger request bodies."),
     access_log: bool = typer.Option(False, "--access-log", help="Log one line per request (address, request line, status; no headers)."),
     log_level: str = typer.Option("warning", help="debug, info, warning or error."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Disagg: place the prefill and decode workers as Ray actors on this Ray cluster's nodes (auto or the head's HOST:PORT), each on a node with its CPUs (and a GPU with --device cuda); KV moves over torch.distributed (--kv-transport dist). Needs pip install 'infer-bench[ray]'."),
     old_num_threads: Optional[int] = typer.Option(None, "--num-threads", min=1, hidden=True, help="Deprecated: --threads."),
     engine: EngineOptions = None,
 ):
@@ -180,6 +181,7 @@ def serve(
     \b
     Example: infer-bench serve --model smollm2-135m --port 8000
     Example: infer-bench serve --mode disagg --prefill-workers 1 --decode-workers 1 --threads 2
+    Example: infer-bench serve --mode disagg --ray 10.0.0.5:6379 --device cuda --host 0.0.0.0
     Example: infer-bench serve --kv-cache-gb 1 --max-num-batched-tokens 256 --no-prefix-caching
     """
     import dataclasses
@@ -193,13 +195,30 @@ def serve(
             raise errors.UserError("--num-threads is the old name of --threads: give one of them")
         err_console.print("warning: --num-threads is deprecated; use --threads", highlight=False)
         engine = dataclasses.replace(engine, num_threads=old_num_threads)
+    if ray is not None:
+        engine = dataclasses.replace(engine, kv_transport=check_serve_ray(ray, mode))
     settings = engine_serve.ServeSettings(
         model=model, host=host, port=port, mode=mode, served_model_name=served_model_name,
         seed=seed, api_key=api_key, max_waiting_requests=max_waiting_requests,
         request_timeout_s=request_timeout_s, body_timeout_s=body_timeout_s,
         max_body_bytes=max_body_bytes, access_log=access_log, log_level=log_level,
-        **engine.as_dict())
+        ray_address=ray, **engine.as_dict())
     raise typer.Exit(engine_serve.serve(settings) or 0)
+
+
+def check_serve_ray(address: str, mode: str) -> str:
+    """`serve --ray`: a disagg deployment, Ray importable; the KV transport it needs (dist)."""
+    from infer_bench.backends.engine.disagg.ray_placement import RayUnavailable, import_ray
+
+    if mode != "disagg":
+        raise errors.UserError("--ray places the prefill and decode workers of --mode disagg")
+    if not address.strip():
+        raise errors.UserError("--ray needs auto or the Ray head's HOST:PORT")
+    try:
+        import_ray()
+    except RayUnavailable as e:
+        raise errors.UserError(str(e)) from None
+    return "dist"
 
 
 @app.command()
