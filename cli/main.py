@@ -63,7 +63,7 @@ def run(
     tokenizer: Optional[str] = typer.Option(None, help="Local tokenizer/model dir for exact prompt lengths (default: the engine model's)."),
     bisect: Optional[str] = typer.Option(None, help="Goodput search instead of --rates: LO:HI[:ITERATIONS] req/s (see `sweep`)."),
     workers: int = typer.Option(1, min=1, help="Client processes: shard each load point's client over N processes (send times precomputed) for rates one process cannot drive precisely (see `selftest`)."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run the --workers client shards as Ray actors spread over this Ray cluster's nodes: auto (the cluster started on this host) or its head's HOST:PORT. Needs pip install 'infer-bench[ray]'."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run the --workers client shards as Ray actors spread over this Ray cluster's nodes: auto (the cluster started on this host) or its head's HOST:PORT; a disagg deployment's workers are placed there too (serve --ray). Needs pip install 'infer-bench[ray]'."),
     repeats: int = typer.Option(1, min=1, help="Measure every load point this many times (fresh prompts each); 3+ gives intervals over repeats."),
     interleave: bool = typer.Option(True, "--interleave/--sequential", help="Interleave load points across deployments (A B, B A, ...; all alive at once) or run one deployment after another."),
     steady_state: float = typer.Option(0.1, min=0.0, max=0.5, help="Share of each load point's send span left out of percentiles and attainment as ramp-up (0: keep every request)."),

@@ -242,3 +242,43 @@ def test_disagg_on_two_ray_nodes(ray_cluster, tiny_model_dir, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         fh.close()
+
+
+def test_run_ray_places_disagg_deployments(tiny_model_dir):
+    """`run --ray`: the disagg deployment's serve command places its workers there (KV over
+    dist), the mono deployment stays a local process; their CPUs are counted."""
+    from infer_bench.cli.engine_options import EngineOptions
+    from infer_bench.cli.run_cmd import engine_deployments, ray_engine_cpus
+
+    engine = EngineOptions(num_threads=4, prefill_workers=1, decode_workers=2)
+    mono, disagg = engine_deployments("tiny", tiny_model_dir, ["mono", "disagg"], engine,
+                                      ray_address="10.0.0.5:6379")
+    assert mono.ray_address is None and disagg.ray_address == "10.0.0.5:6379"
+    assert disagg.kv_transport == "dist" and disagg.to_dict()["ray_address"] == "10.0.0.5:6379"
+    from infer_bench.backends.launch import EngineDeployment
+
+    cmd = EngineDeployment(disagg, Path("/tmp")).command()
+    assert cmd[cmd.index("--ray") + 1] == "10.0.0.5:6379"
+    assert cmd[cmd.index("--kv-transport") + 1] == "dist"
+    assert "--ray" not in EngineDeployment(mono, Path("/tmp")).command()
+    assert all(s.ray_address is None for s in engine_deployments("tiny", tiny_model_dir,
+                                                                  ["mono", "disagg"], engine))
+    assert ray_engine_cpus(["mono", "disagg"], engine) == 3      # 3 workers x 1 thread
+    assert ray_engine_cpus(["mono"], engine) == 0
+    assert ray_engine_cpus(["disagg"], EngineOptions(prefill_workers=1, decode_workers=1)) == 2
+
+
+@needs_ray
+def test_run_ray_too_small_for_shards_and_workers_is_one_line(ray_cluster, tiny_model_dir,
+                                                              tmp_path, capsys):
+    """One client shard plus a 1P1D deployment's two worker CPUs do not fit the two-CPU
+    cluster: refused in one line before anything starts."""
+    from infer_bench.cli.main import main
+
+    out = tmp_path / "x"
+    rc = main(["run", "--model", str(tiny_model_dir), "--deployments", "disagg", "--rates", "1",
+               "--ray", ray_cluster, "--threads", "2", "--warmup", "0", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and not out.exists()
+    assert err.strip() == (f"error: --workers 1 client shards and the disagg workers' 2 CPUs "
+                           f"need 3 CPUs, but the Ray cluster at {ray_cluster} has 2")

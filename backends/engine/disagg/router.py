@@ -27,6 +27,12 @@ closes) fails its in-flight requests at once (503
 before the first token, an error event mid-stream), is no longer chosen, and is reported by
 health(); its shared-memory segment is unlinked. shutdown() stops every worker and unlinks every
 segment.
+
+With `DisaggOptions.ray_address` the workers are Ray actors instead (ray_placement.py): placed
+on nodes with the CPUs/GPUs they ask for, each connects back to the router's TCP listener with
+the deployment token (the same frames as over a socketpair), the KV goes over torch.distributed,
+and a worker is also dead when its actor's run call ends (a node gone without closing its TCP
+connections). shutdown() kills the actors.
 """
 
 from __future__ import annotations
