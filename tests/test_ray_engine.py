@@ -282,3 +282,27 @@ def test_run_ray_too_small_for_shards_and_workers_is_one_line(ray_cluster, tiny_
     assert rc == 1 and not out.exists()
     assert err.strip() == (f"error: --workers 1 client shards and the disagg workers' 2 CPUs "
                            f"need 3 CPUs, but the Ray cluster at {ray_cluster} has 2")
+
+
+def test_serve_ray_reaches_the_settings(monkeypatch, tmp_path):
+    """What `run --ray` launches parses back into serve's settings: the address, and the KV
+    transport dist even where shm was asked for."""
+    from typer.testing import CliRunner
+
+    from infer_bench.backends import launch
+    from infer_bench.backends.engine.disagg import ray_placement
+    from infer_bench.backends.engine.http import serve as serve_mod
+    from infer_bench.cli.main import app
+
+    monkeypatch.setattr(ray_placement, "import_ray", lambda: None)   # Ray or not
+    seen = []
+    monkeypatch.setattr(serve_mod, "serve", lambda settings: seen.append(settings) or 0)
+    spec = launch.EngineDeploymentSpec(name="d", model="m", mode="disagg", ray_address="auto",
+                                       kv_transport="shm")
+    cmd = launch.EngineDeployment(spec, tmp_path).command()
+    res = CliRunner().invoke(app, cmd[3:], catch_exceptions=False)   # serve ...
+    assert res.exit_code == 0, res.output
+    (settings,) = seen
+    assert settings.ray_address == "auto" and settings.kv_transport == "dist"
+    opts = serve_mod.disagg_options(settings)
+    assert opts.ray_address == "auto" and opts.transport == "dist"
