@@ -306,3 +306,34 @@ def test_serve_ray_reaches_the_settings(monkeypatch, tmp_path):
     assert settings.ray_address == "auto" and settings.kv_transport == "dist"
     opts = serve_mod.disagg_options(settings)
     assert opts.ray_address == "auto" and opts.transport == "dist"
+
+
+@needs_ray
+@pytest.mark.timeout(120)
+def test_unplaceable_deployment_fails_in_one_line(ray_cluster):
+    """Workers asking for GPUs the cluster does not have: the start fails within its timeout,
+    in one line naming what could not be placed, and leaves no placement group behind."""
+    import asyncio
+
+    import ray as ray_mod
+
+    from infer_bench.backends.engine.disagg.router import DisaggEngine, DisaggOptions
+
+    eng = DisaggEngine(DisaggOptions(model="unused", device="cuda:0", num_threads=2,
+                                     transport="dist", ray_address=ray_cluster,
+                                     startup_timeout_s=3))
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError) as ei:
+        asyncio.run(eng.start())
+    assert time.monotonic() - t0 < 60
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith("disaggregated deployment failed to start: ")
+    assert "could not place the workers" in msg and "'GPU': 1.0" in msg, msg
+    assert not ray_mod.is_initialized()          # the engine disconnected what it connected
+    ray_mod.init(address=ray_cluster, log_to_driver=False, logging_level="ERROR")
+    try:
+        from ray.util import placement_group_table
+        states = [p["state"] for p in placement_group_table().values()]
+        assert all(s == "REMOVED" for s in states), states
+    finally:
+        ray_mod.shutdown()

@@ -163,6 +163,12 @@ class RayPlacement:
         self.router_ip = "127.0.0.1"
         self._connected = False
         self.closed = False          # stop() was called (place() may still be running)
+        self.placed = False          # the placement group's bundles are reserved
+        self.asks = ""               # what the workers ask for, for the messages
+
+    def unplaced_message(self) -> str:
+        return (f"the Ray cluster at {self.address} could not place the workers ({self.asks}) "
+                f"within {self.timeout_s:g} s (`ray status` shows its free resources)")
 
     def place(self, names: list[str], resources: list[dict]) -> dict[str, dict]:
         """Blocking: connect, reserve a bundle per worker, start the actors; {name: info}.
@@ -173,13 +179,14 @@ class RayPlacement:
 
         self._connected = connect(self.address)
         self.router_ip = ray.util.get_node_ip_address()
+        self.asks = ", ".join(f"{n} {r}" for n, r in zip(names, resources))
         self.pg = placement_group(resources, strategy="SPREAD")
         ready, _ = ray.wait([self.pg.ready()], timeout=self.timeout_s)
+        if self.closed:      # stop() removed the group meanwhile (that also ends the wait)
+            raise RuntimeError("the deployment was stopped while its workers were placed")
         if not ready:
-            asks = ", ".join(f"{n} {r}" for n, r in zip(names, resources))
-            raise RuntimeError(f"the Ray cluster at {self.address} could not place the workers "
-                               f"({asks}) within {self.timeout_s:g} s (`ray status` shows its "
-                               "free resources)")
+            raise RuntimeError(self.unplaced_message())
+        self.placed = True
         cls = ray.remote(WorkerActor)
         for i, (name, res) in enumerate(zip(names, resources)):
             actor = cls.options(

@@ -196,8 +196,10 @@ class DisaggEngine:
             starting = self._start_ray(threads) if o.ray_address else self._spawn_local(threads)
             await asyncio.wait_for(starting, o.startup_timeout_s)
         except (asyncio.TimeoutError, RuntimeError) as e:
+            msg = str(e) or f"workers not ready after {o.startup_timeout_s:g} s"
+            if not str(e) and self.placement is not None and not self.placement.placed:
+                msg = self.placement.unplaced_message()
             await self.shutdown()
-            msg = str(e) or f"workers not ready after {o.startup_timeout_s:.0f} s"
             raise RuntimeError(f"disaggregated deployment failed to start: {msg}") from None
         decodes = [w for w in self.workers if w.role == "decode"]
         self.max_model_len = min(w.ready["max_model_len"] for w in self.workers)
@@ -317,7 +319,12 @@ class DisaggEngine:
             w.task_ray = asyncio.ensure_future(self._watch_ray(w))
             await ready
 
-        await asyncio.gather(*(bring_up(w) for w in self.workers))
+        tasks = [asyncio.ensure_future(bring_up(w)) for w in self.workers]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # one failed (or the start was cancelled): stop waiting for the others
+            for t in tasks:
+                t.cancel()
 
     async def _watch_ray(self, w: WorkerHandle) -> None:
         """The actor's run call ended (or its node is gone): the worker is dead."""
