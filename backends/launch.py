@@ -2,7 +2,8 @@
 
 A deployment is either the reference engine started as real server processes on loopback
 (`EngineDeployment`: `python -m infer_bench.cli serve ...` with the spec's engine options as its
-flags, one process per disagg worker besides),
+flags, one process per disagg worker besides, or, with `ray_address`, the disagg workers as
+actors on a Ray cluster: `serve --ray`),
 or an external OpenAI-compatible server given by URL (`ExternalDeployment`: vLLM, SGLang, Dynamo,
 llama.cpp...). Both expose the same small interface to the runner: `start()` (returns once the
 server answers its health check, or raises `DeploymentError` with a one-line reason), `base_url`,
@@ -79,6 +80,7 @@ class EngineDeploymentSpec:
     layerwise: bool = True
     kv_link_gbps: float | None = None
     disagg_threshold: int | None = None
+    ray_address: str | None = None   # disagg: its workers as actors on this Ray cluster (serve --ray)
     extra_args: list[str] = field(default_factory=list)
 
     kind: str = "engine"
@@ -158,6 +160,8 @@ class EngineDeployment:
                 cmd += ["--kv-link-gbps", str(s.kv_link_gbps)]
             if s.disagg_threshold is not None:
                 cmd += ["--disagg-threshold", str(s.disagg_threshold)]
+            if s.ray_address:
+                cmd += ["--ray", s.ray_address]
         for flag, value in (("--kv-cache-gb", s.kv_cache_gb),
                             ("--max-num-batched-tokens", s.max_num_batched_tokens),
                             ("--max-num-seqs", s.max_num_seqs), ("--max-model-len", s.max_model_len),

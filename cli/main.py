@@ -76,7 +76,7 @@ def run(
     tokenizer: Optional[str] = typer.Option(None, help="Local tokenizer/model dir for exact prompt lengths (default: the engine model's)."),
     bisect: Optional[str] = typer.Option(None, help="Goodput search instead of --rates: LO:HI[:ITERATIONS] req/s (see `sweep`)."),
     workers: int = typer.Option(1, min=1, help="Client processes: shard each load point's client over N processes (send times precomputed) for rates one process cannot drive precisely (see `selftest`)."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run the --workers client shards as Ray actors spread over this Ray cluster's nodes: auto (the cluster started on this host) or its head's HOST:PORT. Needs pip install 'infer-bench[ray]'."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run the --workers client shards as Ray actors spread over this Ray cluster's nodes: auto (the cluster started on this host) or its head's HOST:PORT; a disagg deployment's workers are placed there too (serve --ray). Needs pip install 'infer-bench[ray]'."),
     repeats: int = typer.Option(1, min=1, help="Measure every load point this many times (fresh prompts each); 3+ gives intervals over repeats."),
     interleave: bool = typer.Option(True, "--interleave/--sequential", help="Interleave load points across deployments (A B, B A, ...; all alive at once) or run one deployment after another."),
     steady_state: float = typer.Option(0.1, min=0.0, max=0.5, help="Share of each load point's send span left out of percentiles and attainment as ramp-up (0: keep every request)."),
@@ -215,6 +215,7 @@ def serve(
     max_body_bytes: int = typer.Option(16 * 1024 * 1024, min=1, help="413 for larger request bodies."),
     access_log: bool = typer.Option(False, "--access-log", help="Log one line per request (address, request line, status; no headers)."),
     log_level: str = typer.Option("warning", help="debug, info, warning or error."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Disagg: place the prefill and decode workers as Ray actors on this Ray cluster's nodes (auto or the head's HOST:PORT), each on a node with its CPUs (and a GPU with --device cuda); KV moves over torch.distributed (--kv-transport dist). Needs pip install 'infer-bench[ray]'."),
     old_num_threads: Optional[int] = typer.Option(None, "--num-threads", min=1, hidden=True, help="Deprecated: --threads."),
     engine: EngineOptions = None,
 ):
@@ -224,6 +225,7 @@ def serve(
     \b
     Example: infer-bench serve --model smollm2-135m --port 8000
     Example: infer-bench serve --mode disagg --prefill-workers 1 --decode-workers 1 --threads 2
+    Example: infer-bench serve --mode disagg --ray 10.0.0.5:6379 --device cuda --host 0.0.0.0
     Example: infer-bench serve --kv-cache-gb 1 --max-num-batched-tokens 256 --no-prefix-caching
     """
     import dataclasses
@@ -237,13 +239,30 @@ def serve(
             raise errors.UserError("--num-threads is the old name of --threads: give one of them")
         err_console.print("warning: --num-threads is deprecated; use --threads", highlight=False)
         engine = dataclasses.replace(engine, num_threads=old_num_threads)
+    if ray is not None:
+        engine = dataclasses.replace(engine, kv_transport=check_serve_ray(ray, mode))
     settings = engine_serve.ServeSettings(
         model=model, host=host, port=port, mode=mode, served_model_name=served_model_name,
         seed=seed, api_key=api_key, max_waiting_requests=max_waiting_requests,
         request_timeout_s=request_timeout_s, body_timeout_s=body_timeout_s,
         max_body_bytes=max_body_bytes, access_log=access_log, log_level=log_level,
-        **engine.as_dict())
+        ray_address=ray, **engine.as_dict())
     raise typer.Exit(engine_serve.serve(settings) or 0)
+
+
+def check_serve_ray(address: str, mode: str) -> str:
+    """`serve --ray`: a disagg deployment, Ray importable; the KV transport it needs (dist)."""
+    from infer_bench.backends.engine.disagg.ray_placement import RayUnavailable, import_ray
+
+    if mode != "disagg":
+        raise errors.UserError("--ray places the prefill and decode workers of --mode disagg")
+    if not address.strip():
+        raise errors.UserError("--ray needs auto or the Ray head's HOST:PORT")
+    try:
+        import_ray()
+    except RayUnavailable as e:
+        raise errors.UserError(str(e)) from None
+    return "dist"
 
 
 @app.command()

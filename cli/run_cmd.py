@@ -42,9 +42,11 @@ def tokenizer_dir(path: Path) -> str | None:
     return None
 
 
-def engine_deployments(model: str, model_path: Path, modes: list[str], engine: EngineOptions):
+def engine_deployments(model: str, model_path: Path, modes: list[str], engine: EngineOptions,
+                       ray_address: str | None = None):
     """One EngineDeploymentSpec per mode, each with every engine option of the run; disagg is
-    --prefill-workers x --decode-workers, sharing the deployment's --threads."""
+    --prefill-workers x --decode-workers, sharing the deployment's --threads. `ray_address`:
+    the disagg workers are placed on that Ray cluster (KV transport dist); mono stays local."""
     from infer_bench.backends.launch import EngineDeploymentSpec
 
     opts = engine.as_dict()
@@ -52,12 +54,16 @@ def engine_deployments(model: str, model_path: Path, modes: list[str], engine: E
     specs = []
     for mode in modes:
         name = "mono" if mode == "mono" else f"disagg-{engine.prefill_workers}p{engine.decode_workers}d"
+        extra = {}
+        if mode == "disagg" and ray_address:
+            extra = {"ray_address": ray_address, "kv_transport": "dist"}
         specs.append(EngineDeploymentSpec(name=name, model=model, model_path=str(model_path),
-                                          mode=mode, **opts))
+                                          mode=mode, **{**opts, **extra}))
     return specs
 
 
-def target_deployments(targets, model: str, engine: EngineOptions, console: Console):
+def target_deployments(targets, model: str, engine: EngineOptions, console: Console,
+                       ray_address: str | None = None):
     """The deployment specs of the run's named targets (cli/targets.py), in their order:
     external servers (API key read from the named env var; every one checked reachable first,
     at once) and the bundled engine's deployments named as their targets. Returns (specs, the
@@ -78,7 +84,7 @@ def target_deployments(targets, model: str, engine: EngineOptions, console: Cons
         model_path = resolve_model(model, console)
         for t in targets:
             if t.engine is not None:
-                (spec,) = engine_deployments(model, model_path, [t.engine], engine)
+                (spec,) = engine_deployments(model, model_path, [t.engine], engine, ray_address)
                 specs[t.name] = replace(spec, name=t.name)
     return [specs[t.name] for t in targets], model_path
 
@@ -91,6 +97,14 @@ def check_reachable(specs) -> None:
     bad = probe_external(specs)
     if bad:
         raise UserError("; ".join(f"target {name!r}: {why}" for name, why in bad.items()))
+
+
+def ray_engine_cpus(modes: list[str], engine: EngineOptions) -> int:
+    """CPUs a disagg deployment's workers ask a Ray cluster for (0 without one)."""
+    if "disagg" not in modes:
+        return 0
+    n = engine.prefill_workers + engine.decode_workers
+    return n * max(1, (engine.num_threads or DEFAULT_THREADS) // n)
 
 
 class ProgressObserver:
@@ -182,10 +196,11 @@ def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
 
     parse_checks(checks)                       # bad --check: one line before anything runs
     if ray_address is not None:
-        connect_ray(console, ray_address, int(workers))
+        engine_modes = [t.engine for t in targets if t.engine] if targets else ([] if url else modes)
+        connect_ray(console, ray_address, int(workers), ray_engine_cpus(engine_modes, engine))
     out = Path(out) if out else Path("results") / time.strftime("run-%Y%m%d-%H%M%S")
     if targets:
-        deployments, model_path = target_deployments(targets, model, engine, console)
+        deployments, model_path = target_deployments(targets, model, engine, console, ray_address)
         tok_path = tokenizer or (tokenizer_dir(model_path) if model_path else None)
     elif url:
         deployments = [ExternalDeploymentSpec(name="external", url=url, model=served_model, api_key=api_key)]
@@ -194,7 +209,7 @@ def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
     else:
         model_path = resolve_model(model, console)
         tok_path = tokenizer or tokenizer_dir(model_path)
-        deployments = engine_deployments(model, model_path, modes, engine)
+        deployments = engine_deployments(model, model_path, modes, engine, ray_address)
     if tok_path is not None and not Path(tok_path).exists():
         raise UserError(f"tokenizer path {tok_path} does not exist")
     if workload == "shared_prefix" and not shared_prefix_len:
@@ -238,9 +253,10 @@ def run(*, scenarios: bool = False, repeats: int = 1, interleave: bool = True,
             raise RunIncomplete(f"run incomplete ({why or 'see run.json'}); what was measured is in {d}")
 
 
-def connect_ray(console: Console, address: str, workers: int) -> None:
+def connect_ray(console: Console, address: str, workers: int, engine_cpus: int = 0) -> None:
     """Connect to the Ray cluster before anything starts: Ray missing or the cluster not there
-    is one line (UserError), not a traceback mid-run."""
+    is one line (UserError), not a traceback mid-run. `engine_cpus`: what the disagg
+    deployment's workers ask the cluster for besides the client shards."""
     from infer_bench.workloads.ray_shards import RayUnavailable, connect, disconnect
 
     if not address.strip():
@@ -253,8 +269,14 @@ def connect_ray(console: Console, address: str, workers: int) -> None:
         disconnect()
         raise UserError(f"--workers {workers} puts each client shard on a CPU of its own, but the "
                         f"Ray cluster at {address} has {info['cpus']:g} CPUs")
+    if info["cpus"] < workers + engine_cpus:
+        disconnect()
+        raise UserError(f"--workers {workers} client shards and the disagg workers' "
+                        f"{engine_cpus} CPUs need {workers + engine_cpus} CPUs, but the Ray "
+                        f"cluster at {address} has {info['cpus']:g}")
+    engine = f"; the disagg workers ask for {engine_cpus} CPUs" if engine_cpus else ""
     console.print(f"Ray cluster {address}: {info['nodes']} node(s), {info['cpus']:g} CPUs; "
-                  f"{workers} client shard(s) per load point")
+                  f"{workers} client shard(s) per load point{engine}")
 
 
 def execute(console: Console, spec) -> Path:

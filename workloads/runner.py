@@ -17,7 +17,9 @@ energy.jsonl: its energy and wall time).
 Each load point's client is one `LoadGenerator`, or, with `client_workers` > 1, shards of it:
 processes of this host (`multiproc.run_sharded`) or, with `ray_address`, Ray actors on a
 cluster's nodes (`ray_shards.run_ray_sharded`; their nodes and clock offsets go to run.json's
-`client_shards`; a shard that died marks the run incomplete, `client_shard_failures`).
+`client_shards`; a shard that died marks the run incomplete, `client_shard_failures`). Process
+shards have `client_shards` lines too (`process_shards`: this host, no clock offset, each
+shard's own send health), which the report's "Client shards" section shows.
 
 The runner talks to deployments only through `backends.launch` (HTTP); it never imports the
 engine. Progress goes to a `RunObserver` (the CLI draws rich progress bars with it).
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -42,7 +45,7 @@ from infer_bench.backends.client.openai import RunClock
 
 from .datasets import build_requests, request_count_note
 from .energy import energy_row, open_energy_meter
-from .loadgen import LoadGenerator
+from .loadgen import LoadGenerator, LoadResult
 from .metrics import summarize
 from .prompt_text import load_tokenizer_for
 from .records import RequestRecord
@@ -259,6 +262,19 @@ def _run_sharded_load(url: str, spec: RunSpec, requests: list, lp: LoadPoint, on
     if result.extra.get("interrupted"):
         raise KeyboardInterrupt
     return result
+
+
+def process_shards(result: LoadResult) -> list[dict]:
+    """run.json's `client_shards` lines of a load point sharded over this host's processes
+    (multiproc.py): every shard on this host and its CLOCK_MONOTONIC, so no clock offset."""
+    counts: dict[int, int] = {}
+    for r in result.records:
+        if r.client_shard is not None:
+            counts[r.client_shard] = counts.get(r.client_shard, 0) + 1
+    return [{"shard": w, "client_node": None, "hostname": socket.gethostname(),
+             "n_records": counts.get(w, 0), "status": "ok", "error": None,
+             "clock_offset_s": 0.0, "clock_uncertainty_s": 0.0, "health": h}
+            for w, h in enumerate(result.extra["shard_health"])]
 
 
 def _run_ray_load(url: str, spec: RunSpec, requests: list, lp: LoadPoint, on_record,
@@ -516,6 +532,8 @@ class RunSession:
         self.health[key] = result.health.to_dict()
         if "shards" in result.extra:
             self.client_shards[key] = result.extra["shards"]
+        elif "shard_health" in result.extra:       # process shards: this host, one clock
+            self.client_shards[key] = process_shards(result)
         if result.extra.get("shard_failures"):    # the other shards finished; the run did not
             self.client_failures[key] = result.extra["shard_failures"]
             self.status = "incomplete"
@@ -548,6 +566,7 @@ class RunSession:
         if self.spec.ray_address:
             from .ray_shards import disconnect
             disconnect()
+        if self.spec.ray_address or self.client_shards:
             self.writer.set_run_info(client_shards=self.client_shards,
                                      client_shard_failures=self.client_failures)
         self.writer.set_run_info(deployment_failures=self.failures, client_health=self.health,

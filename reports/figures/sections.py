@@ -2,7 +2,8 @@
 
   FigureSpec          one section: key, title, caption, figure, tables, note
   report_figures      every section that applies to one RunData (TTFT split, ITL interference,
-                      speculative decoding and predicted vs measured only with their data)
+                      speculative decoding, predicted vs measured and client shards only with
+                      their data)
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
 
+from ..client_shards import CAPTION as SHARDS_CAPTION
+from ..client_shards import client_shards_table, shard_status
 from ..data import RunData, server_timings
 from ..fairness import CAPTION as FAIRNESS_CAPTION
 from ..fairness import fairness_tables
@@ -155,4 +158,11 @@ def report_figures(run: RunData, colors: dict | None = None, target: float = 0.9
     if tables:
         out.append(FigureSpec("fairness", "Fair measurement and sample size", FAIRNESS_CAPTION,
                               None, tables=tables))
+    shards = client_shards_table(run)
+    if shards is not None:
+        bad = [f"shard {sh.get('shard')} of {key}: {shard_status(sh)[0]}"
+               for key, lines in (run.run.get("client_shards") or {}).items()
+               for sh in lines or [] if isinstance(sh, dict) and shard_status(sh)[1]]
+        out.append(FigureSpec("client_shards", "Client shards", SHARDS_CAPTION, None,
+                              tables=[shards], note="; ".join(bad)))
     return out

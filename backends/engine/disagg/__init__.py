@@ -12,5 +12,6 @@ Data flow of `infer-bench serve --mode disagg --prefill-workers N --decode-worke
 
 Modules: wire.py (JSON control frames, shared-memory segments), transport.py (KV copy paths,
 link throttle), worker.py (worker process, WorkerEngine), router.py (DisaggEngine and its
-DisaggOptions: what http/serve.py builds).
+DisaggOptions: what http/serve.py builds), ray_placement.py (`--ray`: the workers as Ray actors
+on a cluster's nodes, connected back to the router over TCP; the only module here importing Ray).
 """

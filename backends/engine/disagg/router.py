@@ -27,6 +27,12 @@ closes) fails its in-flight requests at once (503
 before the first token, an error event mid-stream), is no longer chosen, and is reported by
 health(); its shared-memory segment is unlinked. shutdown() stops every worker and unlinks every
 segment.
+
+With `DisaggOptions.ray_address` the workers are Ray actors instead (ray_placement.py): placed
+on nodes with the CPUs/GPUs they ask for, each connects back to the router's TCP listener with
+the deployment token (the same frames as over a socketpair), the KV goes over torch.distributed,
+and a worker is also dead when its actor's run call ends (a node gone without closing its TCP
+connections). shutdown() kills the actors.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from ..cpu_affinity import ENV_SELF, pin_threads, worker_cpus
 from ..engine import RequestOutput
 from ..http.protocol import RequestError
 from ..stats import EngineStats, combine
-from .wire import PeerClosed, async_recv, encode, params_to_dict, unlink_shm
+from .wire import PeerClosed, async_recv, check_token, encode, params_to_dict, unlink_shm
 
 log = logging.getLogger("infer_bench.engine.disagg.router")
 
@@ -67,6 +73,7 @@ class DisaggOptions:
     disagg_threshold: int | None = None
     startup_timeout_s: float = 300.0
     link_host: str = "127.0.0.1"
+    ray_address: str | None = None          # place the workers on this Ray cluster (transport dist)
 
     def __post_init__(self) -> None:
         if self.prefill_workers < 1 or self.decode_workers < 1:
@@ -75,6 +82,9 @@ class DisaggOptions:
             raise ValueError(f"unknown KV transport {self.transport!r} (shm | dist)")
         if self.kv_link_gbps is not None and self.kv_link_gbps <= 0:
             raise ValueError("kv_link_gbps must be > 0")
+        if self.ray_address and self.transport != "dist":
+            raise ValueError("workers placed on a Ray cluster may be on different hosts: "
+                             "their KV transport must be dist (torch.distributed), not shm")
 
     def threads_per_worker(self) -> int:
         total = self.num_threads or os.cpu_count() or 1
@@ -87,6 +97,9 @@ class WorkerHandle:
         self.role = role
         self.rank = rank
         self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
+        self.ray = None              # ray_placement.RayWorker when placed on a Ray cluster
+        self.task_ray: asyncio.Task | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.alive = False
@@ -111,7 +124,10 @@ class WorkerHandle:
 
     def describe(self) -> dict:
         d = {"name": self.name, "role": self.role, "alive": self.alive,
-             "pid": self.proc.pid if self.proc else None, "inflight": len(self.inflight)}
+             "pid": self.proc.pid if self.proc else self.pid, "inflight": len(self.inflight)}
+        if self.ray is not None:
+            d.update(node_id=self.ray.info.get("node_id"), node_ip=self.ray.info.get("node_ip"),
+                     hostname=self.ray.info.get("hostname"))
         if self.cpus is not None:
             d["cpus"] = self.cpus
         if self.shm_name:
@@ -166,56 +182,24 @@ class DisaggEngine:
         self.stopping = False      # set by the server on SIGTERM: worker exits are expected
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, asyncio.Future] = {}
+        self.placement = None      # ray_placement.RayPlacement with opts.ray_address
+        self._server: asyncio.AbstractServer | None = None
 
     # ---- start-up / shutdown ---------------------------------------------------------------
     async def start(self) -> "DisaggEngine":
-        """Spawn the workers and wait until every one is ready and linked. Raises RuntimeError."""
+        """Start the workers (child processes, or Ray actors with `ray_address`) and wait until
+        every one is ready and linked. Raises RuntimeError."""
         self._loop = asyncio.get_running_loop()
         o = self.opts
         threads = o.threads_per_worker()
-        dist = None
-        if o.transport == "dist":
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            dist = {"init_method": f"tcp://127.0.0.1:{port}", "world_size": len(self.workers)}
-        ranks = {w.name: w.rank for w in self.workers}
-        ready_futs = []
-        for w in self.workers:
-            a, b = socket.socketpair()
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                       TOKENIZERS_PARALLELISM="false")
-            w.cpus = worker_cpus(w.role, int(w.name.rsplit("-", 1)[1]))
-            if w.cpus is not None:  # the worker pins itself from it; pinned here too, at once
-                env[ENV_SELF] = ",".join(map(str, w.cpus))
-            w.proc = subprocess.Popen(
-                [sys.executable, "-m", "infer_bench.backends.engine.disagg.worker",
-                 "--control-fd", str(b.fileno())], pass_fds=[b.fileno()], env=env)
-            b.close()
-            if w.cpus is not None:
-                try:
-                    pin_threads(w.cpus, w.proc.pid)
-                except OSError as e:
-                    log.warning("worker %s not pinned to CPUs %s: %s", w.name, w.cpus, e)
-            w.reader, w.writer = await asyncio.open_connection(sock=a)
-            w.alive = True
-            cfg = {"type": "config", "name": w.name, "role": w.role, "token": self.token,
-                   "model": o.model, "device": o.device, "dtype": o.dtype, "engine": o.engine,
-                   "num_threads": threads, "transport": o.transport, "layerwise": o.layerwise,
-                   "kv_link_gbps": o.kv_link_gbps, "shm_name": w.shm_name, "ranks": ranks,
-                   "link_host": o.link_host}
-            if dist is not None:
-                cfg["dist"] = dict(dist, rank=w.rank)
-            w.send(cfg)
-            fut = self._loop.create_future()
-            self._waiters[w.name] = fut
-            ready_futs.append(fut)
-            w.task = asyncio.ensure_future(self._read_loop(w))
         try:
-            await asyncio.wait_for(asyncio.gather(*ready_futs), o.startup_timeout_s)
+            starting = self._start_ray(threads) if o.ray_address else self._spawn_local(threads)
+            await asyncio.wait_for(starting, o.startup_timeout_s)
         except (asyncio.TimeoutError, RuntimeError) as e:
+            msg = str(e) or f"workers not ready after {o.startup_timeout_s:g} s"
+            if not str(e) and self.placement is not None and not self.placement.placed:
+                msg = self.placement.unplaced_message()
             await self.shutdown()
-            msg = str(e) or f"workers not ready after {o.startup_timeout_s:.0f} s"
             raise RuntimeError(f"disaggregated deployment failed to start: {msg}") from None
         decodes = [w for w in self.workers if w.role == "decode"]
         self.max_model_len = min(w.ready["max_model_len"] for w in self.workers)
@@ -235,14 +219,132 @@ class DisaggEngine:
         await asyncio.wait_for(asyncio.gather(*futs), 60)
         return self
 
+    def _config(self, w: WorkerHandle, threads: int, dist: dict | None, link_host: str,
+                device: str) -> dict:
+        o = self.opts
+        cfg = {"type": "config", "name": w.name, "role": w.role, "token": self.token,
+               "model": o.model, "device": device, "dtype": o.dtype, "engine": o.engine,
+               "num_threads": threads, "transport": o.transport, "layerwise": o.layerwise,
+               "kv_link_gbps": o.kv_link_gbps, "shm_name": w.shm_name,
+               "ranks": {x.name: x.rank for x in self.workers}, "link_host": link_host}
+        if dist is not None:
+            cfg["dist"] = dict(dist, rank=w.rank)
+        return cfg
+
+    def _attach(self, w: WorkerHandle, reader, writer, cfg: dict) -> asyncio.Future:
+        """Worker `w` is connected: send its configuration, read its messages; the future
+        resolves with its "ready" (or fails when it dies first)."""
+        w.reader, w.writer = reader, writer
+        w.alive = True
+        w.send(cfg)
+        fut = self._loop.create_future()
+        self._waiters[w.name] = fut
+        w.task = asyncio.ensure_future(self._read_loop(w))
+        return fut
+
+    async def _spawn_local(self, threads: int) -> None:
+        """One child process per worker on this host, each on a socketpair; until all are ready."""
+        o = self.opts
+        dist = None
+        if o.transport == "dist":
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            dist = {"init_method": f"tcp://127.0.0.1:{port}", "world_size": len(self.workers)}
+        ready_futs = []
+        for w in self.workers:
+            a, b = socket.socketpair()
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                       TOKENIZERS_PARALLELISM="false")
+            w.cpus = worker_cpus(w.role, int(w.name.rsplit("-", 1)[1]))
+            if w.cpus is not None:  # the worker pins itself from it; pinned here too, at once
+                env[ENV_SELF] = ",".join(map(str, w.cpus))
+            w.proc = subprocess.Popen(
+                [sys.executable, "-m", "infer_bench.backends.engine.disagg.worker",
+                 "--control-fd", str(b.fileno())], pass_fds=[b.fileno()], env=env)
+            b.close()
+            if w.cpus is not None:
+                try:
+                    pin_threads(w.cpus, w.proc.pid)
+                except OSError as e:
+                    log.warning("worker %s not pinned to CPUs %s: %s", w.name, w.cpus, e)
+            reader, writer = await asyncio.open_connection(sock=a)
+            ready_futs.append(self._attach(w, reader, writer,
+                                           self._config(w, threads, dist, o.link_host, o.device)))
+        await asyncio.gather(*ready_futs)
+
+    async def _start_ray(self, threads: int) -> None:
+        """One Ray actor per worker on nodes with the resources (ray_placement.py); each
+        connects back to this router over TCP with the deployment token; until all are ready."""
+        from .ray_placement import RayPlacement, actor_device, worker_resources
+
+        o = self.opts
+        self.placement = RayPlacement(o.ray_address, o.startup_timeout_s)
+        infos = await asyncio.to_thread(
+            self.placement.place, [w.name for w in self.workers],
+            [worker_resources(o.device, threads) for _ in self.workers])
+        rank0 = infos[self.workers[0].name]
+        dist = {"init_method": f"tcp://{rank0['node_ip']}:{rank0['free_port']}",
+                "world_size": len(self.workers)}
+        hellos = {w.name: self._loop.create_future() for w in self.workers}
+
+        async def on_connect(reader, writer) -> None:
+            try:
+                msg = await asyncio.wait_for(async_recv(reader), 30)
+            except (asyncio.TimeoutError, PeerClosed, ConnectionError, OSError, ValueError):
+                msg = {}
+            fut = hellos.get(str(msg.get("name")))
+            if msg.get("type") != "hello" or not check_token(msg.get("token"), self.token) \
+                    or fut is None or fut.done():
+                log.warning("refused a worker connection without the deployment token")
+                writer.close()
+                return
+            fut.set_result((reader, writer))
+
+        self._server = await asyncio.start_server(on_connect, self.placement.router_ip, 0)
+        port = self._server.sockets[0].getsockname()[1]
+        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               "TOKENIZERS_PARALLELISM": "false"}
+
+        async def bring_up(w: WorkerHandle) -> None:
+            w.ray = self.placement.run(w.name, port, self.token, env, self._loop)
+            w.pid = w.ray.info.get("pid")
+            hello = hellos[w.name]
+            await asyncio.wait([hello, w.ray.done], return_when=asyncio.FIRST_COMPLETED)
+            if not hello.done():
+                raise RuntimeError(f"worker {w.name} {w.ray.done.result()}")
+            reader, writer = hello.result()
+            ready = self._attach(w, reader, writer, self._config(
+                w, threads, dist, w.ray.info["node_ip"], actor_device(o.device)))
+            w.task_ray = asyncio.ensure_future(self._watch_ray(w))
+            await ready
+
+        tasks = [asyncio.ensure_future(bring_up(w)) for w in self.workers]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # one failed (or the start was cancelled): stop waiting for the others
+            for t in tasks:
+                t.cancel()
+
+    async def _watch_ray(self, w: WorkerHandle) -> None:
+        """The actor's run call ended (or its node is gone): the worker is dead."""
+        try:
+            why = await w.ray.done
+        except asyncio.CancelledError:
+            return
+        self._worker_died(w, why)
+
     async def shutdown(self) -> None:
         if self._shutdown:
             return
         self._shutdown = True
         for req in list(self.reqs.values()):
             self._fail(req, RuntimeError("the engine was shut down"))
+        if self.placement is not None:  # Ray actors: killed (an exit Ray expects), not told
+            await asyncio.to_thread(self.placement.kill)
         for w in self.workers:
-            w.send({"type": "shutdown"})
+            if w.ray is None:
+                w.send({"type": "shutdown"})
             if w.writer is not None:
                 try:
                     w.writer.close()
@@ -258,9 +360,20 @@ class DisaggEngine:
                 w.proc.kill()
                 await asyncio.to_thread(w.proc.wait, 5)
             w.alive = False
+        ends = [w.ray.done for w in self.workers if w.ray is not None]
+        if ends:
+            await asyncio.wait(ends, timeout=max(0.1, deadline - time.monotonic()))
         for w in self.workers:
-            if w.task is not None and w.task is not asyncio.current_task():
-                w.task.cancel()
+            if w.ray is not None:
+                w.alive = False
+        if self.placement is not None:
+            await asyncio.to_thread(self.placement.stop)
+        if self._server is not None:
+            self._server.close()
+        for w in self.workers:
+            for task in (w.task, w.task_ray):
+                if task is not None and task is not asyncio.current_task():
+                    task.cancel()
             if w.shm_name:
                 unlink_shm(w.shm_name)
 
@@ -551,7 +664,10 @@ class DisaggEngine:
                 "decode_workers": o.decode_workers, "num_threads": o.num_threads,
                 "threads_per_worker": o.threads_per_worker(), "transport": o.transport,
                 "layerwise": self.layerwise, "kv_link_gbps": o.kv_link_gbps,
-                "disagg_threshold": self.disagg_threshold,
+                "disagg_threshold": self.disagg_threshold, "ray_address": o.ray_address,
+                "placement": {w.name: {k: w.ray.info.get(k) for k in
+                                       ("node_id", "node_ip", "hostname", "pid")}
+                              for w in self.workers if w.ray is not None} or None,
                 "workers": {w.name: w.ready.get("config") for w in self.workers}}
 
     def step_trace(self) -> list[dict]:

@@ -20,8 +20,9 @@ Role in the data flow (see router.py for the whole picture):
          router.
     Step traces and engine stats are pushed to the router every 0.25 s (and when going idle).
 
-Started by the router as `python -m infer_bench.backends.engine.disagg.worker --control-fd N`; its
-configuration is the first control message. It exits when the router's socket closes, on
+Started by the router as `python -m infer_bench.backends.engine.disagg.worker --control-fd N`, or
+on a Ray cluster as an actor (ray_placement.py) that connects back to the router over TCP; both
+then call `run_worker` on the control connection, whose first message is the configuration. It exits when the router's socket closes, on
 "shutdown" or on SIGTERM, unlinking the shared-memory segment it created.
 """
 
@@ -784,21 +785,19 @@ class WorkerRuntime:
             self._handle_outputs([out])
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m infer_bench.backends.engine.disagg.worker")
-    ap.add_argument("--control-fd", type=int, required=True)
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pin_from_env()  # the CPUs the router gave this worker (every thread, torch's included)
-    sock = socket.socket(fileno=a.control_fd)
-    ctrl = MsgSocket(sock)
+def run_worker(ctrl: MsgSocket, signals: bool = True) -> int:
+    """Serve the router on `ctrl` (its first message is this worker's configuration) until the
+    router says so or goes away; the process then exits (os._exit). `signals`: exit on SIGTERM
+    and leave SIGINT to the router (a child process; not in a Ray actor, whose process Ray
+    owns)."""
     try:
         cfg = ctrl.recv()
     except (PeerClosed, OSError):
         return 1
     rt = WorkerRuntime(ctrl, cfg)
-    signal.signal(signal.SIGTERM, lambda *_: rt._exit(0))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the router decides (Ctrl-C reaches the group)
+    if signals:
+        signal.signal(signal.SIGTERM, lambda *_: rt._exit(0))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the router decides (Ctrl-C reaches the group)
     try:
         rt.start()
     except Exception as e:  # noqa: BLE001 - report, then exit
@@ -810,6 +809,16 @@ def main(argv: list[str] | None = None) -> int:
         rt._exit(2)
     rt.serve_forever()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m infer_bench.backends.engine.disagg.worker")
+    ap.add_argument("--control-fd", type=int, required=True)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pin_from_env()  # the CPUs the router gave this worker (every thread, torch's included)
+    sock = socket.socket(fileno=a.control_fd)
+    return run_worker(MsgSocket(sock))
 
 
 if __name__ == "__main__":

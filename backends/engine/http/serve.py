@@ -6,7 +6,8 @@ Role in the data flow:
     cli/engine_options.py's) -> ServeSettings -> serve(settings):
       mono:   torch threads -> loader.load_model() -> AsyncEngine(engine_config(settings))
       disagg: loader.load_tokenizer() (the router runs no model) -> DisaggEngine(disagg_options())
-              whose start() spawns the prefill/decode workers and waits until they are linked
+              whose start() spawns the prefill/decode workers (or, with `ray_address`, places
+              them as actors on a Ray cluster) and waits until they are linked
       -> app.build_app(engine, ...) -> listen -> prints "infer-bench engine ready: http://HOST:PORT"
       -> GET /health answers 200 from then on (disagg: DisaggEngine.health(): ok / degraded /
          unavailable); SIGTERM/SIGINT: stop accepting, abort in-flight requests, shut the engine
@@ -86,6 +87,7 @@ class ServeSettings:
     layerwise: bool = True
     kv_link_gbps: float | None = None
     disagg_threshold: int | None = None
+    ray_address: str | None = None           # disagg: place the workers on this Ray cluster
 
 
 def resolve_api_key(settings: ServeSettings) -> str | None:
@@ -128,7 +130,7 @@ def disagg_options(s: ServeSettings):
                          decode_workers=s.decode_workers, num_threads=s.num_threads,
                          device=s.device, dtype=s.dtype, engine=engine, transport=s.kv_transport,
                          layerwise=s.layerwise, kv_link_gbps=s.kv_link_gbps,
-                         disagg_threshold=s.disagg_threshold)
+                         disagg_threshold=s.disagg_threshold, ray_address=s.ray_address)
 
 
 def default_model_names(s: ServeSettings) -> tuple[str, list[str]]:
@@ -186,6 +188,8 @@ def load_disagg(s: ServeSettings) -> Served:
         engine.stopping = True  # the workers get the signal too: their exits are expected
 
     link = f", link {opts.kv_link_gbps:g} Gb/s" if opts.kv_link_gbps else ""
+    if opts.ray_address:
+        link += f", workers on the Ray cluster at {opts.ray_address}"
     detail = (f"; disagg {opts.prefill_workers}P{opts.decode_workers}D, "
               f"{opts.threads_per_worker()} thread(s)/worker, kv transport {opts.transport}"
               f"{', layer-wise' if opts.layerwise else ''}{link}")
