@@ -162,6 +162,8 @@ def _ms(v) -> str:
 
 
 def print_summary(console: Console, results_dir: Path) -> None:
+    import pandas as pd
+
     from infer_bench.workloads.results import load_results
 
     res = load_results(results_dir)
@@ -169,17 +171,28 @@ def print_summary(console: Console, results_dir: Path) -> None:
     if s is None or not len(s):
         return
     table = Table(title="summary (ms)")
+    # shown only when some row has them: reasoning streams, energy, a price per chip-hour
+    extra = [(label, col, fmt) for label, col, fmt in (
+        ("TTFAT p50", "ttfat_p50_s", _ms),
+        ("J/tok", "j_per_output_token", lambda v: f"{v:.3g}"),
+        ("$/M tok", "usd_per_m_output_tokens", lambda v: f"{v:.3g}"),
+        ("$/req in SLO", "usd_per_slo_request", lambda v: f"{v:.3g}"),
+    ) if col in s and pd.to_numeric(s[col], errors="coerce").notna().any()]
     for col in ("deployment", "load", "ok/total", "req/s", "tok/s", "TTFT p50", "TTFT p90",
-                "TPOT p50", "TPOT p90", "ITL p99", "SLO"):
+                "TPOT p50", "TPOT p90", "ITL p99", "SLO", *(e[0] for e in extra)):
         table.add_column(col, justify="left" if col in ("deployment", "load") else "right")
     for _, r in s.iterrows():
         n, nf = int(r["n_requests"]), int(r["n_failed"])
         att = r.get("slo_attainment")
+        more = []
+        for _, col, fmt in extra:
+            v = pd.to_numeric(r.get(col), errors="coerce")
+            more.append("-" if v is None or v != v else fmt(float(v)))
         table.add_row(str(r["deployment"]), str(r["load_point"]), f"{n - nf}/{n}",
                       f"{r['request_throughput_rps']:.2f}", f"{r['output_throughput_tps']:.1f}",
                       _ms(r.get("ttft_p50_s")), _ms(r.get("ttft_p90_s")), _ms(r.get("tpot_p50_s")),
                       _ms(r.get("tpot_p90_s")), _ms(r.get("itl_p99_s")),
-                      "-" if att is None or att != att else f"{att:.0%}")
+                      "-" if att is None or att != att else f"{att:.0%}", *more)
     console.print(table)
 
 

@@ -378,3 +378,25 @@ def test_cost_finding_per_deployment_and_load_point_by_hand():
                         "no request met the SLO.")
     assert texts[1].startswith("Energy (NVML, the GPUs of the measuring host")
     assert texts[1].endswith("at 1rps: mono 0.125 J per output token.")
+
+
+def test_console_summary_shows_energy_and_cost_only_when_present(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from infer_bench.cli.run_cmd import print_summary
+
+    def printed(d) -> str:
+        buf = io.StringIO()
+        print_summary(Console(file=buf, width=250), d)
+        return buf.getvalue()
+
+    with_energy = printed(_energy_dir(tmp_path / "a"))
+    assert "J/tok" in with_energy and "$/M tok" not in with_energy
+    d = _energy_dir(tmp_path / "b", joules=None)
+    assert "J/tok" not in printed(d)
+    spec = json.loads((d / "spec.json").read_text())
+    (d / "spec.json").write_text(json.dumps({**spec, "price_per_chip_hour": 2.0}))
+    priced = printed(d)
+    assert "$/M tok" in priced and "$/req in SLO" in priced and "J/tok" not in priced
