@@ -291,3 +291,10 @@ def test_colocated_slowdown_applies_only_when_another_instance_steps():
     # two instances step at once: only the first step of the first one to start runs alone
     assert sorted(two.ttft_s) == pytest.approx([0.1, 0.15])
     assert two.tpot_s == pytest.approx([0.15, 0.15])
+
+
+def test_describe_prints_every_coefficient():
+    lm = LatencyModel(a=0.012, b=3e-4, c=2e-6, d=0.004, e=5e-8, f=0.0361)
+    text = lm.describe()
+    assert "{" not in text and "}" not in text, text
+    assert "t = 12 ms + 300 us*P + 2 us*Q/1e3 + 4e+03 us*D" in text and "36.1 ms*N" in text, text

@@ -331,7 +331,7 @@ class LatencyModel:
         hw = self.hardware.get("name", "?")
         mdl = self.model.get("name", "?")
         return (f"{mdl} on {hw}" + (f" ({self.label()})" if self.tp * self.pp > 1 or self.engine
-                                   else "") + ": t = {self.a * 1e3:.3g} ms + {self.b * 1e6:.3g} us*P + "
+                                   else "") + f": t = {self.a * 1e3:.3g} ms + {self.b * 1e6:.3g} us*P + "
                 f"{self.c * 1e6:.3g} us*Q/1e3 + {self.d * 1e6:.3g} us*D"
                 + ("".join(f", {v * 1e6:.3g} us beyond {k:g}"
                            for k, v in zip(self.decode_knots, self.decode_slopes))) + " + "
