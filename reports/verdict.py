@@ -33,6 +33,7 @@ from infer_bench.workloads.cost import add_cost_columns, price_of
 from infer_bench.workloads.results import summary_rates
 
 from .summary import Finding, format_value
+from infer_bench.workloads.metrics import finite_or_none as _num
 
 VERDICT_KEYS = ("ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p90_s", "itl_p99_s",
                 "output_throughput_tps", "slo_attainment")
@@ -200,14 +201,6 @@ def _omission_findings(summary: pd.DataFrame | None, lp_labels) -> list[Finding]
 def _sig(v: float) -> str:
     """3 significant digits without an exponent for small values (0.05, 0.00123)."""
     return format_value(v) if abs(v) >= 1 else f"{v:.3g}"
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 ENERGY_SCOPE = {"nvml": "NVML, the GPUs of the measuring host",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from typing import Any, Mapping
+from .metrics import finite_or_none
 
 COST_COLUMNS = ("chips", "usd_per_m_output_tokens", "usd_per_slo_request")
 
@@ -37,17 +38,9 @@ def validate_price(value: Any) -> float:
     return price
 
 
-def _finite(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def chip_hours(chips: Any, wall_s: Any) -> float | None:
     """chips x wall seconds / 3600; None when either is unknown."""
-    c, s = _finite(chips), _finite(wall_s)
+    c, s = finite_or_none(chips), finite_or_none(wall_s)
     if c is None or s is None or c <= 0 or s < 0:
         return None
     return c * s / 3600.0
@@ -56,7 +49,7 @@ def chip_hours(chips: Any, wall_s: Any) -> float | None:
 def usd_per_million_output_tokens(price: Any, chips: Any, wall_s: Any,
                                   output_tokens: Any) -> float | None:
     """$ per million output tokens; math.inf when no token was produced, None when unknown."""
-    ch, p, n = chip_hours(chips, wall_s), _finite(price), _finite(output_tokens)
+    ch, p, n = chip_hours(chips, wall_s), finite_or_none(price), finite_or_none(output_tokens)
     if ch is None or p is None or n is None or n < 0:
         return None
     return math.inf if n == 0 else p * ch / n * 1e6
@@ -64,7 +57,7 @@ def usd_per_million_output_tokens(price: Any, chips: Any, wall_s: Any,
 
 def usd_per_slo_request(price: Any, chips: Any, wall_s: Any, n_met: Any) -> float | None:
     """$ per request that met the SLO; math.inf when none did, None when unknown."""
-    ch, p, n = chip_hours(chips, wall_s), _finite(price), _finite(n_met)
+    ch, p, n = chip_hours(chips, wall_s), finite_or_none(price), finite_or_none(n_met)
     if ch is None or p is None or n is None or n < 0:
         return None
     return math.inf if n == 0 else p * ch / n
@@ -81,7 +74,7 @@ def chips_by_deployment(spec: Mapping | None) -> dict[str, int]:
 
 def price_of(spec: Mapping | None) -> float | None:
     """spec.json's price per chip-hour, or None."""
-    return _finite((spec or {}).get("price_per_chip_hour"))
+    return finite_or_none((spec or {}).get("price_per_chip_hour"))
 
 
 def add_cost_columns(summary, spec: Mapping | None, price: float | None = None):

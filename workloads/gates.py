@@ -27,6 +27,7 @@ import operator
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
+from .metrics import finite_or_none as _num
 
 EXIT_OK = 0
 EXIT_FAILED_RUN = 1          # run incomplete, deployment failed, error-rate guard
@@ -103,14 +104,6 @@ def _fmt(metric: str, v: Any) -> str:
     if metric in ("slo_attainment", "error_rate") or metric.endswith("_attainment"):
         return f"{v:.1%}"
     return f"{v:.3g}"
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _covers(check: Check, deployment: Any) -> bool:

@@ -55,6 +55,15 @@ PERCENTILES = (50, 90, 95, 99)
 
 # ---------------------------------------------------------------------------- per request
 
+def finite_or_none(v: Any) -> float | None:
+    """`v` as a float when it is a finite number (a NaN from pandas, None, text: None)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def token_chunks(chunk_times: Sequence[float], chunk_tokens: Sequence[int]) -> list[tuple[float, int]]:
     """(time, tokens) of the chunks that carry >= 1 output token, in order."""
     return [(float(t), int(k)) for t, k in zip(chunk_times, chunk_tokens) if int(k) > 0]

@@ -130,6 +130,23 @@ class ProfileError(ValueError):
     """An invalid profile file or unusable step rows (one-line message)."""
 
 
+def read_profile_json(p: Path) -> Any:
+    """A profile file's JSON; a missing file or invalid JSON is a one-line ProfileError."""
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"{p}: no such profile file") from None
+    except ValueError as e:
+        raise ProfileError(f"{p}: invalid JSON ({e})") from None
+
+
+def write_profile_json(path: str | Path, obj: Mapping) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj, indent=2) + "\n")
+    return p
+
+
 @dataclass
 class LatencyModel:
     a: float = 0.0
@@ -298,20 +315,12 @@ class LatencyModel:
                    heldout_method=str(held.get("method", "") or ""))
 
     def save(self, path: str | Path) -> Path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return p
+        return write_profile_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "LatencyModel":
         p = Path(path)
-        try:
-            d = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise ProfileError(f"{p}: no such profile file") from None
-        except ValueError as e:
-            raise ProfileError(f"{p}: invalid JSON ({e})") from None
+        d = read_profile_json(p)
         try:
             return cls.from_dict(d)
         except (TypeError, KeyError) as e:
@@ -453,20 +462,12 @@ class ProfileSet:
                    hardware=dict(d.get("hardware") or {}), notes=str(d.get("notes", "") or ""))
 
     def save(self, path: str | Path) -> Path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return p
+        return write_profile_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "ProfileSet":
         p = Path(path)
-        try:
-            d = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise ProfileError(f"{p}: no such profile file") from None
-        except ValueError as e:
-            raise ProfileError(f"{p}: invalid JSON ({e})") from None
+        d = read_profile_json(p)
         if not isinstance(d, Mapping):
             raise ProfileError(f"{p}: a profile is a JSON object")
         try:
