@@ -209,8 +209,11 @@ def test_client_sampler_rows_and_pids(tmp_path):
         assert os.getpid() in pids and same.pid in pids and own.pid not in pids
         path = tmp_path / "telemetry.jsonl"
         with client_sampler(path, interval_s=0.05, flush_s=0.1):
-            end = time.perf_counter() + 0.6
-            while time.perf_counter() < end:
+            # busy for 0.6 s, and on until the sampler has flushed rows (its thread competes
+            # with this loop for the GIL, and its first pass lists every process of the host)
+            end, deadline = time.perf_counter() + 0.6, time.perf_counter() + 15
+            while time.perf_counter() < end or (path.stat().st_size == 0
+                                                and time.perf_counter() < deadline):
                 sum(range(1000))
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         assert rows and {r["source"] for r in rows} == {"client"}
