@@ -576,13 +576,10 @@ class _Instance:
             self.running[rid] = None
 
     # -- steps
-    def start_step(self, t: float) -> None:
-        if self.pol:
-            self.start_step_priority(t)
-            return
-        s = self.sim
-        n_dec = self.n_decode
-        admit = True
+    def grow_decodes(self, n_dec: int) -> tuple[bool, int]:
+        """On-demand KV: the blocks the running decodes cross into this step, or a preemption
+        when none are free. Returns (may admit this step, decodes left); no admission in a step
+        that preempted."""
         if self.ondemand and n_dec:
             need = self.grow[self.step_no % self.bs]
             if need:
@@ -590,8 +587,33 @@ class _Instance:
                     self.free_blocks -= need
                 else:
                     self.grow_slow()
-                    admit = False               # no admission in a step that preempted
-                    n_dec = self.n_decode
+                    return False, self.n_decode
+        return True, n_dec
+
+    def transferred(self, rid: int) -> bool:
+        """A decode instance's waiting request whose KV arrived (not a preempted one to recompute)."""
+        s = self.sim
+        return s.xfer_done[rid] >= 0 and self.role == "decode" and not s.n_preempt[rid]
+
+    def admit_transferred(self, rid: int, t: float, admitted_dec: list) -> int:
+        """Admit the transferred request at the head of the queue into this step's decodes (its
+        blocks are known to fit); returns its context tokens."""
+        s = self.sim
+        self.waiting.popleft()
+        self.free_blocks -= s.blocks[rid]
+        s.admit_s[rid] = t
+        admitted_dec.append(rid)
+        if self.ondemand:
+            self.running[rid] = None
+        return s.n_in[rid]
+
+    def start_step(self, t: float) -> None:
+        if self.pol:
+            self.start_step_priority(t)
+            return
+        s = self.sim
+        n_dec = self.n_decode
+        admit, n_dec = self.grow_decodes(n_dec)
         budget = self.budget - n_dec
         chunks = []
         p_tok = 0
@@ -612,15 +634,9 @@ class _Instance:
             need = s.blocks[rid]
             if need > self.free_blocks:
                 break
-            if s.xfer_done[rid] >= 0 and self.role == "decode" and not s.n_preempt[rid]:
+            if self.transferred(rid):
                 # transferred: joins the decodes of this step
-                wq.popleft()
-                self.free_blocks -= need
-                s.admit_s[rid] = t
-                admitted_dec.append(rid)
-                if self.ondemand:
-                    self.running[rid] = None
-                ctx += s.n_in[rid]
+                ctx += self.admit_transferred(rid, t, admitted_dec)
                 budget -= 1
                 running += 1
                 continue
@@ -660,7 +676,7 @@ class _Instance:
         for rid in wq:
             if running >= self.max_seqs or budget < 1:
                 break
-            if s.xfer_done[rid] >= 0 and self.role == "decode" and not s.n_preempt[rid]:
+            if self.transferred(rid):
                 break
             need = s.blocks[rid]
             n = s.pf_len[rid]
@@ -699,34 +715,16 @@ class _Instance:
             self.run_step(t, chunks, p_tok, 0, [], 0)
             return
         # a decode round
-        admit = True
-        if self.ondemand and n_dec:
-            need = self.grow[self.step_no % self.bs]
-            if need:
-                if need <= self.free_blocks:
-                    self.free_blocks -= need
-                else:
-                    self.grow_slow()
-                    admit = False
-                    n_dec = self.n_decode
+        admit, n_dec = self.grow_decodes(n_dec)
         admitted_dec = []
         ctx = self.ctx_sum
         running = n_dec
         budget = self.budget - n_dec
         while admit and wq and budget > 0 and running < self.max_seqs:
             rid = wq[0]
-            if not (s.xfer_done[rid] >= 0 and self.role == "decode" and not s.n_preempt[rid]):
+            if not self.transferred(rid) or s.blocks[rid] > self.free_blocks:
                 break
-            need = s.blocks[rid]
-            if need > self.free_blocks:
-                break
-            wq.popleft()
-            self.free_blocks -= need
-            s.admit_s[rid] = t
-            admitted_dec.append(rid)
-            if self.ondemand:
-                self.running[rid] = None
-            ctx += s.n_in[rid]
+            ctx += self.admit_transferred(rid, t, admitted_dec)
             budget -= 1
             running += 1
         if not n_dec and not admitted_dec:
