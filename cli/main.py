@@ -289,7 +289,7 @@ def report(
     path = render_report(results_dir, out, price=price)
     console.print(f"report: [bold]{path}[/bold]")
     if format:
-        for p in export_summary(results_dir, results_dir, formats=format):
+        for p in export_summary(results_dir, results_dir, formats=format, price=price):
             console.print(f"export: {p}")
     if check:
         from . import run_cmd
@@ -323,7 +323,8 @@ def compare(
     path = render_compare(results_dirs, out, price=price)
     console.print(f"comparison: [bold]{path}[/bold]")
     if format:
-        for p in export_summary(results_dirs, out.parent, formats=format, name=out.stem):
+        for p in export_summary(results_dirs, out.parent, formats=format, name=out.stem,
+                                price=price):
             console.print(f"export: {p}")
     if fail_if_worse:
         from infer_bench.reports.compare import compare_deltas, regressions

@@ -35,6 +35,20 @@ times in seconds, rates per second, shares as fractions 0..1):
                               per-token ITL of tokens from decode-only steps / steps with prefill
     spec_acceptance_rate      speculative decoding: accepted / proposed draft tokens
     spec_mean_accepted_len    accepted draft tokens per verification step
+    ttfat_{mean,p50,p90,p95,p99}_s
+                              time to the first answer token (reasoning / tool-call streams
+                              only; empty otherwise)
+    n_reasoning_tokens, n_tool_tokens
+                              output tokens of those kinds (empty without such streams)
+    chips, goodput_per_chip_rps
+                              chips the deployment occupies (spec.json; 1 where not recorded)
+                              and goodput_rps / chips
+    usd_per_m_output_tokens, usd_per_slo_request
+                              cost at the price per chip-hour (the run's or `price`); empty
+                              without a price (workloads/cost.py)
+    energy_j, j_per_output_token, energy_source
+                              the measuring host's energy over the load point (workloads/
+                              energy.py); empty when unavailable
 
 Delta columns: compare.DELTA_COLUMNS = baseline, group, deployment, load_point, metric,
 baseline_value, value, delta, delta_rel, ci_low, ci_high, ci_method, n_runs_baseline, n_runs,
@@ -58,6 +72,7 @@ from .compare import DELTA_COLUMNS, compare_deltas, group_labels, run_names
 from .data import RunData, load_run
 from .frames import itl_kinds, spec_frame, ttft_parts
 from .summary import goodputs
+from infer_bench.workloads.cost import add_cost_columns, chips_by_deployment, price_of
 
 EXPORT_VERSION = 1
 LAT = [f"{m}_{s}_s" for m in ("ttft", "tpot", "itl", "e2e") for s in ("mean", "p50", "p90", "p95", "p99")]
@@ -70,7 +85,15 @@ SUMMARY_COLUMNS = (
                                      "unattributed")]
     + ["itl_prefill_step_share", "itl_p50_decode_only_s", "itl_p50_prefill_step_s",
        "itl_p99_decode_only_s", "itl_p99_prefill_step_s", "spec_acceptance_rate",
-       "spec_mean_accepted_len"])
+       "spec_mean_accepted_len"]
+    + [f"ttfat_{s}_s" for s in ("mean", "p50", "p90", "p95", "p99")]
+    + ["n_reasoning_tokens", "n_tool_tokens", "chips", "goodput_per_chip_rps",
+       "usd_per_m_output_tokens", "usd_per_slo_request", "energy_j", "j_per_output_token",
+       "energy_source"])
+# columns copied from the summary as they are (after the cost columns are added)
+_COPIED = ([f"ttfat_{s}_s" for s in ("mean", "p50", "p90", "p95", "p99")]
+           + ["n_reasoning_tokens", "n_tool_tokens", "usd_per_m_output_tokens",
+              "usd_per_slo_request", "energy_j", "j_per_output_token", "energy_source"])
 FORMATS = ("csv", "json")
 
 
@@ -93,14 +116,16 @@ def _clean(v: Any) -> Any:
 
 
 def summary_rows(run: RunData, run_name: str | None = None, group: str | None = None,
-                 target: float = 0.9) -> pd.DataFrame:
-    """The export rows of one run (SUMMARY_COLUMNS, in order)."""
+                 target: float = 0.9, price: float | None = None) -> pd.DataFrame:
+    """The export rows of one run (SUMMARY_COLUMNS, in order); `price` per chip-hour: the
+    run's (spec.json) unless given."""
     name = run_name or run.name
-    s = run.summary
+    s = add_cost_columns(run.summary, run.spec, price if price is not None else price_of(run.spec))
     parts = ttft_parts(run.records)
     kinds = itl_kinds(run.records)
     spec = spec_frame(run.records)
     gps = goodputs(s, target)
+    chips = chips_by_deployment(run.spec)
     rows = []
     for _, r in (s.iterrows() if not s.empty else iter(())):
         dep, lp = r["deployment"], r["load_point"]
@@ -110,10 +135,15 @@ def summary_rows(run: RunData, run_name: str | None = None, group: str | None = 
         for c in SUMMARY_COLUMNS[5:11] + LAT + ["slo_attainment"]:
             if c in r.index:
                 row[c] = r[c]
+        for c in _COPIED:
+            if c in r.index:
+                row[c] = r[c]
+        row["chips"] = chips.get(str(dep), 1)
         g = gps.get(str(dep))
         if g is not None and g.rate is not None:
             row["goodput_rps"] = g.rate
             row["goodput_lower_bound"] = bool(g.lower_bound)
+            row["goodput_per_chip_rps"] = g.rate / max(1, row["chips"])
         p = parts[(parts["deployment"] == dep) & (parts["load_point"].astype(str) == str(lp))]
         if not p.empty:
             for ph in ("queue", "prefill", "transfer", "admission", "rest", "unattributed"):
@@ -149,12 +179,14 @@ def _write(df: pd.DataFrame, columns: list[str], stem: Path, fmt: str, kind: str
 
 def export_summary(results_dir_or_dirs: str | Path | Sequence[str | Path], out_dir: str | Path,
                    formats: Sequence[str] = FORMATS, groups: Sequence[str] | None = None,
-                   target: float = 0.9, name: str | None = None) -> list[Path]:
+                   target: float = 0.9, name: str | None = None,
+                   price: float | None = None) -> list[Path]:
     """Write the summary (and, for several dirs, the deltas) as CSV and/or JSON into out_dir
     (created) as `<name>-summary.*` / `<name>-deltas.*`; returns the paths written. `formats`:
     any of "csv", "json" (a comma-separated string is accepted too). `groups`: repeat labels as
     in render_compare. `name`: default "report" (one dir) / "compare" (several). Raises
-    ValueError for an unknown format."""
+    ValueError for an unknown format. `price` per chip-hour for the cost columns: each run's own
+    (spec.json) unless given."""
     if isinstance(formats, str):
         formats = [f for f in formats.split(",")]
     formats = [f.strip().lower() for f in formats if f and f.strip()]
@@ -168,7 +200,8 @@ def export_summary(results_dir_or_dirs: str | Path | Sequence[str | Path], out_d
     runs = [load_run(d) for d in dirs]
     names = run_names(runs)
     groups = group_labels(runs, groups)
-    summary = pd.concat([summary_rows(r, n, g, target) for r, n, g in zip(runs, names, groups)],
+    summary = pd.concat([summary_rows(r, n, g, target, price)
+                         for r, n, g in zip(runs, names, groups)],
                         ignore_index=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

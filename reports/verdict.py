@@ -8,12 +8,16 @@ the sentence says "no significant difference (±x%)", x being the largest relati
 data cannot rule out. Goodput per chip: each deployment's goodput interval (block bootstrap of its
 SLO hits) divided by its chips; a winner only where the two intervals do not overlap (conservative:
 non-overlap implies a significant difference, not the other way round). An attainment curve that
-rises with the rate beyond its intervals is flagged and its goodput not read. The verdict also
+rises with the rate beyond its intervals is flagged and its goodput not read. With more than two
+deployments (named targets), goodput ranks all of them and, at each load point, every deployment
+is compared with the first one (the baseline), the confidence split over the pairs (Bonferroni), so
+identical deployments still get a winner at most 5% of the time in all. TTFAT p50/p90 join the
+compared figures where a run streams reasoning or tool calls. The verdict also
 says how much each figure rests on: attainment intervals wider than ±5 points (and the requests
 ±5 would take), p99 figures with fewer than 5 samples beyond them, and where the client's lateness
 changed attainment (it is counted from the intended send time).
 
-Cost and energy (point estimates, no interval; every deployment measured, not only the first two):
+Cost and energy (point estimates, no interval; every deployment measured):
 with a price per chip-hour, $ per million output tokens and $ per request that met the SLO per
 deployment and load point (workloads/cost.py: the summary's cost columns, which the caller adds
 with `add_cost_columns`); with energy counters, J per output token (workloads/energy.py), which
@@ -73,7 +77,8 @@ def _goodput_finding(records, deps: Sequence[str], rates: Mapping[Any, float], s
         ranked = sorted(readable.items(), key=lambda kv: kv[1][0], reverse=True)
         (w, (_, lw, _, gw)), (r2, (_, _, hr, g2)) = ranked[0], ranked[1]
         if gw.lower_bound and g2.lower_bound:
-            txt += (" Both met the target at every rate measured: the sweep does not separate "
+            who = "Both" if len(readable) == 2 else f"{w} and {r2} both"
+            txt += (f" {who} met the target at every rate measured: the sweep does not separate "
                     "them (measure higher rates).")
         elif lw > hr:
             txt += f" Best per chip: {w} (the intervals do not overlap)."
@@ -88,8 +93,9 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
             lp_labels: Mapping | None = None, chips: Mapping[str, int] | None = None,
             load_points: Sequence[Any] | None = None, price: float | None = None,
             energy_note: str | None = None) -> list[Finding]:
-    """Findings for the first two deployments measured (the others are listed in the summary);
-    cost (`price` per chip-hour, read from the summary's cost columns) and energy findings for
+    """Findings for the deployments measured: goodput per chip of all of them; at each load point
+    every other deployment against the first (the baseline: one pair for two deployments, the
+    Bonferroni family widened over the pairs for more); cost (`price` per chip-hour, read from the summary's cost columns) and energy findings for
     every deployment. `energy_note`: why energy is unavailable (run.json's "energy" note)."""
     out: list[Finding] = []
     if records is None or records.empty or "deployment" not in records:
@@ -100,7 +106,7 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
     if len(present) < 2:
         return [Finding(f"One deployment measured ({present[0]}); nothing to compare."
                         if present else "No deployments measured.")] + costs
-    a, b = present[0], present[1]
+    a, others = present[0], present[1:]
     ramp = _ramp(spec)
     chips = chips if chips is not None else chips_of(spec)   # each deployment's, from spec.json
     lps = list(load_points) if load_points is not None else list(
@@ -112,28 +118,32 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
             if r == r:
                 rates[lp] = float(r)
     if len(rates) >= 1:
-        out.extend(_goodput_finding(records, [a, b], rates, slo, ramp, target, chips))
+        out.extend(_goodput_finding(records, present, rates, slo, ramp, target, chips))
+    keys = verdict_keys(records)
+    family = 1.0 - (1.0 - stats.CONFIDENCE) / len(others)   # Bonferroni over the pairs too
     thin, tails = [], set()
     for lp in lps:
-        cs = C.compare_load_point(records, [a, b], lp, slo=slo, ramp_fraction=ramp,
-                                  keys=VERDICT_KEYS)
-        if not cs:
-            continue
         label = str((lp_labels or {}).get(lp, lp))
-        won = [c for c in cs if c.significant]
-        tied = [c for c in cs if not c.significant]
-        bits = [f"{C.BY_KEY[c.metric].label}: {stats.describe(c)}" for c in won]
-        if tied:
-            bits.append("no significant difference in "
-                        + ", ".join(f"{C.BY_KEY[c.metric].label} ({_tie_width(c)})" for c in tied))
-        out.append(Finding(f"At {label}: " + "; ".join(bits) + ".", metric="load_point",
-                           winners=tuple((c.metric, c.better) for c in won)))
-        for c in cs:
-            h = C.BY_KEY[c.metric]
-            if h.stat == "p99" and min(c.n_a, c.n_b) > 0 and \
-                    stats.tail_count(int(min(c.n_a, c.n_b)), "p99") < 5:
-                tails.add(h.label)
-        for d in (a, b):
+        for b in others:
+            cs = C.compare_load_point(records, [a, b], lp, slo=slo, ramp_fraction=ramp,
+                                      keys=keys, family_confidence=family)
+            if not cs:
+                continue
+            won = [c for c in cs if c.significant]
+            tied = [c for c in cs if not c.significant]
+            bits = [f"{C.BY_KEY[c.metric].label}: {stats.describe(c)}" for c in won]
+            if tied:
+                bits.append("no significant difference in " + ", ".join(
+                    f"{C.BY_KEY[c.metric].label} ({_tie_width(c)})" for c in tied))
+            where = f"At {label}" if len(others) == 1 else f"At {label}, {b} vs {a}"
+            out.append(Finding(f"{where}: " + "; ".join(bits) + ".", metric="load_point",
+                               winners=tuple((c.metric, c.better) for c in won)))
+            for c in cs:
+                h = C.BY_KEY[c.metric]
+                if h.stat == "p99" and min(c.n_a, c.n_b) > 0 and \
+                        stats.tail_count(int(min(c.n_a, c.n_b)), "p99") < 5:
+                    tails.add(h.label)
+        for d in present:
             ev = C.attainment_evidence(records, d, lp, slo=slo, ramp_fraction=ramp)
             if ev.get("n") and ev["halfwidth"] > 0.05:
                 thin.append((label, d, ev))
@@ -152,17 +162,29 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
                            metric="sample_size"))
     out.extend(_omission_findings(summary, lp_labels))
     if any(f.metric == "load_point" for f in out):
-        each = 1 - 0.05 / len(VERDICT_KEYS)
+        m = len(keys) * len(others)
+        each = 1 - (1 - stats.CONFIDENCE) / m
+        if len(others) == 1:
+            fam = (f"at each load point the {len(keys)} figures are one family at 95% confidence "
+                   f"(each interval at {each:.1%}, Bonferroni), so two identical deployments get a "
+                   "winner on any of them at most 5% of the time")
+        else:
+            fam = (f"each of {', '.join(others)} is compared with the first deployment, {a}; at "
+                   f"each load point the {len(keys)} figures of the {len(others)} pairs are one "
+                   f"family at 95% confidence (each interval at {each:.2%}, Bonferroni), so "
+                   "identical deployments get a winner on any of them at most 5% of the time")
         out.append(Finding(
-            f"How to read this: at each load point the {len(VERDICT_KEYS)} figures are one family "
-            f"at 95% confidence (each interval at {each:.1%}, Bonferroni), so two identical "
-            "deployments get a winner on any of them at most 5% of the time; \"±x%\" is the "
-            "largest difference the data cannot rule out. Latencies are counted from the "
-            "intended send time.", metric="method"))
-    if len(present) > 2:
-        out.append(Finding(f"The verdict compares {a} and {b}; {', '.join(present[2:])} "
-                           "appear in the tables and figures only."))
+            f"How to read this: {fam}; \"±x%\" is the largest difference the data cannot rule "
+            "out. Latencies are counted from the intended send time.", metric="method"))
     return out
+
+
+def verdict_keys(records) -> tuple[str, ...]:
+    """The figures the verdict compares: `VERDICT_KEYS`, plus TTFAT p50/p90 where the run has
+    reasoning or tool-call streams (there the first token is not the first answer token)."""
+    if C.has_answer_split(records):
+        return VERDICT_KEYS + tuple(h.key for h in C.ANSWER_HEADLINE)
+    return VERDICT_KEYS
 
 
 def _tie_width(c: stats.Comparison) -> str:

@@ -10,7 +10,7 @@ import pytest
 from infer_bench.workloads.planning.latency_model import LatencyModel
 from infer_bench.workloads.planning.planner import (SweepSpec, break_even_figure, break_even_map,
                                            candidate_deployments, find_goodput, plan, validate,
-                                           verdict, _base_requests)
+                                           verdict, base_requests)
 from infer_bench.workloads.results import ResultsWriter
 from infer_bench.workloads.planning.simulator import (Deployment, InstanceConfig, Link, requests_from_spec,
                                              simulate)
@@ -25,7 +25,7 @@ def test_goodput_of_md1_server_is_near_capacity():
     # one prefill-only server, 10 ms per request; TTFT SLO 1 s: goodput just under 100 rps
     lm = LatencyModel(a=0.01)
     dep = Deployment("mono", instance=InstanceConfig(max_num_batched_tokens=16, max_num_seqs=1))
-    base = _base_requests(WorkloadSpec(input_len=1, output_len=1), 4000)
+    base = base_requests(WorkloadSpec(input_len=1, output_len=1), 4000)
     gp = find_goodput(dep, lm, base, SLO(ttft_s=1.0), rate_hint=10.0, rel_tol=0.02,
                       sweep=SweepSpec(horizon_s=30.0, max_requests=4000))
     assert 85.0 < gp.goodput_rps <= 105.0
@@ -41,7 +41,7 @@ def test_pipeline_parallel_md1_goodput_doubles_and_stays_under_the_bound():
     from infer_bench.workloads.planning.planner import rate_upper_bound
 
     inst = InstanceConfig(max_num_batched_tokens=16, max_num_seqs=1)
-    base = _base_requests(WorkloadSpec(input_len=1, output_len=1), 8000)
+    base = base_requests(WorkloadSpec(input_len=1, output_len=1), 8000)
     sweep = SweepSpec(horizon_s=30.0, max_requests=8000)
     gps, bounds = [], []
     for pp in (1, 2):
@@ -62,7 +62,7 @@ def test_rate_bound_counts_prefill_attention_per_chunk():
     from infer_bench.workloads.planning.planner import rate_upper_bound
 
     lm = LatencyModel(b=1e-4, c=1e-3)
-    base = _base_requests(WorkloadSpec(input_len=1000, output_len=1), 50)
+    base = base_requests(WorkloadSpec(input_len=1000, output_len=1), 50)
     whole = rate_upper_bound(Deployment("mono", instance=replace(INST, policy="prefill_priority")),
                              lm, base)
     chunk = rate_upper_bound(Deployment("mono", instance=INST), lm, base)

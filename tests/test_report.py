@@ -198,11 +198,15 @@ def test_summary_table_and_verdict(run_dir):
     v = verdict_for_run(run)
     assert v and v[0].metric == "goodput" and "95% CI" in v[0].text
     per_lp = [f for f in v if f.metric == "load_point"]
-    assert len(per_lp) == 3
-    # past mono-2w's capacity (4 req/s) the other deployment's TTFT is far lower: a winner with
-    # its interval; at low load the noise of 15 requests hides the fixture's 15% difference, and
-    # the verdict says so instead of naming a winner from point estimates
-    assert "TTFT p90: " in per_lp[-1].text and "% lower (99.3% CI" in per_lp[-1].text
+    # three deployments: at each of the 3 load points both others against the first (mono-2w),
+    # the family of 7 figures x 2 pairs at 95% (each interval at 1 - 0.05/14 = 99.64%)
+    assert len(per_lp) == 6
+    assert [f.text.split(":")[0].split(", ", 1)[1] for f in per_lp[:2]] == [
+        f"{MALICIOUS} vs mono-2w", "disagg-1p1d vs mono-2w"]
+    # past mono-2w's capacity (4 req/s) the disaggregated deployment's TTFT is far lower: a
+    # winner with its interval; at low load the noise of 30 requests hides the fixture's 15%
+    # difference, and the verdict says so instead of naming a winner from point estimates
+    assert "TTFT p90: disagg-1p1d" in per_lp[-1].text and "% lower (99.6% CI" in per_lp[-1].text
     assert any("no significant difference in TTFT p50 (±" in f.text for f in per_lp[:2])
     assert all("no significant difference" in f.text or "% lower" in f.text
                or "% higher" in f.text or "pp" in f.text for f in per_lp)
@@ -528,3 +532,31 @@ def test_compare_exports_named_after_out(tmp_path, run_dir):
     # the library: `name` prefixes the files (default report- / compare-, test_export_summary)
     from infer_bench.reports import export_summary
     assert [p.name for p in export_summary(b, tmp_path / "d", "json", name="x")] == ["x-summary.json"]
+
+
+def test_export_has_cost_chips_and_answer_columns(tmp_path):
+    """The export carries chips (spec.json), goodput per chip, cost at the given price (hand
+    computed from the summary's wall time and tokens) and empty TTFAT/energy where the run has
+    none."""
+    import infer_bench.reports as R
+    from infer_bench.workloads.cost import usd_per_million_output_tokens
+    d = make_results_dir(tmp_path / "r", n_deployments=2, n_load_points=2, n_requests=12,
+                         seed=3, with_steps=False)
+    spec = json.loads((d / "spec.json").read_text())
+    spec["deployments"][0]["chips"] = 4
+    (d / "spec.json").write_text(json.dumps(spec))
+    first = spec["deployments"][0]["name"]
+    js = json.loads(R.export_summary(d, tmp_path / "x", formats="json", price=2.5)[0].read_text())
+    summary = pd.read_csv(d / "summary.csv")
+    for row in js["rows"]:
+        chips = 4 if row["deployment"] == first else 1
+        assert row["chips"] == chips
+        s = summary[(summary["deployment"] == row["deployment"])
+                    & (summary["load_point"].astype(str) == str(row["load_point"]))].iloc[0]
+        want = usd_per_million_output_tokens(2.5, chips, s["load_wall_s"], s["load_output_tokens"])
+        assert row["usd_per_m_output_tokens"] == pytest.approx(want)
+        if row["goodput_rps"] is not None:
+            assert row["goodput_per_chip_rps"] == pytest.approx(row["goodput_rps"] / chips)
+        assert row["ttfat_p50_s"] is None and row["energy_j"] is None
+    plain = json.loads(R.export_summary(d, tmp_path / "y", formats="json")[0].read_text())
+    assert all(r["usd_per_m_output_tokens"] is None for r in plain["rows"])   # no price, none

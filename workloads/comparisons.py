@@ -14,7 +14,10 @@ loop: a late client cannot hide queueing; closed loop: the same as from the actu
 p90 (per request), ITL p99 (per token: the tokens of the requests in send order form the series,
 so a stall that hits the concurrent requests together stays inside one block), output throughput
 and request throughput (the steady-state window cut into equal time bins, each bin's tokens or
-completed requests per second: their mean is the throughput, their spread over time its noise), joint SLO attainment (per-request hits; failed requests miss).
+completed requests per second: their mean is the throughput, their spread over time its noise),
+joint SLO attainment (per-request hits; failed requests miss). `ANSWER_HEADLINE`: TTFAT p50/p90
+(to the first answer token, from the intended send time), for runs with reasoning or tool-call
+streams.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from . import metrics, stats
 class Headline:
     key: str            # summary-style name
     label: str          # for sentences
-    kind: str           # ttft, e2e, tpot, itl, throughput, attainment
+    kind: str           # ttft, ttfat, e2e, tpot, itl, throughput, requests, attainment
     stat: str           # p50 / p90 / p99 / mean (attainment: the share)
     lower_is_better: bool = True
 
@@ -49,7 +52,24 @@ HEADLINE: tuple[Headline, ...] = (
     Headline("request_throughput_rps", "request throughput", "requests", "mean", False),
     Headline("slo_attainment", "SLO attainment", "attainment", "mean", False),
 )
-BY_KEY = {h.key: h for h in HEADLINE}
+# Time to the first ANSWER token (reasoning / tool-call streams), from the intended send time;
+# compared only where a run has such streams (elsewhere it equals TTFT and would only widen the
+# family): see `has_answer_split`.
+ANSWER_HEADLINE: tuple[Headline, ...] = (
+    Headline("ttfat_p50_s", "TTFAT p50", "ttfat", "p50"),
+    Headline("ttfat_p90_s", "TTFAT p90", "ttfat", "p90"),
+)
+BY_KEY = {h.key: h for h in HEADLINE + ANSWER_HEADLINE}
+
+
+def has_answer_split(records) -> bool:
+    """Whether any request streamed reasoning or tool-call tokens before its answer."""
+    for r in _records(records):
+        for col in ("n_output_reasoning", "n_output_tool"):
+            v = _num(r.get(col))
+            if math.isfinite(v) and v > 0:
+                return True
+    return False
 
 
 def _records(records) -> list[dict]:
@@ -108,6 +128,13 @@ def series(group: tuple[list[dict], tuple | None], kind: str, slo: Any = None) -
         return np.asarray([1.0 if all(metrics.slo_checks(r, slo)) else 0.0 for r in rows])
     if kind in ("throughput", "requests"):
         return _rate_bins(rows, win, tokens=kind == "throughput")
+    if kind == "ttfat":
+        vals = []
+        for r in rows:
+            t, t0 = _num(r.get("first_answer_token_s")), _send_key(r)
+            vals.append(t - t0 if not metrics.is_failed(r) and math.isfinite(t) and
+                        math.isfinite(t0) else nan)
+        return np.asarray(vals, dtype=float)
     col = {"ttft": ("ttft_from_intended_s", "ttft_s"), "e2e": ("e2e_from_intended_s", "e2e_s"),
            "tpot": ("tpot_s",)}[kind]
     vals = []

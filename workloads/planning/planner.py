@@ -90,7 +90,7 @@ class SweepSpec:
         return int(min(self.max_requests, max(self.min_requests, math.ceil(rate * self.horizon_s))))
 
 
-def _base_requests(workload: WorkloadSpec, n_requests: int) -> SimRequests:
+def base_requests(workload: WorkloadSpec, n_requests: int) -> SimRequests:
     """`n_requests` lengths of the workload (drawn as workloads/synthetic.py draws them) and a
     rate-1 Poisson schedule, stretched to each simulated rate."""
     wl = replace(workload, num_requests=int(n_requests))
@@ -385,7 +385,7 @@ def rank_deployments(candidates: Sequence[Deployment], lm: LatencyModel, workloa
     import pandas as pd
 
     sweep = sweep or SweepSpec()
-    base = _base_requests(workload, sweep.max_requests)
+    base = base_requests(workload, sweep.max_requests)
     bounds = [rate_upper_bound(dep, lm, base) for dep in candidates]
     order = list(range(len(candidates)))
     if prune:
@@ -532,7 +532,7 @@ def break_even_map(lm: LatencyModel, slo, chips: int, *, input_lens: Sequence[in
             wl = WorkloadSpec(input_len=LengthDist.fixed(int(li)),
                               output_len=LengthDist.fixed(int(lo)), num_requests=1,
                               seed=seed)
-            base = _base_requests(wl, sweep.max_requests)
+            base = base_requests(wl, sweep.max_requests)
             mono = Deployment("mono", num_instances=n, instance=inst)
             hint = rate_hint
             gm = find_goodput(mono, lm, base, slo, target=target, rate_hint=hint,
