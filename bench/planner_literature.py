@@ -256,7 +256,7 @@ def run_check(ps, wl, chips: int, mono_policy: str, sweep, rel_tol: float, kv_al
     from dataclasses import replace
 
     from infer_bench.workloads.planning import planner as pl
-    from infer_bench.workloads.planning.simulator import InstanceConfig, Link
+    from infer_bench.workloads.planning.sim_model import InstanceConfig, Link
     from infer_bench.workloads.spec import SLO
 
     slo = SLO(ttft_s=0.25, tpot_s=0.1)

@@ -14,8 +14,9 @@ import argparse
 import time
 
 from infer_bench.workloads.planning.latency_model import LatencyModel, example_profile_path
-from infer_bench.workloads.planning.simulator import (Deployment, InstanceConfig, Link, requests_from_spec,
-                                             simulate)
+from infer_bench.workloads.planning.sim_model import (Deployment, InstanceConfig, Link,
+                                                      requests_from_spec)
+from infer_bench.workloads.planning.simulator import simulate
 from infer_bench.workloads.spec import ArrivalSpec, LengthDist, WorkloadSpec
 
 

@@ -1,7 +1,7 @@
 """`infer-bench profile`, `simulate` and `plan`: latency profiles, simulated runs, deployment plans.
 
-Thin glue over workloads/planning/ (profiler.py, simulator.py, planner.py): parse flags, call the
-library, print rich tables. One top-level function per command (`profile_command`,
+Thin glue over workloads/planning/ (profiler.py, sim_model.py, simulator.py, planner.py): parse
+flags, call the library, print rich tables. One top-level function per command (`profile_command`,
 `simulate_command`, `plan_command`); `register(app)` adds them to the Typer app by name
 (cli/main.py calls it). Heavy imports happen inside the commands so `--help` stays instant.
 """
@@ -185,30 +185,32 @@ def simulate_command(
     """
     import time
 
-    from infer_bench.workloads.planning import simulator as sim
+    from infer_bench.workloads.planning import sim_model
+    from infer_bench.workloads.planning.simulator import simulate_spec
     from infer_bench.workloads.spec import SLO, ArrivalSpec
 
-    if mode not in sim.MODES:
+    if mode not in sim_model.MODES:
         raise UserError(f"--mode must be mono or disagg, got {mode!r}")
     rate_list = positive_floats(rates, "--rates")
     lm = _load_profile(profile, tp, pp)
     wl = _workload(input_len, output_len, num_requests, seed)
     try:
-        inst = sim.InstanceConfig(max_num_batched_tokens=max_num_batched_tokens,
-                                  max_num_seqs=max_num_seqs, chips=lm.chips_per_instance,
-                                  block_size=lm.block_size)
+        inst = sim_model.InstanceConfig(max_num_batched_tokens=max_num_batched_tokens,
+                                        max_num_seqs=max_num_seqs, chips=lm.chips_per_instance,
+                                        block_size=lm.block_size)
     except ValueError as e:
         raise UserError(str(e)) from None
-    dep = sim.Deployment(mode, num_instances=instances, num_prefill=prefill, num_decode=decode,
-                         instance=inst, conditional_threshold=conditional_threshold,
-                         link=sim.Link(link_gbps, link_latency_us * 1e-6, layerwise))
+    dep = sim_model.Deployment(mode, num_instances=instances, num_prefill=prefill,
+                               num_decode=decode, instance=inst,
+                               conditional_threshold=conditional_threshold,
+                               link=sim_model.Link(link_gbps, link_latency_us * 1e-6, layerwise))
     slo = SLO(slo_ttft, slo_tpot)
     table = _simulate_table(f"simulated {dep.name} ({dep.chips()} chips), {lm.describe()}")
     writer = _simulated_results_writer(out, dep, wl, rate_list, seed, slo, lm) if out else None
     for r in rate_list:
         t0 = time.perf_counter()
-        res = sim.simulate_spec(dep, lm, wl, ArrivalSpec(kind="poisson", rate=r, seed=seed),
-                                per_token=per_token)
+        res = simulate_spec(dep, lm, wl, ArrivalSpec(kind="poisson", rate=r, seed=seed),
+                            per_token=per_token)
         wall = time.perf_counter() - t0
         p = res.percentiles()
         att = res.attainment(slo)
@@ -294,7 +296,7 @@ def plan_command(
     """
     from infer_bench.workloads.planning import planner as pl
     from infer_bench.workloads.planning.latency_model import ProfileError
-    from infer_bench.workloads.planning.simulator import InstanceConfig, Link
+    from infer_bench.workloads.planning.sim_model import InstanceConfig, Link
     from infer_bench.workloads.spec import SLO
 
     if not 0 < target <= 1:

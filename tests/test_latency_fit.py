@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from infer_bench.workloads.planning.latency_model import LatencyModel, busy_overlap, fit_step_rows
-from infer_bench.workloads.planning.simulator import (Deployment, InstanceConfig, SimRequests, simulate)
+from infer_bench.workloads.planning.sim_model import Deployment, InstanceConfig, SimRequests
+from infer_bench.workloads.planning.simulator import simulate
 
 torch.set_num_threads(1)
 

@@ -12,8 +12,9 @@ from infer_bench.workloads.planning.planner import (SweepSpec, break_even_figure
                                            candidate_deployments, find_goodput, plan, validate,
                                            verdict, base_requests)
 from infer_bench.workloads.results import ResultsWriter
-from infer_bench.workloads.planning.simulator import (Deployment, InstanceConfig, Link, requests_from_spec,
-                                             simulate)
+from infer_bench.workloads.planning.sim_model import (Deployment, InstanceConfig, Link,
+                                                      requests_from_spec)
+from infer_bench.workloads.planning.simulator import simulate
 from infer_bench.workloads.spec import SLO, ArrivalSpec, LoadPoint, WorkloadSpec
 
 LM = LatencyModel(a=0.005, b=5e-5, c=1e-6, d=1e-4, kv_bytes_per_token=1e4, num_layers=8)

@@ -11,9 +11,10 @@ import pytest
 from infer_bench.workloads.planning.latency_model import (LatencyModel, ProfileError, example_profile_path,
                                                  fit_step_rows, nnls)
 from infer_bench.workloads.results import compute_summary
-from infer_bench.workloads.planning.simulator import (Deployment, InstanceConfig, Link, SimRequests,
-                                             poisson_requests, requests_from_spec, simulate,
-                                             spec_lengths)
+from infer_bench.workloads.planning.sim_model import (Deployment, InstanceConfig, Link, SimRequests,
+                                                      poisson_requests, requests_from_spec,
+                                                      spec_lengths)
+from infer_bench.workloads.planning.simulator import simulate
 from infer_bench.workloads.spec import ArrivalSpec, WorkloadSpec
 
 

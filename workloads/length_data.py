@@ -4,7 +4,7 @@
 Role in the data flow: `workloads/spec.py`'s LengthDist reads its file here once (cached by path,
 size and modification time); `WorkloadSpec.sample_lengths` draws from the columns, so the
 synthetic builder (`workloads/synthetic.py`, what a real run sends) and the simulator
-(`workloads/planning/simulator.spec_lengths`) draw the same lengths from the same seed. Pure
+(`workloads/planning/sim_model.spec_lengths`) draw the same lengths from the same seed. Pure
 reading, no tokenizer: the counts are the file's own.
 
 Formats (by content, not by extension):

@@ -57,8 +57,9 @@ import numpy as np
 from .. import metrics
 from ..arrivals import send_times
 from .latency_model import LatencyModel, ProfileSet
-from .simulator import (SCHEDULING_POLICIES, Deployment, InstanceConfig, Link, SimRequests,
-                        simulate, spec_lengths)
+from .sim_model import (SCHEDULING_POLICIES, Deployment, InstanceConfig, Link, SimRequests,
+                        spec_lengths)
+from .simulator import simulate
 from ..spec import ArrivalSpec, LengthDist, WorkloadSpec, load_point_info
 
 SAME_BAND = 0.05
