@@ -102,7 +102,20 @@ prefill_priority) moves the same way: ratio 1.32 and a 2P1D (2:1) best placement
 absolute goodputs (25-33 req/s/GPU). The default here (120 s of arrivals, 300-3000 requests)
 measures the steady state, where with these fits there is no 2x.
 
+The paper's own protocol (`--paper-protocol SEEDS`): its client sent 100 prompts per GPU at
+each per-GPU rate of a fixed grid (0.25, 0.5, 1, 1.5, 2, 2.25, 2.5, 3: evaluation/ae-scripts/
+e2e/opt-13b-*-client.sh) and read goodput where the attainment curve crosses 90%, interpolated
+(_plot.py), from ONE draw. Replayed here over 40 draws (2026-12-07, ~1 min per length mix):
+- input mean 161: every system meets 90% at every rate of the paper's grid in all 40 draws
+  (censored at 3 req/s/GPU): ratio 1.00. The paper's vLLM curve falls below 90% inside that
+  grid, so its real requests carried much more work than this length mix on these fits.
+- input mean 755: medians per GPU vLLM TP1 2.09, DistServe P:TP2 D:TP1 2.01 (best by median
+  2.07) -> ratio ~1.0; but ONE draw's ratio (P:TP2 D:TP1 / vLLM on the same draw) spreads p10
+  0.64, median 1.06, p90 3.30, and 25% of draws land within +-30% of 2.0. A single 100-prompt
+  experiment cannot tell 1x from 2x on this workload.
+
     nice -n 10 .venv/bin/python bench/planner_literature.py            # both tables, ~minutes
+    .venv/bin/python bench/planner_literature.py --policies "" --paper-protocol 40 --input-mean 755
     .venv/bin/python bench/planner_literature.py --convert /path/to/DistServe.git
 """
 
@@ -329,7 +342,7 @@ def run_paper_protocol(ps, input_mean: float, output_mean: float, seeds: int, kv
     import numpy as np
 
     from infer_bench.workloads.planning import planner as pl
-    from infer_bench.workloads.planning.simulator import InstanceConfig, Link
+    from infer_bench.workloads.planning.sim_model import InstanceConfig, Link
     from infer_bench.workloads.spec import SLO
 
     slo = SLO(ttft_s=0.25, tpot_s=0.1)
@@ -374,7 +387,22 @@ def run_paper_protocol(ps, input_mean: float, output_mean: float, seeds: int, kv
     print(f"ratio DistServe (best: {best.name}) / vLLM TP1 per GPU, medians: {ratio:.2f} "
           f"(published ~{PUBLISHED_RATIO:.1f}); a median at the grid top ({PAPER_GRID[-1]:g}) is "
           "censored: the system met 90% at every rate of the paper's grid")
-    return {"ratio": ratio, "best": best.name, "medians": med}
+    # one draw is what the paper ran: how far can a single draw's ratio land from the median?
+    paper = next((d.name for d in cands[1:] if d.name == "1P1D P:TP2 D:TP1"), best.name)
+    draws = {}
+    for name in dict.fromkeys((paper, best.name)):
+        m, d = np.asarray(per[mono], float), np.asarray(per[name], float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(m > 0, d / m, np.inf)
+        r = r[~np.isnan(r)]
+        within = float(np.mean(np.abs(r / PUBLISHED_RATIO - 1) <= 0.30)) if len(r) else 0.0
+        q = np.percentile(r, [10, 50, 90]) if len(r) else [float("nan")] * 3
+        print(f"one draw, {name} / vLLM TP1 (same draw): ratio p10 {q[0]:.2f}, median {q[1]:.2f}, "
+              f"p90 {q[2]:.2f}; {within:.0%} of {len(r)} draws within +-30% of "
+              f"{PUBLISHED_RATIO:.1f}")
+        draws[name] = {"p10": float(q[0]), "p50": float(q[1]), "p90": float(q[2]),
+                       "share_within_30pct": within}
+    return {"ratio": ratio, "best": best.name, "medians": med, "one_draw": draws}
 
 
 def main(argv=None) -> int:
@@ -405,10 +433,12 @@ def main(argv=None) -> int:
     from infer_bench.workloads.planning.planner import SweepSpec
 
     ps = ProfileSet.load(DATA)
-    wl = chatbot_workload(args.input_mean, args.output_mean, args.lengths, args.seed)
+    policies = [p for p in args.policies.split(",") if p]   # "": only --paper-protocol
+    wl = (chatbot_workload(args.input_mean, args.output_mean, args.lengths, args.seed)
+          if policies else None)
     sweep = SweepSpec(horizon_s=args.horizon, min_requests=300, max_requests=args.max_requests)
     out = {}
-    for pol in [p for p in args.policies.split(",") if p]:   # "" : only --paper-protocol
+    for pol in policies:
         t0 = time.perf_counter()
         ranking = run_check(ps, wl, args.chips, pol, sweep, args.rel_tol, args.kv_alloc)
         out[pol] = report(ranking, f"OPT-13B chatbot, {args.chips} A100s, mono policy {pol} "

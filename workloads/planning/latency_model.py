@@ -2,8 +2,8 @@
 
 Role in the data flow: `workloads/profiler.py` fits a `LatencyModel` from engine step traces
 (`GET /debug/steps` of a running engine server, or `steps.jsonl` of a results dir) and saves it as
-a JSON profile; `workloads/simulator.py` asks it how long each simulated step takes and how many
-bytes a request's KV cache is; `workloads/planner.py` plans deployments with it. Pure numpy, no
+a JSON profile; `workloads/planning/simulator.py` asks it how long each simulated step takes and how many
+bytes a request's KV cache is; `workloads/planning/planner.py` plans deployments with it. Pure numpy, no
 engine import.
 
 Step-time form (seconds; one forward pass over a mixed batch):

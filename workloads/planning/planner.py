@@ -1,6 +1,6 @@
 """The planner: goodput sweeps on the simulator, deployment ranking, break-even maps, validation.
 
-Role in the data flow: `infer-bench plan` calls `plan(...)`, which simulates (workloads/simulator.py)
+Role in the data flow: `infer-bench plan` calls `plan(...)`, which simulates (workloads/planning/simulator.py)
 every candidate deployment of a chip count (mono, and xPyD disaggregation for every P:D split,
 optionally conditional) with a latency model (workloads/latency_model.py), finds each one's goodput
 by bisection on the simulated request rate, ranks them by goodput per chip, and builds a

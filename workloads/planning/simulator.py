@@ -1,6 +1,6 @@
 """Discrete-event simulator of a serving deployment, driven by the same workload specs as real runs.
 
-Role in the data flow: `workloads/planner.py` sweeps rates and deployments with it, `validate`
+Role in the data flow: `workloads/planning/planner.py` sweeps rates and deployments with it, `validate`
 (planner) re-simulates measured runs, `infer-bench simulate` writes a results dir from it. This
 module is the event loop only; the types a caller builds and reads live in
 `workloads/planning/sim_model.py`. Input: a `Deployment` (its `InstanceConfig`s and `Link`) and
