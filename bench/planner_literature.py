@@ -265,19 +265,24 @@ def chatbot_workload(input_mean: float, output_mean: float, lengths: str | None,
                         num_requests=1, seed=seed)
 
 
-def run_check(ps, wl, chips: int, mono_policy: str, sweep, rel_tol: float, kv_alloc: str):
+SLO_PAPER = {"ttft_s": 0.25, "tpot_s": 0.1}
+
+
+def candidates(ps, mono_chips: int, chips: int, mono_policy: str, kv_alloc: str,
+               vllm_tp: int | None = None) -> list:
+    """vLLM mono placements on `mono_chips` GPUs (fits of TP `vllm_tp`, or all) under
+    `mono_policy`, then DistServe's disaggregated placements on `chips` GPUs with the
+    evaluation's per-role instance flags, first token streamed from the prefill side."""
     from dataclasses import replace
 
     from infer_bench.workloads.planning import planner as pl
     from infer_bench.workloads.planning.sim_model import InstanceConfig, Link
-    from infer_bench.workloads.spec import SLO
 
-    slo = SLO(ttft_s=0.25, tpot_s=0.1)
-    vllm = [m for m in ps.options(None, "vllm")]
-    dist = [m for m in ps.options(None, "distserve")]
+    vllm = [m for m in ps.options(None, "vllm") if vllm_tp is None or m.tp == vllm_tp]
+    dist = list(ps.options(None, "distserve"))
     inst = InstanceConfig(**INSTANCE["vllm"], kv_alloc=kv_alloc)
     link = Link(bandwidth_gbps=2400.0, latency_s=10e-6)   # NVLink (A100 SXM, one direction)
-    cands = pl.placement_candidates(chips, vllm, instance=inst, policy=mono_policy,
+    cands = pl.placement_candidates(mono_chips, vllm, instance=inst, policy=mono_policy,
                                     include_disagg=False)
     for dep in pl.placement_candidates(chips, dist, instance=inst, link=link,
                                        include_mono=False):
@@ -285,6 +290,16 @@ def run_check(ps, wl, chips: int, mono_policy: str, sweep, rel_tol: float, kv_al
         dep.decode_instance = replace(dep.d_cfg, **INSTANCE["distserve_decode"])
         dep.first_token_from_prefill = True
         cands.append(dep)
+    return cands
+
+
+def run_check(ps, wl, chips: int, mono_policy: str, sweep, rel_tol: float, kv_alloc: str):
+    from infer_bench.workloads.planning import planner as pl
+    from infer_bench.workloads.spec import SLO
+
+    slo = SLO(**SLO_PAPER)
+    vllm = list(ps.options(None, "vllm"))
+    cands = candidates(ps, chips, chips, mono_policy, kv_alloc)
     ranking = pl.rank_deployments(cands, vllm[0], wl, 1.0, slo, target=0.9, sweep=sweep,
                                   rel_tol=rel_tol, prune=False,
                                   search_policy=(mono_policy == "search"))
@@ -337,27 +352,14 @@ def run_paper_protocol(ps, input_mean: float, output_mean: float, seeds: int, kv
     every rate (the client reseeds per rate), goodput = the interpolated 90% crossing per GPU;
     repeated over `seeds` draws of prompts and arrivals (the paper ran one). vLLM: TP1 on one
     GPU under prefill-priority; DistServe: every placement on `chips` GPUs."""
-    from dataclasses import replace
-
     import numpy as np
 
     from infer_bench.workloads.planning import planner as pl
-    from infer_bench.workloads.planning.sim_model import InstanceConfig, Link
     from infer_bench.workloads.spec import SLO
 
-    slo = SLO(ttft_s=0.25, tpot_s=0.1)
+    slo = SLO(**SLO_PAPER)
     vllm = [m for m in ps.options(None, "vllm") if m.tp == 1]
-    dist = list(ps.options(None, "distserve"))
-    inst = InstanceConfig(**INSTANCE["vllm"], kv_alloc=kv_alloc)
-    link = Link(bandwidth_gbps=2400.0, latency_s=10e-6)
-    cands = pl.placement_candidates(1, vllm, instance=inst, policy="prefill_priority",
-                                    include_disagg=False)
-    for dep in pl.placement_candidates(chips, dist, instance=inst, link=link,
-                                       include_mono=False):
-        dep.prefill_instance = replace(dep.p_cfg, **INSTANCE["distserve_prefill"])
-        dep.decode_instance = replace(dep.d_cfg, **INSTANCE["distserve_decode"])
-        dep.first_token_from_prefill = True
-        cands.append(dep)
+    cands = candidates(ps, 1, chips, "prefill_priority", kv_alloc, vllm_tp=1)
     per: dict[str, list[float]] = {d.name: [] for d in cands}
     for seed in range(seeds):
         wl = chatbot_workload(input_mean, output_mean, None, seed, quiet=seed > 0)
