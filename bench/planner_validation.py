@@ -34,6 +34,15 @@ interval of the MEASURED p50 (block bootstrap, as the verdict computes it): with
 is about -20%/+50% wide (mono @ 0.35: 475 ms, [401, 664]), and every prediction fell inside it
 (4/4 for p50 TTFT and TPOT): a 10% target on points of 32 requests is below what one such
 measurement can resolve; more requests per point (--num-requests) narrow it as 1/sqrt(n).
+With 64 requests per point (2026-12-07 06:33-07:01 UTC, quiet host: other processes <= 0.13
+cores at every held-out point; ~28 min):
+
+    .venv/bin/python bench/planner_validation.py --fit-rates 0.2,0.7 --test-rates 0.35,0.5 --num-requests 64
+
+median |rel. error| over the 4 held-out points: p50 TTFT 2.8%, p50 TPOT 6.6%, p90 TTFT 9.2%,
+p90 TPOT 3.3%; predictions inside the measured 95% interval 4/4 (p50 TTFT), 3/4 (p50 TPOT:
+disagg @ 0.5: predicted just below the interval [47.6, 57.9] ms around the measured 51); best
+deployment matched 2/2.
 
 This host is shared: every point also shows how many CPU cores OTHER processes used during it
 (telemetry: system CPU minus the deployment's processes; the load generator itself is ~0.1-0.2
