@@ -283,15 +283,17 @@ def plan_command(
     disagg_engine: Optional[str] = typer.Option(None, help="Disagg roles use only the fits of this engine."),
     policy: str = typer.Option("chunked", help="Mono scheduling policy: chunked, prefill_priority, decode_priority, or search (the best of the three per placement)."),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Skip simulating placements whose goodput upper bound per chip is below the best found."),
+    seeds: int = typer.Option(1, min=1, help="Workload seeds per placement (--seed, --seed+1, ...): goodput is their median and the band adds their spread (N times the time)."),
 ):
     """Rank mono vs disaggregated placements of N chips by simulated goodput per chip.
 
     Searches every (TP, PP) fit of the profile per role (instances of TP * PP chips) and shows
-    each goodput with a band from the fits' held-out error ("too close to call" when the
-    bands of two placements overlap).
+    each goodput with a band from the fits' held-out error, plus the spread over workload
+    seeds with --seeds N ("too close to call" when the bands of two placements overlap).
 
     \b
     Example: infer-bench plan --rate 4 --slo-ttft 1 --slo-tpot 0.05 --chips 8 --profile profile.json
+    Example: infer-bench plan --rate 4 --slo-ttft 1 --slo-tpot 0.05 --chips 8 --seeds 5
     Example: infer-bench plan --rate 2 --slo-ttft 0.25 --slo-tpot 0.1 --chips 3 --profile set.json --mono-engine vllm --disagg-engine distserve --policy prefill_priority
     """
     from infer_bench.workloads.planning import planner as pl
@@ -330,7 +332,7 @@ def plan_command(
         prog = lambda m: status.update(f"planning: {m}")  # noqa: E731
         ranking = pl.rank_deployments(cands, lm, wl, rate, slo, target=target, sweep=sweep,
                                       progress=prog, prune=prune,
-                                      search_policy=(policy == "search"))
+                                      search_policy=(policy == "search"), seeds=seeds)
         bmap = None if grid is None else pl.break_even_map(
             lm, slo, chips, **grid, link=link, instance=inst, rate_hint=rate, target=target,
             seed=seed, progress=prog)
@@ -339,7 +341,8 @@ def plan_command(
         "target": target, "link": link.__dict__.copy(), "policy": policy,
         "latency_model": lm.to_dict(), "profiles": ps.to_dict(),
         "prefill_profiles": pre.to_dict() if pre else None,
-        "decode_profiles": dec.to_dict() if dec else None, "sweep": sweep.__dict__.copy()})
+        "decode_profiles": dec.to_dict() if dec else None, "sweep": sweep.__dict__.copy(),
+        "seeds": seeds})
     console.print(_ranking_table(ranking, chips, slo, target, rate))
     _write_plan(out, result, bmap)
     if bmap is not None:
@@ -350,19 +353,20 @@ def plan_command(
 
     console.print(f"best: [bold]{escape(best['deployment'])}[/bold] "
                   f"({best['goodput_per_chip_rps']:.3g} req/s per chip"
-                  + (f", band {_band(best)}" if best.get("heldout_rel_err") == best.get(
-                      "heldout_rel_err") and best.get("heldout_rel_err") is not None else "")
+                  + (f", band {_band(best)}" if pl.row_band_error(best) is not None else "")
                   + f"); wrote {out}/")
     if close:
         console.print(f"[yellow]{pl.TOO_CLOSE}[/yellow]: {escape(best['deployment'])} vs "
-                      f"{escape(', '.join(close))} (their held-out error bands overlap)")
+                      f"{escape(', '.join(close))} (their bands overlap)")
 
 
 def _band(row) -> str:
-    """'lo-hi' per chip from the row's held-out error; '?' when unknown."""
-    e = row.get("heldout_rel_err")
+    """'lo-hi' per chip from the row's band (held-out error + seed spread); '?' when unknown."""
+    from infer_bench.workloads.planning.planner import row_band_error
+
+    e = row_band_error(row)
     g = row.get("goodput_per_chip_rps")
-    if e is None or e != e or g is None or g != g:
+    if e is None or g is None or g != g:
         return "?"
     return f"{_fmt(g * (1 - e))}-{_fmt(g * (1 + e))} (+-{e:.0%})"
 
@@ -391,8 +395,15 @@ def _ranking_table(ranking, chips: int, slo, target: float, rate: float):
     notes = []
     if ranking["horizon_capped"].fillna(False).astype(bool).any():
         notes.append("* fewer requests than --horizon at that rate (raise --max-requests)")
-    if ranking["heldout_rel_err"].isna().any():
-        notes.append("band ?: the profile has no held-out error (hand-written or converted)")
+    band = ranking["band_rel_err"] if "band_rel_err" in ranking else ranking["heldout_rel_err"]
+    band = band[~ranking["pruned"].fillna(False).astype(bool)]
+    if band.isna().any():
+        notes.append("band ?: the profile has no held-out error (hand-written or converted); "
+                     "--seeds N adds the spread over workload seeds")
+    elif "seed_rel_spread" in ranking and ranking["seed_rel_spread"].notna().any():
+        notes.append("band: held-out error of the fits + spread over the workload seeds"
+                     if ranking["heldout_rel_err"].notna().any() else
+                     "band: spread over the workload seeds (the profile has no held-out error)")
     table.caption = "; ".join(notes) or None
     return table
 

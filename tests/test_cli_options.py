@@ -132,3 +132,27 @@ def test_trace_run_says_rates_are_ignored(tmp_path, monkeypatch):
     assert [lp.arrival.kind for lp in specs[-1].load_points] == ["trace"]
     warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "--rates / --concurrency are ignored" in warnings[0]
+
+
+def test_plan_seeds_recorded_and_banded(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from infer_bench.workloads.planning.latency_model import example_profile_path
+
+    r = CliRunner().invoke(_app(), ["plan", "--profile", str(example_profile_path()), "--rate",
+                                    "1", "--slo-ttft", "1", "--slo-tpot", "0.1", "--chips", "2",
+                                    "--horizon", "5", "--max-requests", "50", "--no-map",
+                                    "--input-len", "lognormal:1024,0.8", "--seeds", "2",
+                                    "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    plan = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert plan["inputs"]["seeds"] == 2
+    rows = [x for x in plan["ranking"] if not x.get("pruned")]
+    assert rows and all(x["goodput_seed_min_rps"] <= x["goodput_rps"] <= x["goodput_seed_max_rps"]
+                        for x in rows)
+    r = CliRunner().invoke(_app(), ["plan", "--profile", str(example_profile_path()), "--rate",
+                                    "1", "--slo-ttft", "1", "--slo-tpot", "0.1", "--chips", "2",
+                                    "--seeds", "0", "--no-map", "--out", str(tmp_path / "q")])
+    assert r.exit_code != 0 and "Traceback" not in r.output

@@ -352,8 +352,6 @@ def test_heldout_error_of_a_profile():
 
 
 def test_cli_plan_searches_tp_and_reports_bands(tmp_path):
-    from dataclasses import replace
-
     from typer.testing import CliRunner
 
     app = _cli_app()
@@ -378,3 +376,51 @@ def test_cli_plan_searches_tp_and_reports_bands(tmp_path):
     r = CliRunner().invoke(app, ["plan", "--profile", str(prof), "--rate", "1", "--slo-ttft",
                                  "2", "--slo-tpot", "0.05", "--chips", "3", "--policy", "fifo"])
     assert r.exit_code != 0 and "--policy must be one of" in f"{r.exception}{r.output}"
+
+
+def test_seeds_give_the_median_goodput_and_a_band_from_their_spread():
+    """rank_deployments(seeds=3): each candidate's goodput is the median of the goodputs found
+    on workload seeds s, s+1, s+2 (checked against find_goodput run on each seed alone); the
+    band adds (max - min) / 2 / median to the held-out error; seeds=1 keeps the old band."""
+    from dataclasses import replace
+
+    from infer_bench.workloads.planning.planner import (band_error, placement_candidates,
+                                                        rank_deployments)
+
+    lm = replace(LM, heldout_rel_err=0.05)
+    wl = WorkloadSpec(input_len="lognormal:512,1.0", output_len="uniform:8,32", seed=7)
+    slo = SLO(0.5, 0.05)
+    cands = placement_candidates(2, [lm], instance=INST, include_disagg=False)
+    df = rank_deployments(cands, lm, wl, 2.0, slo, sweep=SWEEP, rel_tol=0.05, seeds=3)
+    row = df.iloc[0]
+    alone = []
+    for s in (7, 8, 9):
+        base = base_requests(replace(wl, seed=s), SWEEP.max_requests)
+        alone.append(find_goodput(cands[0], lm, base, slo, rate_hint=min(2.0, row["rate_bound_rps"] / 2),
+                                  rel_tol=0.05, sweep=SWEEP).goodput_rps)
+    assert row["goodput_rps"] == pytest.approx(float(np.median(alone)))
+    assert (row["goodput_seed_min_rps"], row["goodput_seed_max_rps"]) == pytest.approx(
+        (min(alone), max(alone)))
+    assert len(set(np.round(alone, 6))) > 1        # the seeds do differ on this workload
+    spread = (max(alone) - min(alone)) / 2 / np.median(alone)
+    assert row["seed_rel_spread"] == pytest.approx(spread)
+    assert row["band_rel_err"] == pytest.approx(0.05 + spread) == band_error(0.05, spread)
+    assert row["goodput_per_chip_lo"] == pytest.approx(row["goodput_per_chip_rps"] * (1 - 0.05 - spread))
+    one = rank_deployments(cands, lm, wl, 2.0, slo, sweep=SWEEP, rel_tol=0.05).iloc[0]
+    assert one["seed_rel_spread"] is None or one["seed_rel_spread"] != one["seed_rel_spread"]
+    assert one["band_rel_err"] == 0.05
+    assert band_error(None, None) is None and band_error(None, 0.1) == 0.1
+    with pytest.raises(ValueError):
+        rank_deployments(cands, lm, wl, 2.0, slo, sweep=SWEEP, seeds=0)
+
+
+def test_seed_bands_alone_can_make_a_call_too_close():
+    import pandas as pd
+
+    from infer_bench.workloads.planning.planner import TOO_CLOSE, add_calls
+
+    # no held-out error, but seed spreads of 10%: 1.15 and 1.0 overlap, 0.5 does not
+    df = pd.DataFrame({"deployment": ["a", "b", "c"], "goodput_per_chip_rps": [1.15, 1.0, 0.5],
+                       "heldout_rel_err": [None] * 3, "band_rel_err": [0.1, 0.1, 0.1],
+                       "pruned": [False] * 3})
+    assert add_calls(df)["call"].tolist() == ["best", TOO_CLOSE, "worse"]

@@ -37,6 +37,12 @@ fits): goodput x (1 -+ e), to first order (step times all e too slow or fast sca
 which the same schedule meets the SLOs by about 1/(1 +- e)). Two deployments whose bands overlap
 are "too close to call" (`verdict` with errors; the ranking's `call` column compares every row
 with the best). Without a stored error (hand-written or converted profiles) the band is unknown.
+A second source of uncertainty is the workload sample itself: one seed's lengths and arrivals
+can move a goodput by several percent (a few long prompts near the SLO decide it). With
+`seeds` > 1 each candidate is searched on that many workload seeds (seed, seed+1, ...; every
+candidate sees the same ones), its goodput is the median, `seed_rel_spread` = (max - min) / 2 /
+median, and the band's relative width `band_rel_err` = held-out error + seed spread (either
+alone where the other is unknown). One seed (the default): the band is the held-out error.
 
 Break-even verdict per map cell: diff = (best disagg - mono) / max(both) per-chip goodput;
 "disagg" when diff >= +5%, "mono" when diff <= -5%, "same" in between (SAME_BAND: a fixed band
@@ -342,15 +348,29 @@ def rate_upper_bound(dep: Deployment, lm: LatencyModel, base: SimRequests) -> fl
     return min(bounds)
 
 
-def _eval(dep: Deployment, lm: LatencyModel, base: SimRequests, slo, rate: float,
+def band_error(heldout: float | None, seed_spread: float | None) -> float | None:
+    """The band's relative half-width: the fit's held-out error plus the spread over workload
+    seeds; either alone where the other is unknown; None when both are."""
+    parts = [float(x) for x in (heldout, seed_spread) if x is not None and x == x]
+    return sum(parts) if parts else None
+
+
+def _eval(dep: Deployment, lm: LatencyModel, bases: Sequence[SimRequests], slo, rate: float,
           target: float, rel_tol: float, sweep: SweepSpec,
           rate_hint: float | None = None) -> dict[str, Any]:
-    gp = find_goodput(dep, lm, base, slo, target=target, rate_hint=rate_hint or rate,
-                      rel_tol=rel_tol, sweep=sweep)
-    res = simulate(dep, lm, requests_at_rate(base, rate, sweep), per_token=False)
+    found = [find_goodput(dep, lm, b, slo, target=target, rate_hint=rate_hint or rate,
+                          rel_tol=rel_tol, sweep=sweep) for b in bases]
+    vals = [g.goodput_rps for g in found]
+    gp = GoodputResult(goodput_rps=float(np.median(vals)), points=found[0].points,
+                       n_sims=sum(g.n_sims for g in found))
+    spread = None
+    if len(vals) > 1 and gp.goodput_rps > 0:
+        spread = (max(vals) - min(vals)) / 2.0 / gp.goodput_rps
+    res = simulate(dep, lm, requests_at_rate(bases[0], rate, sweep), per_token=False)
     pct = res.percentiles()
     chips = dep.chips()
-    err = heldout_error_of(dep, lm)
+    held = heldout_error_of(dep, lm)
+    err = band_error(held, spread)
     pm, dm = _models_of(dep, lm)
     return {"deployment": dep.name, "mode": dep.mode, "chips": chips,
             "num_prefill": dep.num_prefill if dep.mode == "disagg" else None,
@@ -360,7 +380,10 @@ def _eval(dep: Deployment, lm: LatencyModel, base: SimRequests, slo, rate: float
             "prefill_tp": pm.tp, "prefill_pp": pm.pp, "decode_tp": dm.tp, "decode_pp": dm.pp,
             "prefill_engine": pm.engine or None, "decode_engine": dm.engine or None,
             "goodput_rps": gp.goodput_rps, "goodput_per_chip_rps": gp.goodput_rps / chips,
-            "heldout_rel_err": err,
+            "heldout_rel_err": held,
+            "goodput_seed_min_rps": min(vals) if len(vals) > 1 else None,
+            "goodput_seed_max_rps": max(vals) if len(vals) > 1 else None,
+            "seed_rel_spread": spread, "band_rel_err": err,
             "goodput_per_chip_lo": None if err is None else gp.goodput_rps / chips * (1 - err),
             "goodput_per_chip_hi": None if err is None else gp.goodput_rps / chips * (1 + err),
             "pruned": False,
@@ -374,7 +397,7 @@ def _eval(dep: Deployment, lm: LatencyModel, base: SimRequests, slo, rate: float
 def rank_deployments(candidates: Sequence[Deployment], lm: LatencyModel, workload: WorkloadSpec,
                      rate: float, slo, *, target: float = 0.9, sweep: SweepSpec | None = None,
                      rel_tol: float = 0.03, progress: Callable[[str], None] | None = None,
-                     prune: bool = False, search_policy: bool = False):
+                     prune: bool = False, search_policy: bool = False, seeds: int = 1):
     """DataFrame of candidates sorted by goodput per chip (best first). The workload's length
     distributions and seed are used; its num_requests is replaced by the sweep's counts.
     Each search starts from min(rate, rate_upper_bound / 2). prune=True: candidates are tried
@@ -382,11 +405,17 @@ def rank_deployments(candidates: Sequence[Deployment], lm: LatencyModel, workloa
     goodput per chip found so far is not simulated (row `pruned`, goodput NaN).
     search_policy=True: of mono candidates that differ only in policy, the best is kept.
     Columns `call` (vs the best row: "best", TOO_CLOSE when the bands overlap, "worse"; "-"
-    where either band is unknown and the rows differ) and `rate_bound_rps` are added."""
+    where either band is unknown and the rows differ) and `rate_bound_rps` are added.
+    seeds > 1: every candidate's goodput is the median over that many workload seeds (see the
+    module docstring), with `goodput_seed_min_rps` / `_max_rps` and `seed_rel_spread`."""
     import pandas as pd
 
+    if int(seeds) < 1:
+        raise ValueError(f"seeds must be >= 1, not {seeds}")
     sweep = sweep or SweepSpec()
-    base = base_requests(workload, sweep.max_requests)
+    bases = [base_requests(replace(workload, seed=workload.seed + i), sweep.max_requests)
+             for i in range(int(seeds))]
+    base = bases[0]
     bounds = [rate_upper_bound(dep, lm, base) for dep in candidates]
     order = list(range(len(candidates)))
     if prune:
@@ -407,13 +436,14 @@ def rank_deployments(candidates: Sequence[Deployment], lm: LatencyModel, workloa
                        "decode_pp": dm.pp, "prefill_engine": pm.engine or None,
                        "decode_engine": dm.engine or None, "goodput_rps": math.nan,
                        "goodput_per_chip_rps": math.nan,
-                       "heldout_rel_err": heldout_error_of(dep, lm), "pruned": True,
+                       "heldout_rel_err": heldout_error_of(dep, lm),
+                       "band_rel_err": heldout_error_of(dep, lm), "pruned": True,
                        "meets_rate": False, "n_sims": 0, "horizon_capped": False}
         else:
             if progress:
                 progress(dep.name)
             hint = min(rate, bound / 2.0) if math.isfinite(bound) and bound > 0 else rate
-            rows[i] = _eval(dep, lm, base, slo, rate, target, rel_tol, sweep, rate_hint=hint)
+            rows[i] = _eval(dep, lm, bases, slo, rate, target, rel_tol, sweep, rate_hint=hint)
             best = max(best, rows[i]["goodput_per_chip_rps"])
         rows[i]["rate_bound_rps"] = bound
     df = pd.DataFrame(rows)
@@ -432,6 +462,16 @@ def rank_deployments(candidates: Sequence[Deployment], lm: LatencyModel, workloa
     return add_calls(df)
 
 
+def row_band_error(row) -> float | None:
+    """A ranking row's band (relative): `band_rel_err`, else its held-out error (rankings
+    built before seed bands); None where unknown."""
+    for key in ("band_rel_err", "heldout_rel_err"):
+        v = row.get(key) if hasattr(row, "get") else None
+        if v is not None and v == v:
+            return float(v)
+    return None
+
+
 def add_calls(df):
     """The ranking with a `call` column: each row against the best (row 0)."""
     if not len(df):
@@ -445,9 +485,7 @@ def add_calls(df):
         elif r.get("pruned") or g is None or g != g:
             calls.append("pruned (bound below best)" if r.get("pruned") else "-")
         else:
-            ea, eb = top.get("heldout_rel_err"), r.get("heldout_rel_err")
-            ea = None if ea is None or ea != ea else float(ea)
-            eb = None if eb is None or eb != eb else float(eb)
+            ea, eb = row_band_error(top), row_band_error(r)
             if ea is None and eb is None:
                 calls.append("same" if g >= top["goodput_per_chip_rps"] * (1 - SAME_BAND)
                              else "worse")
@@ -633,7 +671,8 @@ def plan(workload: WorkloadSpec, rate: float, slo, chips: int, latency_model,
          map_bandwidths_gbps: Sequence[float] | None = None, map_sweep: SweepSpec | None = None,
          progress: Callable[[str], None] | None = None, prefill_profiles=None,
          decode_profiles=None, policy: str = "chunked", prune: bool = False,
-         mono_engine: str | None = None, disagg_engine: str | None = None) -> Plan:
+         mono_engine: str | None = None, disagg_engine: str | None = None,
+         seeds: int = 1) -> Plan:
     """Rank mono vs disagg placements of at most `chips` chips by goodput per chip for
     `workload` under `slo` (placement_candidates: every (TP, PP) fit of `latency_model`, a
     LatencyModel or ProfileSet, per role; `prefill_profiles` / `decode_profiles` give the
@@ -652,7 +691,7 @@ def plan(workload: WorkloadSpec, rate: float, slo, chips: int, latency_model,
     lm = opts[0]
     ranking = rank_deployments(cands, lm, workload, rate, slo, target=target,
                                sweep=sweep, rel_tol=rel_tol, progress=progress, prune=prune,
-                               search_policy=(policy == "search"))
+                               search_policy=(policy == "search"), seeds=seeds)
     bmap = None
     if map_input_lens and map_output_lens:
         bws = map_bandwidths_gbps or sorted({25.0, float(link.bandwidth_gbps), 400.0})
@@ -667,7 +706,7 @@ def plan(workload: WorkloadSpec, rate: float, slo, chips: int, latency_model,
         profs["decode_profiles"] = _profiles_json(decode_profiles)
     inputs = {"workload": workload.to_dict(), "rate_rps": rate, "slo": _slo_dict(slo),
               "chips": chips, "target": target, "link": link.__dict__.copy(), "policy": policy,
-              "latency_model": lm.to_dict(), **profs,
+              "latency_model": lm.to_dict(), **profs, "seeds": int(seeds),
               "sweep": (sweep or SweepSpec()).__dict__.copy()}
     return Plan(ranking=ranking, break_even=bmap, inputs=inputs)
 
