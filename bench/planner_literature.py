@@ -72,14 +72,16 @@ end). Table 1: mono under "prefill_priority" (vLLM before chunked prefill: DistS
 Table 2: mono under "chunked" (Sarathi-Serve / vLLM v1). Each prints predicted vs published
 per-GPU goodput and the DistServe/vLLM ratio.
 
-Result (this script, 2026-12-07, ~4 s per table on the 2-core dev host): the check FAILS.
+Result (this script, 2026-12-07, `--seeds 10`: each placement's goodput is the median over 10
+workload seeds, ~30 s per table on the 2-core dev host): the check FAILS.
 Lengths with DistServe's pair filter (dropped, not clipped; see chatbot_workload), vLLM on 1 GPU:
-- input mean 161 / output 338 before the filter (kept 98.4%: means 156 / 302): vLLM TP1 5.49
-  req/s/GPU (prefill_priority), DistServe best 1P1D P:TP1 D:TP1PP2 5.38 -> ratio 0.98, placement
-  1:2 (chunked vLLM: 6.49 -> 0.83).
-- input mean 755 (multi-turn sensitivity; kept 88.6%: means 523 / 283): vLLM TP1 2.60
-  (prefill_priority), DistServe best 1P1D P:TP1 D:TP2 2.09 -> ratio 0.80 (chunked vLLM: 1.76 ->
-  1.19). With `--mono-chips 3`: 5.43 -> 0.99 and 2.28 -> 0.91.
+- input mean 161 / output 338 before the filter (kept 98.4%: means 156 / 302): vLLM TP1 5.20
+  req/s/GPU (seeds 4.76-5.49; prefill_priority), DistServe best 1P1D P:TP1 D:TP1PP2 5.06 ->
+  ratio 0.97, placement 1:2; the paper's P:TP2 D:TP1 2.41 (chunked vLLM: 5.82 -> 0.87).
+- input mean 755 (multi-turn sensitivity; kept 88.6%: means 523 / 283): vLLM TP1 1.65 (seeds
+  1.40-2.60!), DistServe best 1P1D P:TP1 D:TP2 1.92 -> ratio 1.16, "too close to call" (the
+  paper's P:TP2 D:TP1 1.51); chunked vLLM 1.33 (0.99-1.76) -> 1.44, placement still 1:2.
+One seed is not enough here: seed 0 alone gave vLLM 2.60 at mean 755 (ratio 0.80).
 Earlier versions of this script clipped each side to [4, 2047] instead of dropping pairs: that
 piled ~7% of prompts onto 2047 tokens, which no TP1 instance prefills within 0.25 s, so vLLM TP1
 reached 0 and the ratios looked better for DistServe (1.22 / 1.53 at mean 755): an artefact. With
@@ -129,7 +131,7 @@ req/s/GPU vs DistServe >= 3.0 (censored at the grid top) with P:TP2 D:TP1 and 2P
 does is set by the share of long multi-turn prompts in DistServe's real ShareGPT mix, which is
 not available offline (no HF hub). Not used for the check: the file's parameters are invented.
 
-    nice -n 10 .venv/bin/python bench/planner_literature.py            # both tables, ~minutes
+    nice -n 10 .venv/bin/python bench/planner_literature.py --seeds 10 [--input-mean 755]
     .venv/bin/python bench/planner_literature.py --policies "" --paper-protocol 40 --input-mean 755
     .venv/bin/python bench/planner_literature.py --convert /path/to/DistServe.git
 """
@@ -309,7 +311,7 @@ def candidates(ps, mono_chips: int, chips: int, mono_policy: str, kv_alloc: str,
 
 
 def run_check(ps, wl, chips: int, mono_policy: str, sweep, rel_tol: float, kv_alloc: str,
-              mono_chips: int = 1):
+              mono_chips: int = 1, seeds: int = 1):
     from infer_bench.workloads.planning import planner as pl
     from infer_bench.workloads.spec import SLO
 
@@ -318,7 +320,7 @@ def run_check(ps, wl, chips: int, mono_policy: str, sweep, rel_tol: float, kv_al
     cands = candidates(ps, mono_chips, chips, mono_policy, kv_alloc)
     ranking = pl.rank_deployments(cands, vllm[0], wl, 1.0, slo, target=0.9, sweep=sweep,
                                   rel_tol=rel_tol, prune=False,
-                                  search_policy=(mono_policy == "search"))
+                                  search_policy=(mono_policy == "search"), seeds=seeds)
     return ranking
 
 
@@ -330,10 +332,14 @@ def report(ranking, title: str) -> dict:
     p_gpus = dis["num_prefill"] * dis["prefill_tp"] * dis["prefill_pp"]
     d_gpus = dis["num_decode"] * dis["decode_tp"] * dis["decode_pp"]
     print(f"\n== {title}")
-    print(f"{'deployment':<34} {'chips':>5} {'goodput':>9} {'per GPU':>9}")
+    print(f"{'deployment':<34} {'chips':>5} {'goodput':>9} {'per GPU':>9} {'seed range/GPU':>15} "
+          f"{'call':>18}")
     for r in ranking.to_dict("records"):
+        lo, hi = r.get("goodput_seed_min_rps"), r.get("goodput_seed_max_rps")
+        rng = (f"{lo / r['chips']:.2f}-{hi / r['chips']:.2f}"
+               if lo is not None and lo == lo and hi is not None and hi == hi else "-")
         print(f"{r['deployment']:<34} {r['chips']:>5} {r['goodput_rps']:>9.3f} "
-              f"{r['goodput_per_chip_rps']:>9.3f}")
+              f"{r['goodput_per_chip_rps']:>9.3f} {rng:>15} {r.get('call', ''):>18}")
     print(f"{'system':<10} {'placement':<30} {'predicted/GPU':>13} {'published/GPU':>14}")
     print(f"{'vLLM':<10} {mono['deployment']:<30} {mono['goodput_per_chip_rps']:>13.3f} "
           f"{'n/a':>14}")
@@ -450,6 +456,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mono-chips", type=int, default=1,
                     help="GPUs for vLLM (default 1: the paper's baseline, one TP1 instance; "
                          "3: replicas behind the simulator's least-loaded router)")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="workload seeds per placement at steady state (median; band = spread)")
     ap.add_argument("--paper-protocol", type=int, default=0, metavar="SEEDS",
                     help="also replay the paper's client protocol (100 prompts per GPU, its "
                          "rate grid) over SEEDS draws")
@@ -472,7 +480,7 @@ def main(argv=None) -> int:
     for pol in policies:
         t0 = time.perf_counter()
         ranking = run_check(ps, wl, args.chips, pol, sweep, args.rel_tol, args.kv_alloc,
-                            args.mono_chips)
+                            args.mono_chips, args.seeds)
         out[pol] = report(ranking, f"OPT-13B chatbot, {args.chips} A100s (vLLM on "
                                    f"{args.mono_chips}), mono policy {pol} "
                                    f"(input mean {args.input_mean:g}, output mean "
