@@ -125,7 +125,7 @@ arbitrary heavier file (`--lengths`: lognormal input mean 500 clipped to [4, 150
 clipped to [4, 500]; 5.5% such prompts, all at exactly 1500 by the clipping: the mechanism of
 the artefact above at a smaller share) gives under the paper's protocol (3 draws) vLLM TP1 1.25
 req/s/GPU vs DistServe >= 3.0 (censored at the grid top) with P:TP2 D:TP1 and 2P1D best: ratio
->= 2.4, the paper's 2:1 placement; at steady state the same file gives vLLM TP1 1.61 vs DistServe
+>= 2.4, the paper's 2:1 placement; at steady state (one seed) the file gives vLLM TP1 1.61 vs DistServe
 2.54 -> 1.57 (inside +-30%), best 1P1D P:TP1 D:TP2 with 2P1D and P:TP2 D:TP1 within 0.6% of it
 (vLLM x3 behind the router: 2.93 -> 0.87). So the planner can reach the paper's conclusion; whether it
 does is set by the share of long multi-turn prompts in DistServe's real ShareGPT mix, which is
