@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from infer_bench.workloads.comparisons import BY_KEY, compare_groups, measured_groups
+from infer_bench.workloads.results import ramp_fraction
 
 from .data import RunData, order_load_points
 from .summary import Cell, Table, format_ms, format_pct, format_value
@@ -54,9 +55,9 @@ def _groups(runs: Sequence[RunData], dep: str, lp: Any) -> list:
     run and repeat), steady state as each run's spec says."""
     out = []
     for r in runs:
-        ramp = float(((r.spec or {}).get("steady_state") or {}).get("ramp_fraction") or 0.0)
         if not r.records.empty:
-            out += [grp for grp in measured_groups(r.records, dep, lp, ramp) if grp[0]]
+            out += [grp for grp in measured_groups(r.records, dep, lp, ramp_fraction(r.spec))
+                    if grp[0]]
     return out
 
 

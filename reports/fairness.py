@@ -19,7 +19,7 @@ import pandas as pd
 
 from infer_bench.workloads import comparisons as C
 from infer_bench.workloads.bystander_cpu import bystander_cpu
-from infer_bench.workloads.results import compute_summary
+from infer_bench.workloads.results import compute_summary, ramp_fraction
 
 from .data import RunData
 from .summary import Cell, Table, format_ms, format_pct
@@ -96,7 +96,7 @@ def cpu_table(run: RunData) -> Table | None:
 def sample_size_table(run: RunData) -> Table | None:
     if run.records.empty:
         return None
-    ramp = float(((run.spec or {}).get("steady_state") or {}).get("ramp_fraction") or 0.0)
+    ramp = ramp_fraction(run.spec)
     rows = []
     for lp in run.load_points:
         for dep in run.deployments:

@@ -306,6 +306,12 @@ def _jsonable_slo(slo: Any) -> dict | None:
     return {"ttft_s": getattr(slo, "ttft_s", None), "tpot_s": getattr(slo, "tpot_s", None)}
 
 
+def ramp_fraction(spec: dict | None) -> float:
+    """The share of each load point's send span that spec.json's `steady_state` leaves out as
+    ramp-up (0 when the spec has none)."""
+    return float(((spec or {}).get("steady_state") or {}).get("ramp_fraction") or 0.0)
+
+
 def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
                     windows: dict | None = None, by_repeat: bool = False,
                     energy: Iterable[dict] | None = None):
@@ -332,7 +338,7 @@ def compute_summary(records, spec: dict | None = None, *, slo: Any = None,
     df = df.assign(repeat=pd.to_numeric(df["repeat"], errors="coerce").fillna(0).astype(int))
     if slo is None and spec:
         slo = spec.get("slo")
-    ramp = float(((spec or {}).get("steady_state") or {}).get("ramp_fraction") or 0.0)
+    ramp = ramp_fraction(spec)
     info = load_point_info(spec)
     keys = ["deployment", "load_point"] + (["repeat"] if by_repeat else [])
     by_key: dict[tuple, dict] = {}
