@@ -389,7 +389,7 @@ def run_paper_protocol(ps, input_mean: float, output_mean: float, seeds: int, kv
         wl = chatbot_workload(input_mean, output_mean, lengths, seed, quiet=seed > 0)
         if seed == 0:   # what decides it: prompts that vLLM TP1 cannot prefill within the SLO
             n_in = np.asarray(pl.base_requests(wl, 20_000).n_input, float)
-            alone = lm.a + lm.b * n_in + lm.c * n_in * n_in / 1e3 + lm.f
+            alone = lm.step_time_array(n_in, np.zeros_like(n_in))   # one prompt, whole
             print(f"prompts whose vLLM TP1 prefill ALONE exceeds the {slo.ttft_s:g} s TTFT SLO "
                   f"(an SLO miss whatever the load): {np.mean(alone > slo.ttft_s):.1%}; "
                   f"prompts >= 1000 tokens: {np.mean(n_in >= 1000):.1%}")

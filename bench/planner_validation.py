@@ -28,21 +28,21 @@ p90 TPOT 16.0% (worst single cell: mono @ 0.35 TPOT p90 -44%); best deployment m
 On a loaded host (runs with other benchmarks and test suites beside them, and held-out rates past
 capacity) the p50 medians were 10-31%: step times on this 2-core box drift 20-30% between minutes.
 Reruns of the same command: previous session p50 TTFT 12.7%, p50 TPOT 5.9%; 2026-12-07
-05:57-06:14 (the code with scheduling policies / on-demand KV): p50 TTFT 10.3% (quiet points 11.3%), p50 TPOT
-4.9%, p90 TTFT 12.6%, p90 TPOT 12.7%, best deployment matched 2/2. Each point also prints the 95%
-interval of the MEASURED p50 (block bootstrap, as the verdict computes it): with 32 requests it
-is about -20%/+50% wide (mono @ 0.35: 475 ms, [401, 664]), and every prediction fell inside it
-(4/4 for p50 TTFT and TPOT): a 10% target on points of 32 requests is below what one such
-measurement can resolve; more requests per point (--num-requests) narrow it as 1/sqrt(n).
+05:57-06:14 (the code with scheduling policies / on-demand KV): p50 TTFT 10.3% (quiet points
+11.3%), p50 TPOT 4.9%, p90 TTFT 12.6%, p90 TPOT 12.7%, best deployment matched 2/2. Each point
+also prints the 95% interval of the MEASURED p50 (block bootstrap, as the verdict computes it,
+over the steady-state requests the summary's p50 comes from): with 32 requests it is about
+-20%/+40% wide (mono @ 0.35: 475 ms, [369, 678]), and every prediction fell inside it (4/4 for
+p50 TTFT and TPOT): a 10% target on points of 32 requests is below what one such measurement
+can resolve; more requests per point (--num-requests) narrow it as 1/sqrt(n).
 With 64 requests per point (2026-12-07 06:33-07:01 UTC, quiet host: other processes <= 0.13
 cores at every held-out point; ~28 min):
 
     .venv/bin/python bench/planner_validation.py --fit-rates 0.2,0.7 --test-rates 0.35,0.5 --num-requests 64
 
 median |rel. error| over the 4 held-out points: p50 TTFT 2.8%, p50 TPOT 6.6%, p90 TTFT 9.2%,
-p90 TPOT 3.3%; predictions inside the measured 95% interval 4/4 (p50 TTFT), 3/4 (p50 TPOT:
-disagg @ 0.5: predicted just below the interval [47.6, 57.9] ms around the measured 51); best
-deployment matched 2/2.
+p90 TPOT 3.3%; predictions inside the measured 95% interval 4/4 (p50 TTFT) and 4/4 (p50 TPOT);
+best deployment matched 2/2.
 
 This host is shared: every point also shows how many CPU cores OTHER processes used during it
 (telemetry: system CPU minus the deployment's processes; the load generator itself is ~0.1-0.2
@@ -122,27 +122,26 @@ def foreign_cpu(results_dir: Path) -> dict[tuple[str, str], float]:
 CI_METRICS = {"ttft_p50_s": ("ttft_s", "p50"), "tpot_p50_s": ("tpot_s", "p50")}
 
 
-def measured_intervals(results_dir: Path) -> dict[tuple[str, str], dict[str, tuple]]:
-    """{(deployment, load point): {metric: (lo, hi)}}: the 95% interval of each measured p50
-    (block bootstrap of the point's requests in send order, failed ones dropped; the same
-    interval the verdict uses). A p50 of ~32 requests is itself uncertain by several percent:
-    an error inside this interval cannot be told from the measurement's own noise."""
-    import pandas as pd
+def measured_intervals(res) -> dict[tuple[str, str], dict[str, tuple]]:
+    """{(deployment, load point): {metric: (lo, hi)}} for a loaded results dir (`load_results`):
+    the 95% interval of each measured p50 -- block bootstrap (the verdict's interval) over the
+    requests the summary's p50 is computed from (the steady state of spec.json, in send order,
+    failed ones dropped). A p50 of ~32 requests is itself uncertain by several percent: an error
+    inside this interval cannot be told from the measurement's own noise."""
+    from infer_bench.workloads import comparisons as C
+    from infer_bench.workloads import metrics, stats
+    from infer_bench.workloads.results import ramp_fraction
 
-    from infer_bench.workloads import stats
-
-    try:
-        r = pd.read_parquet(results_dir / "requests.parquet")
-    except (OSError, ValueError):
-        return {}
+    ramp = ramp_fraction(res.spec)
     out: dict[tuple[str, str], dict[str, tuple]] = {}
-    for (dep, lp), g in r.groupby(["deployment", "load_point"], sort=False):
-        g = g.sort_values("send_s", kind="stable")
-        failed = g["error_type"].notna() if "error_type" in g else np.zeros(len(g), bool)
+    for dep, lp in res.records[["deployment", "load_point"]].drop_duplicates().itertuples(
+            index=False):
+        rows = [r for g, _ in C.measured_groups(res.records, dep, lp, ramp) for r in g]
         cell = {}
         for m, (col, stat) in CI_METRICS.items():
-            x = pd.to_numeric(g[col], errors="coerce").to_numpy(float, copy=True)
-            x[np.asarray(failed)] = np.nan
+            vals = [None if metrics.is_failed(r) else metrics.finite_or_none(r.get(col))
+                    for r in rows]
+            x = [np.nan if v is None else v for v in vals]
             iv = stats.interval(x, stat)
             cell[m] = (iv.lo, iv.hi)
         out[(str(dep), str(lp))] = cell
@@ -277,7 +276,7 @@ def main() -> None:
                 print(f"warning: fitting load point {name} @ {lp} ran on a busy host (other "
                       f"processes {oc:.2f} cores): its step times are in the fit")
     df = validate(out, models, load_points=test_lps)
-    cis = measured_intervals(out)
+    cis = measured_intervals(res)
     report(df, "held-out rates " + ",".join(test_rates), other, cis)
     if a.in_sample:
         report(validate(out, models_all, load_points=test_lps),

@@ -395,8 +395,7 @@ def _ranking_table(ranking, chips: int, slo, target: float, rate: float):
     notes = []
     if ranking["horizon_capped"].fillna(False).astype(bool).any():
         notes.append("* fewer requests than --horizon at that rate (raise --max-requests)")
-    band = ranking["band_rel_err"] if "band_rel_err" in ranking else ranking["heldout_rel_err"]
-    band = band[~ranking["pruned"].fillna(False).astype(bool)]
+    band = ranking["band_rel_err"][~ranking["pruned"].fillna(False).astype(bool)]
     if band.isna().any():
         notes.append("band ?: the profile has no held-out error (hand-written or converted); "
                      "--seeds N adds the spread over workload seeds")

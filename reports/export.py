@@ -76,6 +76,7 @@ from infer_bench.workloads.cost import add_cost_columns, chips_by_deployment, pr
 
 EXPORT_VERSION = 1
 LAT = [f"{m}_{s}_s" for m in ("ttft", "tpot", "itl", "e2e") for s in ("mean", "p50", "p90", "p95", "p99")]
+TTFAT = [f"ttfat_{s}_s" for s in ("mean", "p50", "p90", "p95", "p99")]
 SUMMARY_COLUMNS = (
     ["run", "group", "results_dir", "deployment", "load_point", "rate_rps", "n_requests",
      "n_failed", "duration_s", "request_throughput_rps", "output_throughput_tps"]
@@ -86,12 +87,12 @@ SUMMARY_COLUMNS = (
     + ["itl_prefill_step_share", "itl_p50_decode_only_s", "itl_p50_prefill_step_s",
        "itl_p99_decode_only_s", "itl_p99_prefill_step_s", "spec_acceptance_rate",
        "spec_mean_accepted_len"]
-    + [f"ttfat_{s}_s" for s in ("mean", "p50", "p90", "p95", "p99")]
+    + TTFAT
     + ["n_reasoning_tokens", "n_tool_tokens", "chips", "goodput_per_chip_rps",
        "usd_per_m_output_tokens", "usd_per_slo_request", "energy_j", "j_per_output_token",
        "energy_source"])
-# columns copied from the summary as they are (after the cost columns are added)
-_COPIED = ([f"ttfat_{s}_s" for s in ("mean", "p50", "p90", "p95", "p99")]
+# columns copied from the summary as they are (the cost columns once add_cost_columns added them)
+_COPIED = (SUMMARY_COLUMNS[5:11] + LAT + ["slo_attainment"] + TTFAT
            + ["n_reasoning_tokens", "n_tool_tokens", "usd_per_m_output_tokens",
               "usd_per_slo_request", "energy_j", "j_per_output_token", "energy_source"])
 FORMATS = ("csv", "json")
@@ -132,9 +133,6 @@ def summary_rows(run: RunData, run_name: str | None = None, group: str | None = 
         row: dict[str, Any] = {c: None for c in SUMMARY_COLUMNS}
         row.update(run=name, group=group or name, results_dir=str(run.path), deployment=dep,
                    load_point=lp)
-        for c in SUMMARY_COLUMNS[5:11] + LAT + ["slo_attainment"]:
-            if c in r.index:
-                row[c] = r[c]
         for c in _COPIED:
             if c in r.index:
                 row[c] = r[c]

@@ -34,17 +34,13 @@ import pandas as pd
 from infer_bench.workloads import comparisons as C
 from infer_bench.workloads import stats
 from infer_bench.workloads.cost import add_cost_columns, price_of
-from infer_bench.workloads.results import summary_rates
+from infer_bench.workloads.results import ramp_fraction, summary_rates
 
 from .summary import Finding, format_value
 from infer_bench.workloads.metrics import finite_or_none as _num
 
 VERDICT_KEYS = ("ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p90_s", "itl_p99_s",
                 "output_throughput_tps", "slo_attainment")
-
-
-def _ramp(spec: Mapping | None) -> float:
-    return float(((spec or {}).get("steady_state") or {}).get("ramp_fraction") or 0.0)
 
 
 def _goodput_finding(records, deps: Sequence[str], rates: Mapping[Any, float], slo, ramp: float,
@@ -95,8 +91,9 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
             energy_note: str | None = None) -> list[Finding]:
     """Findings for the deployments measured: goodput per chip of all of them; at each load point
     every other deployment against the first (the baseline: one pair for two deployments, the
-    Bonferroni family widened over the pairs for more); cost (`price` per chip-hour, read from the summary's cost columns) and energy findings for
-    every deployment. `energy_note`: why energy is unavailable (run.json's "energy" note)."""
+    Bonferroni family widened over the pairs for more); cost (`price` per chip-hour, read from
+    the summary's cost columns) and energy findings for every deployment. `energy_note`: why
+    energy is unavailable (run.json's "energy" note)."""
     out: list[Finding] = []
     if records is None or records.empty or "deployment" not in records:
         return [Finding("No requests measured.")]
@@ -107,7 +104,7 @@ def verdict(records: pd.DataFrame, summary: pd.DataFrame, *, slo: Any, deploymen
         return [Finding(f"One deployment measured ({present[0]}); nothing to compare."
                         if present else "No deployments measured.")] + costs
     a, others = present[0], present[1:]
-    ramp = _ramp(spec)
+    ramp = ramp_fraction(spec)
     chips = chips if chips is not None else chips_of(spec)   # each deployment's, from spec.json
     lps = list(load_points) if load_points is not None else list(
         dict.fromkeys(records["load_point"]))

@@ -427,6 +427,7 @@ def rank_deployments(candidates: Sequence[Deployment], lm: LatencyModel, workloa
         bound = bounds[i]
         if prune and bound / dep.chips() < best:
             pm, dm = _models_of(dep, lm)
+            held = heldout_error_of(dep, lm)
             rows[i] = {"deployment": dep.name, "mode": dep.mode, "chips": dep.chips(),
                        "num_prefill": dep.num_prefill if dep.mode == "disagg" else None,
                        "num_decode": dep.num_decode if dep.mode == "disagg" else None,
@@ -436,8 +437,7 @@ def rank_deployments(candidates: Sequence[Deployment], lm: LatencyModel, workloa
                        "decode_pp": dm.pp, "prefill_engine": pm.engine or None,
                        "decode_engine": dm.engine or None, "goodput_rps": math.nan,
                        "goodput_per_chip_rps": math.nan,
-                       "heldout_rel_err": heldout_error_of(dep, lm),
-                       "band_rel_err": heldout_error_of(dep, lm), "pruned": True,
+                       "heldout_rel_err": held, "band_rel_err": held, "pruned": True,
                        "meets_rate": False, "n_sims": 0, "horizon_capped": False}
         else:
             if progress:
@@ -466,7 +466,7 @@ def row_band_error(row) -> float | None:
     """A ranking row's band (relative): `band_rel_err`, else its held-out error (rankings
     built before seed bands); None where unknown."""
     for key in ("band_rel_err", "heldout_rel_err"):
-        v = row.get(key) if hasattr(row, "get") else None
+        v = row.get(key)
         if v is not None and v == v:
             return float(v)
     return None
